@@ -1,0 +1,20 @@
+/* luaopen_wechatpay_core: the one symbol this module exports. */
+#include "wechatpay.h"
+
+#if defined(__GNUC__)
+#define WP_EXPORT __attribute__((visibility("default")))
+#else
+#define WP_EXPORT
+#endif
+
+WP_EXPORT int luaopen_wechatpay_core(lua_State *L) {
+  lua_newtable(L);
+  wp_open_keys(L);
+  wp_open_crypto(L);
+#ifdef WP_WITH_HTTP
+  wp_open_http(L);
+#endif
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,139 @@
+/* Key objects: RSA private keys, public keys and certificates. */
+#include <string.h>
+
+#include "wechatpay.h"
+
+wp_key *wp_check_key(lua_State *L, int idx) {
+  wp_lkey *box = (wp_lkey *)luaL_checkudata(L, idx, WP_KEY_CLASS);
+  if (!box->key) luaL_argerror(L, idx, "key has been closed");
+  return box->key;
+}
+
+void *wp_scratch(lua_State *L, size_t size) {
+  return lua_newuserdata(L, size ? size : 1);
+}
+
+static wp_lkey *key_box(lua_State *L) {
+  wp_lkey *box = (wp_lkey *)lua_newuserdata(L, sizeof *box);
+  box->key = NULL;
+  luaL_getmetatable(L, WP_KEY_CLASS);
+  lua_setmetatable(L, -2);
+  return box;
+}
+
+/* core.key_from_pem(pem [, passphrase]) -> key | nil, err */
+static int l_key_from_pem(lua_State *L) {
+  size_t len, passlen = 0;
+  const char *pem = luaL_checklstring(L, 1, &len);
+  const char *pass = luaL_optlstring(L, 2, NULL, &passlen);
+  char err[WP_ERRLEN];
+  wp_lkey *box = key_box(L);
+  if (wp_key_from_pem(&box->key, pem, len, pass, passlen, err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return 1;
+}
+
+/* core.key_from_der(der, form) -> key | nil, err
+ * form: "auto", "private.pkcs8", "private.pkcs1", "public.pkcs1", "public.spki" */
+static int l_key_from_der(lua_State *L) {
+  static const char *const names[] = {
+    "auto", "private.pkcs8", "private.pkcs1", "public.pkcs1", "public.spki", NULL
+  };
+  static const wp_der_form forms[] = {
+    WP_DER_AUTO, WP_DER_PRIVATE_PKCS8, WP_DER_PRIVATE_PKCS1, WP_DER_PUBLIC_PKCS1, WP_DER_PUBLIC_SPKI
+  };
+  size_t len;
+  const char *der = luaL_checklstring(L, 1, &len);
+  wp_der_form form = forms[luaL_checkoption(L, 2, "auto", names)];
+  char err[WP_ERRLEN];
+  wp_lkey *box = key_box(L);
+  if (wp_key_from_der(&box->key, form, (const unsigned char *)der, len, err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return 1;
+}
+
+/* key:kind() -> "private" | "public" */
+static int l_key_kind(lua_State *L) {
+  lua_pushstring(L, wp_key_is_private(wp_check_key(L, 1)) ? "private" : "public");
+  return 1;
+}
+
+/* key:bits() -> integer */
+static int l_key_bits(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)wp_key_bits(wp_check_key(L, 1)));
+  return 1;
+}
+
+/* key:certificate() -> { serial = "HEX", not_before = t, not_after = t } | nil */
+static int l_key_certificate(lua_State *L) {
+  const wp_cert_info *cert = wp_key_cert(wp_check_key(L, 1));
+  if (!cert) { lua_pushnil(L); return 1; }
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, cert->serial);
+  lua_setfield(L, -2, "serial");
+  lua_pushnumber(L, (lua_Number)cert->not_before);
+  lua_setfield(L, -2, "not_before");
+  lua_pushnumber(L, (lua_Number)cert->not_after);
+  lua_setfield(L, -2, "not_after");
+  return 1;
+}
+
+/* __gc and __close: idempotent, the key material is zeroized on free. */
+static int l_key_close(lua_State *L) {
+  wp_lkey *box = (wp_lkey *)luaL_checkudata(L, 1, WP_KEY_CLASS);
+  wp_key_free(box->key);
+  box->key = NULL;
+  return 0;
+}
+
+/* Says what the key is and never anything of its material. */
+static int l_key_tostring(lua_State *L) {
+  wp_lkey *box = (wp_lkey *)luaL_checkudata(L, 1, WP_KEY_CLASS);
+  if (!box->key) {
+    lua_pushstring(L, "wechatpay.key (closed)");
+  } else if (wp_key_cert(box->key)) {
+    lua_pushfstring(L, "wechatpay.key (certificate %s, RSA-%d)", wp_key_cert(box->key)->serial,
+                    (int)wp_key_bits(box->key));
+  } else {
+    lua_pushfstring(L, "wechatpay.key (%s RSA-%d)", wp_key_is_private(box->key) ? "private" : "public",
+                    (int)wp_key_bits(box->key));
+  }
+  return 1;
+}
+
+void wp_open_keys(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"kind", l_key_kind},
+    {"bits", l_key_bits},
+    {"certificate", l_key_certificate},
+    {"close", l_key_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg metamethods[] = {
+    {"__gc", l_key_close},
+    {"__close", l_key_close},
+    {"__tostring", l_key_tostring},
+    {NULL, NULL}
+  };
+  static const luaL_Reg functions[] = {
+    {"key_from_pem", l_key_from_pem},
+    {"key_from_der", l_key_from_der},
+    {NULL, NULL}
+  };
+  if (luaL_newmetatable(L, WP_KEY_CLASS)) {
+    luaL_setfuncs(L, metamethods, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, WP_KEY_CLASS);   /* 5.1 has no __name of its own */
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, functions, 0);
+}

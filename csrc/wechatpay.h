@@ -1,0 +1,38 @@
+/*
+ * Shared by the Lua bindings of wechatpay.core: Lua version shims, class
+ * names and the prototypes each binding file exports to core.c.
+ */
+#ifndef WECHATPAY_H
+#define WECHATPAY_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "crypto.h"
+
+/* ---- Lua 5.1 / LuaJIT 2.1 shims (LuaJIT already has luaL_setfuncs,
+ * luaL_testudata and luaL_newlib) ---------------------------------------- */
+#if LUA_VERSION_NUM < 502
+#ifndef luaL_newlib
+#define luaL_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
+#endif
+#define lua_rawlen(L, i) lua_objlen(L, (i))
+#endif
+
+#define WP_KEY_CLASS "wechatpay.key"
+
+/* A key object: box first (ptr NULL), then acquire, so __gc always frees. */
+typedef struct {
+  wp_key *key;
+} wp_lkey;
+
+wp_key *wp_check_key(lua_State *L, int idx);
+/* Pushes a Lua string made by `fill`, through GC-owned scratch memory so a
+ * memory error in Lua can never leak what C allocated. */
+void *wp_scratch(lua_State *L, size_t size);
+
+void wp_open_keys(lua_State *L);     /* adds key functions to the table on top */
+void wp_open_crypto(lua_State *L);   /* rsa, aes, digests, base64, random */
+void wp_open_http(lua_State *L);     /* the libcurl transport */
+
+#endif

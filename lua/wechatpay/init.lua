@@ -1,0 +1,17 @@
+--- wechatpay: the WeChat Pay API v3 client for Lua.
+--
+--   local wechatpay = require("wechatpay")
+--   local client = wechatpay.new{ mchid = ..., serial = ..., private_key = ..., certs = {...} }
+--
+-- The building blocks are modules of their own and reachable from here.
+local wechatpay = {
+  _VERSION = "0.1.0",
+  key = require("wechatpay.key"),
+  rsa = require("wechatpay.rsa"),
+  aes = require("wechatpay.aes"),
+  hash = require("wechatpay.hash"),
+  base64 = require("wechatpay.base64"),
+  random = require("wechatpay.random"),
+}
+
+return wechatpay

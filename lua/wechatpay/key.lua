@@ -1,0 +1,111 @@
+--- Keys: parsed once, reused for every call.
+--
+-- A source is one of:
+--   a key object (returned as it is),
+--   "file:///path/to/key.pem" (PEM or DER in the file),
+--   PEM text (PKCS#8, PKCS#1, encrypted PKCS#8, SPKI, "RSA PUBLIC KEY", X.509),
+--   bare base64 DER in wechatpay-php's forms: "private.pkcs8://...",
+--   "private.pkcs1://...", "public.pkcs1://...", "public.spki://...".
+--
+--   local key = require("wechatpay.key")
+--   local k, err = key.load("file:///etc/wechatpay/apiclient_key.pem")
+--   k:kind() --> "private"; k:bits() --> 2048; k:certificate() --> nil or { serial, not_before, not_after }
+local core = require("wechatpay.core")
+
+local key = {}
+
+local DER_FORMS = {
+  ["private.pkcs8"] = true, ["private.pkcs1"] = true,
+  ["public.pkcs1"] = true, ["public.spki"] = true,
+}
+
+local KEY_CLASS = "wechatpay.key"
+
+--- true when `value` is a loaded key object.
+function key.is_key(value)
+  local mt = type(value) == "userdata" and getmetatable(value)
+  return mt and mt.__name == KEY_CLASS or false
+end
+
+local function read_file(path)
+  local file, err = io.open(path, "rb")
+  if not file then
+    return nil, "cannot open key file " .. path .. ": " .. tostring(err):gsub("^[^:]*: ", "")
+  end
+  local data = file:read("*a")
+  file:close()
+  if not data or data == "" then
+    return nil, "key file " .. path .. " is empty"
+  end
+  return data
+end
+
+local function describe(source)
+  -- never echo key material: say only what kind of text it was
+  if source == "" then return "an empty string" end
+  return ("%d bytes that are neither PEM, a file:// path nor a base64 DER form"):format(#source)
+end
+
+--- Loads a key.  Returns the key object, or nil and a message naming the
+-- problem (never any of the key's bytes).
+function key.load(source, passphrase)
+  if key.is_key(source) then return source end
+  if type(source) ~= "string" then
+    error(("bad key source: expected a key object or a string, got %s"):format(type(source)), 2)
+  end
+  if passphrase ~= nil and type(passphrase) ~= "string" then
+    error("bad passphrase: expected a string", 2)
+  end
+  local path = source:match("^file://(.+)$")
+  if path then
+    local data, err = read_file(path)
+    if not data then return nil, err end
+    local loaded, perr
+    if data:find("-----BEGIN ", 1, true) then
+      loaded, perr = core.key_from_pem(data, passphrase)
+    else
+      loaded, perr = core.key_from_der(data, "auto")
+    end
+    if not loaded then return nil, perr .. " (in " .. path .. ")" end
+    return loaded
+  end
+  local form, b64 = source:match("^(%a+%.%w+)://(.*)$")
+  if form and DER_FORMS[form] then
+    local der = core.base64_decode((b64:gsub("%s", "")))
+    if not der then return nil, form .. ":// key is not valid base64" end
+    return core.key_from_der(der, form)
+  end
+  if source:find("-----BEGIN ", 1, true) then
+    return core.key_from_pem(source, passphrase)
+  end
+  return nil, "not a key: " .. describe(source)
+end
+
+--- Loads a private key; a public key or certificate is refused.
+function key.private(source, passphrase)
+  local loaded, err = key.load(source, passphrase)
+  if not loaded then return nil, err end
+  if loaded:kind() ~= "private" then
+    return nil, (loaded:certificate() and "a certificate" or "a public key")
+      .. " was given where the merchant private key is needed"
+  end
+  return loaded
+end
+
+--- Loads a public key or certificate; a private key is refused, as it
+-- belongs to the merchant and never in a map of WeChat Pay keys.
+function key.public(source)
+  local loaded, err = key.load(source)
+  if not loaded then return nil, err end
+  if loaded:kind() ~= "public" then
+    return nil, "a private key was given where a WeChat Pay public key or certificate belongs"
+  end
+  return loaded
+end
+
+--- Trimmed upper-case serial, as `openssl x509 -serial` may add "serial=" and a newline.
+function key.normalize_serial(serial)
+  return (tostring(serial):gsub("^%s*serial=", ""):gsub("%s", ""):upper())
+end
+
+return key

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs the Debian packages the build, the tests and the mock need.
+# As root it runs apt-get; otherwise it prints the one line to run.
+set -e
+PACKAGES="gcc make pkg-config openssl \
+  lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
+  libmbedtls-dev libcurl4-openssl-dev \
+  lua-busted lua-cjson lua-luaossl lua-socket lua-posix luarocks \
+  nginx libnginx-mod-http-lua valgrind"
+[ -n "$WECHATPAY_EXTRA_PACKAGES" ] && PACKAGES="$PACKAGES $WECHATPAY_EXTRA_PACKAGES"
+
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" = 0 ]; then
+  echo "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+  echo "missing Debian packages; run:" >&2
+  echo "  sudo apt-get install -y$missing" >&2
+  exit 1
+fi

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Runs the busted suite under Lua 5.4 and LuaJIT and ends with one line
+# "N passed, N failed".  WECHATPAY_VALGRIND=1 runs it under memcheck.
+# Usage: scripts/test.sh BUILD_DIR [busted args...]
+build=${1:-build}; [ $# -gt 0 ] && shift
+export WECHATPAY_BUILD="./$build"
+passed=0; failed=0; status=0
+logdir=$(mktemp -d); trap 'rm -rf "$logdir"' EXIT
+
+runner=""
+if [ -n "$WECHATPAY_VALGRIND" ]; then
+  runner="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+    --show-leak-kinds=definite --suppressions=scripts/valgrind.supp --trace-children=no"
+fi
+if [ -d "$build" ] && [ "${build#build/dev}" != "$build" ]; then
+  # DEV=1 build: the interpreters are not instrumented, so load ASan first
+  export LD_PRELOAD="$(cc -print-file-name=libasan.so)"
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
+  export LSAN_OPTIONS="suppressions=$(pwd)/scripts/lsan.supp:print_suppressions=0"
+fi
+
+for lua in lua5.4 luajit; do
+  echo "== busted under $lua"
+  $runner $lua /usr/bin/busted -o plainTerminal "$@" > "$logdir/$lua.log" 2>&1
+  rc=$?
+  cat "$logdir/$lua.log"
+  summary=$(grep -E '^[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$logdir/$lua.log" | tail -n 1)
+  if [ -z "$summary" ]; then
+    echo "busted under $lua ended without a summary (exit $rc)"
+    failed=$((failed + 1)); status=1
+    continue
+  fi
+  ok=$(echo "$summary" | sed -E 's/^([0-9]+) success.*/\1/')
+  bad=$(echo "$summary" | sed -E 's#^[0-9]+ successes? / ([0-9]+) failures? / ([0-9]+) errors?.*#\1 \2#')
+  set -- "$@"
+  f=$(echo "$bad" | awk '{print $1 + $2}')
+  passed=$((passed + ok)); failed=$((failed + f))
+  if [ "$rc" -ne 0 ] || [ "$f" -ne 0 ]; then status=1; fi
+  [ "$rc" -eq 99 ] && echo "valgrind reported errors under $lua"
+done
+echo "$passed passed, $failed failed"
+exit $status

@@ -1,0 +1,175 @@
+-- Loading keys in every format openssl writes and wechatpay-php accepts,
+-- and refusing bad ones with a message that names the problem.
+local key = require("wechatpay.key")
+local ossl = require("support.openssl")
+
+describe("wechatpay.key", function()
+  local dir, k
+
+  setup(function()
+    dir = ossl.tmpdir()
+    k = ossl.make_keys(dir)
+  end)
+
+  teardown(function() ossl.remove(dir) end)
+
+  local function modulus_of(path, pubin)
+    return ossl.run("openssl rsa " .. (pubin or "") .. " -in " .. ossl.quote(path) .. " -noout -modulus")
+  end
+
+  describe("loads what openssl writes", function()
+    local private_forms = { "pkcs8.pem", "pkcs1.pem" }
+    for _, name in ipairs(private_forms) do
+      it("private " .. name .. " from a file:// path and from PEM text", function()
+        local a = assert(key.load("file://" .. k[name]))
+        local b = assert(key.load(ossl.read(k[name])))
+        assert.equal("private", a:kind())
+        assert.equal("private", b:kind())
+        assert.equal(2048, a:bits())
+        assert.is_nil(a:certificate())
+      end)
+    end
+
+    it("encrypted PKCS#8 (PBES2, AES-256-CBC, openssl's default) with its passphrase", function()
+      local loaded = assert(key.load("file://" .. k["enc_aes256.pem"], "s3cret"))
+      assert.equal("private", loaded:kind())
+    end)
+
+    it("encrypted PKCS#8 (PBES2, 3DES) with its passphrase", function()
+      assert.equal("private", assert(key.load(ossl.read(k["enc_des3.pem"]), "s3cret")):kind())
+    end)
+
+    it("an encrypted key from openssl genpkey -aes-128-cbc", function()
+      assert.equal("private", assert(key.load("file://" .. k["genpkey_enc.pem"], "s3cret")):kind())
+    end)
+
+    it("SPKI and PKCS#1 public keys", function()
+      for _, name in ipairs{ "spki.pem", "pkcs1_public.pem" } do
+        local loaded = assert(key.load("file://" .. k[name]))
+        assert.equal("public", loaded:kind())
+        assert.equal(2048, loaded:bits())
+      end
+    end)
+
+    it("an X.509 certificate: its serial equals openssl x509 -serial, its dates -startdate/-enddate", function()
+      local loaded = assert(key.load("file://" .. k["cert.pem"]))
+      assert.equal("public", loaded:kind())
+      local cert = assert(loaded:certificate())
+      local serial = ossl.run("openssl x509 -in " .. ossl.quote(k["cert.pem"]) .. " -noout -serial")
+      assert.equal(serial:match("serial=(%x+)"):upper(), cert.serial)
+      local function epoch(option)
+        local text = ossl.run("openssl x509 -in " .. ossl.quote(k["cert.pem"]) .. " -noout " .. option)
+        local date = text:match("=(.-)%s*$")
+        return tonumber((ossl.run("date -u -d " .. ossl.quote(date) .. " +%s"):gsub("%s", "")))
+      end
+      assert.equal(epoch("-startdate"), cert.not_before)
+      assert.equal(epoch("-enddate"), cert.not_after)
+    end)
+
+    it("bare base64 DER in wechatpay-php's four forms", function()
+      local forms = {
+        { "private.pkcs8://", "pkcs8.der", "private" },
+        { "private.pkcs1://", "pkcs1.der", "private" },
+        { "public.spki://", "spki.der", "public" },
+        { "public.pkcs1://", "pkcs1_public.der", "public" },
+      }
+      for _, f in ipairs(forms) do
+        local loaded, err = key.load(f[1] .. ossl.base64_file(k[f[2]]))
+        assert.is_truthy(loaded, f[1] .. " " .. tostring(err))
+        assert.equal(f[3], loaded:kind())
+      end
+    end)
+
+    it("DER files through file://", function()
+      assert.equal("private", assert(key.load("file://" .. k["pkcs8.der"])):kind())
+      assert.equal("public", assert(key.load("file://" .. k["spki.der"])):kind())
+    end)
+
+    it("every public form holds the private key's modulus (checked by signing)", function()
+      local rsa = require("wechatpay.rsa")
+      local private = assert(key.load("file://" .. k["pkcs8.pem"]))
+      local sig = rsa.sign(private, "same key?")
+      for _, name in ipairs{ "spki.pem", "pkcs1_public.pem", "cert.pem", "spki.der" } do
+        assert.is_true(rsa.verify(assert(key.load("file://" .. k[name])), "same key?", sig), name)
+      end
+      assert.is_truthy(modulus_of(k["pkcs8.pem"]):match("Modulus="))
+    end)
+  end)
+
+  describe("bad input gets an error naming the problem", function()
+    local function refused(source, pattern, pass)
+      local loaded, err = key.load(source, pass)
+      assert.is_nil(loaded)
+      assert.is_string(err)
+      assert.matches(pattern, err)
+      return err
+    end
+
+    it("empty, garbage and truncated PEM", function()
+      refused("", "not a key")
+      refused("definitely not a key", "not a key")
+      local pem = ossl.read(k["pkcs8.pem"])
+      refused(pem:sub(1, math.floor(#pem / 2)), "cannot parse")
+      refused("-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n", "cannot parse")
+      refused("-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n", "no key or certificate")
+    end)
+
+    it("never echoes the key in the message", function()
+      local pem = ossl.read(k["pkcs8.pem"])
+      local body = pem:match("\n(.-)\n")
+      local err = refused(pem:sub(1, 300), "cannot parse")
+      assert.is_nil(err:find(body:sub(1, 20), 1, true))
+    end)
+
+    it("a certificate or public key where the private key is needed", function()
+      local loaded, err = key.private("file://" .. k["cert.pem"])
+      assert.is_nil(loaded)
+      assert.matches("certificate was given where the merchant private key is needed", err)
+      loaded, err = key.private("file://" .. k["spki.pem"])
+      assert.is_nil(loaded)
+      assert.matches("public key was given", err)
+    end)
+
+    it("a private key where a public key belongs", function()
+      local loaded, err = key.public("file://" .. k["pkcs8.pem"])
+      assert.is_nil(loaded)
+      assert.matches("private key was given", err)
+    end)
+
+    it("a wrong or missing passphrase", function()
+      refused("file://" .. k["enc_aes256.pem"], "wrong passphrase", "nope")
+      refused("file://" .. k["enc_des3.pem"], "wrong passphrase", "nope")
+      refused("file://" .. k["enc_aes256.pem"], "passphrase is needed")
+    end)
+
+    it("a non-RSA (EC) key", function()
+      refused("file://" .. k["ec.pem"], "not an RSA key")
+    end)
+
+    it("a file:// path that does not exist", function()
+      refused("file://" .. dir .. "/missing.pem", "cannot open key file .*missing.pem")
+    end)
+
+    it("invalid base64 in a DER form", function()
+      refused("private.pkcs8://@@@@", "not valid base64")
+      refused("public.spki://" .. ossl.base64_file(k["pkcs8.der"]), "cannot parse the public key")
+    end)
+
+    it("a wrong type is a programmer error and raises", function()
+      assert.has_error(function() key.load(42) end, "bad key source: expected a key object or a string, got number")
+      assert.has_error(function() key.load("x", {}) end, "bad passphrase: expected a string")
+    end)
+  end)
+
+  it("tostring says what the key is and nothing of its material", function()
+    local loaded = assert(key.load("file://" .. k["pkcs8.pem"]))
+    assert.equal("wechatpay.key (private RSA-2048)", tostring(loaded))
+    loaded:close()
+    assert.equal("wechatpay.key (closed)", tostring(loaded))
+    assert.has_error(function() loaded:bits() end)
+  end)
+
+  it("normalizes serials from openssl's output", function()
+    assert.equal("5DEA10EF55877E3C", key.normalize_serial(" serial=5dea10ef55877e3c\n"))
+  end)
+end)

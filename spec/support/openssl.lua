@@ -1,0 +1,79 @@
+--- Test support: the `openssl` command line as the independent reference,
+-- and fresh key material made by it in a temporary folder.
+local M = {}
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.quote = shell_quote
+
+--- Runs a shell command; returns its stdout, or raises with its stderr.
+function M.run(cmd)
+  local errfile = os.tmpname()
+  local pipe = assert(io.popen(cmd .. " 2>" .. errfile, "r"))
+  local out = pipe:read("*a")
+  local ok, _, code = pipe:close()
+  if ok == nil or ok == false or (type(ok) == "number" and ok ~= 0) or (code and code ~= 0) then
+    local f = io.open(errfile, "rb")
+    local err = f and f:read("*a") or ""
+    if f then f:close() end
+    os.remove(errfile)
+    error("command failed: " .. cmd .. "\n" .. err, 2)
+  end
+  os.remove(errfile)
+  return out
+end
+
+function M.write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+  return path
+end
+
+function M.read(path)
+  local f = assert(io.open(path, "rb"))
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+function M.tmpdir()
+  return (M.run("mktemp -d"):gsub("%s+$", ""))
+end
+
+function M.remove(dir)
+  if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
+end
+
+--- Fresh keys in every format the openssl tools write.
+function M.make_keys(dir)
+  local q = function(name) return shell_quote(dir .. "/" .. name) end
+  local cmds = {
+    "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " .. q("pkcs8.pem"),
+    "openssl rsa -in " .. q("pkcs8.pem") .. " -traditional -out " .. q("pkcs1.pem"),
+    "openssl pkcs8 -topk8 -in " .. q("pkcs8.pem") .. " -v2 aes256 -passout pass:s3cret -out " .. q("enc_aes256.pem"),
+    "openssl pkcs8 -topk8 -in " .. q("pkcs8.pem") .. " -v2 des3 -passout pass:s3cret -out " .. q("enc_des3.pem"),
+    "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -aes-128-cbc -pass pass:s3cret -out " .. q("genpkey_enc.pem"),
+    "openssl pkey -in " .. q("pkcs8.pem") .. " -pubout -out " .. q("spki.pem"),
+    "openssl rsa -in " .. q("pkcs8.pem") .. " -RSAPublicKey_out -out " .. q("pkcs1_public.pem"),
+    "openssl req -x509 -key " .. q("pkcs8.pem") .. " -subj /CN=wechatpay-test -days 30 -out " .. q("cert.pem"),
+    "openssl pkcs8 -topk8 -nocrypt -in " .. q("pkcs8.pem") .. " -outform DER -out " .. q("pkcs8.der"),
+    "openssl rsa -in " .. q("pkcs8.pem") .. " -traditional -outform DER -out " .. q("pkcs1.der"),
+    "openssl pkey -in " .. q("pkcs8.pem") .. " -pubout -outform DER -out " .. q("spki.der"),
+    "openssl rsa -in " .. q("pkcs8.pem") .. " -RSAPublicKey_out -outform DER -out " .. q("pkcs1_public.der"),
+    "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " .. q("other.pem"),
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " .. q("ec.pem"),
+  }
+  for _, cmd in ipairs(cmds) do M.run(cmd) end
+  return setmetatable({ dir = dir }, {
+    __index = function(_, name) return dir .. "/" .. name end,
+  })
+end
+
+--- base64 of a file, on one line, as openssl writes it.
+function M.base64_file(path)
+  return (M.run("openssl base64 -A -in " .. shell_quote(path)):gsub("%s+$", ""))
+end
+
+return M
