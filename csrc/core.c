@@ -11,7 +11,8 @@ WP_EXPORT int luaopen_wechatpay_core(lua_State *L) {
   lua_newtable(L);
   wp_open_keys(L);
   wp_open_crypto(L);
-#ifdef WP_WITH_HTTP
+  wp_open_protocol(L);
+#ifndef WP_NO_HTTP
   wp_open_http(L);
 #endif
   lua_pushliteral(L, "0.1.0");

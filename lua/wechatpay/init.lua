@@ -12,6 +12,14 @@ local wechatpay = {
   hash = require("wechatpay.hash"),
   base64 = require("wechatpay.base64"),
   random = require("wechatpay.random"),
+  errors = require("wechatpay.errors"),
 }
+
+local client = require("wechatpay.client")
+
+--- wechatpay.new(options) -> client (raises on a configuration mistake)
+function wechatpay.new(options)
+  return client.new(options)
+end
 
 return wechatpay

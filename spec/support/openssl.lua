@@ -8,20 +8,23 @@ end
 M.quote = shell_quote
 
 --- Runs a shell command; returns its stdout, or raises with its stderr.
+-- The exit status is read from the output, as LuaJIT's pipe:close() does
+-- not report it.
 function M.run(cmd)
   local errfile = os.tmpname()
-  local pipe = assert(io.popen(cmd .. " 2>" .. errfile, "r"))
+  local pipe = assert(io.popen("(" .. cmd .. ") 2>" .. errfile .. "; echo \"__exit=$?\"", "r"))
   local out = pipe:read("*a")
-  local ok, _, code = pipe:close()
-  if ok == nil or ok == false or (type(ok) == "number" and ok ~= 0) or (code and code ~= 0) then
+  pipe:close()
+  local body, code = out:match("^(.*)__exit=(%d+)%s*$")
+  if code ~= "0" then
     local f = io.open(errfile, "rb")
     local err = f and f:read("*a") or ""
     if f then f:close() end
     os.remove(errfile)
-    error("command failed: " .. cmd .. "\n" .. err, 2)
+    error("command failed (exit " .. tostring(code) .. "): " .. cmd .. "\n" .. err, 2)
   end
   os.remove(errfile)
-  return out
+  return body
 end
 
 function M.write(path, data)

@@ -1,0 +1,498 @@
+/*
+ * The libcurl transport: one curl multi handle per session drives every
+ * transfer, so pooled connections are shared by synchronous and
+ * asynchronous calls alike.  Curl callbacks only append to C buffers; Lua
+ * is touched only between curl calls, so no Lua error can longjmp through
+ * libcurl's frames.
+ *
+ *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout = }
+ *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
+ *                        timeout =, connect_timeout = }   -- seconds
+ *   local done = s:perform(wait_seconds)   -- list of finished transfers:
+ *     { id =, status =, headers = { lower_name = value }, body =, reason = }  or
+ *     { id =, error = "timeout" | "network", message =, sent = bytes of request sent }
+ *   s:cancel(id); s:pending(); s:close()
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "wechatpay.h"
+
+#define WP_SESSION_CLASS "wechatpay.http_session"
+#define WP_MAX_BODY_DEFAULT (64L * 1024 * 1024)
+
+typedef struct {
+  char *data;
+  size_t len, cap;
+} buffer;
+
+typedef struct transfer {
+  CURL *easy;
+  struct curl_slist *headers;
+  buffer body, head;
+  lua_Integer id;
+  size_t max_body;
+  int active;       /* added to the multi handle */
+  int finished;     /* waiting to be reported by perform() */
+  int too_large;
+  CURLcode result;
+  char errbuf[CURL_ERROR_SIZE];
+  struct transfer *next;   /* in the session's list */
+} transfer;
+
+typedef struct {
+  CURLM *multi;
+  transfer *transfers;     /* every transfer, active, finished or idle */
+  lua_Integer next_id;
+  char *cafile, *proxy;
+  long idle_timeout;       /* seconds a pooled connection may stay idle */
+  size_t max_body;
+} session;
+
+/* ---- buffers (no Lua here: called from curl) ---------------------------- */
+
+static int buffer_append(buffer *b, const char *data, size_t len) {
+  if (b->len + len + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    char *p;
+    while (cap < b->len + len + 1) cap *= 2;
+    p = realloc(b->data, cap);
+    if (!p) return -1;
+    b->data = p;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, data, len);
+  b->len += len;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
+static void buffer_free(buffer *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
+  transfer *t = (transfer *)userdata;
+  size_t len = size * n;
+  if (t->body.len + len > t->max_body) { t->too_large = 1; return 0; }
+  return buffer_append(&t->body, data, len) == 0 ? len : 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *userdata) {
+  transfer *t = (transfer *)userdata;
+  size_t len = size * n;
+  /* A new status line (after a 100 Continue or a redirect) starts afresh. */
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  return buffer_append(&t->head, data, len) == 0 ? len : 0;
+}
+
+/* ---- transfers ---------------------------------------------------------- */
+
+static void transfer_release(session *s, transfer *t) {
+  if (t->active) {
+    curl_multi_remove_handle(s->multi, t->easy);
+    t->active = 0;
+  }
+  curl_slist_free_all(t->headers);
+  t->headers = NULL;
+  buffer_free(&t->body);
+  buffer_free(&t->head);
+  t->finished = 0;
+  t->too_large = 0;
+  t->id = 0;
+}
+
+static void session_destroy(session *s) {
+  transfer *t = s->transfers, *next;
+  while (t) {
+    next = t->next;
+    transfer_release(s, t);
+    if (t->easy) curl_easy_cleanup(t->easy);
+    free(t);
+    t = next;
+  }
+  s->transfers = NULL;
+  if (s->multi) curl_multi_cleanup(s->multi);
+  s->multi = NULL;
+  free(s->cafile);
+  free(s->proxy);
+  s->cafile = s->proxy = NULL;
+}
+
+static session *check_session(lua_State *L) {
+  session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  if (!s->multi) luaL_argerror(L, 1, "HTTP session has been closed");
+  return s;
+}
+
+/* An idle transfer keeps its easy handle: reusing it keeps curl's caches. */
+static transfer *transfer_acquire(session *s) {
+  transfer *t;
+  for (t = s->transfers; t; t = t->next)
+    if (t->id == 0) return t;
+  t = (transfer *)calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->easy = curl_easy_init();
+  if (!t->easy) { free(t); return NULL; }
+  t->next = s->transfers;
+  s->transfers = t;
+  return t;
+}
+
+static char *dup_string(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = (char *)malloc(n);
+  if (p) memcpy(p, s, n);
+  return p;
+}
+
+static const char *opt_field_string(lua_State *L, int idx, const char *name, size_t *len) {
+  const char *value;
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); if (len) *len = 0; return NULL; }
+  if (lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "bad request field '%s' (string expected, got %s)", name, luaL_typename(L, -1));
+  value = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);   /* still referenced by the table at idx */
+  return value;
+}
+
+static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
+  lua_Number v;
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
+  if (lua_type(L, -1) != LUA_TNUMBER)
+    luaL_error(L, "bad request field '%s' (number of seconds expected)", name);
+  v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (v <= 0) luaL_error(L, "bad request field '%s' (must be positive)", name);
+  return (long)(v * 1000.0 + 0.5);
+}
+
+/* s:submit(request) -> id.  Every argument is checked before curl is touched. */
+static int l_submit(lua_State *L) {
+  session *s = check_session(L);
+  const char *method, *url, *body;
+  size_t bodylen, nheaders, i;
+  long timeout_ms, connect_ms;
+  struct curl_slist *headers = NULL;
+  transfer *t;
+  int is_get, is_head;
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  method = opt_field_string(L, 2, "method", NULL);
+  url = opt_field_string(L, 2, "url", NULL);
+  body = opt_field_string(L, 2, "body", &bodylen);
+  if (!method || !url) return luaL_argerror(L, 2, "request needs a method and a url");
+  timeout_ms = opt_field_ms(L, 2, "timeout", 30000);
+  connect_ms = opt_field_ms(L, 2, "connect_timeout", 5000);
+  lua_getfield(L, 2, "headers");
+  if (!lua_isnil(L, -1) && !lua_istable(L, -1))
+    return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
+  nheaders = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+  for (i = 1; i <= nheaders; i++) {   /* check all before allocating any */
+    lua_rawgeti(L, -1, (int)i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
+    if (strchr(lua_tostring(L, -1), '\n') || strchr(lua_tostring(L, -1), '\r'))
+      return luaL_argerror(L, 2, "a request header holds a line break");
+    lua_pop(L, 1);
+  }
+
+  t = transfer_acquire(s);
+  if (!t) return luaL_error(L, "out of memory for an HTTP transfer");
+  for (i = 1; i <= nheaders; i++) {
+    struct curl_slist *grown;
+    lua_rawgeti(L, -1, (int)i);
+    grown = curl_slist_append(headers, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (!grown) { curl_slist_free_all(headers); return luaL_error(L, "out of memory for headers"); }
+    headers = grown;
+  }
+  lua_pop(L, 1);
+  {  /* curl would add these by itself; WeChat Pay wants neither */
+    struct curl_slist *grown = curl_slist_append(headers, "Expect:");
+    if (grown) headers = curl_slist_append(grown, "Accept-Encoding:");
+    if (!grown || !headers) {
+      curl_slist_free_all(grown ? grown : headers);
+      return luaL_error(L, "out of memory for headers");
+    }
+  }
+
+  curl_easy_reset(t->easy);
+  t->headers = headers;
+  t->max_body = s->max_body;
+  t->errbuf[0] = '\0';
+  is_get = strcmp(method, "GET") == 0;
+  is_head = strcmp(method, "HEAD") == 0;
+  curl_easy_setopt(t->easy, CURLOPT_URL, url);
+  curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "https,http");
+  curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+  curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
+  curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (s->cafile) curl_easy_setopt(t->easy, CURLOPT_CAINFO, s->cafile);
+  if (s->proxy) curl_easy_setopt(t->easy, CURLOPT_PROXY, s->proxy);
+  curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+  curl_easy_setopt(t->easy, CURLOPT_MAXAGE_CONN, s->idle_timeout);
+  curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+  if (is_head) {
+    curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
+  } else if (body && (bodylen > 0 || !is_get)) {
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+    curl_easy_setopt(t->easy, CURLOPT_COPYPOSTFIELDS, body);
+    if (strcmp(method, "POST") != 0) curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
+  } else {
+    curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+    if (!is_get) curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
+  }
+  if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
+    transfer_release(s, t);
+    return luaL_error(L, "cannot start the HTTP transfer");
+  }
+  t->active = 1;
+  t->id = ++s->next_id;
+  lua_pushinteger(L, t->id);
+  return 1;
+}
+
+static void collect_finished(session *s) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
+    transfer *t = NULL;
+    if (msg->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+    if (!t) continue;
+    t->result = msg->data.result;
+    curl_multi_remove_handle(s->multi, t->easy);
+    t->active = 0;
+    t->finished = 1;
+  }
+}
+
+/* Lower-cases header names into a table; repeated names are joined by ", ". */
+static void push_headers(lua_State *L, const buffer *head) {
+  const char *p = head->data ? head->data : "", *end = p + head->len;
+  lua_newtable(L);
+  /* skip the status line */
+  while (p < end && *p != '\n') p++;
+  if (p < end) p++;
+  while (p < end) {
+    const char *line = p, *eol = memchr(p, '\n', (size_t)(end - p)), *colon, *v, *vend;
+    if (!eol) eol = end;
+    p = eol + 1;
+    colon = memchr(line, ':', (size_t)(eol - line));
+    if (!colon || colon == line) continue;
+    v = colon + 1;
+    vend = eol;
+    while (v < vend && (*v == ' ' || *v == '\t')) v++;
+    while (vend > v && (vend[-1] == '\r' || vend[-1] == ' ' || vend[-1] == '\t')) vend--;
+    {
+      luaL_Buffer name;
+      const char *c;
+      luaL_buffinit(L, &name);
+      for (c = line; c < colon; c++)
+        luaL_addchar(&name, (*c >= 'A' && *c <= 'Z') ? (char)(*c + 32) : *c);
+      luaL_pushresult(&name);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v, (size_t)(vend - v));
+    } else {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, v, (size_t)(vend - v));
+      lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+  }
+}
+
+static void push_result(lua_State *L, transfer *t) {
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, t->id);
+  lua_setfield(L, -2, "id");
+  if (t->result == CURLE_OK) {
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, &t->head);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, t->body.data ? t->body.data : "", t->body.len);
+    lua_setfield(L, -2, "body");
+  } else {
+    long sent = 0;
+    const char *kind = t->result == CURLE_OPERATION_TIMEDOUT ? "timeout" : "network";
+    curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "error");
+    if (t->too_large)
+      lua_pushfstring(L, "response body larger than %d bytes", (int)t->max_body);
+    else if (t->errbuf[0])
+      lua_pushstring(L, t->errbuf);
+    else
+      lua_pushstring(L, curl_easy_strerror(t->result));
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, (lua_Integer)t->result);
+    lua_setfield(L, -2, "curl_code");
+    lua_pushinteger(L, sent);
+    lua_setfield(L, -2, "sent");
+  }
+}
+
+/* s:perform([wait_seconds = 0]) -> list of finished transfers (maybe empty).
+ * Runs every transfer; waits up to wait_seconds for activity when none has
+ * finished yet. */
+static int l_perform(lua_State *L) {
+  session *s = check_session(L);
+  lua_Number wait = luaL_optnumber(L, 2, 0);
+  int running = 0, n = 0;
+  transfer *t;
+  CURLMcode mc = curl_multi_perform(s->multi, &running);
+  collect_finished(s);
+  for (t = s->transfers; t; t = t->next) n += t->finished;
+  if (mc == CURLM_OK && n == 0 && running > 0 && wait > 0) {
+    curl_multi_poll(s->multi, NULL, 0, (int)(wait * 1000), NULL);
+    mc = curl_multi_perform(s->multi, &running);
+    collect_finished(s);
+  }
+  if (mc != CURLM_OK) return luaL_error(L, "HTTP transport failure: %s", curl_multi_strerror(mc));
+  lua_newtable(L);
+  n = 0;
+  for (t = s->transfers; t; t = t->next) {
+    if (!t->finished) continue;
+    push_result(L, t);
+    lua_rawseti(L, -2, ++n);
+    transfer_release(s, t);
+  }
+  return 1;
+}
+
+/* s:cancel(id) -> boolean: drops an in-flight transfer. */
+static int l_cancel(lua_State *L) {
+  session *s = check_session(L);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  transfer *t;
+  for (t = s->transfers; t; t = t->next) {
+    if (t->id == id && id != 0) {
+      transfer_release(s, t);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* s:pending() -> number of transfers not yet reported */
+static int l_pending(lua_State *L) {
+  session *s = check_session(L);
+  transfer *t;
+  lua_Integer n = 0;
+  for (t = s->transfers; t; t = t->next) n += t->id != 0;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+static int l_session_close(lua_State *L) {
+  session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  session_destroy(s);
+  return 0;
+}
+
+static int l_session_tostring(lua_State *L) {
+  session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  lua_pushstring(L, s->multi ? "wechatpay.http_session" : "wechatpay.http_session (closed)");
+  return 1;
+}
+
+static char *opt_dup(lua_State *L, int idx, const char *name) {
+  const char *v = opt_field_string(L, idx, name, NULL);
+  char *copy;
+  if (!v) return NULL;
+  copy = dup_string(v);
+  if (!copy) luaL_error(L, "out of memory");
+  return copy;
+}
+
+/* core.http_session([options]) -> session
+ * options: cafile, proxy, max_connections (per host), idle_timeout (s), max_body (bytes) */
+static int l_http_session(lua_State *L) {
+  session *s;
+  long max_conn = 0, idle = 7;
+  lua_Number max_body = (lua_Number)WP_MAX_BODY_DEFAULT;
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  else { lua_settop(L, 0); lua_newtable(L); }
+  lua_getfield(L, 1, "max_connections");
+  if (!lua_isnil(L, -1)) max_conn = (long)luaL_checkinteger(L, -1);
+  lua_getfield(L, 1, "idle_timeout");
+  if (!lua_isnil(L, -1)) idle = (long)luaL_checknumber(L, -1);
+  lua_getfield(L, 1, "max_body");
+  if (!lua_isnil(L, -1)) max_body = luaL_checknumber(L, -1);
+  lua_pop(L, 3);
+  luaL_argcheck(L, max_conn >= 0, 1, "max_connections must not be negative");
+  luaL_argcheck(L, idle >= 1, 1, "idle_timeout must be at least 1 second");
+  luaL_argcheck(L, max_body >= 1, 1, "max_body must be positive");
+
+  s = (session *)lua_newuserdata(L, sizeof *s);   /* box first ... */
+  memset(s, 0, sizeof *s);
+  luaL_getmetatable(L, WP_SESSION_CLASS);
+  lua_setmetatable(L, -2);
+  s->idle_timeout = idle;
+  s->max_body = (size_t)max_body;
+  s->cafile = opt_dup(L, 1, "cafile");             /* ... then acquire */
+  s->proxy = opt_dup(L, 1, "proxy");
+  s->multi = curl_multi_init();
+  if (!s->multi) return luaL_error(L, "cannot create a curl multi handle");
+  if (max_conn > 0) curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_conn);
+  curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, max_conn > 0 ? max_conn : 64L);
+  return 1;
+}
+
+void wp_open_http(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"submit", l_submit},
+    {"perform", l_perform},
+    {"cancel", l_cancel},
+    {"pending", l_pending},
+    {"close", l_session_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg metamethods[] = {
+    {"__gc", l_session_close},
+    {"__close", l_session_close},
+    {"__tostring", l_session_tostring},
+    {NULL, NULL}
+  };
+  curl_version_info_data *info;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    luaL_error(L, "cannot initialise libcurl");
+  if (luaL_newmetatable(L, WP_SESSION_CLASS)) {
+    luaL_setfuncs(L, metamethods, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, WP_SESSION_CLASS);
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_http_session);
+  lua_setfield(L, -2, "http_session");
+  info = curl_version_info(CURLVERSION_NOW);
+  lua_pushstring(L, info->version);
+  lua_setfield(L, -2, "curl_version");
+}

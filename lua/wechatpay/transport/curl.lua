@@ -1,0 +1,80 @@
+--- The libcurl transport: a request table in, a response table out.
+--
+-- A transport is any object with
+--   transport:submit(request, callback) -> id    starts a request
+--   transport:step(wait_seconds) -> n            runs transfers, calls callbacks of finished ones
+--   transport:request(request) -> response | nil, err   one request, to completion
+-- request  = { method, url, headers = { "Name: value", ... }, body, timeout, connect_timeout }
+-- response = { status, headers = { lower_name = value }, body }
+-- err      = { kind = "timeout" | "network", message, sent = bytes of request sent }
+-- Waiting on one request drives every other in flight on the same transport.
+local core = require("wechatpay.core")
+
+local curl_transport = {}
+curl_transport.__index = curl_transport
+
+--- new{ cafile, proxy, max_connections, idle_timeout, max_body }
+function curl_transport.new(opts)
+  opts = opts or {}
+  local self = setmetatable({
+    session = core.http_session{
+      cafile = opts.cafile,
+      proxy = opts.proxy,
+      max_connections = opts.max_connections,
+      idle_timeout = opts.idle_timeout or 7,   -- below WeChat Pay's 8 s keep-alive
+      max_body = opts.max_body,
+    },
+    callbacks = {},
+  }, curl_transport)
+  return self
+end
+
+function curl_transport:submit(request, callback)
+  local id = self.session:submit(request)
+  self.callbacks[id] = callback
+  return id
+end
+
+function curl_transport:pending()
+  return self.session:pending()
+end
+
+--- Runs transfers for up to `wait` seconds and dispatches what finished.
+-- A callback that raises does not lose the others' results: the first
+-- error is raised again once all are dispatched.
+function curl_transport:step(wait)
+  local done = self.session:perform(wait or 0)
+  local first_error
+  for i = 1, #done do
+    local r = done[i]
+    local callback = self.callbacks[r.id]
+    self.callbacks[r.id] = nil
+    if callback then
+      local ok, err
+      if r.error then
+        ok, err = pcall(callback, nil, { kind = r.error, message = r.message, sent = r.sent,
+                                          curl_code = r.curl_code })
+      else
+        ok, err = pcall(callback, { status = r.status, headers = r.headers, body = r.body })
+      end
+      if not ok and first_error == nil then first_error = err end
+    end
+  end
+  if first_error ~= nil then error(first_error, 0) end
+  return #done
+end
+
+function curl_transport:request(request)
+  local result, failure, finished = nil, nil, false
+  self:submit(request, function(res, err)
+    result, failure, finished = res, err, true
+  end)
+  while not finished do self:step(1) end
+  return result, failure
+end
+
+function curl_transport:close()
+  self.session:close()
+end
+
+return curl_transport

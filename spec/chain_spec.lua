@@ -1,0 +1,127 @@
+-- The chained call styles, path templates and query encoding, checked on the
+-- request the client hands its transport; signatures checked by openssl.
+local wechatpay = require("wechatpay")
+local merchant = require("support.merchant")
+
+describe("chained calls", function()
+  local client, transport
+
+  before_each(function()
+    transport = merchant.recording_transport()
+    client = wechatpay.new(merchant.options{ transport = transport, base_url = "https://pay.example.test/" })
+  end)
+
+  local function last() return transport.requests[#transport.requests] end
+  local function target_of(request) return request.url:gsub("^https://pay%.example%.test", "") end
+
+  local openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+
+  it("gives the same request target in all four styles", function()
+    local json = { stock_id = "9856000" }
+    client.v3.multiuse.users._openid_.coupons:post{ openid = openid, json = json }
+    client:chain("v3/multiuse/users/{openid}/coupons"):post{ openid = openid, json = json }
+    client["v3/multiuse/users/{openid}/coupons"]:post{ openid = openid, json = json }
+    client.v3.multiuse.users[openid].coupons:post{ json = json }
+    assert.equal(4, #transport.requests)
+    for _, request in ipairs(transport.requests) do
+      assert.equal("POST", request.method)
+      assert.equal("/v3/multiuse/users/" .. openid .. "/coupons", target_of(request))
+      assert.equal('{"stock_id":"9856000"}', request.body)
+    end
+  end)
+
+  it("keeps openids byte for byte: mixed case, _ and -", function()
+    for _, id in ipairs{ "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "o-Ab_cD-eF", "OPENID", "_x_y-" } do
+      client.v3.multiuse.users[id].coupons:post{ json = {} }
+      assert.equal("/v3/multiuse/users/" .. id .. "/coupons", target_of(last()))
+      client.v3.multiuse.users._openid_.coupons:post{ openid = id, json = {} }
+      assert.equal("/v3/multiuse/users/" .. id .. "/coupons", target_of(last()))
+    end
+  end)
+
+  it("percent-encodes template values as a path segment, and {+name} keeps reserved characters", function()
+    client:chain("v3/a/{id}/b"):get{ id = "a b/c?d#e%f" }
+    assert.equal("/v3/a/a%20b%2Fc%3Fd%23e%25f/b", target_of(last()))
+    client:chain("v3/a/{+rest}"):get{ rest = "x/y:z" }
+    assert.equal("/v3/a/x/y:z", target_of(last()))
+    client:chain("v3/a/{id}"):get{ id = "张三" }
+    assert.equal("/v3/a/%E5%BC%A0%E4%B8%89", target_of(last()))
+  end)
+
+  it("works with Lua keywords and dashes as segments", function()
+    client.v3["merchant-service"]["return"]:get()
+    assert.equal("/v3/merchant-service/return", target_of(last()))
+  end)
+
+  it("caches nodes", function()
+    assert.equal(client.v3.multiuse.users, client.v3.multiuse.users)
+  end)
+
+  it("encodes the query with sorted keys, and the signature covers it as sent", function()
+    client.v3.marketing.favor.users[openid].coupons["123"]:get{ query = { appid = "wx233544546545989", note = "a b&c" } }
+    local request = last()
+    local target = target_of(request)
+    assert.equal("/v3/marketing/favor/users/" .. openid .. "/coupons/123?appid=wx233544546545989&note=a%20b%26c", target)
+    assert.is_nil(request.body)
+    local auth
+    for _, h in ipairs(request.headers) do auth = auth or h:match("^Authorization: (.*)$") end
+    local scheme, fields, ok = merchant.check_authorization(auth, "GET", target, "")
+    assert.equal("WECHATPAY2-SHA256-RSA2048", scheme)
+    assert.equal(merchant.make().mchid, fields.mchid)
+    assert.equal(merchant.make().merchant_serial, fields.serial_no)
+    assert.matches("^%d%d%d%d%d%d%d%d%d%d$", fields.timestamp)
+    assert.matches("^[0-9A-Za-z]+$", fields.nonce_str)
+    assert.equal(32, #fields.nonce_str)
+    assert.is_true(ok, "openssl refused the signature")
+    -- and a different target would not verify
+    local _, _, ok2 = merchant.check_authorization(auth, "GET", target:gsub("note", "nota"), "")
+    assert.is_false(ok2)
+  end)
+
+  it("signs exactly the body bytes it sends, Chinese text included", function()
+    client:chain("v3/echo"):post{ json = { user = "张三", n = 1 } }
+    local request = last()
+    local auth
+    for _, h in ipairs(request.headers) do auth = auth or h:match("^Authorization: (.*)$") end
+    assert.matches("张三", request.body)
+    local _, _, ok = merchant.check_authorization(auth, "POST", "/v3/echo", request.body)
+    assert.is_true(ok)
+  end)
+
+  it("sends a default Wechatpay-Serial, User-Agent, Accept and Content-Type, and lets headers override", function()
+    client:chain("v3/echo"):post{ json = {} }
+    local h = table.concat(last().headers, "\n")
+    assert.matches("Wechatpay%-Serial: PUB_KEY_ID_0114232134912410000000000000", h)
+    assert.matches("User%-Agent: wechatpay%-lua/", h)
+    assert.matches("Accept: application/json", h)
+    assert.matches("Content%-Type: application/json", h)
+    client:chain("v3/echo"):post{ json = {}, headers = { ["wechatpay-serial"] = "PUB_KEY_ID_1" } }
+    h = table.concat(last().headers, "\n")
+    assert.matches("wechatpay%-serial: PUB_KEY_ID_1", h)
+    assert.is_nil(h:find("PUB_KEY_ID_0114", 1, true))
+    client:chain("v3/echo"):get()
+    assert.is_nil(table.concat(last().headers, "\n"):find("Content-Type", 1, true))
+  end)
+
+  it("raises before sending for a missing or empty path variable, naming it", function()
+    assert.has_error(function()
+      client.v3.multiuse.users._openid_.coupons:post{ json = {} }
+    end, "missing path variable 'openid' for v3/multiuse/users/{openid}/coupons: pass it as the request option openid = ...")
+    assert.has_error(function() client:chain("v3/a/{id}"):get{ id = "" } end, "path variable 'id' is empty")
+    assert.has_error(function() client:chain("v3/a/{id}"):get{ id = {} } end,
+      "path variable 'id' must be a string or number, got table")
+    assert.has_error(function() client:chain("v3/a/{id"):get{} end)
+    assert.equal(0, #transport.requests)
+  end)
+
+  it("refuses bad request options", function()
+    assert.has_error(function() client:chain("v3/x"):post{ json = {}, body = "x" } end, "give json or body, not both")
+    assert.has_error(function() client:chain("v3/x"):post{ json = "x" } end, "json must be a table")
+    assert.has_error(function() client:chain("v3/x"):get{ query = 5 } end)
+    assert.has_error(function()
+      client:chain("v3/x"):get{ headers = { Authorization = "x" } }
+    end, "headers.Authorization is made by the client from the request it signs")
+    assert.has_error(function() client.v3.x.get() end)
+    assert.equal(0, #transport.requests)
+  end)
+end)
