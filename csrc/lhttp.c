@@ -356,7 +356,7 @@ static void push_result(lua_State *L, transfer *t) {
 
 /* s:perform([wait_seconds = 0]) -> list of finished transfers (maybe empty).
  * Runs every transfer; waits up to wait_seconds for activity when none has
- * finished yet. */
+ * finished yet (callers with timers pass the time to their next one). */
 static int l_perform(lua_State *L) {
   session *s = check_session(L);
   lua_Number wait = luaL_optnumber(L, 2, 0);
@@ -365,7 +365,7 @@ static int l_perform(lua_State *L) {
   CURLMcode mc = curl_multi_perform(s->multi, &running);
   collect_finished(s);
   for (t = s->transfers; t; t = t->next) n += t->finished;
-  if (mc == CURLM_OK && n == 0 && running > 0 && wait > 0) {
+  if (mc == CURLM_OK && n == 0 && wait > 0) {   /* with nothing running it just sleeps */
     curl_multi_poll(s->multi, NULL, 0, (int)(wait * 1000), NULL);
     mc = curl_multi_perform(s->multi, &running);
     collect_finished(s);

@@ -10,6 +10,8 @@ local verify = require("wechatpay.verify")
 local errors = require("wechatpay.errors")
 local response = require("wechatpay.response")
 local curl_transport = require("wechatpay.transport.curl")
+local dispatcher = require("wechatpay.dispatcher")
+local promise = require("wechatpay.promise")
 
 local VERSION = "0.1.0"
 local DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com/"
@@ -118,6 +120,34 @@ local function pick_encryption_key(keys)
   return best_id
 end
 
+-- ---- retries -------------------------------------------------------------
+
+-- By default only failures before any byte was sent are retried: nothing
+-- can have happened on the server.  `idempotent = true` also retries
+-- timeouts, 429 and 5xx, but only for requests a replay cannot duplicate.
+local DEFAULT_RETRY = { attempts = 3, backoff = 0.2, max_backoff = 5, deadline = 30, idempotent = false }
+client.DEFAULT_RETRY = DEFAULT_RETRY
+
+--- retry_policy(option, base, name) -> policy: false disables retries.
+function client.retry_policy(option, base, name, level)
+  if option == nil then return base end
+  if option == false then
+    return { attempts = 1, backoff = 0, max_backoff = 0, deadline = 0, idempotent = false }
+  end
+  if type(option) ~= "table" then error(name .. " must be a table or false", level or 3) end
+  local policy = {}
+  for k, v in pairs(base) do policy[k] = v end
+  for k, v in pairs(option) do
+    if base[k] == nil then error(("%s: unknown field '%s'"):format(name, tostring(k)), level or 3) end
+    if type(v) ~= type(base[k]) then
+      error(("%s.%s must be a %s"):format(name, k, type(base[k])), level or 3)
+    end
+    policy[k] = v
+  end
+  if policy.attempts < 1 then error(name .. ".attempts must be at least 1", level or 3) end
+  return policy
+end
+
 --- wechatpay.new(options) -> client; raises on a configuration mistake.
 function client.new(opts)
   if type(opts) ~= "table" then error("wechatpay.new: options table expected, got " .. type(opts), 2) end
@@ -178,13 +208,16 @@ function client.new(opts)
     timeout = positive_number(opts, "timeout", 30),
     connect_timeout = positive_number(opts, "connect_timeout", 5),
     user_agent = opts.user_agent or user_agent(),
-    options = { max_concurrency = opts.max_concurrency, retry = opts.retry, rate_limit = opts.rate_limit },
   }, client_mt)
   secrets[self] = { private_key = private_key, apiv3_key = opts.apiv3_key }
   roots[self] = chain.root(self)
   self.transport = transport or curl_transport.new{
     cafile = opts.cafile, proxy = opts.proxy, max_connections = opts.max_concurrency,
   }
+  self.dispatcher = dispatcher.new(self.transport, {
+    max_concurrency = opts.max_concurrency, rate_limit = opts.rate_limit,
+  })
+  self.retry = client.retry_policy(opts.retry, DEFAULT_RETRY, "retry")
   return self
 end
 
@@ -194,8 +227,6 @@ function methods.chain(self, path)
 end
 
 -- ---- building a request ---------------------------------------------------
-
-local REQUEST_OPTIONS = { json = true, body = true, query = true, headers = true, timeout = true }
 
 local function header_list(self, opts, has_body)
   local defaults = {
@@ -225,9 +256,25 @@ local function header_list(self, opts, has_body)
   return list
 end
 
---- Everything up to the bytes on the wire: returns the transport request
--- and the request target (for verification and errors).
-local function build_request(self, method, path, opts)
+-- Merchant numbers that make a replay return the first result.
+local IDEMPOTENCY_FIELDS = { "out_request_no", "out_trade_no", "out_refund_no", "out_batch_no" }
+
+local function is_idempotent(method, json, body)
+  if method == "GET" then return true end
+  for _, field in ipairs(IDEMPOTENCY_FIELDS) do
+    if json then
+      if json[field] ~= nil and json[field] ~= "" then return true end
+    elseif body:find('"' .. field .. '"%s*:%s*"[^"]') then
+      return true
+    end
+  end
+  return false
+end
+
+--- Everything that does not depend on the moment of sending: the target,
+-- the body (encoded once: these bytes are signed and sent) and headers.
+-- Raises on a programmer error, before anything is queued or sent.
+local function prepare_request(self, method, path, opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("request options must be a table", 3) end
   local target = chain.expand(path, opts)
@@ -237,32 +284,44 @@ local function build_request(self, method, path, opts)
   if opts.json ~= nil and opts.body ~= nil then error("give json or body, not both", 3) end
   if opts.json ~= nil then
     if type(opts.json) ~= "table" then error("json must be a table", 3) end
-    body = cjson.encode(opts.json)   -- once: these bytes are signed and sent
+    body = cjson.encode(opts.json)
   elseif opts.body ~= nil then
     if type(opts.body) ~= "string" then error("body must be a string", 3) end
     body = opts.body
   else
     body = ""
   end
-  local headers = header_list(self, opts, body ~= "")
-  local authorization = core.authorization(secrets[self].private_key, self.mchid, self.serial,
-                                           method, target, body)
-  headers[#headers + 1] = "Authorization: " .. authorization
   local timeout = opts.timeout
   if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0) then
     error("timeout must be a positive number of seconds", 3)
   end
   return {
     method = method,
-    url = self.base_url .. target,
-    headers = headers,
-    body = body ~= "" and body or nil,
+    target = target,
+    body = body,
+    headers = header_list(self, opts, body ~= ""),
     timeout = timeout or self.timeout,
-    connect_timeout = self.connect_timeout,
-  }, target
+    idempotent = is_idempotent(method, type(opts.json) == "table" and opts.json or nil, body),
+    retry = opts.retry == nil and self.retry or client.retry_policy(opts.retry, self.retry, "retry", 4),
+  }
 end
-client._build_request = build_request
-client._REQUEST_OPTIONS = REQUEST_OPTIONS
+
+--- The transport request, signed now with a fresh timestamp and nonce:
+-- every attempt of a retried call is signed anew.
+local function sign_request(self, prepared)
+  local headers = {}
+  for i = 1, #prepared.headers do headers[i] = prepared.headers[i] end
+  headers[#headers + 1] = "Authorization: " .. core.authorization(secrets[self].private_key,
+    self.mchid, self.serial, prepared.method, prepared.target, prepared.body)
+  return {
+    method = prepared.method,
+    url = self.base_url .. prepared.target,
+    headers = headers,
+    body = prepared.body ~= "" and prepared.body or nil,
+    timeout = prepared.timeout,
+    connect_timeout = self.connect_timeout,
+  }
+end
 
 -- ---- reading a response ---------------------------------------------------
 
@@ -301,13 +360,52 @@ local function finish(self, raw, failure, target)
   end
   return res
 end
-client._finish = finish
+
+local function retry_delay(prepared, err, attempts, started)
+  local policy = prepared.retry
+  if attempts >= policy.attempts then return nil end
+  local before_sending = (err.kind == "network" or err.kind == "timeout") and (err.sent or 0) == 0
+  local transient = err.kind == "timeout" or err.kind == "network"
+    or (err.kind == "http" and (err.status == 429 or err.status >= 500))
+  if not (before_sending or (policy.idempotent and prepared.idempotent and transient)) then
+    return nil
+  end
+  local delay = math.min(policy.max_backoff, policy.backoff * 2 ^ (attempts - 1))
+  delay = delay * (0.5 + math.random() * 0.5)   -- jitter: retries of a batch do not align
+  if core.monotonic() + delay - started > policy.deadline then return nil end
+  return delay
+end
+
+--- client:request_async(method, path, options) -> promise of the response
+function methods.request_async(self, method, path, opts)
+  local prepared = prepare_request(self, method, path, opts)
+  local p = promise.new(self.dispatcher)
+  local attempts, started = 0, core.monotonic()
+  local function attempt()
+    attempts = attempts + 1
+    self.dispatcher:submit{
+      make = function() return sign_request(self, prepared) end,
+      done = function(raw, failure)
+        local res, err = finish(self, raw, failure, prepared.target)
+        if res then return p:resolve(res) end
+        err.attempts = attempts
+        local delay = retry_delay(prepared, err, attempts, started)
+        if delay then
+          self.dispatcher:after(delay, attempt)
+        else
+          p:reject(err)
+        end
+      end,
+    }
+  end
+  attempt()
+  return p
+end
 
 --- client:request(method, path, options) -> response | nil, err
+-- The same path as the async calls: the same pool, queue and retries.
 function methods.request(self, method, path, opts)
-  local request, target = build_request(self, method, path, opts)
-  local raw, failure = self.transport:request(request)
-  return finish(self, raw, failure, target)
+  return self:request_async(method, path, opts):wait()
 end
 
 --- client:encrypt(plaintext) -> base64 ciphertext, key id | nil, err

@@ -59,7 +59,7 @@ function M.recording_transport(reply)
   function t:request(request)
     self.requests[#self.requests + 1] = request
     if reply then return reply(request) end
-    return nil, { kind = "network", message = "recording transport: no reply", sent = 0 }
+    return { status = 400, headers = {}, body = '{"code":"RECORDED","message":"recorded, not sent"}' }
   end
   return t
 end
