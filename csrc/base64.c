@@ -50,6 +50,9 @@ long wp_base64_decode(const char *in, size_t len, unsigned char *out) {
     c = (last && pad == 2) ? 0 : sextet(s[i + 2]);
     d = (last && pad >= 1) ? 0 : sextet(s[i + 3]);
     if (c < 0 || d < 0) return -1;
+    /* the bits the padding drops must be zero: one encoding per byte string */
+    if (last && pad == 2 && (b & 15) != 0) return -1;
+    if (last && pad == 1 && (c & 3) != 0) return -1;
     out[n++] = (unsigned char)(a << 2 | b >> 4);
     if (!(last && pad == 2)) out[n++] = (unsigned char)((b & 15) << 4 | c >> 2);
     if (!(last && pad >= 1)) out[n++] = (unsigned char)((c & 3) << 6 | d);

@@ -7,6 +7,9 @@ PACKAGES="gcc make pkg-config openssl \
   libmbedtls-dev libcurl4-openssl-dev \
   lua-busted lua-cjson lua-luaossl lua-socket lua-posix luarocks \
   nginx libnginx-mod-http-lua valgrind"
+# the AES-GCM spec checks associated data against Node's crypto (luaossl
+# cannot set it); the image may already ship its own node
+command -v node >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs"
 [ -n "$WECHATPAY_EXTRA_PACKAGES" ] && PACKAGES="$PACKAGES $WECHATPAY_EXTRA_PACKAGES"
 
 missing=""

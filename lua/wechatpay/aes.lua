@@ -5,6 +5,7 @@
 -- appended to the ciphertext, and the whole is base64.
 -- AES-256-ECB with PKCS#7 (APIv2 refund notifications): the key is the
 -- lower-case hex MD5 of the APIv2 key.
+local cjson = require("cjson")
 local core = require("wechatpay.core")
 
 local aes = {}
@@ -59,7 +60,19 @@ function aes.decrypt_resource(apiv3_key, resource, opts)
   if type(resource.nonce) ~= "string" or type(resource.ciphertext) ~= "string" then
     return nil, "resource lacks its nonce or ciphertext"
   end
-  return aes.gcm_decrypt(apiv3_key, resource.nonce, resource.associated_data or "", resource.ciphertext, opts)
+  -- the resource comes from the network: a JSON null or a number here is
+  -- bad data to report, not a programmer error to raise
+  local associated_data = resource.associated_data
+  if associated_data == nil or associated_data == false then
+    associated_data = ""
+  elseif type(associated_data) ~= "string" then
+    if associated_data == cjson.null then
+      associated_data = ""
+    else
+      return nil, "resource associated_data must be a string, got " .. type(associated_data)
+    end
+  end
+  return aes.gcm_decrypt(apiv3_key, resource.nonce, associated_data, resource.ciphertext, opts)
 end
 
 --- ecb_encrypt(key, plaintext) -> base64 | nil, err
