@@ -13,7 +13,13 @@ local wechatpay = {
   base64 = require("wechatpay.base64"),
   random = require("wechatpay.random"),
   errors = require("wechatpay.errors"),
+  promise = require("wechatpay.promise"),
 }
+
+--- wechatpay.all{ p1, p2 }:wait() -> { res1, res2 } | nil, first error
+wechatpay.all = wechatpay.promise.all
+--- wechatpay.settle{ p1, p2 }:wait() -> { { res = ... }, { err = ... } }
+wechatpay.settle = wechatpay.promise.settle
 
 local client = require("wechatpay.client")
 
