@@ -73,6 +73,7 @@ valgrind: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh scripts/demo.sh
+	@sh scripts/demo_batch.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all

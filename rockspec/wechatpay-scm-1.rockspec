@@ -47,6 +47,11 @@ build = {
     ["wechatpay.rsa"] = "lua/wechatpay/rsa.lua",
     ["wechatpay.verify"] = "lua/wechatpay/verify.lua",
     ["wechatpay.transport.curl"] = "lua/wechatpay/transport/curl.lua",
+    ["wechatpay.grant.batch"] = "lua/wechatpay/grant/batch.lua",
+    ["wechatpay.grant.cli"] = "lua/wechatpay/grant/cli.lua",
+    ["wechatpay.grant.csv"] = "lua/wechatpay/grant/csv.lua",
+    ["wechatpay.grant.progress"] = "lua/wechatpay/grant/progress.lua",
+    ["wechatpay.grant.results"] = "lua/wechatpay/grant/results.lua",
     ["wechatpay.mock"] = "lua/wechatpay/mock/init.lua",
     ["wechatpay.mock.admin"] = "lua/wechatpay/mock/admin.lua",
     ["wechatpay.mock.auth"] = "lua/wechatpay/mock/auth.lua",
@@ -58,5 +63,8 @@ build = {
     ["wechatpay.mock.response"] = "lua/wechatpay/mock/response.lua",
     ["wechatpay.mock.state"] = "lua/wechatpay/mock/state.lua",
     ["wechatpay.mock.users"] = "lua/wechatpay/mock/users.lua",
+  },
+  install = {
+    bin = { ["wechatpay-grant"] = "bin/wechatpay-grant" },
   },
 }

@@ -1,0 +1,278 @@
+--- Granting a stock to the rows of a CSV, streamed: rows are read, checked,
+-- encrypted and sent one at a time, with at most `window` grants in flight,
+-- so memory stays flat however long the file is.
+--
+--   batch.out_request_no(stock_id, openid, amount_text) -> "GRANT-<40 hex>"
+--   batch.columns(header) -> { openid =, name =, id_card_number =, amount = } | nil, err
+--   batch.run{ client =, stock_id =, appid =, amount =, reader =, columns =,
+--              results = writer, granted = { [out_request_no] = coupon_id },
+--              window =, progress = } -> summary | nil, err, partial summary
+local hash = require("wechatpay.hash")
+local promise = require("wechatpay.promise")
+
+local batch = {}
+
+-- Part of every out_request_no: change it and every row becomes a new grant.
+local SCHEME = "wechatpay-grant/1"
+
+--- out_request_no(stock_id, openid, amount_text) -> string
+-- The same stock, user and row amount always give the same number, so WeChat
+-- Pay treats a re-run (or a retry after a kill) as the first grant. The name
+-- and ID number are left out on purpose: correcting a typo in them must not
+-- turn into a second grant.
+function batch.out_request_no(stock_id, openid, amount_text)
+  local digest = hash.sha256(table.concat({ SCHEME, stock_id, openid, amount_text or "" }, "\n"))
+  return "GRANT-" .. digest:sub(1, 40)
+end
+
+local REQUIRED = { "openid", "name", "id_card_number" }
+local KNOWN = { openid = true, name = true, id_card_number = true, amount = true }
+
+--- columns(header fields) -> column index by name | nil, err
+-- Names are matched case-insensitively, surrounding spaces ignored; other
+-- columns are allowed and ignored.
+function batch.columns(header)
+  local columns = {}
+  for i, raw in ipairs(header) do
+    local name = raw:lower():gsub("^%s+", ""):gsub("%s+$", "")
+    if KNOWN[name] then
+      if columns[name] then return nil, ("column %s appears twice in the header"):format(name) end
+      columns[name] = i
+    end
+  end
+  local missing = {}
+  for _, name in ipairs(REQUIRED) do
+    if not columns[name] then missing[#missing + 1] = name end
+  end
+  if #missing > 0 then
+    return nil, ("the header lacks column%s %s (it needs openid,name,id_card_number[,amount])")
+      :format(#missing > 1 and "s" or "", table.concat(missing, ", "))
+  end
+  columns.count = #header
+  return columns
+end
+
+-- An openid is shown in the results only when it cannot be something else
+-- (a name typed in the wrong column, say).
+local function printable_openid(openid)
+  if openid and openid:find("^[%w%p ]*$") then return openid end
+  return ""
+end
+
+--- check(fields, info, columns) -> row | nil, problem, openid shown
+function batch.check(fields, info, columns)
+  local function field(name)
+    local i = columns[name]
+    local value = i and fields[i]
+    if value == "" then return nil end
+    return value
+  end
+  local openid = field("openid")
+  local shown = printable_openid(openid)
+  if info and info.malformed then return nil, "broken CSV quoting: " .. info.malformed, shown end
+  for i = columns.count + 1, #fields do
+    if fields[i] ~= "" then
+      return nil, ("%d fields, the header has %d"):format(#fields, columns.count), shown
+    end
+  end
+  local missing = {}
+  for _, name in ipairs(REQUIRED) do
+    if not field(name) then missing[#missing + 1] = name end
+  end
+  if #missing > 0 then return nil, "missing " .. table.concat(missing, ", "), shown end
+  if #openid > 128 or not openid:find("^[%w_%-]+$") then
+    local what = shown == "" and "non-ASCII characters" or "characters other than A-Z a-z 0-9 _ -"
+    if #openid > 128 then what = "more than 128 characters" end
+    return nil, "openid has " .. what, shown
+  end
+  local id = field("id_card_number")
+  if not id:find("^%d+[%dXx]$") or #id ~= 18 then
+    return nil, "id_card_number must be 18 characters: 17 digits and a digit or X", shown
+  end
+  local amount_text = field("amount")
+  local amount
+  if amount_text then
+    amount = amount_text:find("^%d+$") and tonumber(amount_text)
+    if not amount or amount <= 0 or amount > 1e12 then
+      return nil, "amount must be a positive whole number of fen", shown
+    end
+    amount_text = ("%.0f"):format(amount)
+  end
+  return {
+    openid = openid,
+    name = field("name"),
+    id_card_number = id,
+    amount = amount,
+    amount_text = amount_text,
+  }
+end
+
+--- error_fields(err) -> error_code, error_message for the results file
+local function error_fields(err)
+  if type(err) ~= "table" then return "CLIENT_ERROR", tostring(err) end
+  local code = err.code
+  if not code then
+    code = ({ network = "NETWORK_ERROR", timeout = "TIMEOUT", verify = "VERIFY_FAILED",
+              config = "CLIENT_ERROR" })[err.kind] or ("HTTP_" .. tostring(err.status or "ERROR"))
+  end
+  local message = tostring(err.message or "")
+  if err.kind == "verify" then
+    -- A 2xx that failed verification may still have granted: a re-run
+    -- sends the same out_request_no, which is safe.
+    message = message .. " (the grant may have happened; a re-run with the same out_request_no is safe)"
+  end
+  if err.status and err.kind ~= "http" then message = message .. " (HTTP " .. err.status .. ")" end
+  if err.request_id then message = message .. " (Request-ID " .. err.request_id .. ")" end
+  if err.attempts and err.attempts > 1 then message = message .. (" after %d attempts"):format(err.attempts) end
+  return code, message
+end
+batch.error_fields = error_fields
+
+--- run(opts) -> summary | nil, err, partial summary
+-- err: an interrupt, or the results file could not be written.
+function batch.run(opts)
+  local client, results, granted = opts.client, opts.results, opts.granted
+  local window = opts.window or 32
+  local summary = { rows = 0, granted = 0, skipped = 0, failed = 0, invalid = 0, sent = 0 }
+  local state = { done = 0, sent = 0, failed = 0 }
+  local in_flight, fatal, slot = 0, nil, nil
+  -- out_request_no -> the first row that asked for it in this file
+  local seen = {}
+
+  -- Wakes the reader waiting for a free place in the window.
+  local function wake()
+    if slot then
+      local s = slot
+      slot = nil
+      s:resolve(true)
+    end
+  end
+
+  local function tick()
+    state.done = summary.granted + summary.skipped + summary.failed
+    state.sent, state.failed = summary.sent, summary.failed
+    if opts.progress then opts.progress:update(state) end
+  end
+
+  local function record(r)
+    local ok, err = results:write(r)
+    if not ok then fatal = fatal or err end
+  end
+
+  local function fail(rowno, openid, out_request_no, code, message)
+    summary.failed = summary.failed + 1
+    if code == "INVALID_ROW" or code == "DUPLICATE_ROW" then summary.invalid = summary.invalid + 1 end
+    record{ row = rowno, openid = openid, out_request_no = out_request_no,
+            error_code = code, error_message = message }
+    tick()
+  end
+
+  local function finished(rowno, row, out_request_no, res, err)
+    in_flight = in_flight - 1
+    if type(err) == "table" and err.kind == "config" and tostring(err.message):find("interrupted!", 1, true) then
+      -- Ctrl-C while the dispatcher was signing: it reports that as a failed
+      -- call; nothing was sent, and the user asked to stop.
+      fatal = fatal or "interrupted!"
+      wake()
+      return
+    end
+    summary.sent = summary.sent + 1
+    if res then
+      local body = res:json()
+      local coupon_id = type(body) == "table" and body.coupon_id
+      if (type(coupon_id) == "string" and coupon_id ~= "") or type(coupon_id) == "number" then
+        summary.granted = summary.granted + 1
+        record{ row = rowno, openid = row.openid, out_request_no = out_request_no,
+                coupon_id = tostring(coupon_id) }
+        tick()
+      else
+        fail(rowno, row.openid, out_request_no, "BAD_RESPONSE", "a 2xx response without a coupon_id")
+      end
+    else
+      local code, message = error_fields(err)
+      fail(rowno, row.openid, out_request_no, code, message)
+    end
+    wake()
+  end
+
+  local function wait_for_room(limit)
+    while in_flight > limit and not fatal do
+      slot = promise.new(client.dispatcher)
+      slot:wait()
+    end
+    if fatal then error(fatal, 0) end
+  end
+
+  local function send(rowno, row, out_request_no)
+    local user_name, key_id = client:encrypt(row.name)
+    if not user_name then
+      return fail(rowno, row.openid, out_request_no, "INVALID_ROW", "name cannot be encrypted: " .. tostring(key_id))
+    end
+    local id_card_number, err = client:encrypt(row.id_card_number)
+    if not id_card_number then
+      return fail(rowno, row.openid, out_request_no, "INVALID_ROW",
+        "id_card_number cannot be encrypted: " .. tostring(err))
+    end
+    local json = {
+      stock_id = opts.stock_id,
+      out_request_no = out_request_no,
+      user_name = user_name,
+      id_card_number = id_card_number,
+      appid = opts.appid,
+      card_type = "ID_CARD",
+      amount = row.amount or opts.amount,
+    }
+    in_flight = in_flight + 1
+    client.v3.multiuse.users._openid_.coupons:postAsync{
+      openid = row.openid, json = json, headers = { ["Wechatpay-Serial"] = key_id },
+    }:next(function(res)
+      finished(rowno, row, out_request_no, res, nil)
+    end, function(e)
+      finished(rowno, row, out_request_no, nil, e)
+    end):catch(function(e)
+      -- A handler that raised (an interrupt, a bug): stop the batch with it.
+      fatal = fatal or e
+      wake()
+    end)
+  end
+
+  local ok, err = pcall(function()
+    for fields, info in opts.reader:records() do
+      summary.rows = summary.rows + 1
+      local rowno = summary.rows
+      local row, problem, shown = batch.check(fields, info, opts.columns)
+      if not row then
+        fail(rowno, shown, "", "INVALID_ROW", problem)
+      else
+        local out_request_no = batch.out_request_no(opts.stock_id, row.openid, row.amount_text)
+        local first = seen[out_request_no]
+        if first then
+          fail(rowno, row.openid, out_request_no, "DUPLICATE_ROW",
+            ("same openid and amount as row %d: one grant per user, stock and amount"):format(first))
+        else
+          seen[out_request_no] = rowno
+          if granted[out_request_no] then
+            summary.skipped = summary.skipped + 1
+            tick()
+          else
+            send(rowno, row, out_request_no)
+            wait_for_room(window - 1)
+          end
+        end
+      end
+      if fatal then error(fatal, 0) end
+    end
+    wait_for_room(0)
+  end)
+  if not ok then
+    -- Let what is in flight land in the results before giving up, unless
+    -- the reason is the results file itself or an interrupt.
+    if not tostring(err):find("interrupted", 1, true) and not tostring(err):find("results file", 1, true) then
+      pcall(wait_for_room, 0)
+    end
+    return nil, err, summary
+  end
+  return summary
+end
+
+return batch

@@ -1,0 +1,451 @@
+-- bin/wechatpay-grant against the mock WeChat Pay over real HTTPS, run as a
+-- subprocess with the interpreter that runs busted; and its CSV and
+-- out_request_no helpers on their own.
+local mock = require("wechatpay.mock")
+local hash = require("wechatpay.hash")
+local csv = require("wechatpay.grant.csv")
+local batch = require("wechatpay.grant.batch")
+local results_module = require("wechatpay.grant.results")
+local socket = require("socket")
+
+local LUA = jit and "luajit" or "lua5.4"
+local STOCK, APPID = "9856000", "wx233544546545989"
+
+local function quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"__rc=$?\""))
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("__rc=(%d+)%s*$")), (out:gsub("__rc=%d+%s*$", ""))
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Deterministic users: awkward openids (mixed case, _ and -), Chinese names.
+local ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+local function user(i)
+  local h, id = hash.sha256("grant spec user " .. i), {}
+  for j = 1, 27 do
+    local k = tonumber(h:sub(2 * j - 1, 2 * j), 16) % 64 + 1
+    id[j] = ALPHABET:sub(k, k)
+  end
+  return { openid = "o" .. table.concat(id), name = "测试用户" .. i, id_card = ("1101011990%08d"):format(i) }
+end
+
+local SPECIAL = {
+  { openid = "oQuote_comma-1", name = "欧阳,娜娜", id_card = "310104200001010026" },
+  { openid = "oQuote_quote-2", name = 'Zhang "Sam" San', id_card = "11010519491231002X" },
+  { openid = "oQuote_plain-3", name = "王五", id_card = "440301198512120018" },
+}
+
+local function users_csv(list, opts)
+  opts = opts or {}
+  local eol = opts.crlf and "\r\n" or "\n"
+  local lines = { (opts.bom and "\239\187\191" or "") .. "openid,name,id_card_number" }
+  for _, u in ipairs(list) do
+    lines[#lines + 1] = table.concat({ csv.quote(u.openid), csv.quote(u.name), csv.quote(u.id_card) }, ",")
+  end
+  return table.concat(lines, eol) .. eol
+end
+
+local function range(first, last)
+  local list = {}
+  for i = first, last do list[#list + 1] = user(i) end
+  return list
+end
+
+--- results(path) -> list of records { row =, openid =, out_request_no =, coupon_id =, error_code =, error_message = }
+local function results(path)
+  local f = io.open(path, "rb")
+  if not f then return {} end
+  local reader, list = csv.reader(f), {}
+  local header = reader:next()
+  assert.same(results_module.COLUMNS, header)
+  for fields, info in reader:records() do
+    assert.is_true(info.terminated)
+    local r = {}
+    for i, name in ipairs(results_module.COLUMNS) do r[name] = fields[i] end
+    r.row = tonumber(r.row)
+    list[#list + 1] = r
+  end
+  f:close()
+  return list
+end
+
+-- coupon lines per row number, and the set of coupon ids
+local function coupons_by_row(list)
+  local by_row, ids, n = {}, {}, 0
+  for _, r in ipairs(list) do
+    if r.coupon_id ~= "" then
+      by_row[r.row] = (by_row[r.row] or 0) + 1
+      assert.is_nil(ids[r.coupon_id], "coupon " .. r.coupon_id .. " recorded twice")
+      ids[r.coupon_id] = true
+      n = n + 1
+    end
+  end
+  return by_row, n
+end
+
+describe("wechatpay-grant", function()
+  local server, dir, config
+  local counter = 0
+
+  setup(function()
+    local seeded = {}
+    for i = 1, 400 do
+      local u = user(i)
+      seeded[u.openid] = { name = u.name, id_card = u.id_card }
+    end
+    for _, u in ipairs(SPECIAL) do seeded[u.openid] = { name = u.name, id_card = u.id_card } end
+    server = assert(mock.start{ users = seeded, rate_limit = false })
+    local _, out = sh("mktemp -d")
+    dir = out:gsub("%s+$", "")
+    config = dir .. "/merchant.lua"
+    write_file(config, ([[
+return {
+  mchid = %q,
+  serial = %q,
+  private_key = %q,
+  certs = { [%q] = %q },
+  base_url = %q,
+  cafile = %q,
+  timeout = 10,
+}
+]]):format(server.mchid, server.merchant_serial, "file://" .. server.merchant_key_file,
+      server.platform_key_id, "file://" .. server.platform_public_key_file, server.base_url, server.cafile))
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+    if dir then sh("rm -rf " .. quote(dir)) end
+  end)
+
+  before_each(function()
+    server:reset()
+    server:configure{ latency = 0 }
+    counter = counter + 1
+  end)
+
+  -- A fresh input and results path for this test.
+  local function files(content, name)
+    local input = ("%s/%s%d.csv"):format(dir, name or "users", counter)
+    write_file(input, content)
+    return input, ("%s/results%d.csv"):format(dir, counter)
+  end
+
+  local function command(args)
+    local parts = { LUA, "bin/wechatpay-grant" }
+    for _, a in ipairs(args) do parts[#parts + 1] = quote(a) end
+    return table.concat(parts, " ")
+  end
+
+  -- run{ args } -> exit code, stdout, stderr
+  local function grant(args)
+    local out, err = dir .. "/stdout", dir .. "/stderr"
+    local rc = sh("{ " .. command(args) .. " >" .. quote(out) .. " 2>" .. quote(err) .. "; }")
+    return rc, read_file(out) or "", read_file(err) or ""
+  end
+
+  local function standard(input, results_path, extra)
+    -- The default --rate (1000/min, WeChat Pay's limit) would make the spec slow.
+    local args = { "--config", config, "--stock", STOCK, "--appid", APPID, "--input", input, "--results", results_path,
+                   "--rate", "100000" }
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    return args
+  end
+
+  local function count(summary, what)
+    return tonumber(summary:match("%f[%w]" .. what .. "%s+(%d+)"))
+  end
+
+  it("grants every row once, and a re-run grants nothing", function()
+    local list = range(1, 60)
+    local input, out = files(users_csv(list))
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(60, count(stdout, "granted"))
+    assert.equal(0, count(stdout, "failed"))
+    assert.equal(60, server:stats().grants)
+    assert.matches("progress: 60/60 100%%", stderr)
+
+    local by_row, n = coupons_by_row(results(out))
+    assert.equal(60, n)
+    for i = 1, 60 do assert.equal(1, by_row[i]) end
+    for i, r in ipairs(results(out)) do
+      assert.equal(list[r.row].openid, r.openid, "row " .. i)
+      assert.equal(batch.out_request_no(STOCK, r.openid, nil), r.out_request_no)
+      local coupon = server:coupon(r.coupon_id)
+      assert.equal(r.openid, coupon.openid)
+      assert.equal(r.out_request_no, coupon.out_request_no)
+    end
+    -- no names or ID numbers in the results or the output
+    local text = read_file(out) .. stdout .. stderr
+    for _, u in ipairs(list) do
+      assert.is_nil(text:find(u.name, 1, true))
+      assert.is_nil(text:find(u.id_card, 1, true))
+    end
+
+    rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(0, count(stdout, "granted"))
+    assert.equal(60, count(stdout, "skipped"))
+    assert.equal(60, server:stats().grants)
+    assert.equal(60, #results(out))
+  end)
+
+  it("resumes after kill -9 without granting any row twice", function()
+    local list = range(1, 200)
+    local input, out = files(users_csv(list))
+    server:configure{ latency = 0.1 }
+    local log = dir .. "/killed.log"
+    -- popen's shell prints its pid, then becomes the tool: that pid is the tool's.
+    local p = assert(io.popen("echo $$; exec " .. command(standard(input, out, { "--concurrency", "4" }))
+      .. " >" .. quote(log) .. " 2>&1"))
+    local pid = assert(tonumber(p:read("*l")))
+    local deadline = socket.gettime() + 15
+    repeat
+      socket.sleep(0.05)
+      local text = read_file(out) or ""
+      local _, lines = text:gsub("\n", "")
+    until lines > 25 or socket.gettime() > deadline
+    sh("kill -9 " .. pid)
+    p:close()
+    local before = coupons_by_row(results(out))
+    local recorded = 0
+    for _ in pairs(before) do recorded = recorded + 1 end
+    assert.is_true(recorded > 0 and recorded < 200, "killed mid-run (" .. recorded .. " rows recorded)")
+    -- Calls in flight at the kill still land once their latency is over:
+    -- granted, but not recorded. The re-run must get those same coupons back.
+    socket.sleep(0.3)
+    local granted_unrecorded = server:stats().grants - recorded
+    assert.is_true(granted_unrecorded > 0, "no grant was in flight at the kill")
+
+    server:configure{ latency = 0 }
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(recorded, count(stdout, "skipped"))
+    assert.equal(200, server:stats().grants)
+    local by_row, n = coupons_by_row(results(out))
+    assert.equal(200, n)
+    for i = 1, 200 do assert.equal(1, by_row[i], "row " .. i) end
+  end)
+
+  it("stops on Ctrl-C with exit code 130 and resumes", function()
+    local list = range(231, 330)
+    local input, out = files(users_csv(list))
+    server:configure{ latency = 0.1 }
+    local log = dir .. "/interrupted.log"
+    local p = assert(io.popen("sh -c " .. quote(command(standard(input, out, { "--concurrency", "4" }))
+      .. " >" .. quote(log) .. " 2>&1 & echo $!; wait $!; echo rc=$?")))
+    local pid = assert(tonumber(p:read("*l")))
+    local deadline = socket.gettime() + 15
+    repeat
+      socket.sleep(0.05)
+      local _, lines = (read_file(out) or ""):gsub("\n", "")
+    until lines > 10 or socket.gettime() > deadline
+    sh("kill -INT " .. pid)
+    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
+    p:close()
+    local text = read_file(log)
+    assert.equal(130, rc, text)
+    assert.matches("interrupted; every finished row is in", text)
+    local _, recorded = coupons_by_row(results(out))
+    assert.is_true(recorded > 0 and recorded < 100)
+
+    server:configure{ latency = 0 }
+    local stdout, stderr
+    rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. read_file(out))
+    assert.equal(100, server:stats().grants)
+    local by_row, n = coupons_by_row(results(out))
+    assert.equal(100, n)
+    for i = 1, 100 do assert.equal(1, by_row[i], "row " .. i) end
+  end)
+
+  it("reports bad rows with their numbers and still grants the good ones", function()
+    local good = range(201, 210)
+    local rows = {
+      ("%s,%s,%s"):format(good[1].openid, good[1].name, good[1].id_card),     -- 1
+      ("%s,%s,"):format(good[2].openid, good[2].name),                         -- 2: no id number
+      ("%s,%s,%s"):format(good[3].openid, ("名"):rep(100), good[3].id_card),  -- 3: 300-byte name
+      ("o bad openid,%s,%s"):format(good[4].name, good[4].id_card),           -- 4: space in openid
+      ("%s,%s,%s"):format(good[5].openid, good[5].name, good[5].id_card),     -- 5
+      ("%s,%s,%s"):format(good[5].openid, good[5].name, good[5].id_card),     -- 6: duplicate of 5
+      (",%s,%s"):format(good[6].name, good[6].id_card),                        -- 7: no openid
+      ("%s,%s,%s"):format(good[7].openid, good[7].name, good[7].id_card),     -- 8
+    }
+    local input, out = files("openid,name,id_card_number\n" .. table.concat(rows, "\n") .. "\n")
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(3, count(stdout, "granted"))
+    assert.equal(5, count(stdout, "failed"))
+    assert.equal(3, server:stats().grants)
+    local by_row = {}
+    for _, r in ipairs(results(out)) do by_row[r.row] = r end
+    for _, i in ipairs{ 1, 5, 8 } do assert.matches("^8%d+$", by_row[i].coupon_id) end
+    for _, i in ipairs{ 2, 3, 4, 7 } do
+      assert.equal("", by_row[i].coupon_id)
+      assert.equal("INVALID_ROW", by_row[i].error_code)
+    end
+    assert.equal("DUPLICATE_ROW", by_row[6].error_code)
+    assert.matches("id_card_number", by_row[2].error_message)
+    assert.matches("name cannot be encrypted", by_row[3].error_message)
+    assert.matches("300 bytes", by_row[3].error_message)
+    assert.equal("o bad openid", by_row[4].openid)
+    assert.matches("openid", by_row[4].error_message)
+    assert.matches("missing openid", by_row[7].error_message)
+    local text = read_file(out)
+    assert.is_nil(text:find("名名", 1, true))
+    for _, u in ipairs(good) do
+      assert.is_nil(text:find(u.name, 1, true))
+      assert.is_nil(text:find(u.id_card, 1, true))
+    end
+  end)
+
+  it("retries the rows that failed on the next run", function()
+    local list = range(211, 220)
+    local input, out = files(users_csv(list))
+    server:fault("status", { status = 403, code = "NO_AUTH", message = "not allowed today", count = 3,
+                             path = "/coupons$" })
+    local rc, stdout, stderr = grant(standard(input, out, { "--concurrency", "1" }))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(7, count(stdout, "granted"))
+    assert.equal(3, count(stdout, "failed"))
+    local failed = 0
+    for _, r in ipairs(results(out)) do
+      if r.error_code ~= "" then
+        failed = failed + 1
+        assert.equal("NO_AUTH", r.error_code)
+        assert.matches("not allowed today", r.error_message)
+      end
+    end
+    assert.equal(3, failed)
+
+    rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(3, count(stdout, "granted"))
+    assert.equal(7, count(stdout, "skipped"))
+    assert.equal(10, server:stats().grants)
+    local by_row, n = coupons_by_row(results(out))
+    assert.equal(10, n)
+    for i = 1, 10 do assert.equal(1, by_row[i]) end
+  end)
+
+  it("stops with exit code 2 before sending anything on a configuration error", function()
+    local input, out = files(users_csv(range(221, 225)))
+    local bad_config = dir .. "/bad_config.lua"
+    write_file(bad_config, "return { mchid = '1900000001', serial = 'ABC', private_key = 'file:///nonexistent.pem', certs = {} }")
+    local not_lua = dir .. "/not_lua.lua"
+    write_file(not_lua, "this is not lua")
+    local no_column = files("openid,name\nox,y\n", "no_column")
+    local cases = {
+      { "--config", dir .. "/missing.lua", "--stock", STOCK, "--appid", APPID, "--input", input, "--results", out },
+      { "--config", config, "--appid", APPID, "--input", input, "--results", out },
+      { "--config", config, "--stock", "", "--appid", APPID, "--input", input, "--results", out },
+      { "--config", config, "--stock", STOCK, "--input", input, "--results", out },
+      { "--config", bad_config, "--stock", STOCK, "--appid", APPID, "--input", input, "--results", out },
+      { "--config", not_lua, "--stock", STOCK, "--appid", APPID, "--input", input, "--results", out },
+      { "--config", config, "--stock", STOCK, "--appid", APPID, "--input", dir .. "/nope.csv", "--results", out },
+      { "--config", config, "--stock", STOCK, "--appid", APPID, "--input", no_column, "--results", out },
+      { "--config", config, "--stock", STOCK, "--appid", APPID, "--input", input, "--results", input },
+      { "--config", config, "--stock", STOCK, "--appid", APPID, "--input", input, "--results", out,
+        "--concurrency", "0" },
+      { "--config", config, "--stock", STOCK, "--appid", APPID, "--input", input, "--results", out, "--bogus" },
+    }
+    local expect = { "cannot load %-%-config", "%-%-stock is required", "%-%-stock is required",
+      "%-%-appid is required", "private_key", "cannot load %-%-config", "cannot read %-%-input",
+      "lacks column id_card_number", "must not be the %-%-input", "%-%-concurrency", "unknown option" }
+    for i, args in ipairs(cases) do
+      local rc, stdout, stderr = grant(args)
+      assert.equal(2, rc, "case " .. i .. ": " .. stdout .. stderr)
+      assert.matches(expect[i], stderr)
+      assert.matches("nothing was sent", stderr)
+    end
+    assert.equal(0, server:stats().requests)
+    assert.is_nil(read_file(out))
+  end)
+
+  it("reads quoted fields, CRLF line ends, a BOM and columns in any order", function()
+    local body = { "\239\187\191note,Name,id_card_number,OpenID" }
+    local notes = { '"a note, with a comma"', '"two\r\nlines"', '"say ""hi"""' }
+    for i, u in ipairs(SPECIAL) do
+      body[#body + 1] = table.concat({ notes[i], csv.quote(u.name), u.id_card, '"' .. u.openid .. '"' }, ",")
+    end
+    local input, out = files(table.concat(body, "\r\n") .. "\r\n")
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(3, count(stdout, "granted"))
+    assert.equal(3, server:stats().grants)
+    local list = results(out)
+    for _, r in ipairs(list) do assert.equal(SPECIAL[r.row].openid, r.openid) end
+  end)
+end)
+
+describe("wechatpay.grant.csv", function()
+  local function records(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(text)
+    f:close()
+    f = assert(io.open(path, "rb"))
+    local list = {}
+    for fields, info in csv.reader(f):records() do list[#list + 1] = { fields = fields, info = info } end
+    f:close()
+    os.remove(path)
+    return list
+  end
+
+  it("parses RFC 4180 quoting, CRLF, a BOM and blank lines", function()
+    local list = records('\239\187\191a,b,c\r\n"x, y","say ""hi""","two\r\nlines"\r\n\r\n张三,,\n')
+    assert.equal(3, #list)
+    assert.same({ "a", "b", "c" }, list[1].fields)
+    assert.same({ "x, y", 'say "hi"', "two\r\nlines" }, list[2].fields)
+    assert.equal(2, list[2].info.line)
+    assert.same({ "张三", "", "" }, list[3].fields)
+    assert.equal(5, list[3].info.line)
+    assert.is_true(list[3].info.terminated)
+  end)
+
+  it("flags a torn last record and broken quoting", function()
+    local list = records('a,b\n1,"2"x\n3,4')
+    assert.equal("text after the closing quote of field 2", list[2].info.malformed)
+    assert.is_false(list[3].info.terminated)
+    list = records('a\n"never closed\n')
+    assert.matches("not closed", list[2].info.malformed)
+  end)
+
+  it("writes what it reads", function()
+    local fields = { "plain", "with,comma", 'with "quotes"', "line\nbreak", " padded ", "" }
+    local list = records(csv.format(fields))
+    assert.same(fields, list[1].fields)
+  end)
+end)
+
+describe("wechatpay.grant.batch.out_request_no", function()
+  it("is deterministic, in WeChat Pay's alphabet, and depends on stock, openid and amount", function()
+    local a = batch.out_request_no("9856000", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", nil)
+    assert.equal(a, batch.out_request_no("9856000", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", nil))
+    assert.matches("^[%w|_*%-]+$", a)
+    assert.is_true(#a <= 128)
+    assert.are_not.equal(a, batch.out_request_no("9856001", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", nil))
+    assert.are_not.equal(a, batch.out_request_no("9856000", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6O", nil))
+    assert.are_not.equal(a, batch.out_request_no("9856000", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "100"))
+    -- fields are separated: ("98560001", "x") is not ("9856000", "1x")
+    assert.are_not.equal(batch.out_request_no("98560001", "x"), batch.out_request_no("9856000", "1x"))
+  end)
+end)
