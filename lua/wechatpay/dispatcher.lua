@@ -122,8 +122,11 @@ end
 function dispatcher:send(job)
   local ok, request = pcall(job.make)
   if not ok then
+    -- Signing does not fail on its own: this is a closed key, a bug, or an
+    -- interrupt (Ctrl-C).  The call fails, and the error goes on up to
+    -- whoever is waiting, rather than being swallowed by the queue.
     job.done(nil, { kind = "config", message = tostring(request), sent = 0 })
-    return
+    error(request, 0)
   end
   self.in_flight = self.in_flight + 1
   self.transport:submit(request, function(raw, failure)
