@@ -62,7 +62,7 @@ static int l_rsa_verify(lua_State *L) {
   size_t len, b64len;
   const char *msg = luaL_checklstring(L, 2, &len);
   const char *b64 = luaL_checklstring(L, 3, &b64len);
-  unsigned char sig[WP_RSA_MAX_BYTES];
+  unsigned char sig[WP_RSA_B64_DECODED_MAX];
   long siglen;
   if (b64len > WP_BASE64_ENCODED_LEN(WP_RSA_MAX_BYTES) ||
       (siglen = wp_base64_decode(b64, b64len, sig)) <= 0) {
@@ -91,7 +91,7 @@ static int l_rsa_decrypt(lua_State *L) {
   wp_key *key = wp_check_key(L, 1);
   size_t b64len, outlen;
   const char *b64 = luaL_checklstring(L, 2, &b64len);
-  unsigned char ct[WP_RSA_MAX_BYTES], out[WP_RSA_MAX_BYTES];
+  unsigned char ct[WP_RSA_B64_DECODED_MAX], out[WP_RSA_MAX_BYTES];
   char err[WP_ERRLEN];
   long ctlen;
   int rc;

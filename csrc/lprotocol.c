@@ -60,7 +60,7 @@ static int l_authorization(lua_State *L) {
   if (lua_isnoneornil(L, 7)) {
     snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
   } else {
-    snprintf(ts, sizeof ts, "%lld", (long long)luaL_checknumber(L, 7));
+    snprintf(ts, sizeof ts, "%lld", (long long)luaL_checkinteger(L, 7));
   }
   if (lua_isnoneornil(L, 8)) {
     make_nonce(L, nonce);
@@ -117,7 +117,7 @@ static int l_verify_message(lua_State *L) {
   const char *parts[3];
   size_t lens[3], siglen_b64;
   const char *sig64;
-  unsigned char sig[WP_RSA_MAX_BYTES];
+  unsigned char sig[WP_RSA_B64_DECODED_MAX];
   long siglen;
   luaL_Buffer b;
   int ok;

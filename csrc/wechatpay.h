@@ -9,6 +9,12 @@
 #include <lauxlib.h>
 
 #include "crypto.h"
+#include "base64.h"
+
+/* Room for whatever base64 the RSA length check lets through: up to
+ * WP_BASE64_ENCODED_LEN(WP_RSA_MAX_BYTES) characters decode to a little more
+ * than WP_RSA_MAX_BYTES when unpadded, and that input comes from the network. */
+#define WP_RSA_B64_DECODED_MAX WP_BASE64_DECODED_MAX(WP_BASE64_ENCODED_LEN(WP_RSA_MAX_BYTES))
 
 /* ---- Lua 5.1 / LuaJIT 2.1 shims (LuaJIT already has luaL_setfuncs,
  * luaL_testudata and luaL_newlib) ---------------------------------------- */
