@@ -100,6 +100,15 @@ describe("wechatpay.new configuration", function()
     refused(merchant.options{ apiv3_key = "short" }, "apiv3_key must be the 32%-character APIv3 key")
     refused(merchant.options{ mchid = "abc" }, "mchid is required")
     refused(merchant.options{ certs = {} }, "certs is empty")
+    for _, bad in ipairs{ 0, -1, 2.5, "x" } do
+      refused(merchant.options{ max_concurrency = bad }, "max_concurrency must be a positive integer")
+    end
+    for _, bad in ipairs{ { calls = 5, per = 1, burst = 0 }, { calls = 5, period = 1 }, { calls = 5, burst = "x" },
+                          -3, { per = 1 } } do
+      refused(merchant.options{ rate_limit = bad }, "rate_limit must be calls per minute")
+    end
+    refused(merchant.options{ retry = { attempt = 2 } }, "retry: unknown field 'attempt'")
+    refused(merchant.options{ transport = {} }, "transport must be an object")
   end)
 
   it("client:encrypt uses the platform key and client:decrypt the merchant key (checked with openssl)", function()

@@ -194,9 +194,15 @@ function client.new(opts)
     config_error("user_agent must be a string")
   end
   if opts.proxy ~= nil and type(opts.proxy) ~= "string" then config_error("proxy must be a URL string") end
+  local max_concurrency = opts.max_concurrency
+  if max_concurrency ~= nil and (type(max_concurrency) ~= "number" or max_concurrency < 1
+      or max_concurrency % 1 ~= 0) then
+    config_error("max_concurrency must be a positive integer (calls in flight at once)")
+  end
   local transport = opts.transport
-  if transport ~= nil and (type(transport) ~= "table" or type(transport.request) ~= "function") then
-    config_error("transport must be an object with a request method")
+  if transport ~= nil and (type(transport) ~= "table" or (type(transport.request) ~= "function"
+      and (type(transport.submit) ~= "function" or type(transport.step) ~= "function"))) then
+    config_error("transport must be an object with request(), or submit() and step()")
   end
 
   local self = setmetatable({
@@ -241,6 +247,9 @@ local function header_list(self, opts, has_body)
     for name, value in pairs(opts.headers) do
       if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
         error("headers must map string names to string values", 4)
+      end
+      if name:find("[%c: ]") or tostring(value):find("[\r\n]") then
+        error(("headers[%q]: a header name holds a space, colon or control character, or a value a line break"):format(name), 4)
       end
       local lower = name:lower()
       if lower == "authorization" then
@@ -361,10 +370,18 @@ local function finish(self, raw, failure, target)
   return res
 end
 
+-- Failures before sending that a retry cannot mend: a bad URL, an
+-- unsupported protocol, a certificate that does not verify.
+local PERMANENT_CURL_FAILURES = {
+  [1] = true, [3] = true, [51] = true, [53] = true, [54] = true, [58] = true,
+  [60] = true, [77] = true, [83] = true, [90] = true, [91] = true,
+}
+
 local function retry_delay(prepared, err, attempts, started)
   local policy = prepared.retry
   if attempts >= policy.attempts then return nil end
   local before_sending = (err.kind == "network" or err.kind == "timeout") and (err.sent or 0) == 0
+    and not PERMANENT_CURL_FAILURES[err.curl_code]
   local transient = err.kind == "timeout" or err.kind == "network"
     or (err.kind == "http" and (err.status == 429 or err.status >= 500))
   if not (before_sending or (policy.idempotent and prepared.idempotent and transient)) then

@@ -10,16 +10,25 @@ dispatcher.__index = dispatcher
 local monotonic = core.monotonic
 
 --- rate_limit: nil, a number of calls per minute, or { calls =, per = seconds, burst = }
+local RATE_LIMIT_FIELDS = { calls = true, per = true, burst = true }
+local RATE_LIMIT_USAGE = "rate_limit must be calls per minute or { calls = n, per = seconds [, burst = n >= 1] }"
+
 local function new_bucket(rate_limit)
   if rate_limit == nil or rate_limit == false then return nil end
   local calls, per, burst
   if type(rate_limit) == "number" then
     calls, per = rate_limit, 60
   elseif type(rate_limit) == "table" then
+    for field in pairs(rate_limit) do
+      if not RATE_LIMIT_FIELDS[field] then
+        error(("%s: unknown field '%s'"):format(RATE_LIMIT_USAGE, tostring(field)), 4)
+      end
+    end
     calls, per, burst = rate_limit.calls, rate_limit.per or 60, rate_limit.burst
   end
-  if type(calls) ~= "number" or calls <= 0 or type(per) ~= "number" or per <= 0 then
-    error("rate_limit must be calls per minute or { calls = n, per = seconds [, burst = n] }", 4)
+  if type(calls) ~= "number" or calls <= 0 or type(per) ~= "number" or per <= 0
+      or (burst ~= nil and (type(burst) ~= "number" or burst < 1)) then
+    error(RATE_LIMIT_USAGE, 4)
   end
   local rate = calls / per
   -- One call's worth by default: a fixed per-minute window on the server
@@ -96,9 +105,7 @@ function dispatcher:queued()
 end
 
 -- Sends queued jobs while there is room and a token.
-function dispatcher:pump()
-  if self.pumping or self.waiting_for_token then return end
-  self.pumping = true
+local function pump_queue(self)
   while self.in_flight < self.max_concurrency and self.head <= self.tail do
     if self.bucket then
       local delay = bucket_take(self.bucket, monotonic())
@@ -116,7 +123,16 @@ function dispatcher:pump()
     self.head = self.head + 1
     self:send(job)
   end
+end
+
+-- An error from send() (an interrupt while signing, a request the transport
+-- refuses) goes up to the caller, but never leaves the queue wedged.
+function dispatcher:pump()
+  if self.pumping or self.waiting_for_token then return end
+  self.pumping = true
+  local ok, err = pcall(pump_queue, self)
   self.pumping = false
+  if not ok then error(err, 0) end
 end
 
 function dispatcher:send(job)
@@ -129,11 +145,16 @@ function dispatcher:send(job)
     error(request, 0)
   end
   self.in_flight = self.in_flight + 1
-  self.transport:submit(request, function(raw, failure)
+  local submitted, err = pcall(self.transport.submit, self.transport, request, function(raw, failure)
     self.in_flight = self.in_flight - 1
     job.done(raw, failure)
     self:pump()
   end)
+  if not submitted then
+    self.in_flight = self.in_flight - 1
+    job.done(nil, { kind = "config", message = tostring(err), sent = 0 })
+    error(err, 0)
+  end
 end
 
 local function run_due_timers(self)
@@ -147,6 +168,7 @@ end
 --- step([max_wait = 1]) -> false when there is nothing left to drive.
 function dispatcher:step(max_wait)
   run_due_timers(self)
+  self:pump()   -- jobs left queued by an error in an earlier pump
   local busy = self.in_flight > 0 or self.head <= self.tail
   if not busy and not self.timers[1] then return false end
   local wait = max_wait or 1

@@ -35,7 +35,9 @@ function Promise:resolve(value)
   if value == self then return self:reject("a promise cannot resolve to itself") end
   if is_promise(value) then
     if not self.driver then self.driver = value.driver end
-    value:next(function(v) self:resolve(v) end, function(e) self:reject(e) end)
+    self.following = value   -- only value can settle self now: wait() drives its driver
+    value:next(function(v) self.following = nil; self:resolve(v) end,
+               function(e) self.following = nil; self:reject(e) end)
     return
   end
   settle(self, "fulfilled", value)
@@ -47,7 +49,9 @@ end
 
 function Promise:next(on_fulfilled, on_rejected)
   local child = promise.new(self.driver)
+  child.parent = self
   local function run()
+    child.parent = nil
     local handler = self.state == "fulfilled" and on_fulfilled or on_rejected
     if type(handler) ~= "function" then
       if self.state == "fulfilled" then child:resolve(self.value) else child:reject(self.value) end
@@ -68,11 +72,21 @@ function Promise:catch(on_rejected)
   return self:next(nil, on_rejected)
 end
 
+-- The driver that can settle p now: while p waits for its parent, or
+-- follows a promise it resolved to, that promise's driver.
+local function current_driver(p)
+  while true do
+    local up = p.following or p.parent
+    if not up or up.state ~= "pending" then return p.driver end
+    p = up
+  end
+end
+
 --- wait() -> value | nil, err.  Every call in flight on the same driver
 -- progresses while waiting, not only this one.
 function Promise:wait()
   while self.state == "pending" do
-    local driver = self.driver
+    local driver = current_driver(self)
     if not driver then error("wait: this promise has nothing to drive it and can never settle", 2) end
     if driver:step() == false and self.state == "pending" then
       error("wait: nothing is in flight that could settle this promise", 2)
