@@ -9,6 +9,8 @@
 #define WP_EXPORT
 #endif
 
+WP_EXPORT int luaopen_wechatpay_core(lua_State *L);
+
 /* core.monotonic() -> seconds from a clock that never jumps (timers, rate limits) */
 static int l_monotonic(lua_State *L) {
   struct timespec ts;
