@@ -16,6 +16,7 @@
 #   BENCH_CALLGRIND=0  skip counting, with valgrind, the instructions Lua adds to
 #                    a sign (~25 s): exact where ops/s on a busy machine are not
 #   BUILD            module build folder, default build
+#   BENCH_CLIENT=0   skip the client benchmarks (bench/client/grants.lua)
 set -u
 cd "$(dirname "$0")/.." || exit 2
 
@@ -159,6 +160,17 @@ if [ "${BENCH_CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null 2>&1; then
       l = (($7 - $8) - ($5 - $6)) / n                    # the rest, through Lua
       printf "callgrind (%s): mbedTLS sign %.0f instructions/call; around it: C %.0f, Lua %.0f;", rt, sign, c, l
       printf " Lua adds %.0f = %.3f%% of a sign\n", l - c, (l - c) / sign * 100 }'
+  done
+fi
+# ---- the client against the loopback mock: calls/s and CPU per call ---------------
+# BENCH_CLIENT_RUNTIMES (default lua5.4), BENCH_CLIENT_PARTS (default all), and
+# bench/client/grants.lua's own BENCH_GRANTS, BENCH_ASYNC_GRANTS, BENCH_LATENCY.
+if [ "${BENCH_CLIENT:-1}" != 0 ]; then
+  for rt in ${BENCH_CLIENT_RUNTIMES:-lua5.4}; do
+    echo
+    echo "running bench/client/grants.lua under $rt ..." >&2
+    LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH="./$build/$rt/?.so;;" \
+      "$rt" bench/client/grants.lua ${BENCH_CLIENT_PARTS:-} || { echo "bench: client benchmark failed under $rt" >&2; status=1; }
   done
 fi
 exit $status

@@ -1,0 +1,191 @@
+--- Client benchmarks against the loopback mock WeChat Pay (real HTTPS).
+--
+--   LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client/grants.lua [part...]
+--
+-- Parts (all by default):
+--   sequential   BENCH_GRANTS (2,000) grants one after another over one keep-alive
+--                connection: calls/s and the client's CPU per call, next to the crypto
+--                a grant needs (one sign, one verify, two OAEP encryptions)
+--   concurrent   BENCH_ASYNC_GRANTS (5,000) grants at concurrency 1, 8 and 64 with
+--                BENCH_LATENCY (0.05) s added by the mock to every call
+--   memory       BENCH_MEMORY_CALLS (10,000) async calls; Lua heap and RSS stay flat
+-- CPU time is this process's (os.clock): the mock's nginx runs in its own.
+local core = require("wechatpay.core")
+local wechatpay = require("wechatpay")
+local mock = require("wechatpay.mock")
+
+local monotonic = core.monotonic
+
+local function env_number(name, default)
+  return tonumber(os.getenv(name) or "") or default
+end
+
+local function median(list)
+  table.sort(list)
+  return list[math.floor((#list + 1) / 2)]
+end
+
+local function seeded_users(server)
+  local list = {}
+  for openid, user in pairs(server.users) do
+    list[#list + 1] = { openid = openid, name = user.name, id_card = user.id_card }
+  end
+  table.sort(list, function(a, b) return a.openid < b.openid end)
+  return list
+end
+
+local run_id = tostring(os.time()) .. core.nonce(6)
+
+-- One grant's request; the encryption is part of what a merchant's call costs.
+local function grant_json(client, user, n)
+  return {
+    stock_id = "9856000",
+    out_request_no = ("bench%s%d"):format(run_id, n),
+    user_name = assert(client:encrypt(user.name)),
+    id_card_number = assert(client:encrypt(user.id_card)),
+    appid = "wx233544546545989",
+    card_type = "ID_CARD",
+  }
+end
+
+local counter = 0
+local function next_n()
+  counter = counter + 1
+  return counter
+end
+
+-- The crypto a grant needs, called on the core directly: ms per grant.
+local function crypto_cost_ms(server)
+  local key = require("wechatpay.key")
+  local private = assert(key.private("file://" .. server.merchant_key_file))
+  local public = assert(key.public("file://" .. server.platform_public_key_file))
+  local message = ("POST\n/v3/multiuse/users/oUpF8uMuAJO_M2pxb1Q9zNjWeS6o/coupons\n1700000000\n"
+    .. ("N"):rep(32) .. "\n" .. ("x"):rep(800) .. "\n")
+  local signature = core.rsa_sign(private, message)
+  local runs = {}
+  for _ = 1, 5 do
+    local n, started = 200, os.clock()
+    for _ = 1, n do
+      core.rsa_sign(private, message)
+      core.rsa_verify(public, "1700000000\nNONCE\n{\"coupon_id\":\"1\"}\n", signature)
+      core.rsa_encrypt(public, "张三")
+      core.rsa_encrypt(public, "110101199003071234")
+    end
+    runs[#runs + 1] = (os.clock() - started) * 1000 / n
+  end
+  return median(runs)
+end
+
+local function start_mock(opts)
+  local server, err = mock.start(opts)
+  if not server then error("cannot start the mock: " .. tostring(err)) end
+  return server
+end
+
+local function sequential()
+  local n = env_number("BENCH_GRANTS", 2000)
+  local server = start_mock{ rate_limit = false }
+  local client = server:client{ retry = false }
+  local users = seeded_users(server)
+  for _ = 1, 20 do   -- warm up: the connection (counted), caches
+    assert(client.v3.multiuse.users[users[1].openid].coupons:post{ json = grant_json(client, users[1], next_n()) })
+  end
+  local wall, cpu = monotonic(), os.clock()
+  for i = 1, n do
+    local user = users[i % #users + 1]
+    local res, err = client.v3.multiuse.users._openid_.coupons:post{
+      openid = user.openid, json = grant_json(client, user, next_n()) }
+    if not res then error("grant " .. i .. " failed: " .. tostring(err)) end
+  end
+  wall, cpu = monotonic() - wall, os.clock() - cpu
+  local stats = server:stats()
+  local crypto = crypto_cost_ms(server)
+  local per_call = cpu * 1000 / n
+  print(("sequential  %d grants over %d connection(s): %.0f calls/s, client CPU %.3f ms/call;"
+    .. " crypto (sign + verify + 2 OAEP) %.3f ms: %.2fx"):format(
+    n, stats.connections, n / wall, per_call, crypto, per_call / crypto))
+  client:close()
+  server:stop()
+  return crypto
+end
+
+local function concurrent(crypto)
+  local n = env_number("BENCH_ASYNC_GRANTS", 5000)
+  local latency = env_number("BENCH_LATENCY", 0.05)
+  local server = start_mock{ rate_limit = false, latency = latency }
+  local users = seeded_users(server)
+  crypto = crypto or crypto_cost_ms(server)
+  local rates = {}
+  for _, concurrency in ipairs{ 1, 8, 64 } do
+    local client = server:client{ max_concurrency = concurrency, retry = false }
+    server:reset()
+    local wall, cpu = monotonic(), os.clock()
+    local window, head, failed = {}, 1, 0
+    for i = 1, n do
+      local user = users[i % #users + 1]
+      window[#window + 1] = client.v3.multiuse.users._openid_.coupons:postAsync{
+        openid = user.openid, json = grant_json(client, user, next_n()) }
+      -- keep a bounded window of promises, as a batch job would
+      if #window - head + 1 >= concurrency * 4 then
+        local _, err = window[head]:wait()
+        if err then failed = failed + 1 end
+        window[head] = nil
+        head = head + 1
+      end
+    end
+    for i = head, #window do
+      local _, err = window[i]:wait()
+      if err then failed = failed + 1 end
+    end
+    wall, cpu = monotonic() - wall, os.clock() - cpu
+    local stats = server:stats()
+    rates[concurrency] = n / wall
+    print(("concurrency %-3d %d grants, %.0f ms latency: %.1f calls/s, client CPU %.3f ms/call (%.2fx crypto),"
+      .. " in flight at the mock: %d, connections: %d, failed: %d"):format(
+      concurrency, n, latency * 1000, n / wall, cpu * 1000 / n, cpu * 1000 / n / crypto,
+      stats.in_flight_max, stats.connections, failed))
+    client:close()
+  end
+  print(("concurrency 64 vs 1: %.1fx the calls/s"):format(rates[64] / rates[1]))
+  server:stop()
+end
+
+local function rss_kib()
+  local f = io.open("/proc/self/statm", "r")
+  if not f then return 0 end
+  local pages = f:read("*n") and f:read("*n")
+  f:close()
+  return (pages or 0) * 4
+end
+
+local function memory()
+  local total = env_number("BENCH_MEMORY_CALLS", 10000)
+  local server = start_mock{ rate_limit = false }
+  local client = server:client{ max_concurrency = 16, retry = false }
+  local function batch(count)
+    local list = {}
+    for i = 1, count do list[i] = client.v3.mock.echo.memory:getAsync{ query = { i = i } } end
+    assert(wechatpay.all(list):wait())
+  end
+  batch(1000)
+  collectgarbage("collect")
+  local heap1, rss1 = collectgarbage("count"), rss_kib()
+  for _ = 2, total / 1000 do batch(1000) end
+  collectgarbage("collect")
+  local heap2, rss2 = collectgarbage("count"), rss_kib()
+  print(("memory      %d async calls: Lua heap %.0f KiB after 1,000 -> %.0f KiB after %d; RSS %d -> %d KiB"):format(
+    total, heap1, heap2, total, rss1, rss2))
+  client:close()
+  server:stop()
+end
+
+local parts = { ... }
+if #parts == 0 then parts = { "sequential", "concurrent", "memory" } end
+print(("# client benchmarks (%s, %s)"):format(jit and jit.version or _VERSION, core.crypto_backend))
+local crypto
+for _, part in ipairs(parts) do
+  if part == "sequential" then crypto = sequential()
+  elseif part == "concurrent" then concurrent(crypto)
+  elseif part == "memory" then memory()
+  else error("unknown part " .. part) end
+end
