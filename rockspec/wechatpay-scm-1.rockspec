@@ -63,6 +63,7 @@ build = {
     ["wechatpay.mock.response"] = "lua/wechatpay/mock/response.lua",
     ["wechatpay.mock.state"] = "lua/wechatpay/mock/state.lua",
     ["wechatpay.mock.users"] = "lua/wechatpay/mock/users.lua",
+    ["wechatpay.mock.util"] = "lua/wechatpay/mock/util.lua",
   },
   install = {
     bin = { ["wechatpay-grant"] = "bin/wechatpay-grant" },

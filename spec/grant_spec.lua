@@ -8,7 +8,7 @@ local batch = require("wechatpay.grant.batch")
 local results_module = require("wechatpay.grant.results")
 local socket = require("socket")
 
-local LUA = jit and "luajit" or "lua5.4"
+local LUA = os.getenv("WECHATPAY_LUA") or (jit and "luajit" or "lua5.4")
 local STOCK, APPID = "9856000", "wx233544546545989"
 
 local function quote(s)

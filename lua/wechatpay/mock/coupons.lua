@@ -9,6 +9,8 @@ local digest = require("openssl.digest")
 local pkey = require("openssl.pkey")
 local response = require("wechatpay.mock.response")
 local state = require("wechatpay.mock.state")
+local util = require("wechatpay.mock.util")
+local hex = util.hex
 
 local coupons = {}
 
@@ -73,12 +75,6 @@ local function decrypt(key, b64)
     return plaintext
   end
   return nil
-end
-
-local function hex(bytes)
-  return (bytes:gsub(".", function(c)
-    return string.format("%02x", c:byte())
-  end))
 end
 
 local function identity_digest(name, id_card)

@@ -10,6 +10,8 @@ local coupons = require("wechatpay.mock.coupons")
 local faults = require("wechatpay.mock.faults")
 local response = require("wechatpay.mock.response")
 local state = require("wechatpay.mock.state")
+local util = require("wechatpay.mock.util")
+local hex = util.hex
 
 local handler = {}
 
@@ -62,12 +64,6 @@ local function echo(req)
     body_base64 = ngx.encode_base64(req.body),
     headers = headers,
   })
-end
-
-local function hex(bytes)
-  return (bytes:gsub(".", function(c)
-    return string.format("%02x", c:byte())
-  end))
 end
 
 -- A small deterministic bill per token, so the hash given by the "apply"

@@ -55,6 +55,10 @@ local faults = require("wechatpay.mock.faults")
 local nginx_conf = require("wechatpay.mock.nginx_conf")
 local pki = require("wechatpay.mock.pki")
 local users_module = require("wechatpay.mock.users")
+local util = require("wechatpay.mock.util")
+local hex = util.hex
+local read_file = util.read_file
+local write_file = util.write_file
 
 local mock = {}
 
@@ -98,26 +102,6 @@ local function file_exists(path)
   return false
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
-
-local function write_file(path, data)
-  local f, err = io.open(path, "wb")
-  if not f then
-    return nil, err
-  end
-  f:write(data)
-  f:close()
-  return true
-end
-
 local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
@@ -147,12 +131,6 @@ local function tail(path, max_lines)
   end
   local first = math.max(1, #lines - (max_lines or 15) + 1)
   return table.concat(lines, "\n", first)
-end
-
-local function hex(bytes)
-  return (bytes:gsub(".", function(c)
-    return string.format("%02x", c:byte())
-  end))
 end
 
 -- pid and start time of this process, read from /proc so Lua 5.4 needs no

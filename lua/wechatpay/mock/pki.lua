@@ -17,6 +17,8 @@ local x509_altname = require("openssl.x509.altname")
 local x509_extension = require("openssl.x509.extension")
 local bignum = require("openssl.bignum")
 local rand = require("openssl.rand")
+local util = require("wechatpay.mock.util")
+local write_file = util.write_file
 
 local pki = {}
 
@@ -88,19 +90,6 @@ local function public_key_id()
     digits[#digits + 1] = tostring(bytes:byte(i) % 10)
   end
   return "PUB_KEY_ID_" .. table.concat(digits)
-end
-
-local function write_file(path, data)
-  local f, err = io.open(path, "wb")
-  if not f then
-    return nil, err
-  end
-  local ok, werr = f:write(data)
-  f:close()
-  if not ok then
-    return nil, werr
-  end
-  return true
 end
 
 local function serial_hex(cert)

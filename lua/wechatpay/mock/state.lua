@@ -6,21 +6,13 @@
 -- yields between reading and writing a dict entry, so read-modify-write
 -- sequences are atomic without locks.
 local cjson = require("cjson.safe")
+local util = require("wechatpay.mock.util")
+local read_file = util.read_file
 
 local state = {}
 
 state.config = nil   -- decoded config.json
 state.keys = nil     -- luaossl pkey objects, loaded per worker
-
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, err
-  end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
 
 -- init_by_lua (master): read the config; errors here abort nginx startup, and
 -- the launcher reports them with the error log tail.
