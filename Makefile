@@ -79,7 +79,8 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@sh scripts/bench.sh
 
-fuzz: deps
+fuzz:
+	@WECHATPAY_EXTRA_PACKAGES="clang libclang-rt-14-dev" sh scripts/deps.sh
 	@sh scripts/fuzz.sh
 
 clean:

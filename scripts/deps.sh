@@ -2,7 +2,7 @@
 # Installs the Debian packages the build, the tests and the mock need.
 # As root it runs apt-get; otherwise it prints the one line to run.
 set -e
-PACKAGES="gcc make pkg-config openssl \
+PACKAGES="gcc make pkg-config openssl curl \
   lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
   libmbedtls-dev libcurl4-openssl-dev \
   lua-busted lua-cjson lua-luaossl lua-socket lua-posix luarocks \
