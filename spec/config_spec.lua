@@ -111,6 +111,23 @@ describe("wechatpay.new configuration", function()
     refused(merchant.options{ transport = {} }, "transport must be an object")
   end)
 
+  it("client:decrypt_resource uses the APIv3 key (sealed by luaossl)", function()
+    local apiv3_key = "a7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb"
+    local cipher = require("openssl.cipher").new("aes-256-gcm")
+    cipher:encrypt(apiv3_key, "uluk4a9R25RW")
+    local sealed = cipher:final('{"coupon_id":"1"}') .. cipher:getTag(16)
+    local resource = { algorithm = "AEAD_AES_256_GCM", nonce = "uluk4a9R25RW", associated_data = "",
+      ciphertext = require("wechatpay.base64").encode(sealed) }
+    local client = wechatpay.new(merchant.options{ apiv3_key = apiv3_key })
+    assert.equal('{"coupon_id":"1"}', client:decrypt_resource(resource))
+    resource.nonce = "uluk4a9R25RX"
+    local none, err = client:decrypt_resource(resource)
+    assert.is_nil(none)
+    assert.matches("authentication", err)
+    assert.has_error(function() wechatpay.new(merchant.options()):decrypt_resource(resource) end,
+      "decrypt_resource: the client was made without apiv3_key")
+  end)
+
   it("client:encrypt uses the platform key and client:decrypt the merchant key (checked with openssl)", function()
     local client = wechatpay.new(merchant.options())
     local ciphertext, id = client:encrypt("张三")

@@ -12,6 +12,7 @@ local response = require("wechatpay.response")
 local curl_transport = require("wechatpay.transport.curl")
 local dispatcher = require("wechatpay.dispatcher")
 local promise = require("wechatpay.promise")
+local aes = require("wechatpay.aes")
 
 local VERSION = "0.1.0"
 local DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com/"
@@ -439,6 +440,15 @@ end
 function methods.decrypt(self, ciphertext)
   if type(ciphertext) ~= "string" then error("decrypt: ciphertext must be a string", 2) end
   return core.rsa_decrypt(secrets[self].private_key, ciphertext)
+end
+
+--- client:decrypt_resource(resource) -> plaintext | nil, err
+-- The AEAD_AES_256_GCM resource of a callback or certificate download,
+-- decrypted with the client's apiv3_key.
+function methods.decrypt_resource(self, resource)
+  local apiv3_key = secrets[self].apiv3_key
+  if not apiv3_key then error("decrypt_resource: the client was made without apiv3_key", 2) end
+  return aes.decrypt_resource(apiv3_key, resource)
 end
 
 --- client:verify(headers, body) -> true | nil, reason (for callbacks)
