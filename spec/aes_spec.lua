@@ -6,16 +6,7 @@ local base64 = require("wechatpay.base64")
 local cipher = require("openssl.cipher")
 local ossl = require("support.openssl")
 
--- The repository root, from this file's own path (busted may run it by a
--- relative or an absolute name).
-local function repo_root()
-  local source = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = source:match("^(.*)/spec/[^/]+$") or "."
-  if root:sub(1, 1) ~= "/" then
-    root = (os.getenv("PWD") or ossl.run("pwd"):gsub("%s+$", "")) .. "/" .. root
-  end
-  return root
-end
+local repo_root = ossl.repo_root
 
 local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))

@@ -17,14 +17,7 @@ local function chi_square(counts, k, total)
   return sum
 end
 
-local function repo_root()
-  local source = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = source:match("^(.*)/spec/[^/]+$") or "."
-  if root:sub(1, 1) ~= "/" then
-    root = (os.getenv("PWD") or ossl.run("pwd"):gsub("%s+$", "")) .. "/" .. root
-  end
-  return root
-end
+local repo_root = ossl.repo_root
 
 -- fork/pipe/_exit/wait: from lua-posix where Debian builds it for this
 -- interpreter (LuaJIT), else from a small test-only C helper compiled here

@@ -8,14 +8,7 @@ local rsa = require("wechatpay.rsa")
 local aes = require("wechatpay.aes")
 local ossl = require("support.openssl")
 
-local function repo_root()
-  local source = debug.getinfo(1, "S").source:gsub("^@", "")
-  local root = source:match("^(.*)/spec/[^/]+$") or "."
-  if root:sub(1, 1) ~= "/" then
-    root = (os.getenv("PWD") or ossl.run("pwd"):gsub("%s+$", "")) .. "/" .. root
-  end
-  return root
-end
+local repo_root = ossl.repo_root
 
 local VECTORS = repo_root() .. "/../shared/vectors"
 

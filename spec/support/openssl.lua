@@ -41,6 +41,17 @@ function M.read(path)
   return data
 end
 
+--- The repository root, absolute, from this file's own path (busted may
+-- run a spec by a relative or an absolute name).
+function M.repo_root()
+  local source = debug.getinfo(1, "S").source:gsub("^@", "")
+  local root = source:match("^(.*)/spec/support/[^/]+$") or "."
+  if root:sub(1, 1) ~= "/" then
+    root = (os.getenv("PWD") or M.run("pwd"):gsub("%s+$", "")) .. "/" .. root
+  end
+  return root
+end
+
 function M.tmpdir()
   return (M.run("mktemp -d"):gsub("%s+$", ""))
 end
