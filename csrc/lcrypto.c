@@ -256,24 +256,29 @@ static int l_random_bytes(lua_State *L) {
   return 1;
 }
 
-/* core.nonce([n = 32]) -> n characters of [0-9A-Za-z] from the CSPRNG */
-static int l_nonce(lua_State *L) {
+int wp_nonce(char *out, size_t n, char *err) {
   static const char chars[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-  lua_Integer n = luaL_optinteger(L, 1, 32);
   unsigned char raw[256];
-  char out[128];
-  char err[WP_ERRLEN];
   size_t have = 0, used = sizeof raw;
-  luaL_argcheck(L, n >= 1 && n <= (lua_Integer)sizeof out, 1, "must be between 1 and 128");
-  while (have < (size_t)n) {
+  while (have < n) {
     if (used == sizeof raw) {
-      if (wp_random(raw, sizeof raw, err) != 0) return luaL_error(L, "%s", err);
+      if (wp_random(raw, sizeof raw, err) != 0) return -1;
       used = 0;
     }
     /* 248 = 4 * 62: rejecting the rest keeps every character equally likely */
     if (raw[used] < 248) out[have++] = chars[raw[used] % 62];
     used++;
   }
+  return 0;
+}
+
+/* core.nonce([n = 32]) -> n characters of [0-9A-Za-z] from the CSPRNG */
+static int l_nonce(lua_State *L) {
+  lua_Integer n = luaL_optinteger(L, 1, 32);
+  char out[128];
+  char err[WP_ERRLEN];
+  luaL_argcheck(L, n >= 1 && n <= (lua_Integer)sizeof out, 1, "must be between 1 and 128");
+  if (wp_nonce(out, (size_t)n, err) != 0) return luaL_error(L, "%s", err);
   lua_pushlstring(L, out, (size_t)n);
   return 1;
 }

@@ -13,21 +13,6 @@
 
 #define NONCE_LEN 32
 
-static void make_nonce(lua_State *L, char out[NONCE_LEN]) {
-  static const char chars[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-  unsigned char raw[64];
-  char err[WP_ERRLEN];
-  size_t have = 0, i = sizeof raw;
-  while (have < NONCE_LEN) {
-    if (i == sizeof raw) {
-      if (wp_random(raw, sizeof raw, err) != 0) luaL_error(L, "%s", err);
-      i = 0;
-    }
-    if (raw[i] < 248) out[have++] = chars[raw[i] % 62];   /* 248 = 4 * 62: no bias */
-    i++;
-  }
-}
-
 /* Adds `parts` joined by "\n", each followed by "\n", to the buffer. */
 static void add_lines(luaL_Buffer *b, const char *const *parts, const size_t *lens, int n) {
   int i;
@@ -63,7 +48,7 @@ static int l_authorization(lua_State *L) {
     snprintf(ts, sizeof ts, "%lld", (long long)luaL_checkinteger(L, 7));
   }
   if (lua_isnoneornil(L, 8)) {
-    make_nonce(L, nonce);
+    if (wp_nonce(nonce, NONCE_LEN, err) != 0) return luaL_error(L, "%s", err);
     nonce[NONCE_LEN] = '\0';
   } else {
     size_t n;

@@ -37,6 +37,9 @@ wp_key *wp_check_key(lua_State *L, int idx);
  * memory error in Lua can never leak what C allocated. */
 void *wp_scratch(lua_State *L, size_t size);
 
+/* n characters of [0-9A-Za-z], unbiased, from the CSPRNG; -1 with err set on failure */
+int wp_nonce(char *out, size_t n, char *err);
+
 void wp_open_keys(lua_State *L);     /* adds key functions to the table on top */
 void wp_open_crypto(lua_State *L);   /* rsa, aes, digests, base64, random */
 void wp_open_protocol(lua_State *L); /* the v3 signature scheme */
