@@ -4,8 +4,10 @@
 --   local client = wechatpay.new{ mchid = ..., serial = ..., private_key = ..., certs = {...} }
 --
 -- The building blocks are modules of their own and reachable from here.
+local client = require("wechatpay.client")
+
 local wechatpay = {
-  _VERSION = "0.1.0",
+  _VERSION = client.VERSION,
   key = require("wechatpay.key"),
   rsa = require("wechatpay.rsa"),
   aes = require("wechatpay.aes"),
@@ -21,7 +23,6 @@ wechatpay.all = wechatpay.promise.all
 --- wechatpay.settle{ p1, p2 }:wait() -> { { res = ... }, { err = ... } }
 wechatpay.settle = wechatpay.promise.settle
 
-local client = require("wechatpay.client")
 
 --- wechatpay.new(options) -> client (raises on a configuration mistake)
 function wechatpay.new(options)
