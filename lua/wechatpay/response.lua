@@ -1,16 +1,11 @@
 --- Responses: status, headers with case-insensitive lookup, the raw body.
 local cjson = require("cjson.safe")
+local headers = require("wechatpay.headers")
 
 local response = {}
 
 local response_mt = {}
 response_mt.__index = response_mt
-
-local headers_mt = {
-  __index = function(headers, name)
-    if type(name) == "string" then return rawget(headers, name:lower()) end
-  end,
-}
 
 --- res:json() -> decoded body | nil, err
 function response_mt:json()
@@ -29,11 +24,10 @@ function response_mt:__tostring()
   return ("wechatpay.response (%d, %d bytes)"):format(self.status, #(self.body or ""))
 end
 
---- Wraps a transport's { status, headers, body } (header names lower-case).
+--- Wraps a transport's { status, headers, body }.
 function response.new(raw)
-  local headers = setmetatable({}, headers_mt)
-  for name, value in pairs(raw.headers or {}) do headers[name:lower()] = value end
-  return setmetatable({ status = raw.status, headers = headers, body = raw.body or "" }, response_mt)
+  return setmetatable({ status = raw.status, headers = headers.new(raw.headers), body = raw.body or "" },
+    response_mt)
 end
 
 return response

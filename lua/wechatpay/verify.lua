@@ -2,7 +2,12 @@
 --
 -- message = TIMESTAMP\n NONCE\n BODY\n, SHA256withRSA with the platform key
 -- named by Wechatpay-Serial (a certificate serial or a PUB_KEY_ID_...).
+-- Nothing here raises on what arrives from the network: every bad header,
+-- body or signature is `nil, err` with err.kind "verify".
 local core = require("wechatpay.core")
+local errors = require("wechatpay.errors")
+local headers = require("wechatpay.headers")
+local response = require("wechatpay.response")
 
 local verify = {}
 
@@ -37,22 +42,39 @@ local function known_serials(keys)
   return table.concat(list, ", ")
 end
 
---- signed(keys, headers, body [, now]) -> true | nil, reason
--- keys: serial or PUB_KEY_ID -> key object; headers: case-insensitive lookup.
-function verify.signed(keys, headers, body, now)
-  local timestamp = headers["wechatpay-timestamp"]
-  local nonce = headers["wechatpay-nonce"]
-  local signature = headers["wechatpay-signature"]
-  local serial = headers["wechatpay-serial"]
-  local missing = {}
-  if not timestamp then missing[#missing + 1] = "Wechatpay-Timestamp" end
-  if not nonce then missing[#missing + 1] = "Wechatpay-Nonce" end
-  if not signature then missing[#missing + 1] = "Wechatpay-Signature" end
-  if not serial then missing[#missing + 1] = "Wechatpay-Serial" end
-  if #missing > 0 then
-    return nil, "unsigned response: missing " .. table.concat(missing, ", ") .. " (a 2xx without them is forged)"
+local SIGNED_HEADERS = { "Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature", "Wechatpay-Serial" }
+
+-- The four signature headers as strings, or nil and why not.
+local function signature_headers(h)
+  local values, missing = {}, {}
+  for i, name in ipairs(SIGNED_HEADERS) do
+    local value = h[name]
+    if value == nil then
+      missing[#missing + 1] = name
+    elseif type(value) == "table" then
+      return nil, name .. " is repeated: a message carries one signature, so repeated headers are refused"
+    elseif type(value) ~= "string" then
+      return nil, ("%s must be a string, got %s"):format(name, type(value))
+    end
+    values[i] = value
   end
-  local ts = timestamp:match("^%d+$") and tonumber(timestamp)
+  if #missing > 0 then
+    return nil, "unsigned message: missing " .. table.concat(missing, ", ") .. " (a 2xx without them is forged)"
+  end
+  return values
+end
+
+--- signed(keys, headers, body [, now]) -> true | nil, reason
+-- keys: serial or PUB_KEY_ID -> key object; headers: a header table (or
+-- any name -> value map; names in any case).
+function verify.signed(keys, h, body, now)
+  if not headers.is_headers(h) then h = headers.new(h) end
+  if type(body) ~= "string" then return nil, ("the body must be the raw bytes received, got %s"):format(type(body)) end
+  local values, why = signature_headers(h)
+  if not values then return nil, why end
+  local timestamp, nonce, signature, serial = values[1], values[2], values[3], values[4]
+  -- unix seconds have 10 digits until 2286; 12 leave room and stay exact
+  local ts = timestamp:match("^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$") and tonumber(timestamp)
   if not ts then
     return nil, "Wechatpay-Timestamp is not unix seconds: " .. timestamp:sub(1, 32)
   end
@@ -68,10 +90,55 @@ function verify.signed(keys, headers, body, now)
   if signature:find("^WECHATPAY/SIGNTEST/") then
     return nil, "Wechatpay-Signature is a WECHATPAY/SIGNTEST/ probe, which must not verify"
   end
-  if not core.verify_message(key, timestamp, nonce, body or "", signature) then
+  if not core.verify_message(key, timestamp, nonce, body, signature) then
     return nil, "Wechatpay-Signature does not verify with the key " .. serial .. ": body or headers altered"
   end
   return true
+end
+
+--- callback(keys, headers, body) -> true | nil, err (kind "verify")
+function verify.callback(keys, h, body)
+  if type(h) ~= "table" then
+    return nil, errors.new("verify", ("headers must be a table of name -> value, got %s"):format(type(h)))
+  end
+  local ok, reason = verify.signed(keys, h, body)
+  if not ok then return nil, errors.new("verify", reason) end
+  return true
+end
+
+-- The error of a non-2xx answer: WeChat Pay's code and message when the
+-- body has them.  Never verified: gateways answer errors unsigned.
+local function api_error(res, target)
+  local body = res:json()
+  local code, message, detail
+  if type(body) == "table" then
+    code = type(body.code) == "string" and body.code or nil
+    message = type(body.message) == "string" and body.message or nil
+    detail = body.detail
+  end
+  return errors.new("http", message or ("HTTP " .. res.status .. " from " .. target:match("^[^?]*")), {
+    status = res.status, code = code, detail = detail,
+    request_id = res.headers["request-id"], response = res,
+  })
+end
+
+--- response(keys, raw, target) -> response | nil, err
+-- raw is a transport's { status, headers, body }: a 2xx is verified unless
+-- its path is one of the unsigned downloads; anything else is an error.
+function verify.response(keys, raw, target)
+  local res = response.new(raw)
+  if res.status < 200 or res.status >= 300 then
+    return nil, api_error(res, target)
+  end
+  if not verify.is_unsigned(target) then
+    local ok, reason = verify.signed(keys, res.headers, res.body)
+    if not ok then
+      return nil, errors.new("verify", reason, {
+        status = res.status, request_id = res.headers["request-id"], response = res,
+      })
+    end
+  end
+  return res
 end
 
 return verify
