@@ -1,0 +1,333 @@
+--- Building a request: the target, the body and the headers, checked and
+-- encoded once (prepare), then signed at each attempt (sign).  The bytes
+-- signed are the bytes sent: whatever the transport or a server would
+-- rewrite (dot segments, a fragment, a bare %, a 15-digit JSON number) is
+-- encoded or refused here, before anything is queued.
+--
+--   local prepared = request.prepare(settings, "POST", "v3/multiuse/users/{openid}/coupons", opts)
+--   local transport_request = request.sign(settings, prepared)
+local cjson = require("cjson")
+local core = require("wechatpay.core")
+local config = require("wechatpay.config")
+local errors = require("wechatpay.errors")
+local headers = require("wechatpay.headers")
+local retry = require("wechatpay.retry")
+
+local request = {}
+
+local raise = errors.raise
+
+-- ---- the target --------------------------------------------------------------
+
+local function percent_encode(value, keep)
+  return (value:gsub(keep, function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+-- A % that does not start an escape is itself encoded: a server would
+-- otherwise decode it differently from what was signed.
+local function encode_bare_percent(value)
+  return (value:gsub("%%(%x?%x?)", function(hex) if #hex < 2 then return "%25" .. hex end end))
+end
+
+-- Unreserved characters (RFC 3986) stay; everything else is encoded.
+local ENCODE_SEGMENT = "[^%w%-%._~]"
+-- {+name}: reserved characters and escapes stay, except # (it would end
+-- the path: curl would not send what follows).
+local ENCODE_RESERVED = "[^%w%-%._~:/%?%[%]@!%$&'%(%)%*%+,;=%%]"
+-- Literal segments keep what a path may hold; bytes that may not (spaces,
+-- non-ASCII, ? and #) are encoded so the target is what goes on the wire.
+local ENCODE_LITERAL = "[^%w%-%._~!%$&'%(%)%*%+,;=:@%%]"
+
+local function template_value(path, name, opts)
+  local value = opts[name]
+  if value == nil then
+    raise(("missing path variable '%s' for %s: pass it as the request option %s = ..."):format(name, path, name))
+  end
+  if type(value) ~= "string" and type(value) ~= "number" then
+    raise(("path variable '%s' must be a string or number, got %s"):format(name, type(value)))
+  end
+  value = tostring(value)
+  if value == "" then raise(("path variable '%s' is empty"):format(name)) end
+  return value
+end
+
+local function literal(path, piece)
+  if piece:find("[{}]") then
+    raise(("malformed path template in %s: unmatched brace in '%s'"):format(path, piece))
+  end
+  return encode_bare_percent(percent_encode(piece, ENCODE_LITERAL))
+end
+
+-- "." and ".." are steps in a path, not names: a server (or curl) resolves
+-- them, and the call would reach another resource than the one signed.
+local function refuse_dot_segments(path, expanded, origin)
+  for piece in (expanded .. "/"):gmatch("([^/]*)/") do
+    if piece == "." or piece == ".." then
+      raise(("%s of %s is the segment '%s', which a server resolves as a directory step"):format(origin, path, piece))
+    end
+  end
+end
+
+local function expand_segment(path, segment, opts)
+  local out, pos = {}, 1
+  while true do
+    local s, e, plus, name = segment:find("{(%+?)([%a_][%w_]*)}", pos)
+    if not s then break end
+    out[#out + 1] = literal(path, segment:sub(pos, s - 1))
+    local value = template_value(path, name, opts)
+    if plus == "+" then
+      value = encode_bare_percent(percent_encode(value, ENCODE_RESERVED))
+    else
+      value = percent_encode(value, ENCODE_SEGMENT)
+    end
+    out[#out + 1] = value
+    pos = e + 1
+  end
+  out[#out + 1] = literal(path, segment:sub(pos))
+  local expanded = table.concat(out)
+  refuse_dot_segments(path, expanded, "a path segment")
+  return expanded
+end
+
+--- template_names(path) -> set of the {name} and {+name} variables.
+function request.template_names(path)
+  local names = {}
+  for name in path:gmatch("{%+?([%a_][%w_]*)}") do names[name] = true end
+  return names
+end
+
+--- expand(path, opts) -> "/v3/..." as sent and signed.
+function request.expand(path, opts)
+  local out = {}
+  for segment in path:gmatch("[^/]+") do
+    out[#out + 1] = expand_segment(path, segment, opts)
+  end
+  return "/" .. table.concat(out, "/")
+end
+
+-- What a raw query string may hold as it is (RFC 3986 query characters).
+local QUERY_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
+
+local function query_string(query)
+  local bad = query:find(QUERY_CHARS)
+  if bad then
+    raise(("query string holds %q at byte %d, which would not be sent as signed: "
+      .. "percent-encode it, or give query as a table"):format(query:sub(bad, bad), bad))
+  end
+  local escape = query:find("%%%x?%x?")
+  while escape do
+    if not query:find("^%%%x%x", escape) then
+      raise(("query string holds a %% at byte %d that starts no %%XX escape"):format(escape))
+    end
+    escape = query:find("%%", escape + 1)
+  end
+  return query ~= "" and query or nil
+end
+
+local function query_value(k, v)
+  local tv = type(v)
+  if tv == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then raise(("query value of '%s' is not finite"):format(k)) end
+    if v % 1 == 0 and math.abs(v) < 2 ^ 53 then return ("%.0f"):format(v) end
+    return ("%.17g"):format(v)
+  elseif tv == "string" or tv == "boolean" then
+    return tostring(v)
+  end
+  raise(("query value of '%s' must be a string, number or boolean, got %s"):format(k, tv))
+end
+
+-- The items of an array value, refusing holes (ipairs would stop at the
+-- first and silently drop the rest).
+local function query_list(k, list)
+  local n, count = #list, 0
+  for i in pairs(list) do
+    if type(i) ~= "number" or i % 1 ~= 0 or i < 1 or i > n then
+      raise(("query value of '%s' must be a list without holes (index %s)"):format(k, tostring(i)))
+    end
+    count = count + 1
+  end
+  if count ~= n then raise(("query value of '%s' is a list with holes"):format(k)) end
+  return list
+end
+
+--- encode_query(query) -> "a=1&b=2" | nil: a table's keys sorted, lists
+-- repeated; a string passed as it is once checked.
+function request.encode_query(query)
+  if query == nil then return nil end
+  if type(query) == "string" then return query_string(query) end
+  if type(query) ~= "table" then raise(("query must be a table or a string, got %s"):format(type(query))) end
+  local keys = {}
+  for k in pairs(query) do
+    if type(k) ~= "string" or k == "" then raise("query keys must be non-empty strings") end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  local out = {}
+  for _, k in ipairs(keys) do
+    local v = query[k]
+    local items = type(v) == "table" and query_list(k, v) or { v }
+    for _, item in ipairs(items) do
+      out[#out + 1] = percent_encode(k, ENCODE_SEGMENT) .. "=" .. percent_encode(query_value(k, item), ENCODE_SEGMENT)
+    end
+  end
+  if #out == 0 then return nil end
+  return table.concat(out, "&")
+end
+
+-- ---- the body ----------------------------------------------------------------
+
+-- lua-cjson writes numbers with at most 14 significant digits (2.1.0;
+-- OpenResty's fork allows 16): use the most it allows, and refuse a number
+-- it would round, rather than send another amount than the one given.
+local json = cjson.new()
+local JSON_DIGITS = 14
+for _, digits in ipairs{ 16, 15 } do
+  if pcall(json.encode_number_precision, digits) then JSON_DIGITS = digits break end
+end
+if JSON_DIGITS == 14 then json.encode_number_precision(14) end
+local JSON_FORMAT = "%." .. JSON_DIGITS .. "g"
+
+local function check_numbers(value, where, depth)
+  if depth > 64 then return end   -- deeper than any API body: cjson refuses cycles itself
+  for k, v in pairs(value) do
+    local tv = type(v)
+    if tv == "number" then
+      if v == v and v ~= math.huge and v ~= -math.huge and tonumber(JSON_FORMAT:format(v)) ~= v then
+        raise(("json %s.%s = %s cannot be sent exactly: lua-cjson writes %d significant digits; "
+          .. "give it as a string"):format(where, tostring(k), ("%.17g"):format(v), JSON_DIGITS))
+      end
+    elseif tv == "table" then
+      check_numbers(v, where .. "." .. tostring(k), depth + 1)
+    end
+  end
+end
+
+--- encode_json(value) -> text; raises on what JSON cannot carry exactly.
+function request.encode_json(value)
+  check_numbers(value, "body", 1)
+  local ok, text = pcall(json.encode, value)
+  if not ok then raise("json cannot be encoded: " .. tostring(text):gsub("^[^:]*:%d+: ", "")) end
+  return text
+end
+
+-- ---- the headers ---------------------------------------------------------------
+
+-- Headers the client writes from the request itself: a caller's value
+-- would desynchronise the connection or contradict the signature.
+local OWNED = {
+  authorization = "is made by the client from the request it signs",
+  host = "is set from base_url",
+  ["content-length"] = "is set by the client from the body it sends",
+  ["transfer-encoding"] = "is set by the client from the body it sends",
+  connection = "is managed by the client's connection pool",
+  ["keep-alive"] = "is managed by the client's connection pool",
+  ["proxy-connection"] = "is managed by the client's connection pool",
+  expect = "is managed by the client",
+  te = "is managed by the client",
+  trailer = "is managed by the client",
+  upgrade = "is managed by the client",
+  ["proxy-authorization"] = "belongs in the proxy URL",
+}
+
+local function header_lines(settings, given, has_body)
+  local defaults = {
+    { "Accept", "application/json" },
+    { "User-Agent", settings.user_agent },
+  }
+  if has_body then defaults[#defaults + 1] = { "Content-Type", "application/json" } end
+  if settings.encryption_key_id then defaults[#defaults + 1] = { "Wechatpay-Serial", settings.encryption_key_id } end
+  local seen, lines = {}, {}
+  if given ~= nil then
+    if type(given) ~= "table" then raise("headers must be a table of name -> value") end
+    for name, value in pairs(given) do
+      if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+        raise("headers must map string names to string values")
+      end
+      if not headers.valid_name(name) then
+        raise(("headers[%q]: a header name is a token: no space, colon or control character"):format(name))
+      end
+      local lower = name:lower()
+      if OWNED[lower] then raise(("headers.%s %s"):format(name, OWNED[lower])) end
+      if seen[lower] then raise(("headers.%s is given twice (names are case-insensitive)"):format(name)) end
+      if type(value) == "number" then value = query_value(name, value) end
+      if not headers.valid_value(value) then
+        raise(("headers.%s: a value holds a line break or NUL"):format(name))
+      end
+      seen[lower] = true
+      lines[#lines + 1] = name .. ": " .. value
+    end
+  end
+  for _, pair in ipairs(defaults) do
+    if not seen[pair[1]:lower()] then lines[#lines + 1] = pair[1] .. ": " .. pair[2] end
+  end
+  return lines
+end
+
+-- ---- prepare and sign -------------------------------------------------------------
+
+local CALL_OPTIONS = { json = true, body = true, query = true, headers = true, timeout = true, retry = true }
+
+local function check_options(path, opts)
+  local variables
+  for name in pairs(opts) do
+    if not CALL_OPTIONS[name] then
+      variables = variables or request.template_names(path)
+      if not variables[name] then
+        raise(("unknown request option '%s' for %s: the options are json, body, query, headers, timeout "
+          .. "and retry, plus the path's {variables}"):format(tostring(name), path))
+      end
+    end
+  end
+end
+
+--- prepare(settings, method, path, opts) -> prepared: everything that does
+-- not depend on the moment of sending.  Raises on a programmer error.
+function request.prepare(settings, method, path, opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then raise("request options must be a table") end
+  check_options(path, opts)
+  local target = request.expand(path, opts)
+  local query = request.encode_query(opts.query)
+  if query then target = target .. "?" .. query end
+  local body
+  if opts.json ~= nil and opts.body ~= nil then raise("give json or body, not both") end
+  if opts.json ~= nil then
+    if type(opts.json) ~= "table" then raise("json must be a table") end
+    body = request.encode_json(opts.json)
+  elseif opts.body ~= nil then
+    if type(opts.body) ~= "string" then raise("body must be a string") end
+    body = opts.body
+  else
+    body = ""
+  end
+  local timeout = settings.timeout
+  if opts.timeout ~= nil then timeout = config.number(opts.timeout, "timeout", config.RANGES.timeout, "request") end
+  return {
+    method = method,
+    target = target,
+    body = body,
+    headers = header_lines(settings, opts.headers, body ~= ""),
+    timeout = timeout,
+    idempotent = retry.is_idempotent(method, type(opts.json) == "table" and opts.json or nil, body),
+    retry = config.retry_policy(opts.retry, settings.retry, "request"),
+  }
+end
+
+--- sign(settings, prepared) -> the transport request, signed now with a
+-- fresh timestamp and nonce: every attempt of a retried call is signed anew.
+function request.sign(settings, prepared)
+  local lines = {}
+  for i = 1, #prepared.headers do lines[i] = prepared.headers[i] end
+  lines[#lines + 1] = "Authorization: " .. core.authorization(settings.private_key,
+    settings.mchid, settings.serial, prepared.method, prepared.target, prepared.body)
+  return {
+    method = prepared.method,
+    url = settings.base_url .. prepared.target,
+    headers = lines,
+    body = prepared.body ~= "" and prepared.body or nil,
+    timeout = prepared.timeout,
+    connect_timeout = settings.connect_timeout,
+  }
+end
+
+return request
