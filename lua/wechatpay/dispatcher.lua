@@ -2,39 +2,27 @@
 -- max_concurrency, an optional token-bucket rate limit, and timers for
 -- retry backoff.  A job is signed only when it is sent, so a call that
 -- waited in the queue still carries a fresh timestamp.
+--
+-- A job is { make = function() -> transport request end,
+--            done = function(raw, failure) end }; done is called exactly
+-- once: with the transport's outcome, or with a failure of kind "closed"
+-- when the dispatcher is closed first, or "interrupted"/"internal" when
+-- make raises.
 local core = require("wechatpay.core")
+local errors = require("wechatpay.errors")
 
 local dispatcher = {}
 dispatcher.__index = dispatcher
 
 local monotonic = core.monotonic
 
---- rate_limit: nil, a number of calls per minute, or { calls =, per = seconds, burst = }
-local RATE_LIMIT_FIELDS = { calls = true, per = true, burst = true }
-local RATE_LIMIT_USAGE = "rate_limit must be calls per minute or { calls = n, per = seconds [, burst = n >= 1] }"
-
+-- rate_limit: nil or { calls =, per = seconds, burst = } (checked by config)
 local function new_bucket(rate_limit)
-  if rate_limit == nil or rate_limit == false then return nil end
-  local calls, per, burst
-  if type(rate_limit) == "number" then
-    calls, per = rate_limit, 60
-  elseif type(rate_limit) == "table" then
-    for field in pairs(rate_limit) do
-      if not RATE_LIMIT_FIELDS[field] then
-        error(("%s: unknown field '%s'"):format(RATE_LIMIT_USAGE, tostring(field)), 4)
-      end
-    end
-    calls, per, burst = rate_limit.calls, rate_limit.per or 60, rate_limit.burst
-  end
-  if type(calls) ~= "number" or calls <= 0 or type(per) ~= "number" or per <= 0
-      or (burst ~= nil and (type(burst) ~= "number" or burst < 1)) then
-    error(RATE_LIMIT_USAGE, 4)
-  end
-  local rate = calls / per
+  if not rate_limit then return nil end
   -- One call's worth by default: a fixed per-minute window on the server
   -- then never sees more than calls + 1.
-  local capacity = burst or 1
-  return { rate = rate, capacity = capacity, tokens = capacity, updated = monotonic() }
+  local capacity = rate_limit.burst or 1
+  return { rate = rate_limit.calls / rate_limit.per, capacity = capacity, tokens = capacity, updated = monotonic() }
 end
 
 local function bucket_take(bucket, now)
@@ -62,6 +50,7 @@ local function sync_adapter(transport)
       for i = 1, #list do list[i][1](list[i][2], list[i][3]) end
       return #list
     end,
+    close = transport.close and function() transport:close() end,
   }
 end
 
@@ -71,30 +60,31 @@ function dispatcher.new(transport, opts)
     transport = sync_adapter(transport)
   end
   opts = opts or {}
-  local max = opts.max_concurrency or 16
-  if type(max) ~= "number" or max < 1 or max % 1 ~= 0 then
-    error("max_concurrency must be a positive integer", 3)
-  end
   return setmetatable({
     transport = transport,
-    max_concurrency = max,
+    max_concurrency = opts.max_concurrency or 16,
     bucket = new_bucket(opts.rate_limit),
     queue = {}, head = 1, tail = 0,
     in_flight = 0,
+    sent = {},        -- job -> true while the transport has it
     timers = {},
     pumping = false,
+    closed = false,
   }, dispatcher)
 end
 
---- after(seconds, fn): runs fn from a later step.
+local CLOSED = { kind = "closed", message = "the client was closed while this call was queued or in flight", sent = 0 }
+
+--- after(seconds, fn): runs fn from a later step (at once on close).
 function dispatcher:after(seconds, fn)
   local timers = self.timers
   timers[#timers + 1] = { due = monotonic() + seconds, fn = fn }
   table.sort(timers, function(a, b) return a.due < b.due end)
 end
 
---- submit{ make = function() -> request end, done = function(raw, failure) end }
+--- submit(job): queues a job; on a closed dispatcher it fails at once.
 function dispatcher:submit(job)
+  if self.closed then return job.done(nil, CLOSED) end
   self.tail = self.tail + 1
   self.queue[self.tail] = job
   self:pump()
@@ -106,7 +96,7 @@ end
 
 -- Sends queued jobs while there is room and a token.
 local function pump_queue(self)
-  while self.in_flight < self.max_concurrency and self.head <= self.tail do
+  while not self.closed and self.in_flight < self.max_concurrency and self.head <= self.tail do
     if self.bucket then
       local delay = bucket_take(self.bucket, monotonic())
       if delay > 0 then
@@ -141,25 +131,31 @@ function dispatcher:send(job)
     -- Signing does not fail on its own: this is a closed key, a bug, or an
     -- interrupt (Ctrl-C).  The call fails, and the error goes on up to
     -- whoever is waiting, rather than being swallowed by the queue.
-    job.done(nil, { kind = "config", message = tostring(request), sent = 0 })
+    job.done(nil, errors.from_raise(request, "while signing"))
     error(request, 0)
   end
   self.in_flight = self.in_flight + 1
+  self.sent[job] = true
   local submitted, err = pcall(self.transport.submit, self.transport, request, function(raw, failure)
+    if not self.sent[job] then return end   -- already failed by close()
+    self.sent[job] = nil
     self.in_flight = self.in_flight - 1
     job.done(raw, failure)
     self:pump()
   end)
   if not submitted then
-    self.in_flight = self.in_flight - 1
-    job.done(nil, { kind = "config", message = tostring(err), sent = 0 })
+    if self.sent[job] then
+      self.sent[job] = nil
+      self.in_flight = self.in_flight - 1
+    end
+    job.done(nil, errors.from_raise(err, "the transport refused the request"))
     error(err, 0)
   end
 end
 
-local function run_due_timers(self)
+local function run_due_timers(self, all)
   local timers, now = self.timers, monotonic()
-  while timers[1] and timers[1].due <= now do
+  while timers[1] and (all or timers[1].due <= now) do
     local timer = table.remove(timers, 1)
     timer.fn()
   end
@@ -167,6 +163,7 @@ end
 
 --- step([max_wait = 1]) -> false when there is nothing left to drive.
 function dispatcher:step(max_wait)
+  if self.closed then return false end
   run_due_timers(self)
   self:pump()   -- jobs left queued by an error in an earlier pump
   local busy = self.in_flight > 0 or self.head <= self.tail
@@ -176,6 +173,28 @@ function dispatcher:step(max_wait)
   self.transport:step(wait)
   run_due_timers(self)
   return true
+end
+
+--- close(): fails every queued and in-flight job with kind "closed", runs
+-- the pending timers (a retry then fails the same way), closes the
+-- transport.  Safe from inside a job's done callback, and twice.
+function dispatcher:close()
+  if self.closed then return end
+  self.closed = true
+  local failed = {}
+  for i = self.head, self.tail do failed[#failed + 1] = self.queue[i]; self.queue[i] = nil end
+  self.head, self.tail = 1, 0
+  for job in pairs(self.sent) do failed[#failed + 1] = job end
+  self.sent, self.in_flight = {}, 0
+  if self.transport.close then self.transport:close() end
+  local first_error
+  local function settle(fn, ...)
+    local ok, err = pcall(fn, ...)
+    if not ok and first_error == nil then first_error = err end
+  end
+  for _, job in ipairs(failed) do settle(job.done, nil, CLOSED) end
+  while self.timers[1] do settle(run_due_timers, self, true) end
+  if first_error ~= nil then error(first_error, 0) end
 end
 
 return dispatcher

@@ -197,7 +197,7 @@ function batch.run(opts)
 
   local function wait_for_room(limit)
     while in_flight > limit and not fatal do
-      slot = promise.new(client.dispatcher)
+      slot = promise.new(client)
       slot:wait()
     end
     if fatal then error(fatal, 0) end

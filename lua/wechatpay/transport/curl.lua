@@ -6,19 +6,21 @@
 --   transport:request(request) -> response | nil, err   one request, to completion
 -- request  = { method, url, headers = { "Name: value", ... }, body, timeout, connect_timeout }
 -- response = { status, headers = { lower_name = value }, body }
--- err      = { kind = "timeout" | "network", message, sent = bytes of request sent }
+-- err      = { kind = "timeout" | "network", message, sent = bytes of request sent,
+--              retry = "safe" (nothing reached the server) | "idempotent" (it may have) | false (permanent) }
 -- Waiting on one request drives every other in flight on the same transport.
 local core = require("wechatpay.core")
 
 local curl_transport = {}
 curl_transport.__index = curl_transport
 
---- new{ cafile, proxy, max_connections, idle_timeout, max_body }
+--- new{ cafile, capath, proxy, max_connections, idle_timeout, max_body }
 function curl_transport.new(opts)
   opts = opts or {}
   local self = setmetatable({
     session = core.http_session{
       cafile = opts.cafile,
+      capath = opts.capath,
       proxy = opts.proxy,
       max_connections = opts.max_connections,
       idle_timeout = opts.idle_timeout or 7,   -- below WeChat Pay's 8 s keep-alive
@@ -52,8 +54,7 @@ function curl_transport:step(wait)
     if callback then
       local ok, err
       if r.error then
-        ok, err = pcall(callback, nil, { kind = r.error, message = r.message, sent = r.sent,
-                                          curl_code = r.curl_code })
+        ok, err = pcall(callback, nil, { kind = r.error, message = r.message, sent = r.sent, retry = r.retry })
       else
         ok, err = pcall(callback, { status = r.status, headers = r.headers, body = r.body })
       end
@@ -73,7 +74,10 @@ function curl_transport:request(request)
   return result, failure
 end
 
+--- close(): drops every transfer in flight (their callbacks are never
+-- called) and the pooled connections.
 function curl_transport:close()
+  self.callbacks = {}
   self.session:close()
 end
 
