@@ -68,8 +68,9 @@ describe("async calls: concurrency seen by the mock", function()
     local client = server:client{ max_concurrency = 5 }
     local list = grants(client, 20)
     -- The client's own queue holds the rest: they are signed when sent.
-    assert.equals(5, client.dispatcher.in_flight)
-    assert.equals(15, client.dispatcher:queued())
+    local in_flight, queued = client:pending()
+    assert.equals(5, in_flight)
+    assert.equals(15, queued)
     local results, err = wechatpay.all(list):wait()
     assert.is_nil(err)
     assert.equals(20, #results)
@@ -548,7 +549,7 @@ describe("async calls: transport errors", function()
     -- Steps a client's dispatcher until p settles or `seconds` pass.
     local function drive(on, p, seconds)
       local deadline = now() + seconds
-      while p.state == "pending" and now() < deadline do on.dispatcher:step(0.05) end
+      while p.state == "pending" and now() < deadline do on:step(0.05) end
       return p.state
     end
 

@@ -53,8 +53,12 @@ describe("chained calls", function()
     assert.equal("/v3/merchant-service/return", target_of(last()))
   end)
 
-  it("caches nodes", function()
-    assert.equal(client.v3.multiuse.users, client.v3.multiuse.users)
+  it("gives equal paths for the same chain, and a node held in a local can be reused", function()
+    assert.equal(tostring(client.v3.multiuse.users), tostring(client.v3.multiuse.users))
+    local coupons = client.v3.multiuse.users._openid_.coupons
+    coupons:post{ openid = "o1", json = {} }
+    coupons:post{ openid = "o2", json = {} }
+    assert.equal("/v3/multiuse/users/o2/coupons", target_of(last()))
   end)
 
   it("encodes the query with sorted keys, and the signature covers it as sent", function()

@@ -79,7 +79,7 @@ describe("wechatpay.new configuration", function()
     opts.certs = { [" " .. m.platform_cert_serial:lower() .. "\n"] = "file://" .. m.platform_cert }
     local client = wechatpay.new(opts)
     assert.equal(m.merchant_serial, client.serial)
-    assert.is_truthy(client.platform_keys[m.platform_cert_serial])
+    assert.same({ m.platform_cert_serial }, client:platform_key_ids())
   end)
 
   it("encrypts with the public key id when there is one, else the certificate that expires last", function()
@@ -94,14 +94,14 @@ describe("wechatpay.new configuration", function()
   end)
 
   it("refuses bad values of the optional settings", function()
-    refused(merchant.options{ timeout = -1 }, "timeout must be a positive number")
-    refused(merchant.options{ base_url = "ftp://x" }, "base_url must be an http")
+    refused(merchant.options{ timeout = -1 }, "timeout must be a finite number of seconds")
+    refused(merchant.options{ base_url = "ftp://x" }, "base_url must use https, not ftp")
     refused(merchant.options{ cafile = m.dir .. "/none.pem" }, "cafile .* cannot be opened")
     refused(merchant.options{ apiv3_key = "short" }, "apiv3_key must be the 32%-character APIv3 key")
     refused(merchant.options{ mchid = "abc" }, "mchid is required")
     refused(merchant.options{ certs = {} }, "certs is empty")
     for _, bad in ipairs{ 0, -1, 2.5, "x" } do
-      refused(merchant.options{ max_concurrency = bad }, "max_concurrency must be a positive integer")
+      refused(merchant.options{ max_concurrency = bad }, "max_concurrency must be a finite integer")
     end
     for _, bad in ipairs{ { calls = 5, per = 1, burst = 0 }, { calls = 5, period = 1 }, { calls = 5, burst = "x" },
                           -3, { per = 1 } } do
