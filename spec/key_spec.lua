@@ -150,6 +150,38 @@ describe("wechatpay.key", function()
       refused("file://" .. dir .. "/missing.pem", "cannot open key file .*missing.pem")
     end)
 
+    it("a key file over 64 KB is refused naming the path and the limit, never its bytes", function()
+      local pem = ossl.read(k["pkcs8.pem"])
+      local body = pem:match("\n(.-)\n")
+      -- a real key padded past the limit with PEM-legal trailing text
+      local big = ossl.write(dir .. "/big.pem", pem .. ("#"):rep(64 * 1024 + 1 - #pem))
+      local err = refused("file://" .. big, "key file .*big%.pem is larger than 65536 bytes")
+      assert.is_nil(err:find(body, 1, true))
+      -- exactly 64 KB is still read (and parsed as the key it holds)
+      ossl.write(dir .. "/edge.pem", pem .. ("\n"):rep(64 * 1024 - #pem))
+      assert.equal("private", assert(key.load("file://" .. dir .. "/edge.pem")):kind())
+    end)
+
+    it("/dev/zero is refused after at most 64 KB + 1 bytes, in a child with a time and memory limit", function()
+      local out = ossl.run_lua([[
+        local key = require("wechatpay.key")
+        print(select(2, key.load("file:///dev/zero")))
+      ]], { seconds = 20, memory_kb = 1024 * 1024 })
+      assert.matches("^key file /dev/zero is larger than 65536 bytes", out)
+    end)
+
+    it("a directory or a FIFO is refused without blocking, naming the path", function()
+      refused("file://" .. dir, "key file " .. dir:gsub("%p", "%%%0") .. " is a directory")
+      local fifo = dir .. "/key.fifo"
+      ossl.run("mkfifo " .. ossl.quote(fifo))
+      -- in a child: opening a FIFO for reading blocks until a writer comes
+      local out = ossl.run_lua(([[
+        local key = require("wechatpay.key")
+        print(select(2, key.load("file://" .. %q)))
+      ]]):format(fifo), { seconds = 20 })
+      assert.equal("key file " .. fifo .. " is a FIFO, not a regular file\n", out)
+    end)
+
     it("invalid base64 in a DER form", function()
       refused("private.pkcs8://@@@@", "not valid base64")
       refused("public.spki://" .. ossl.base64_file(k["pkcs8.der"]), "cannot parse the public key")

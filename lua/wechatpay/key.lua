@@ -27,14 +27,25 @@ function key.is_key(value)
   return mt and mt.__name == KEY_CLASS or false
 end
 
+--- The most a key file may hold: a PEM key or certificate is a few KB, and
+-- a path such as /dev/zero must not be read without end.
+key.MAX_FILE_BYTES = 64 * 1024
+
 local function read_file(path)
-  local file, err = io.open(path, "rb")
-  if not file then
-    return nil, "cannot open key file " .. path .. ": " .. tostring(err):gsub("^[^:]*: ", "")
+  -- core.read_file opens without blocking and refuses a directory, FIFO or
+  -- socket before reading; one byte over the limit is enough to refuse
+  local data, reason = core.read_file(path, key.MAX_FILE_BYTES + 1)
+  if not data then
+    if reason == "a directory" or reason == "a FIFO" or reason == "a socket" then
+      return nil, ("key file %s is %s, not a regular file"):format(path, reason)
+    end
+    return nil, "cannot open key file " .. path .. ": " .. reason
   end
-  local data = file:read("*a")
-  file:close()
-  if not data or data == "" then
+  if #data > key.MAX_FILE_BYTES then
+    return nil, ("key file %s is larger than %d bytes (64 KB), more than any key or certificate holds")
+      :format(path, key.MAX_FILE_BYTES)
+  end
+  if data == "" then
     return nil, "key file " .. path .. " is empty"
   end
   return data

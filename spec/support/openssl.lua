@@ -60,6 +60,28 @@ function M.remove(dir)
   if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
 end
 
+--- Runs Lua `code` in a fresh interpreter of the kind running the specs
+-- (WECHATPAY_LUA, as scripts/test.sh sets it), with this one's module paths,
+-- under `timeout` and, unless ASan is in the process, `ulimit -v`: for code
+-- that could block or eat memory when what it checks regresses.
+-- opts: seconds (default 60), memory_kb.  Returns the child's stdout.
+function M.run_lua(code, opts)
+  opts = opts or {}
+  local interpreter = os.getenv("WECHATPAY_LUA") or (jit and "luajit" or "lua5.4")
+  local prelude = ("package.path = %q; package.cpath = %q\n"):format(package.path, package.cpath)
+  local limit = ""
+  if opts.memory_kb and not os.getenv("ASAN_OPTIONS") then
+    limit = "ulimit -v " .. math.floor(opts.memory_kb) .. "; "
+  end
+  -- a script file, not -e: the DEV=1 hosts take only `host script.lua`
+  local script = M.write(os.tmpname(), prelude .. code)
+  local ok, out = pcall(M.run, limit .. "exec timeout " .. (opts.seconds or 60) .. " "
+    .. shell_quote(interpreter) .. " " .. shell_quote(script))
+  os.remove(script)
+  if not ok then error(out, 2) end
+  return out
+end
+
 --- Fresh keys in every format the openssl tools write.
 function M.make_keys(dir)
   local q = function(name) return shell_quote(dir .. "/" .. name) end
