@@ -182,6 +182,68 @@ describe("wechatpay.key", function()
       assert.equal("key file " .. fifo .. " is a FIFO, not a regular file\n", out)
     end)
 
+    it("an RSA key under 2048 bits, as merchant private key or as WeChat Pay public key", function()
+      local short = dir .. "/rsa1024.pem"
+      ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out " .. ossl.quote(short))
+      ossl.run("openssl pkey -in " .. ossl.quote(short) .. " -pubout -out " .. ossl.quote(dir .. "/rsa1024_pub.pem"))
+      ossl.run("openssl req -x509 -key " .. ossl.quote(short) .. " -subj /CN=short -days 30 -out "
+        .. ossl.quote(dir .. "/rsa1024_cert.pem"))
+      assert.equal(1024, assert(key.load("file://" .. short)):bits())   -- loading alone is no verdict
+      local loaded, err = key.private("file://" .. short)
+      assert.is_nil(loaded)
+      assert.equal("RSA key of 1024 bits: WeChat Pay requires 2048", err)
+      for _, name in ipairs{ "rsa1024_pub.pem", "rsa1024_cert.pem" } do
+        loaded, err = key.public("file://" .. dir .. "/" .. name)
+        assert.is_nil(loaded, name)
+        assert.equal("RSA key of 1024 bits: WeChat Pay requires 2048", err)
+      end
+      -- 2048 bits passes both
+      assert.equal(2048, assert(key.private("file://" .. k["pkcs8.pem"])):bits())
+      assert.equal(2048, assert(key.public("file://" .. k["spki.pem"])):bits())
+    end)
+
+    it("no message quotes a line of the key: garbled, truncated, or a private key labelled PUBLIC", function()
+      local pem = ossl.read(k["pkcs8.pem"])
+      local lines = {}
+      for line in pem:gmatch("[^\n]+") do
+        if not line:find("-----", 1, true) then lines[#lines + 1] = line end
+      end
+      assert.is_true(#lines > 20)
+      local function garble(text, at)
+        return text:sub(1, at - 1) .. (text:sub(at, at) == "A" and "B" or "A") .. text:sub(at + 1)
+      end
+      local head = "-----BEGIN PRIVATE KEY-----\n"
+      local bads = {
+        pem:sub(1, 400),                                  -- truncated, no END line
+        pem:sub(1, #head + 65 * 10) .. "-----END PRIVATE KEY-----\n",   -- truncated body, END kept
+        garble(pem, #head + 5),                           -- one base64 character of the DER length changed
+        pem:gsub("\n", "\n!", 3),                          -- characters outside base64
+        (pem:gsub("PRIVATE KEY", "PUBLIC KEY")),          -- a private key given as a PUBLIC key
+        (pem:gsub("PRIVATE KEY", "CERTIFICATE")),
+        (pem:gsub("PRIVATE KEY", "RSA PRIVATE KEY")),
+      }
+      local file = dir .. "/bad.pem"
+      for i, bad in ipairs(bads) do
+        local messages = {}
+        for _, load in ipairs{ key.load, key.private, key.public } do
+          local loaded, err = load(bad)
+          if loaded == nil then messages[#messages + 1] = err end
+          loaded, err = load("file://" .. ossl.write(file, bad))
+          if loaded == nil then messages[#messages + 1] = err end
+        end
+        assert.is_true(#messages >= 4, "bad key " .. i .. " was accepted")
+        for _, err in ipairs(messages) do
+          assert.is_string(err)
+          for _, line in ipairs(lines) do
+            -- not the line, nor any 16 characters of it
+            for at = 1, #line - 15, 8 do
+              assert.is_nil(err:find(line:sub(at, at + 15), 1, true), ("bad key %d: %q quotes the key"):format(i, err))
+            end
+          end
+        end
+      end
+    end)
+
     it("invalid base64 in a DER form", function()
       refused("private.pkcs8://@@@@", "not valid base64")
       refused("public.spki://" .. ossl.base64_file(k["pkcs8.der"]), "cannot parse the public key")
