@@ -314,6 +314,30 @@ describe("wechatpay.aes", function()
       end
     end)
 
+    it("network data that is missing, empty or not a string gives nil, err and never raises", function()
+      local apiv2_key = "192006250b4c09247ec02edce69f6a2d"
+      local function answered(label, fn, ...)
+        local ok, pt, err = pcall(fn, ...)
+        assert.is_true(ok, label .. " raised: " .. tostring(pt))
+        assert.is_nil(pt, label)
+        assert.is_string(err, label)
+        return err
+      end
+      for _, bad in ipairs{ { "nil", nil }, { "false", false }, { "a number", 42 }, { "a table", {} }, { "empty", "" } } do
+        local what, value = bad[1], bad[2]
+        assert.matches("req_info", answered("refund req_info " .. what, aes.decrypt_refund_notification, apiv2_key, value))
+        assert.matches("ciphertext", answered("ecb ciphertext " .. what, aes.ecb_decrypt, key, value))
+        assert.matches("ciphertext", answered("gcm ciphertext " .. what, aes.gcm_decrypt, key, "uluk4a9R25RW", "", value))
+        assert.matches("nonce", answered("gcm nonce " .. what, aes.gcm_decrypt, key, value, "", "AAAA"))
+        answered("resource nonce " .. what, aes.decrypt_resource, key, { nonce = value, ciphertext = "AAAA" })
+        answered("resource ciphertext " .. what, aes.decrypt_resource, key, { nonce = "uluk4a9R25RW", ciphertext = value })
+        if value ~= nil and value ~= "" then
+          assert.matches("associated_data",
+            answered("gcm associated_data " .. what, aes.gcm_decrypt, key, "uluk4a9R25RW", value, "AAAA"))
+        end
+      end
+    end)
+
     it("decrypt_refund_notification keys AES with the hex MD5 of the APIv2 key, as openssl computes it", function()
       local apiv2_key = "192006250b4c09247ec02edce69f6a2d"
       local md5 = ossl.run("printf %s " .. q(apiv2_key) .. " | openssl dgst -md5 -r"):match("^(%x+)")
