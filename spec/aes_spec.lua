@@ -7,22 +7,14 @@ local cipher = require("openssl.cipher")
 local ossl = require("support.openssl")
 
 local repo_root = ossl.repo_root
-
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = ossl.hex
 
 describe("wechatpay.aes", function()
   local dir, node_script
   local q = ossl.quote
   local function tmp(name) return dir .. "/" .. name end
 
-  local function random_bytes(n)
-    local path = tmp("rand.bin")
-    if n == 0 then return "" end
-    ossl.run("openssl rand -out " .. q(path) .. " " .. n)
-    return ossl.read(path)
-  end
+  local function random_bytes(n) return select(2, ossl.random_file(tmp("rand.bin"), n)) end
 
   -- luaossl: AES-GCM without associated data (it cannot set any)
   local function luaossl_gcm_encrypt(key, nonce, plaintext)
@@ -63,7 +55,7 @@ describe("wechatpay.aes", function()
   setup(function()
     dir = ossl.tmpdir()
     node_script = repo_root() .. "/spec/fixtures/gcm_node.js"
-    assert(io.open(node_script, "rb")):close()
+    assert(ossl.exists(node_script), node_script .. " is missing")
     -- node is the reference for AES-GCM with associated data: fail loudly when missing
     ossl.run("node --version")
   end)

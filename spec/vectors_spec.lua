@@ -21,16 +21,11 @@ local function normalize_pem(text)
   return (text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("%s+$", ""))
 end
 
--- Unix seconds of a date, as `date -u -d` computes it
-local function epoch(date)
-  return tonumber((ossl.run("date -u -d " .. ossl.quote(date) .. " +%s"):gsub("%s", "")))
-end
+local epoch = ossl.epoch
 
 describe("third-party vectors (spec/fixtures/vectors)", function()
   setup(function()
-    local f = io.open(vector_path("README.md"), "rb")
-    assert(f, "the vectors are missing: expected " .. VECTORS)
-    f:close()
+    assert(ossl.exists(vector_path("README.md")), "the vectors are missing: expected " .. VECTORS)
   end)
 
   it("every vector file is attributed in the README, with the Apache-2.0 text beside it", function()
@@ -80,12 +75,8 @@ describe("third-party vectors (spec/fixtures/vectors)", function()
       assert.is_true(info.not_before >= from and info.not_before < from + day, tostring(info.not_before))
       assert.is_true(info.not_after >= to and info.not_after < to + day, tostring(info.not_after))
       -- and to the second, as openssl reads the same certificate
-      local function openssl_date(option)
-        local text = ossl.run("openssl x509 -in " .. ossl.quote(vector_path("go_test_cert.pem")) .. " -noout " .. option)
-        return epoch(text:match("=(.-)%s*$"))
-      end
-      assert.equal(openssl_date("-startdate"), info.not_before)
-      assert.equal(openssl_date("-enddate"), info.not_after)
+      assert.equal(ossl.cert_date(vector_path("go_test_cert.pem"), "-startdate"), info.not_before)
+      assert.equal(ossl.cert_date(vector_path("go_test_cert.pem"), "-enddate"), info.not_after)
     end)
   end)
 

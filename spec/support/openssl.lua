@@ -41,6 +41,37 @@ function M.read(path)
   return data
 end
 
+function M.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- Lower-case hex of a byte string, as openssl's -K and hexkey: take it.
+function M.hex(s)
+  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+--- n random bytes made by `openssl rand` into the file at `path`;
+-- returns the path and the bytes.
+function M.random_file(path, n)
+  if n == 0 then return M.write(path, ""), "" end
+  M.run("openssl rand -out " .. shell_quote(path) .. " " .. math.floor(n))
+  return path, M.read(path)
+end
+
+--- Unix seconds of a date, as `date -u -d` reads it.
+function M.epoch(date)
+  return tonumber((M.run("date -u -d " .. shell_quote(date) .. " +%s"):gsub("%s", "")))
+end
+
+--- A certificate's date as openssl reads it, in Unix seconds; `option` is
+-- "-startdate" or "-enddate".
+function M.cert_date(path, option)
+  local text = M.run("openssl x509 -in " .. shell_quote(path) .. " -noout " .. option)
+  return M.epoch(text:match("=(.-)%s*$"))
+end
+
 --- The repository root, absolute, from this file's own path (busted may
 -- run a spec by a relative or an absolute name).
 function M.repo_root()
