@@ -1,7 +1,14 @@
 /* Key objects: RSA private keys, public keys and certificates. */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "wechatpay.h"
+
+/* The most core.read_file may be asked to read: key files are a few KB. */
+#define WP_READ_FILE_MAX (1 << 20)
 
 wp_key *wp_check_key(lua_State *L, int idx) {
   wp_lkey *box = (wp_lkey *)luaL_checkudata(L, idx, WP_KEY_CLASS);
@@ -33,6 +40,48 @@ static int l_key_from_pem(lua_State *L) {
     lua_pushstring(L, err);
     return 2;
   }
+  return 1;
+}
+
+/* core.read_file(path, max) -> at most max bytes | nil, reason
+ * Opened without blocking, so a FIFO or a terminal cannot stall the caller; a
+ * directory, FIFO or socket is refused before anything is read.  The reason
+ * is strerror or "a directory" / "a FIFO" / "a socket", never file content.
+ * The buffer is GC-owned scratch, allocated before the descriptor is opened,
+ * so no Lua error can leak the descriptor; it is wiped once copied. */
+static int l_read_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer max = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, max >= 0 && max <= WP_READ_FILE_MAX, 2, "out of range");
+  char *buf = (char *)wp_scratch(L, (size_t)max);
+  const char *reason = NULL;
+  size_t got = 0;
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
+    reason = strerror(errno);
+  } else {
+    struct stat st;
+    if (fstat(fd, &st) != 0) reason = strerror(errno);
+    else if (S_ISDIR(st.st_mode)) reason = "a directory";
+    else if (S_ISFIFO(st.st_mode)) reason = "a FIFO";
+    else if (S_ISSOCK(st.st_mode)) reason = "a socket";
+    while (!reason && got < (size_t)max) {
+      ssize_t n = read(fd, buf + got, (size_t)max - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) reason = strerror(errno);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    close(fd);
+  }
+  if (reason) {
+    memset(buf, 0, got);
+    lua_pushnil(L);
+    lua_pushstring(L, reason);
+    return 2;
+  }
+  lua_pushlstring(L, buf, got);
+  memset(buf, 0, got);
   return 1;
 }
 
@@ -124,6 +173,7 @@ void wp_open_keys(lua_State *L) {
   static const luaL_Reg functions[] = {
     {"key_from_pem", l_key_from_pem},
     {"key_from_der", l_key_from_der},
+    {"read_file", l_read_file},
     {NULL, NULL}
   };
   if (luaL_newmetatable(L, WP_KEY_CLASS)) {

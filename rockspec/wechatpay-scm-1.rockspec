@@ -1,16 +1,35 @@
 -- wechatpay-lua: the WeChat Pay API v3 client for Lua, with a C core.
--- Debian provides the Lua dependencies as packages (lua-cjson, and for the
--- mock lua-luaossl, lua-socket and nginx with its lua module), so an install
+-- Debian provides the Lua dependencies as packages (lua-cjson), so an install
 -- from this checkout is:  luarocks make --deps-mode=none rockspec/wechatpay-scm-1.rockspec
+-- The mock WeChat Pay server (wechatpay.mock.*, which needs nginx, luaossl
+-- and luasocket) is its own rock: rockspec/wechatpay-mock-scm-1.rockspec.
+-- Caveat: LuaRocks' builtin backend also copies the whole lua/ folder, so
+-- until the mock's sources move out of lua/, this rock still carries them.
 rockspec_format = "3.0"
 package = "wechatpay"
 version = "scm-1"
 source = {
-  url = "git+file://./",
+  url = "git+https://github.com/wechatpay-lua/wechatpay-lua.git",
+  branch = "main",
 }
 description = {
   summary = "WeChat Pay API v3 client: chained calls, signed and verified, over libcurl and mbedTLS",
+  detailed = [[
+A client for the WeChat Pay (微信支付) API v3 in the chained call style of
+wechatpay-php (client.v3.pay.transactions.jsapi:post{...}, postAsync for a
+promise). Every request is signed with the merchant's RSA-2048 key
+(WECHATPAY2-SHA256-RSA2048) and every response and callback verified against
+WeChat Pay's public keys or platform certificates; callback resources and
+certificate downloads are decrypted (AEAD_AES_256_GCM). A C core does the
+crypto on mbedTLS and the HTTP on libcurl; the Lua layer adds promises,
+retries and a rate limit. Built and tested for Lua 5.4 and LuaJIT 2.1.
+The mock WeChat Pay server used in tests is a separate rock, wechatpay-mock.
+]],
+  homepage = "https://github.com/wechatpay-lua/wechatpay-lua",
+  issues_url = "https://github.com/wechatpay-lua/wechatpay-lua/issues",
   license = "Apache-2.0",
+  maintainer = "wechatpay-lua maintainers <wechatpay-lua@users.noreply.github.com>",
+  labels = { "wechat", "payment", "wechatpay", "crypto", "http" },
 }
 dependencies = {
   "lua >= 5.1",
@@ -52,18 +71,6 @@ build = {
     ["wechatpay.grant.csv"] = "lua/wechatpay/grant/csv.lua",
     ["wechatpay.grant.progress"] = "lua/wechatpay/grant/progress.lua",
     ["wechatpay.grant.results"] = "lua/wechatpay/grant/results.lua",
-    ["wechatpay.mock"] = "lua/wechatpay/mock/init.lua",
-    ["wechatpay.mock.admin"] = "lua/wechatpay/mock/admin.lua",
-    ["wechatpay.mock.auth"] = "lua/wechatpay/mock/auth.lua",
-    ["wechatpay.mock.coupons"] = "lua/wechatpay/mock/coupons.lua",
-    ["wechatpay.mock.faults"] = "lua/wechatpay/mock/faults.lua",
-    ["wechatpay.mock.handler"] = "lua/wechatpay/mock/handler.lua",
-    ["wechatpay.mock.nginx_conf"] = "lua/wechatpay/mock/nginx_conf.lua",
-    ["wechatpay.mock.pki"] = "lua/wechatpay/mock/pki.lua",
-    ["wechatpay.mock.response"] = "lua/wechatpay/mock/response.lua",
-    ["wechatpay.mock.state"] = "lua/wechatpay/mock/state.lua",
-    ["wechatpay.mock.users"] = "lua/wechatpay/mock/users.lua",
-    ["wechatpay.mock.util"] = "lua/wechatpay/mock/util.lua",
   },
   install = {
     bin = { ["wechatpay-grant"] = "bin/wechatpay-grant" },

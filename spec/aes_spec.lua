@@ -7,22 +7,14 @@ local cipher = require("openssl.cipher")
 local ossl = require("support.openssl")
 
 local repo_root = ossl.repo_root
-
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = ossl.hex
 
 describe("wechatpay.aes", function()
   local dir, node_script
   local q = ossl.quote
   local function tmp(name) return dir .. "/" .. name end
 
-  local function random_bytes(n)
-    local path = tmp("rand.bin")
-    if n == 0 then return "" end
-    ossl.run("openssl rand -out " .. q(path) .. " " .. n)
-    return ossl.read(path)
-  end
+  local function random_bytes(n) return select(2, ossl.random_file(tmp("rand.bin"), n)) end
 
   -- luaossl: AES-GCM without associated data (it cannot set any)
   local function luaossl_gcm_encrypt(key, nonce, plaintext)
@@ -63,7 +55,7 @@ describe("wechatpay.aes", function()
   setup(function()
     dir = ossl.tmpdir()
     node_script = repo_root() .. "/spec/fixtures/gcm_node.js"
-    assert(io.open(node_script, "rb")):close()
+    assert(ossl.exists(node_script), node_script .. " is missing")
     -- node is the reference for AES-GCM with associated data: fail loudly when missing
     ossl.run("node --version")
   end)
@@ -311,6 +303,30 @@ describe("wechatpay.aes", function()
         local pt, err2 = aes.ecb_decrypt(bad, base64.encode(openssl_ecb(key, "x")))
         assert.is_nil(pt)
         assert.matches("32 bytes", err2)
+      end
+    end)
+
+    it("network data that is missing, empty or not a string gives nil, err and never raises", function()
+      local apiv2_key = "192006250b4c09247ec02edce69f6a2d"
+      local function answered(label, fn, ...)
+        local ok, pt, err = pcall(fn, ...)
+        assert.is_true(ok, label .. " raised: " .. tostring(pt))
+        assert.is_nil(pt, label)
+        assert.is_string(err, label)
+        return err
+      end
+      for _, bad in ipairs{ { "nil", nil }, { "false", false }, { "a number", 42 }, { "a table", {} }, { "empty", "" } } do
+        local what, value = bad[1], bad[2]
+        assert.matches("req_info", answered("refund req_info " .. what, aes.decrypt_refund_notification, apiv2_key, value))
+        assert.matches("ciphertext", answered("ecb ciphertext " .. what, aes.ecb_decrypt, key, value))
+        assert.matches("ciphertext", answered("gcm ciphertext " .. what, aes.gcm_decrypt, key, "uluk4a9R25RW", "", value))
+        assert.matches("nonce", answered("gcm nonce " .. what, aes.gcm_decrypt, key, value, "", "AAAA"))
+        answered("resource nonce " .. what, aes.decrypt_resource, key, { nonce = value, ciphertext = "AAAA" })
+        answered("resource ciphertext " .. what, aes.decrypt_resource, key, { nonce = "uluk4a9R25RW", ciphertext = value })
+        if value ~= nil and value ~= "" then
+          assert.matches("associated_data",
+            answered("gcm associated_data " .. what, aes.gcm_decrypt, key, "uluk4a9R25RW", value, "AAAA"))
+        end
       end
     end)
 

@@ -3,21 +3,14 @@ local hash = require("wechatpay.hash")
 local base64 = require("wechatpay.base64")
 local ossl = require("support.openssl")
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = ossl.hex
 
 describe("wechatpay.hash and wechatpay.base64 against openssl", function()
   local dir
   local q = ossl.quote
   local function tmp(name) return dir .. "/" .. name end
 
-  local function random_bytes(n, name)
-    local path = tmp(name or "rand.bin")
-    if n == 0 then return ossl.write(path, ""), "" end
-    ossl.run("openssl rand -out " .. q(path) .. " " .. n)
-    return path, ossl.read(path)
-  end
+  local function random_bytes(n, name) return ossl.random_file(tmp(name or "rand.bin"), n) end
 
   -- `openssl dgst -r` prints "<hex> *<file>"
   local function dgst(options, path)

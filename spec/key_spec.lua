@@ -57,13 +57,8 @@ describe("wechatpay.key", function()
       local cert = assert(loaded:certificate())
       local serial = ossl.run("openssl x509 -in " .. ossl.quote(k["cert.pem"]) .. " -noout -serial")
       assert.equal(serial:match("serial=(%x+)"):upper(), cert.serial)
-      local function epoch(option)
-        local text = ossl.run("openssl x509 -in " .. ossl.quote(k["cert.pem"]) .. " -noout " .. option)
-        local date = text:match("=(.-)%s*$")
-        return tonumber((ossl.run("date -u -d " .. ossl.quote(date) .. " +%s"):gsub("%s", "")))
-      end
-      assert.equal(epoch("-startdate"), cert.not_before)
-      assert.equal(epoch("-enddate"), cert.not_after)
+      assert.equal(ossl.cert_date(k["cert.pem"], "-startdate"), cert.not_before)
+      assert.equal(ossl.cert_date(k["cert.pem"], "-enddate"), cert.not_after)
     end)
 
     it("bare base64 DER in wechatpay-php's four forms", function()
@@ -148,6 +143,100 @@ describe("wechatpay.key", function()
 
     it("a file:// path that does not exist", function()
       refused("file://" .. dir .. "/missing.pem", "cannot open key file .*missing.pem")
+    end)
+
+    it("a key file over 64 KB is refused naming the path and the limit, never its bytes", function()
+      local pem = ossl.read(k["pkcs8.pem"])
+      local body = pem:match("\n(.-)\n")
+      -- a real key padded past the limit with PEM-legal trailing text
+      local big = ossl.write(dir .. "/big.pem", pem .. ("#"):rep(64 * 1024 + 1 - #pem))
+      local err = refused("file://" .. big, "key file .*big%.pem is larger than 65536 bytes")
+      assert.is_nil(err:find(body, 1, true))
+      -- exactly 64 KB is still read (and parsed as the key it holds)
+      ossl.write(dir .. "/edge.pem", pem .. ("\n"):rep(64 * 1024 - #pem))
+      assert.equal("private", assert(key.load("file://" .. dir .. "/edge.pem")):kind())
+    end)
+
+    it("/dev/zero is refused after at most 64 KB + 1 bytes, in a child with a time and memory limit", function()
+      local out = ossl.run_lua([[
+        local key = require("wechatpay.key")
+        print(select(2, key.load("file:///dev/zero")))
+      ]], { seconds = 20, memory_kb = 1024 * 1024 })
+      assert.matches("^key file /dev/zero is larger than 65536 bytes", out)
+    end)
+
+    it("a directory or a FIFO is refused without blocking, naming the path", function()
+      refused("file://" .. dir, "key file " .. dir:gsub("%p", "%%%0") .. " is a directory")
+      local fifo = dir .. "/key.fifo"
+      ossl.run("mkfifo " .. ossl.quote(fifo))
+      -- in a child: opening a FIFO for reading blocks until a writer comes
+      local out = ossl.run_lua(([[
+        local key = require("wechatpay.key")
+        print(select(2, key.load("file://" .. %q)))
+      ]]):format(fifo), { seconds = 20 })
+      assert.equal("key file " .. fifo .. " is a FIFO, not a regular file\n", out)
+    end)
+
+    it("an RSA key under 2048 bits, as merchant private key or as WeChat Pay public key", function()
+      local short = dir .. "/rsa1024.pem"
+      ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out " .. ossl.quote(short))
+      ossl.run("openssl pkey -in " .. ossl.quote(short) .. " -pubout -out " .. ossl.quote(dir .. "/rsa1024_pub.pem"))
+      ossl.run("openssl req -x509 -key " .. ossl.quote(short) .. " -subj /CN=short -days 30 -out "
+        .. ossl.quote(dir .. "/rsa1024_cert.pem"))
+      assert.equal(1024, assert(key.load("file://" .. short)):bits())   -- loading alone is no verdict
+      local loaded, err = key.private("file://" .. short)
+      assert.is_nil(loaded)
+      assert.equal("RSA key of 1024 bits: WeChat Pay requires 2048", err)
+      for _, name in ipairs{ "rsa1024_pub.pem", "rsa1024_cert.pem" } do
+        loaded, err = key.public("file://" .. dir .. "/" .. name)
+        assert.is_nil(loaded, name)
+        assert.equal("RSA key of 1024 bits: WeChat Pay requires 2048", err)
+      end
+      -- 2048 bits passes both
+      assert.equal(2048, assert(key.private("file://" .. k["pkcs8.pem"])):bits())
+      assert.equal(2048, assert(key.public("file://" .. k["spki.pem"])):bits())
+    end)
+
+    it("no message quotes a line of the key: garbled, truncated, or a private key labelled PUBLIC", function()
+      local pem = ossl.read(k["pkcs8.pem"])
+      local lines = {}
+      for line in pem:gmatch("[^\n]+") do
+        if not line:find("-----", 1, true) then lines[#lines + 1] = line end
+      end
+      assert.is_true(#lines > 20)
+      local function garble(text, at)
+        return text:sub(1, at - 1) .. (text:sub(at, at) == "A" and "B" or "A") .. text:sub(at + 1)
+      end
+      local head = "-----BEGIN PRIVATE KEY-----\n"
+      local bads = {
+        pem:sub(1, 400),                                  -- truncated, no END line
+        pem:sub(1, #head + 65 * 10) .. "-----END PRIVATE KEY-----\n",   -- truncated body, END kept
+        garble(pem, #head + 5),                           -- one base64 character of the DER length changed
+        pem:gsub("\n", "\n!", 3),                          -- characters outside base64
+        (pem:gsub("PRIVATE KEY", "PUBLIC KEY")),          -- a private key given as a PUBLIC key
+        (pem:gsub("PRIVATE KEY", "CERTIFICATE")),
+        (pem:gsub("PRIVATE KEY", "RSA PRIVATE KEY")),
+      }
+      local file = dir .. "/bad.pem"
+      for i, bad in ipairs(bads) do
+        local messages = {}
+        for _, load in ipairs{ key.load, key.private, key.public } do
+          local loaded, err = load(bad)
+          if loaded == nil then messages[#messages + 1] = err end
+          loaded, err = load("file://" .. ossl.write(file, bad))
+          if loaded == nil then messages[#messages + 1] = err end
+        end
+        assert.is_true(#messages >= 4, "bad key " .. i .. " was accepted")
+        for _, err in ipairs(messages) do
+          assert.is_string(err)
+          for _, line in ipairs(lines) do
+            -- not the line, nor any 16 characters of it
+            for at = 1, #line - 15, 8 do
+              assert.is_nil(err:find(line:sub(at, at + 15), 1, true), ("bad key %d: %q quotes the key"):format(i, err))
+            end
+          end
+        end
+      end
     end)
 
     it("invalid base64 in a DER form", function()

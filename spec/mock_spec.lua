@@ -9,32 +9,9 @@ local pkey = require("openssl.pkey")
 local digest = require("openssl.digest")
 local rand = require("openssl.rand")
 local socket = require("socket")
+local ossl = require("support.openssl")
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local data = f:read("*a")
-  f:close()
-  return data
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
-
-local function file_exists(path)
-  local f = io.open(path, "rb")
-  if f then
-    f:close()
-    return true
-  end
-  return false
-end
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local read_file, write_file, file_exists, shell_quote = ossl.read, ossl.write, ossl.exists, ossl.quote
 
 local function b64(s)
   return (mime.b64(s))

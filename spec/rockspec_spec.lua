@@ -1,49 +1,150 @@
--- The rockspec installs a working module with Debian's luarocks, and lists
--- every Lua module and C source of the tree.
+-- The rockspecs install working modules with Debian's luarocks, could be
+-- published as they are, and between them list every Lua module and C
+-- source of the tree: the client's in wechatpay, the mock's (which needs
+-- nginx, luaossl and luasocket) in wechatpay-mock only.
 local ossl = require("support.openssl")
 
-local ROCKSPEC = "rockspec/wechatpay-scm-1.rockspec"
+local MAIN = "rockspec/wechatpay-scm-1.rockspec"
+local MOCK = "rockspec/wechatpay-mock-scm-1.rockspec"
 
-local function rockspec_table()
+local function rockspec_table(path)
   local env = {}
-  local chunk = assert(loadfile(ROCKSPEC, "t", env) or loadfile(ROCKSPEC))
+  local chunk = assert(loadfile(path, "t", env) or loadfile(path))
   if setfenv then setfenv(chunk, env) end
   chunk()
   return env
 end
 
-describe("rockspec", function()
-  it("lists every Lua module and C source of the tree", function()
-    local spec = rockspec_table()
-    local listed = {}
-    for name, entry in pairs(spec.build.modules) do
+-- path -> module name, for the Lua modules a rockspec lists (builtin's
+-- modules, or install.lua of a "none" build)
+local function listed_paths(spec)
+  local listed = {}
+  local lists = { spec.build.modules or {}, spec.build.install and spec.build.install.lua or {} }
+  for _, list in ipairs(lists) do
+    for name, entry in pairs(list) do
       if type(entry) == "string" then listed[entry] = name end
     end
-    for path in ossl.run("find lua -name '*.lua'"):gmatch("[^\n]+") do
-      assert.is_truthy(listed[path], path .. " is missing from " .. ROCKSPEC)
+  end
+  return listed
+end
+
+-- the module name a file under lua/ is required by
+local function module_name(path)
+  return (path:gsub("^lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", "."))
+end
+
+local function lua_files()
+  local files = {}
+  for path in ossl.run("cd " .. ossl.quote(ossl.repo_root()) .. " && find lua -name '*.lua' | sort"):gmatch("[^\n]+") do
+    files[#files + 1] = path
+  end
+  return files
+end
+
+local function is_mock(path) return path:find("^lua/wechatpay/mock/") ~= nil end
+
+describe("rockspec", function()
+  local main, mock
+
+  setup(function()
+    main, mock = rockspec_table(MAIN), rockspec_table(MOCK)
+  end)
+
+  it("wechatpay lists every Lua module outside mock/, and wechatpay-mock every one inside", function()
+    local in_main, in_mock = listed_paths(main), listed_paths(mock)
+    local files = lua_files()
+    assert.is_true(#files > 20)
+    for _, path in ipairs(files) do
+      local home, other = MAIN, MOCK
+      local listed, elsewhere = in_main, in_mock
+      if is_mock(path) then home, other, listed, elsewhere = MOCK, MAIN, in_mock, in_main end
+      assert.is_truthy(listed[path], path .. " is missing from " .. home)
+      assert.equal(module_name(path), listed[path], path .. " is listed under another module name")
+      assert.is_nil(elsewhere[path], path .. " belongs in " .. home .. ", not in " .. other)
     end
-    local sources = {}
-    for _, src in ipairs(spec.build.modules["wechatpay.core"].sources) do sources[src] = true end
-    for path in ossl.run("ls csrc/*.c"):gmatch("[^\n]+") do
-      if not path:find("fuzz_", 1, true) then
-        assert.is_truthy(sources[path], path .. " is missing from the core's sources")
+    -- and nothing listed that is not there
+    for _, listed in ipairs{ in_main, in_mock } do
+      for path in pairs(listed) do
+        assert.is_true(ossl.exists(ossl.repo_root() .. "/" .. path), path .. " is listed but does not exist")
       end
     end
   end)
 
-  it("installs with luarocks make into a tree, and the installed module loads and signs", function()
+  it("the core's sources are every C file but the fuzzers", function()
+    local sources = {}
+    for _, src in ipairs(main.build.modules["wechatpay.core"].sources) do sources[src] = true end
+    for path in ossl.run("cd " .. ossl.quote(ossl.repo_root()) .. " && ls csrc/*.c"):gmatch("[^\n]+") do
+      if not path:find("fuzz_", 1, true) then
+        assert.is_truthy(sources[path], path .. " is missing from the core's sources")
+      end
+    end
+    for src in pairs(sources) do
+      assert.is_true(ossl.exists(ossl.repo_root() .. "/" .. src), src .. " is listed but does not exist")
+    end
+  end)
+
+  it("both could be published: a git source, homepage, licence, maintainer and a detailed description", function()
+    assert.equal("builtin", main.build.type)
+    -- builtin would copy all of lua/ again: see the mock rockspec's header
+    assert.equal("none", mock.build.type)
+    for _, spec in ipairs{ main, mock } do
+      assert.matches("^git%+https://github%.com/[%w_.-]+/[%w_.-]+%.git$", spec.source.url)
+      if spec.version:match("^scm%-") then
+        assert.is_string(spec.source.branch)
+      else
+        assert.equal("v" .. spec.version:gsub("%-%d+$", ""), spec.source.tag)
+      end
+      local d = spec.description
+      assert.matches("^https://", d.homepage)
+      assert.equal("Apache-2.0", d.license)
+      assert.matches("<[^@>]+@[^>]+>", d.maintainer)
+      assert.is_true(#d.summary > 20 and #d.summary < 100)
+      assert.is_true(#d.detailed > #d.summary)
+    end
+    local function depends_on(spec, name)
+      for _, dep in ipairs(spec.dependencies) do
+        if dep == name or dep:find("^" .. name .. "[ %s<>=~]") then return true end
+      end
+      return false
+    end
+    for _, dep in ipairs{ "wechatpay", "luaossl", "luasocket" } do
+      assert.is_true(depends_on(mock, dep), MOCK .. " does not depend on " .. dep)
+    end
+    for _, dep in ipairs{ "luaossl", "luasocket" } do
+      assert.is_false(depends_on(main, dep), MAIN .. " must not need " .. dep)
+    end
+    assert.is_true(ossl.run("luarocks lint " .. MAIN .. " && luarocks lint " .. MOCK .. " && echo ok") == "ok\n")
+  end)
+
+  it("both install with luarocks make into one tree: the client loads and signs, the mock loads", function()
     if jit then
       pending("checked once, under Lua 5.4")
       return
     end
     local tree = ossl.tmpdir()
     finally(function() ossl.remove(tree) end)
-    ossl.run("luarocks --lua-version 5.4 make --deps-mode=none --tree " .. ossl.quote(tree) .. " " .. ROCKSPEC
+    local make = "luarocks --lua-version 5.4 make --deps-mode=none --tree " .. ossl.quote(tree) .. " "
+    ossl.run(make .. MAIN
       -- Debian puts curl.h under the multiarch include folder
       .. " CURL_INCDIR=$(dirname $(echo '#include <curl/curl.h>' | cc -M -E -x c - | grep -o '[^ ]*/curl/curl.h' | head -n1))/..")
-    local out = ossl.run("cd / && LUA_PATH=" .. ossl.quote(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua;;")
-      .. " LUA_CPATH=" .. ossl.quote(tree .. "/lib/lua/5.4/?.so;;")
-      .. " lua5.4 -e 'local w = require(\"wechatpay\"); print(package.searchpath(\"wechatpay.core\", package.cpath)); print(#w.random.nonce())'")
+    local run = "cd / && LUA_PATH=" .. ossl.quote(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua;;")
+      .. " LUA_CPATH=" .. ossl.quote(tree .. "/lib/lua/5.4/?.so;;") .. " lua5.4 -e "
+    local out = ossl.run(run .. ossl.quote('local w = require("wechatpay"); print(package.searchpath("wechatpay.core", package.cpath)); '
+      .. 'print(#w.random.nonce())'))
     assert.equal(tree .. "/lib/lua/5.4/wechatpay/core.so\n32\n", out)
+    ossl.run(make .. MOCK)
+    out = ossl.run(run .. ossl.quote('print(package.searchpath("wechatpay.mock.pki", package.path)); '
+      .. 'print(type(require("wechatpay.mock").start))'))
+    assert.equal(tree .. "/share/lua/5.4/wechatpay/mock/pki.lua\nfunction\n", out)
+  end)
+
+  it("the wechatpay rock does not install the mock, nor the two rocks one file twice", function()
+    -- LuaRocks' builtin backend copies a top-level lua/ folder whole, over
+    -- and above `modules`, so today the wechatpay rock installs wechatpay/mock/
+    -- too and the mock rock's files land renamed (wechatpay_mock_scm_1-...).
+    -- The mock's sources have to move out of lua/ (.busted, scripts and the
+    -- mock rockspec following) before this can hold; then check, after both
+    -- installs, that share/lua/5.4 holds only wechatpay/ and no *_scm_1-* file.
+    pending("lua/wechatpay/mock/ is still inside lua/, which builtin copies whole")
   end)
 end)

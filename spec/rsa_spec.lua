@@ -9,7 +9,7 @@ local ossl = require("support.openssl")
 describe("wechatpay.rsa against openssl", function()
   local dir, k, private, public, cert, other_private
 
-  local function q(path) return ossl.quote(path) end
+  local q = ossl.quote
   local function tmp(name) return dir .. "/" .. name end
 
   -- openssl's binary signature of the file at `path`, as base64

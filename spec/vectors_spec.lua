@@ -1,7 +1,7 @@
 -- Known answers from the official WeChat Pay SDKs' own test suites, kept in
--- ../shared/vectors beside the repository (see its README.md for sources and
--- licences).  Nobody here wrote these: they pin our crypto to what WeChat Pay's
--- own SDKs compute.
+-- spec/fixtures/vectors (see its README.md for sources and licences).
+-- Nobody here wrote these: they pin our crypto to what WeChat Pay's own SDKs
+-- compute.
 local cjson = require("cjson")
 local key = require("wechatpay.key")
 local rsa = require("wechatpay.rsa")
@@ -10,7 +10,7 @@ local ossl = require("support.openssl")
 
 local repo_root = ossl.repo_root
 
-local VECTORS = repo_root() .. "/../shared/vectors"
+local VECTORS = repo_root() .. "/spec/fixtures/vectors"
 
 local function vector_path(name) return VECTORS .. "/" .. name end
 local function read_vector(name) return ossl.read(vector_path(name)) end
@@ -21,21 +21,30 @@ local function normalize_pem(text)
   return (text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("%s+$", ""))
 end
 
--- Unix seconds of a date, as `date -u -d` computes it
-local function epoch(date)
-  return tonumber((ossl.run("date -u -d " .. ossl.quote(date) .. " +%s"):gsub("%s", "")))
-end
+local epoch = ossl.epoch
 
-describe("third-party vectors (../shared/vectors)", function()
+describe("third-party vectors (spec/fixtures/vectors)", function()
   setup(function()
-    local f = io.open(vector_path("README.md"), "rb")
-    assert(f, "the vectors are missing: expected " .. VECTORS .. " beside the repository")
-    f:close()
+    assert(ossl.exists(vector_path("README.md")), "the vectors are missing: expected " .. VECTORS)
+  end)
+
+  it("every vector file is attributed in the README, with the Apache-2.0 text beside it", function()
+    local readme = read_vector("README.md")
+    assert.truthy(readme:find("Copyright 2021 Tencent Inc.", 1, true))
+    assert.truthy(read_vector("LICENSE-Apache-2.0"):find("Apache License", 1, true))
+    local files = ossl.run("ls " .. ossl.quote(VECTORS))
+    for name in files:gmatch("[^\n]+") do
+      if name ~= "README.md" and name ~= "LICENSE-Apache-2.0" then
+        local sdk = name:match("^(%a+)_")
+        assert.truthy(sdk == "go" or sdk == "java", name .. " is from neither wechatpay-go nor wechatpay-java")
+        assert.truthy(readme:find("`" .. name .. "`", 1, true), name .. " is not described in the README")
+      end
+    end
   end)
 
   describe("wechatpay-go: core/auth/signers/sha256withrsa_signer_test.go", function()
     -- Source: wechatpay-apiv3/wechatpay-go (Apache-2.0), quoted from
-    -- ../shared/vectors/README.md: SHA256withRSA of the 6 bytes `source` with
+    -- spec/fixtures/vectors/README.md: SHA256withRSA of the 6 bytes `source` with
     -- go_test_key.pem.
     local GO_SIGNATURE = "BKyAfU4iMCuvXMXS0Wzam3V/cnxZ+JaqigPM5OhljS2iOT95OO6Fsuml2JkFANJU9K6q9bLlDhPXuoVz+pp4hAm6pHU4ld815U4jsKu1RkyaII+1CYBUYC8TK0XtJ8FwUXXz8vZHh58rrAVN1XwNyvD1vfpxrMT4SL536GLwvpUHlCqIMzoZUguLli/K8V29QiOhuH6IEqLNJn8e9b3nwNcQ7be3CzYGpDAKBfDGPCqCv8Rw5zndhlffk2FEA70G4hvMwe51qMN/RAJbknXG23bSlObuTCN7Ndj1aJGH6/L+hdwfLpUtJm4QYVazzW7DFD27EpSQEqA8bX9+8m1rLg=="
 
@@ -57,7 +66,7 @@ describe("third-party vectors (../shared/vectors)", function()
     end)
 
     it("go_test_cert.pem has serial D7CE59D1F522D701 and is valid 2021-04-27 to 2031-04-25", function()
-      -- serial and dates: ../shared/vectors/README.md (from wechatpay-go)
+      -- serial and dates: spec/fixtures/vectors/README.md (from wechatpay-go)
       local cert = assert(key.load("file://" .. vector_path("go_test_cert.pem")))
       local info = assert(cert:certificate())
       assert.equal("D7CE59D1F522D701", info.serial)
@@ -66,12 +75,8 @@ describe("third-party vectors (../shared/vectors)", function()
       assert.is_true(info.not_before >= from and info.not_before < from + day, tostring(info.not_before))
       assert.is_true(info.not_after >= to and info.not_after < to + day, tostring(info.not_after))
       -- and to the second, as openssl reads the same certificate
-      local function openssl_date(option)
-        local text = ossl.run("openssl x509 -in " .. ossl.quote(vector_path("go_test_cert.pem")) .. " -noout " .. option)
-        return epoch(text:match("=(.-)%s*$"))
-      end
-      assert.equal(openssl_date("-startdate"), info.not_before)
-      assert.equal(openssl_date("-enddate"), info.not_after)
+      assert.equal(ossl.cert_date(vector_path("go_test_cert.pem"), "-startdate"), info.not_before)
+      assert.equal(ossl.cert_date(vector_path("go_test_cert.pem"), "-enddate"), info.not_after)
     end)
   end)
 
@@ -114,7 +119,7 @@ describe("third-party vectors (../shared/vectors)", function()
   describe("certificate downloads", function()
     it("wechatpay-go's response decrypts (mockAPIv3Key1234, 16 bytes) to go_test_cert.pem", function()
       -- Source: wechatpay-go core/downloader/mock_download_server_test.go (Apache-2.0);
-      -- the key is quoted from ../shared/vectors/README.md
+      -- the key is quoted from spec/fixtures/vectors/README.md
       local body = json_vector("go_certificates_response.json")
       assert.equal(1, #body.data)
       local item = body.data[1]
@@ -133,13 +138,13 @@ describe("third-party vectors (../shared/vectors)", function()
     end)
 
     it("wechatpay-java's response decrypts (32-byte key) to java_downloaded_cert.pem", function()
-      -- Source: wechatpay-java (Apache-2.0); the key is quoted from ../shared/vectors/README.md
+      -- Source: wechatpay-java (Apache-2.0); the key is quoted from spec/fixtures/vectors/README.md
       local body = json_vector("java_certificates_response.json")
       local item = body.data[1]
       local pem = assert(aes.decrypt_resource("a7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb", item.encrypt_certificate))
       assert.equal(normalize_pem(read_vector("java_downloaded_cert.pem")), normalize_pem(pem))
       local cert = assert(key.load("file://" .. vector_path("java_downloaded_cert.pem")))
-      -- serial quoted from ../shared/vectors/README.md (no validity check against
+      -- serial quoted from spec/fixtures/vectors/README.md (no validity check against
       -- today's clock: these certificates expire)
       assert.equal("5DEA10EF55877E3CF6C33255C2E7DEFFF7E427EC", cert:certificate().serial)
       assert.equal(item.serial_no, cert:certificate().serial)

@@ -21,6 +21,7 @@ local function check_key(apiv3_key, opts)
   return true
 end
 
+-- What the caller encrypts is its own: a wrong type is a programmer error.
 local function check_strings(fn, ...)
   local names = { "nonce", "associated_data", "data" }
   for i = 1, select("#", ...) do
@@ -29,6 +30,18 @@ local function check_strings(fn, ...)
       error(("aes.%s: bad %s (string expected, got %s)"):format(fn, names[i], type(v)), 3)
     end
   end
+end
+
+-- What is decrypted came from the network: a missing, empty or mistyped
+-- field is bad data to report with nil, err, never a reason to raise.
+local function received(fn, name, value)
+  if type(value) ~= "string" then
+    return nil, ("aes.%s: %s must be a string, got %s"):format(fn, name, type(value))
+  end
+  if value == "" then
+    return nil, ("aes.%s: %s is empty"):format(fn, name)
+  end
+  return true
 end
 
 --- gcm_encrypt(key, nonce, associated_data, plaintext [, opts]) -> base64 | nil, err
@@ -41,10 +54,18 @@ function aes.gcm_encrypt(apiv3_key, nonce, associated_data, plaintext, opts)
 end
 
 --- gcm_decrypt(key, nonce, associated_data, ciphertext [, opts]) -> plaintext | nil, err
+-- nonce and ciphertext must be non-empty strings, associated_data a string
+-- or nil; anything else is nil, err, as all three come from the network.
 function aes.gcm_decrypt(apiv3_key, nonce, associated_data, ciphertext, opts)
   local ok, err = check_key(apiv3_key, opts)
   if not ok then return nil, err end
-  check_strings("gcm_decrypt", nonce, associated_data or "", ciphertext)
+  ok, err = received("gcm_decrypt", "nonce", nonce)
+  if not ok then return nil, err end
+  if associated_data ~= nil and type(associated_data) ~= "string" then
+    return nil, "aes.gcm_decrypt: associated_data must be a string, got " .. type(associated_data)
+  end
+  ok, err = received("gcm_decrypt", "ciphertext", ciphertext)
+  if not ok then return nil, err end
   return core.aes_gcm_decrypt(apiv3_key, nonce, associated_data or "", ciphertext)
 end
 
@@ -87,7 +108,8 @@ end
 function aes.ecb_decrypt(key, ciphertext)
   local ok, err = check_key(key)
   if not ok then return nil, err end
-  check_strings("ecb_decrypt", "", "", ciphertext)
+  ok, err = received("ecb_decrypt", "ciphertext", ciphertext)
+  if not ok then return nil, err end
   return core.aes_ecb_decrypt(key, ciphertext)
 end
 
@@ -96,6 +118,8 @@ function aes.decrypt_refund_notification(apiv2_key, req_info)
   if type(apiv2_key) ~= "string" or apiv2_key == "" then
     return nil, "APIv2 key must be a non-empty string"
   end
+  local ok, err = received("decrypt_refund_notification", "req_info", req_info)
+  if not ok then return nil, err end
   return aes.ecb_decrypt(core.md5(apiv2_key), req_info)
 end
 

@@ -27,14 +27,28 @@ function key.is_key(value)
   return mt and mt.__name == KEY_CLASS or false
 end
 
+--- The most a key file may hold: a PEM key or certificate is a few KB, and
+-- a path such as /dev/zero must not be read without end.
+key.MAX_FILE_BYTES = 64 * 1024
+
+--- WeChat Pay signs with RSA-2048 and accepts no shorter merchant key.
+key.MIN_RSA_BITS = 2048
+
 local function read_file(path)
-  local file, err = io.open(path, "rb")
-  if not file then
-    return nil, "cannot open key file " .. path .. ": " .. tostring(err):gsub("^[^:]*: ", "")
+  -- core.read_file opens without blocking and refuses a directory, FIFO or
+  -- socket before reading; one byte over the limit is enough to refuse
+  local data, reason = core.read_file(path, key.MAX_FILE_BYTES + 1)
+  if not data then
+    if reason == "a directory" or reason == "a FIFO" or reason == "a socket" then
+      return nil, ("key file %s is %s, not a regular file"):format(path, reason)
+    end
+    return nil, "cannot open key file " .. path .. ": " .. reason
   end
-  local data = file:read("*a")
-  file:close()
-  if not data or data == "" then
+  if #data > key.MAX_FILE_BYTES then
+    return nil, ("key file %s is larger than %d bytes (64 KB), more than any key or certificate holds")
+      :format(path, key.MAX_FILE_BYTES)
+  end
+  if data == "" then
     return nil, "key file " .. path .. " is empty"
   end
   return data
@@ -81,25 +95,45 @@ function key.load(source, passphrase)
   return nil, "not a key: " .. describe(source)
 end
 
---- Loads a private key; a public key or certificate is refused.
+-- Refuses what key.private and key.public must not accept; the key is
+-- closed (its material wiped) unless the caller handed in the object.
+local function refuse(source, loaded, message)
+  if loaded ~= source then loaded:close() end
+  return nil, message
+end
+
+local function too_short(loaded)
+  local bits = loaded:bits()
+  if bits < key.MIN_RSA_BITS then
+    return ("RSA key of %d bits: WeChat Pay requires %d"):format(bits, key.MIN_RSA_BITS)
+  end
+end
+
+--- Loads a private key; a public key or certificate is refused, and so is
+-- an RSA key shorter than 2048 bits.
 function key.private(source, passphrase)
   local loaded, err = key.load(source, passphrase)
   if not loaded then return nil, err end
   if loaded:kind() ~= "private" then
-    return nil, (loaded:certificate() and "a certificate" or "a public key")
-      .. " was given where the merchant private key is needed"
+    return refuse(source, loaded, (loaded:certificate() and "a certificate" or "a public key")
+      .. " was given where the merchant private key is needed")
   end
+  local short = too_short(loaded)
+  if short then return refuse(source, loaded, short) end
   return loaded
 end
 
 --- Loads a public key or certificate; a private key is refused, as it
--- belongs to the merchant and never in a map of WeChat Pay keys.
+-- belongs to the merchant and never in a map of WeChat Pay keys, and so is
+-- an RSA key shorter than 2048 bits.
 function key.public(source)
   local loaded, err = key.load(source)
   if not loaded then return nil, err end
   if loaded:kind() ~= "public" then
-    return nil, "a private key was given where a WeChat Pay public key or certificate belongs"
+    return refuse(source, loaded, "a private key was given where a WeChat Pay public key or certificate belongs")
   end
+  local short = too_short(loaded)
+  if short then return refuse(source, loaded, short) end
   return loaded
 end
 

@@ -41,6 +41,37 @@ function M.read(path)
   return data
 end
 
+function M.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- Lower-case hex of a byte string, as openssl's -K and hexkey: take it.
+function M.hex(s)
+  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+--- n random bytes made by `openssl rand` into the file at `path`;
+-- returns the path and the bytes.
+function M.random_file(path, n)
+  if n == 0 then return M.write(path, ""), "" end
+  M.run("openssl rand -out " .. shell_quote(path) .. " " .. math.floor(n))
+  return path, M.read(path)
+end
+
+--- Unix seconds of a date, as `date -u -d` reads it.
+function M.epoch(date)
+  return tonumber((M.run("date -u -d " .. shell_quote(date) .. " +%s"):gsub("%s", "")))
+end
+
+--- A certificate's date as openssl reads it, in Unix seconds; `option` is
+-- "-startdate" or "-enddate".
+function M.cert_date(path, option)
+  local text = M.run("openssl x509 -in " .. shell_quote(path) .. " -noout " .. option)
+  return M.epoch(text:match("=(.-)%s*$"))
+end
+
 --- The repository root, absolute, from this file's own path (busted may
 -- run a spec by a relative or an absolute name).
 function M.repo_root()
@@ -58,6 +89,28 @@ end
 
 function M.remove(dir)
   if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
+end
+
+--- Runs Lua `code` in a fresh interpreter of the kind running the specs
+-- (WECHATPAY_LUA, as scripts/test.sh sets it), with this one's module paths,
+-- under `timeout` and, unless ASan is in the process, `ulimit -v`: for code
+-- that could block or eat memory when what it checks regresses.
+-- opts: seconds (default 60), memory_kb.  Returns the child's stdout.
+function M.run_lua(code, opts)
+  opts = opts or {}
+  local interpreter = os.getenv("WECHATPAY_LUA") or (jit and "luajit" or "lua5.4")
+  local prelude = ("package.path = %q; package.cpath = %q\n"):format(package.path, package.cpath)
+  local limit = ""
+  if opts.memory_kb and not os.getenv("ASAN_OPTIONS") then
+    limit = "ulimit -v " .. math.floor(opts.memory_kb) .. "; "
+  end
+  -- a script file, not -e: the DEV=1 hosts take only `host script.lua`
+  local script = M.write(os.tmpname(), prelude .. code)
+  local ok, out = pcall(M.run, limit .. "exec timeout " .. (opts.seconds or 60) .. " "
+    .. shell_quote(interpreter) .. " " .. shell_quote(script))
+  os.remove(script)
+  if not ok then error(out, 2) end
+  return out
 end
 
 --- Fresh keys in every format the openssl tools write.
