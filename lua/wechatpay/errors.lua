@@ -38,4 +38,10 @@ function errors.is_error(value)
   return getmetatable(value) == error_mt
 end
 
+--- true for an interrupt (Ctrl-C): an error of kind "interrupted", or the "interrupted!" that lua.c raises from its SIGINT hook.
+function errors.is_interrupt(value)
+  if type(value) == "table" then return value.kind == "interrupted" end
+  return type(value) == "string" and value:find("interrupted!", 1, true) ~= nil
+end
+
 return errors
