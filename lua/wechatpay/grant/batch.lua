@@ -10,7 +10,7 @@
 local hash = require("wechatpay.hash")
 local promise = require("wechatpay.promise")
 local errors = require("wechatpay.errors")
-local redact = require("wechatpay.grant.redact")
+local results_file = require("wechatpay.grant.results")
 
 local batch = {}
 
@@ -57,7 +57,7 @@ end
 -- An openid is shown in the results only when it cannot be something else
 -- (a name typed in the wrong column, say), and never an ID number in it.
 local function printable_openid(openid)
-  if openid and openid:find("^[%w%p ]*$") then return redact.ids(openid) end
+  if openid and openid:find("^[%w%p ]*$") then return results_file.mask_ids(openid) end
   return ""
 end
 
@@ -100,7 +100,7 @@ function batch.check(fields, info, columns)
   if info and info.malformed then
     return nil, ("broken CSV on line %d: %s"):format(info.line, info.malformed), shown
   end
-  if redact.has_id(openid) then
+  if results_file.has_id(openid) then
     return nil, "the openid column holds an ID number (are the columns swapped?); it is not written here", shown
   end
   for i = columns.count + 1, #fields do
@@ -157,7 +157,7 @@ local function error_fields(err)
     code = ({ network = "NETWORK_ERROR", timeout = "TIMEOUT", verify = "VERIFY_FAILED",
               config = "CLIENT_ERROR" })[err.kind] or ("HTTP_" .. tostring(err.status or "ERROR"))
   end
-  local message = redact.ids(tostring(err.message or ""))
+  local message = results_file.mask_ids(tostring(err.message or ""))
   if err.kind == "verify" then
     -- A 2xx that failed verification may still have granted: a re-run
     -- sends the same out_request_no, which is safe.

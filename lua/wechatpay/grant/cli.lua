@@ -6,7 +6,6 @@ local csv = require("wechatpay.grant.csv")
 local batch = require("wechatpay.grant.batch")
 local results = require("wechatpay.grant.results")
 local progress = require("wechatpay.grant.progress")
-local redact = require("wechatpay.grant.redact")
 local errors = require("wechatpay.errors")
 
 local cli = {}
@@ -365,7 +364,7 @@ local function run(argv)
         :format(opts.results))
       return 130
     end
-    io.stderr:write("wechatpay-grant: stopped: ", redact.ids(tostring(err)), "\n")
+    io.stderr:write("wechatpay-grant: stopped: ", results.mask_ids(tostring(err)), "\n")
     return 1
   end
   io.stdout:write(summary_text(summary, opts, elapsed, total))
@@ -393,7 +392,7 @@ function cli.main(argv)
     io.stderr:write("wechatpay-grant: interrupted; run the same command again to resume\n")
     return 130
   end
-  io.stderr:write("wechatpay-grant: internal error: ", redact.ids(tostring(code)), "\n")
+  io.stderr:write("wechatpay-grant: internal error: ", results.mask_ids(tostring(code)), "\n")
   return 1
 end
 

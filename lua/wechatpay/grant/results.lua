@@ -12,9 +12,33 @@
 -- safe). Anything else means the file was damaged or edited: load refuses
 -- it, naming the line, so that a run never starts from a wrong memory.
 local csv = require("wechatpay.grant.csv")
-local redact = require("wechatpay.grant.redact")
 
 local results = {}
+
+-- A Chinese resident ID number (18 characters, 17 digits and a digit or X,
+-- or 15 digits of the old format) is never written in clear: a run of 15 to
+-- 18 digits (an X after it included) is taken for one, typos and all.
+--   results.has_id(text) -> true when text holds such a run
+--   results.mask_ids(text) -> text with each such run replaced by as many "*"
+local function looks_like_id(run)
+  local digits = #run:match("^%d*")
+  return digits >= 15 and digits <= 18
+end
+
+function results.has_id(text)
+  if type(text) ~= "string" then return false end
+  for run in text:gmatch("%d+[Xx]?") do
+    if looks_like_id(run) then return true end
+  end
+  return false
+end
+
+function results.mask_ids(text)
+  if type(text) ~= "string" then return text end
+  return (text:gsub("%d+[Xx]?", function(run)
+    if looks_like_id(run) then return ("*"):rep(#run) end
+  end))
+end
 
 results.COLUMNS = { "row", "openid", "out_request_no", "coupon_id", "error_code", "error_message" }
 local NCOL = #results.COLUMNS
@@ -164,7 +188,7 @@ end
 -- One line of text per field, at most 500 bytes: results stay one line a
 -- record. Never an ID number in clear, whatever the field.
 local function one_line(text)
-  text = redact.ids((tostring(text or ""):gsub("[%c]+", " ")))
+  text = results.mask_ids((tostring(text or ""):gsub("[%c]+", " ")))
   if #text > 500 then text = text:sub(1, 497) .. "..." end
   return text
 end
