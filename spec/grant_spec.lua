@@ -394,6 +394,163 @@ return {
     local list = results(out)
     for _, r in ipairs(list) do assert.equal(SPECIAL[r.row].openid, r.openid) end
   end)
+
+  it("grants every row after one with a stray quote, and names its line", function()
+    local list = range(101, 130)
+    local lines = { "openid,name,id_card_number" }
+    for i, u in ipairs(list) do
+      local name = i == 3 and '"' .. u.name or u.name   -- a stray quote that is never closed
+      lines[#lines + 1] = table.concat({ u.openid, name, u.id_card }, ",")
+    end
+    local input, out = files(table.concat(lines, "\n") .. "\n")
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(29, count(stdout, "granted"))
+    assert.equal(1, count(stdout, "failed"))
+    assert.equal(29, server:stats().grants)
+    local by_row = {}
+    for _, r in ipairs(results(out)) do by_row[r.row] = r end
+    for i = 1, 30 do
+      if i == 3 then
+        assert.equal("INVALID_ROW", by_row[i].error_code)
+        assert.matches("line 4", by_row[i].error_message)
+        assert.matches("quote", by_row[i].error_message)
+      else
+        assert.matches("^8%d+$", by_row[i].coupon_id, "row " .. i)
+        assert.equal(list[i].openid, by_row[i].openid)
+      end
+    end
+  end)
+
+  it("stops before sending anything when the results file is damaged", function()
+    local list = range(131, 140)
+    local input, out = files(users_csv(list))
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    local text = read_file(out)
+    -- line 4 of the results file is replaced by something the tool never writes
+    local damaged = text:gsub("^(.-\n.-\n.-\n)[^\n]*\n", '%1"garbage, with a stray quote\n')
+    -- and the row whose line it was is granted again by nobody: it would be re-sent
+    write_file(out, damaged)
+    server:reset()
+    rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(2, rc, stdout .. stderr)
+    assert.matches("line 4", stderr)
+    assert.matches("nothing was sent", stderr)
+    assert.is_nil(stderr:find("garbage", 1, true))
+    assert.equal(0, server:stats().requests)
+    assert.equal(damaged, read_file(out))
+  end)
+
+  it("keeps a torn last line of the results file, and that line once a later run ended it", function()
+    local list = range(141, 150)
+    local input, out = files(users_csv(list))
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    -- cut the last record in the middle of its coupon id, as kill -9 can
+    local text = read_file(out)
+    write_file(out, text:sub(1, #text - 4))
+    rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.matches("ignoring 1 incomplete line", stderr)
+    assert.equal(1, count(stdout, "granted"))
+    -- the torn line now sits inside the file, ended by the second run
+    rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(10, count(stdout, "skipped"))
+    assert.equal(10, server:stats().grants)
+  end)
+
+  it("refuses an ID number in the openid column without writing it anywhere", function()
+    local list = range(151, 154)
+    local rows = { "openid,name,id_card_number" }
+    for i, u in ipairs(list) do
+      if i == 2 then
+        rows[#rows + 1] = table.concat({ u.id_card, u.name, u.openid }, ",")   -- columns swapped
+      elseif i == 3 then
+        rows[#rows + 1] = table.concat({ "11010519491231002X", u.name, u.id_card }, ",")
+      else
+        rows[#rows + 1] = table.concat({ u.openid, u.name, u.id_card }, ",")
+      end
+    end
+    local input, out = files(table.concat(rows, "\n") .. "\n")
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(2, count(stdout, "granted"))
+    assert.equal(2, server:stats().grants)
+    local by_row = {}
+    for _, r in ipairs(results(out)) do by_row[r.row] = r end
+    for _, i in ipairs{ 2, 3 } do
+      assert.equal("INVALID_ROW", by_row[i].error_code)
+      assert.matches("ID number", by_row[i].error_message)
+    end
+    local text = read_file(out) .. stdout .. stderr
+    for _, id in ipairs{ list[2].id_card, "11010519491231002X", "11010519491231002" } do
+      assert.is_nil(text:find(id, 1, true), id)
+    end
+  end)
+
+  it("names the --config file and line of a syntax error without echoing the file", function()
+    local input, out = files(users_csv(range(155, 156)))
+    local cases = {
+      { 'return {\n  mchid = "1900000001",\n  apiv3_key = "SECRETapiv3key0123456789abcdefgh,\n}\n', 3 },
+      { 'return {\n  mchid = "1900000001"\n  apiv3_key = SECRETapiv3key0123456789abcdefgh,\n}\n', 3 },
+      { 'local key = "SECRETapiv3key0123456789abcdefgh"\nreturn { apiv3_key = key + 1 }\n', 2 },
+      { '-----BEGIN PRIVATE KEY-----\nSECRETMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n', "PEM" },
+    }
+    for i, case in ipairs(cases) do
+      local path = ("%s/broken_config%d.lua"):format(dir, i)
+      write_file(path, case[1])
+      local rc, stdout, stderr = grant{ "--config", path, "--stock", STOCK, "--appid", APPID,
+                                        "--input", input, "--results", out }
+      assert.equal(2, rc, "case " .. i .. ": " .. stdout .. stderr)
+      assert.matches(path:gsub("%p", "%%%0"), stderr)
+      assert.matches(type(case[2]) == "number" and "line " .. case[2] or case[2], stderr, "case " .. i)
+      assert.is_nil(stderr:find("SECRET", 1, true), "case " .. i .. ": " .. stderr)
+      assert.is_nil(stdout:find("SECRET", 1, true))
+    end
+    assert.equal(0, server:stats().requests)
+  end)
+
+  it("explains an input file it cannot use, and sends nothing", function()
+    local cases = {
+      { "", "is empty" },
+      { "\239\187\191\r\n\n", "is empty" },
+      { "openid;name;id_card_number\nox;y;z\n", "comma" },
+      { "\255\254o\0p\0e\0n\0", "UTF%-16" },
+      { 'openid,"name,id_card_number\nox,y,z\n', "line 1" },
+      { ("x"):rep(200000) .. "\nox,y,z\n", "line 1" },
+    }
+    for i, case in ipairs(cases) do
+      local input, out = files(case[1], "bad_input")
+      local rc, stdout, stderr = grant(standard(input, out))
+      assert.equal(2, rc, "case " .. i .. ": " .. stdout .. stderr)
+      assert.matches(case[2], stderr, "case " .. i)
+      assert.matches("nothing was sent", stderr)
+      assert.is_true(#stderr < 1000, "case " .. i)
+      assert.is_nil(read_file(out))
+    end
+    assert.equal(0, server:stats().requests)
+  end)
+
+  it("reports a line too long to be a row, and grants the rows after it", function()
+    local list = range(157, 160)
+    local rows = { "openid,name,id_card_number" }
+    for i, u in ipairs(list) do
+      local name = i == 2 and ("名"):rep(100000) or u.name
+      rows[#rows + 1] = table.concat({ u.openid, name, u.id_card }, ",")
+    end
+    local input, out = files(table.concat(rows, "\n") .. "\n")
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(3, count(stdout, "granted"))
+    local by_row = {}
+    for _, r in ipairs(results(out)) do by_row[r.row] = r end
+    assert.equal("INVALID_ROW", by_row[2].error_code)
+    assert.matches("line 3", by_row[2].error_message)
+    assert.matches("longer than", by_row[2].error_message)
+    for _, i in ipairs{ 1, 3, 4 } do assert.matches("^8%d+$", by_row[i].coupon_id) end
+  end)
 end)
 
 describe("wechatpay.grant.csv", function()
@@ -429,6 +586,66 @@ describe("wechatpay.grant.csv", function()
     assert.matches("not closed", list[2].info.malformed)
   end)
 
+  it("reads 40,000 rows with one stray quote as one bad row and the rest, in linear work", function()
+    local rows = { "openid,name,id_card_number" }
+    for i = 1, 40000 do
+      rows[#rows + 1] = ("oUser%d,%s用户%d,1101011990%08d"):format(i, i == 2 and '"' or "", i, i)
+    end
+    local text = table.concat(rows, "\n") .. "\n"
+    -- Count the string functions the reader calls, and stop it once it does
+    -- more than a linear amount of work (the quadratic reader re-parsed every
+    -- line already read each time it read one more).
+    local calls, limit = 0, 60 * 40001
+    local saved = {}
+    for _, name in ipairs{ "find", "sub", "byte", "match", "gsub", "gmatch" } do
+      local real = string[name]
+      saved[name] = real
+      string[name] = function(...)
+        calls = calls + 1
+        if calls > limit then
+          for k, v in pairs(saved) do string[k] = v end
+          error("the reader did more than linear work", 0)
+        end
+        return real(...)
+      end
+    end
+    local ok, list = pcall(records, text)
+    for k, v in pairs(saved) do string[k] = v end
+    assert(ok, list)
+    assert.equal(40001, #list)
+    assert.is_nil(list[1].info.malformed)
+    assert.equal(3, list[3].info.line)
+    assert.matches("not closed", list[3].info.malformed)
+    for i = 2, 40001 do
+      if i ~= 3 then
+        local r = list[i]
+        assert.is_nil(r.info.malformed, "record " .. i)
+        assert.equal(i, r.info.line)
+        assert.equal(3, #r.fields)
+        assert.equal("oUser" .. (i - 1), r.fields[1])
+      end
+    end
+  end)
+
+  it("bounds how far a quoted field runs, and how long a line is", function()
+    local list = records('a,b\n1,"open\n2,x\n3,"two\nlines"\n4,' .. ("y"):rep(100000) .. '\n5,z\n6,"never closed')
+    local fields = {}
+    for i, r in ipairs(list) do fields[i] = r.fields[1] or "(none)" end
+    -- the long line is not kept, not even its first field
+    assert.same({ "a", "1", "2", "3", "(none)", "5", "6" }, fields)
+    assert.matches("not closed", list[2].info.malformed)
+    assert.equal(2, list[2].info.line)
+    assert.same({ "2", "x" }, list[3].fields)
+    assert.same({ "3", "two\nlines" }, list[4].fields)
+    assert.is_nil(list[4].info.malformed)
+    assert.equal(6, list[5].info.line)
+    assert.matches("longer than", list[5].info.malformed)
+    assert.equal(7, list[6].info.line)
+    assert.same({ "5", "z" }, list[6].fields)
+    assert.matches("not closed", list[7].info.malformed)
+    assert.is_false(list[7].info.terminated)
+  end)
+
   it("writes what it reads", function()
     local fields = { "plain", "with,comma", 'with "quotes"', "line\nbreak", " padded ", "" }
     local list = records(csv.format(fields))
@@ -447,5 +664,121 @@ describe("wechatpay.grant.batch.out_request_no", function()
     assert.are_not.equal(a, batch.out_request_no("9856000", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "100"))
     -- fields are separated: ("98560001", "x") is not ("9856000", "1x")
     assert.are_not.equal(batch.out_request_no("98560001", "x"), batch.out_request_no("9856000", "1x"))
+  end)
+end)
+
+describe("wechatpay.grant.batch.run", function()
+  local promise = require("wechatpay.promise")
+  local errors = require("wechatpay.errors")
+
+  -- A client that answers at once: respond(openid) -> coupon_id | nil, err
+  local function instant_client(respond)
+    local client = { dispatcher = { step = function() return false end } }
+    function client.encrypt(_, text) return "sealed" .. #text, "PUB_KEY_ID_TEST" end
+    local coupons = {}
+    function coupons.postAsync(_, request)
+      local coupon_id, err = respond(request.openid)
+      if not coupon_id then return promise.rejected(err) end
+      return promise.resolved({ json = function() return { coupon_id = coupon_id } end })
+    end
+    client.v3 = { multiuse = { users = { _openid_ = { coupons = coupons } } } }
+    return client
+  end
+
+  local function run(text, respond)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(text)
+    f:close()
+    f = assert(io.open(path, "rb"))
+    local reader = csv.reader(f)
+    local columns = assert(batch.columns(reader:next()))
+    local written = {}
+    local writer = { write = function(_, r) written[#written + 1] = r; return true end }
+    local summary, err, partial = batch.run{ client = instant_client(respond), stock_id = "9856000",
+      appid = "wx233544546545989", amount = 100, reader = reader, columns = columns,
+      results = writer, granted = {}, window = 8 }
+    f:close()
+    os.remove(path)
+    return summary, err, partial, written
+  end
+
+  it("grants every one of 40,000 rows after a stray quote on the second", function()
+    local rows = { "openid,name,id_card_number" }
+    for i = 1, 40000 do
+      rows[#rows + 1] = ("oUser%d,%s用户%d,1101011990%08d"):format(i, i == 2 and '"' or "", i, i)
+    end
+    local n = 0
+    local summary, err, _, written = run(table.concat(rows, "\n") .. "\n", function()
+      n = n + 1
+      return tostring(n)
+    end)
+    assert.is_nil(err)
+    assert.equal(40000, summary.rows)
+    assert.equal(39999, summary.granted)
+    assert.equal(1, summary.failed)
+    assert.equal(40000, #written)
+    for _, r in ipairs(written) do
+      if r.row == 2 then
+        assert.equal("INVALID_ROW", r.error_code)
+        assert.matches("line 3", r.error_message)
+      else
+        assert.equal("oUser" .. r.row, r.openid)
+      end
+    end
+  end)
+
+  it("stops on an interrupted call without recording it as a failure", function()
+    local rows = { "openid,name,id_card_number" }
+    for i = 1, 5 do rows[#rows + 1] = ("oUser%d,用户%d,1101011990%08d"):format(i, i, i) end
+    local summary, err, partial, written = run(table.concat(rows, "\n") .. "\n", function(openid)
+      if openid == "oUser3" then return nil, errors.new("interrupted", "interrupted by the user") end
+      return "9" .. openid:sub(6)
+    end)
+    assert.is_nil(summary)
+    assert.is_true(errors.is_interrupt(err))
+    assert.equal(2, partial.granted)
+    assert.equal(0, partial.failed)
+    assert.equal(2, #written)
+  end)
+end)
+
+describe("wechatpay.grant.results.load", function()
+  local HEADER = "row,openid,out_request_no,coupon_id,error_code,error_message\n"
+  local function line(row, coupon)
+    return ("%d,oUser%d,%s,%s,,\n"):format(row, row, batch.out_request_no("9856000", "oUser" .. row), coupon)
+  end
+  local function load(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(text)
+    f:close()
+    local state, err = results_module.load(path)
+    os.remove(path)
+    return state, err
+  end
+
+  it("ignores a torn last line, and such a line ended by a later run", function()
+    local state = assert(load(HEADER .. line(1, "81") .. line(2, "82"):sub(1, 20)))
+    assert.equal(1, state.lines)
+    assert.equal(1, state.ignored)
+    assert.is_true(state.needs_newline)
+    state = assert(load(HEADER .. line(1, "81") .. line(2, "82"):sub(1, 20) .. "\n" .. line(3, "83")))
+    assert.equal(2, state.lines)
+    assert.equal(1, state.ignored)
+    assert.equal("83", state.granted[batch.out_request_no("9856000", "oUser3")])
+  end)
+
+  it("refuses a damaged file, naming the line and not its text", function()
+    for _, damage in ipairs{ '"a stray quote, then more\n', "hello world\n", HEADER,
+                             "3,oUser3,NOT-A-REQUEST-NO,83,,\n", ("9"):rep(100000) .. "\n" } do
+      local state, err = load(HEADER .. line(1, "81") .. damage .. line(4, "84") .. line(5, "85"))
+      assert.is_nil(state)
+      assert.matches("line 3", err)
+      assert.is_nil(err:find("stray", 1, true))
+      assert.is_nil(err:find("hello", 1, true))
+      assert.is_nil(err:find("NOT-A", 1, true))
+      assert.is_true(#err < 400)
+    end
   end)
 end)

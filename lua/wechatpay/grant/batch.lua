@@ -9,6 +9,8 @@
 --              window =, progress = } -> summary | nil, err, partial summary
 local hash = require("wechatpay.hash")
 local promise = require("wechatpay.promise")
+local errors = require("wechatpay.errors")
+local results_file = require("wechatpay.grant.results")
 
 local batch = {}
 
@@ -53,11 +55,37 @@ function batch.columns(header)
 end
 
 -- An openid is shown in the results only when it cannot be something else
--- (a name typed in the wrong column, say).
+-- (a name typed in the wrong column, say), and never an ID number in it.
 local function printable_openid(openid)
-  if openid and openid:find("^[%w%p ]*$") then return openid end
+  if openid and openid:find("^[%w%p ]*$") then return results_file.mask_ids(openid) end
   return ""
 end
+
+-- Well-formed UTF-8 (no overlongs, surrogates or values past U+10FFFF):
+-- a name saved by Excel in GBK would be sent as garbage and refused.
+local function is_utf8(text)
+  local i, n = 1, #text
+  while i <= n do
+    local c = text:byte(i)
+    local len, lo, hi = 1, 0x80, 0xBF
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    else return false end
+    for k = 1, len - 1 do
+      local b = text:byte(i + k)
+      if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return false end
+    end
+    i = i + len
+  end
+  return true
+end
+batch.is_utf8 = is_utf8
 
 --- check(fields, info, columns) -> row | nil, problem, openid shown
 function batch.check(fields, info, columns)
@@ -69,7 +97,12 @@ function batch.check(fields, info, columns)
   end
   local openid = field("openid")
   local shown = printable_openid(openid)
-  if info and info.malformed then return nil, "broken CSV quoting: " .. info.malformed, shown end
+  if info and info.malformed then
+    return nil, ("broken CSV on line %d: %s"):format(info.line, info.malformed), shown
+  end
+  if results_file.has_id(openid) then
+    return nil, "the openid column holds an ID number (are the columns swapped?); it is not written here", shown
+  end
   for i = columns.count + 1, #fields do
     if fields[i] ~= "" then
       return nil, ("%d fields, the header has %d"):format(#fields, columns.count), shown
@@ -84,6 +117,15 @@ function batch.check(fields, info, columns)
     local what = shown == "" and "non-ASCII characters" or "characters other than A-Z a-z 0-9 _ -"
     if #openid > 128 then what = "more than 128 characters" end
     return nil, "openid has " .. what, shown
+  end
+  local name = field("name")
+  if name:find("[\r\n]") then
+    local where = info and info.last_line and info.last_line > info.line
+      and (" (the row runs over lines %d-%d: a stray quote?)"):format(info.line, info.last_line) or ""
+    return nil, "name has a line break" .. where, shown
+  end
+  if not is_utf8(name) then
+    return nil, "name is not UTF-8 text (save the CSV as UTF-8, not GBK)", shown
   end
   local id = field("id_card_number")
   if not id:find("^%d+[%dXx]$") or #id ~= 18 then
@@ -100,7 +142,7 @@ function batch.check(fields, info, columns)
   end
   return {
     openid = openid,
-    name = field("name"),
+    name = name,
     id_card_number = id,
     amount = amount,
     amount_text = amount_text,
@@ -115,7 +157,7 @@ local function error_fields(err)
     code = ({ network = "NETWORK_ERROR", timeout = "TIMEOUT", verify = "VERIFY_FAILED",
               config = "CLIENT_ERROR" })[err.kind] or ("HTTP_" .. tostring(err.status or "ERROR"))
   end
-  local message = tostring(err.message or "")
+  local message = results_file.mask_ids(tostring(err.message or ""))
   if err.kind == "verify" then
     -- A 2xx that failed verification may still have granted: a re-run
     -- sends the same out_request_no, which is safe.
@@ -136,6 +178,8 @@ function batch.run(opts)
   local summary = { rows = 0, granted = 0, skipped = 0, failed = 0, invalid = 0, sent = 0 }
   local state = { done = 0, sent = 0, failed = 0 }
   local in_flight, fatal, slot = 0, nil, nil
+  -- The results file could not be written: stop at once, nothing more lands.
+  local results_failed = false
   -- out_request_no -> the first row that asked for it in this file
   local seen = {}
 
@@ -156,7 +200,10 @@ function batch.run(opts)
 
   local function record(r)
     local ok, err = results:write(r)
-    if not ok then fatal = fatal or err end
+    if not ok then
+      results_failed = true
+      fatal = fatal or err
+    end
   end
 
   local function fail(rowno, openid, out_request_no, code, message)
@@ -169,10 +216,13 @@ function batch.run(opts)
 
   local function finished(rowno, row, out_request_no, res, err)
     in_flight = in_flight - 1
-    if type(err) == "table" and err.kind == "config" and tostring(err.message):find("interrupted!", 1, true) then
-      -- Ctrl-C while the dispatcher was signing: it reports that as a failed
-      -- call; nothing was sent, and the user asked to stop.
-      fatal = fatal or "interrupted!"
+    -- Ctrl-C while the call was made: not the row's failure; the user asked
+    -- to stop. (A client older than kind "interrupted" says it in a config error.)
+    if type(err) == "table" and err.kind == "config" and errors.is_interrupt(err.message) then
+      err = errors.new("interrupted", "interrupted")
+    end
+    if errors.is_interrupt(err) then
+      fatal = fatal or err
       wake()
       return
     end
@@ -180,13 +230,15 @@ function batch.run(opts)
     if res then
       local body = res:json()
       local coupon_id = type(body) == "table" and body.coupon_id
-      if (type(coupon_id) == "string" and coupon_id ~= "") or type(coupon_id) == "number" then
+      if type(coupon_id) == "number" then coupon_id = ("%.0f"):format(coupon_id) end
+      -- One line of printable text, or the results file could not be read back.
+      if type(coupon_id) == "string" and coupon_id:find("^[%w_%-]+$") and #coupon_id <= 128 then
         summary.granted = summary.granted + 1
         record{ row = rowno, openid = row.openid, out_request_no = out_request_no,
                 coupon_id = tostring(coupon_id) }
         tick()
       else
-        fail(rowno, row.openid, out_request_no, "BAD_RESPONSE", "a 2xx response without a coupon_id")
+        fail(rowno, row.openid, out_request_no, "BAD_RESPONSE", "a 2xx response without a usable coupon_id")
       end
     else
       local code, message = error_fields(err)
@@ -267,7 +319,7 @@ function batch.run(opts)
   if not ok then
     -- Let what is in flight land in the results before giving up, unless
     -- the reason is the results file itself or an interrupt.
-    if not tostring(err):find("interrupted", 1, true) and not tostring(err):find("results file", 1, true) then
+    if not errors.is_interrupt(err) and not results_failed then
       pcall(wait_for_room, 0)
     end
     return nil, err, summary

@@ -6,6 +6,7 @@ local csv = require("wechatpay.grant.csv")
 local batch = require("wechatpay.grant.batch")
 local results = require("wechatpay.grant.results")
 local progress = require("wechatpay.grant.progress")
+local errors = require("wechatpay.errors")
 
 local cli = {}
 
@@ -151,15 +152,32 @@ local function scan(path, want_users)
     config_error("cannot read --input %s: %s", path, rerr)
   end
   f:seek("set", 0)
+  local head = f:read(2) or ""
+  if head == "\255\254" or head == "\254\255" then
+    f:close()
+    config_error("--input %s is UTF-16 text (Excel's \"Unicode text\"): save it as \"CSV UTF-8\"", path)
+  end
+  f:seek("set", 0)
   local reader = csv.reader(f)
-  local header = reader:next()
+  local hok, header, hinfo = pcall(reader.next, reader)
+  if not hok then
+    f:close()
+    config_error("cannot read --input %s: %s", path, tostring(header))
+  end
   if not header then
     f:close()
     config_error("--input %s is empty: it needs a header line openid,name,id_card_number[,amount]", path)
   end
+  if hinfo.malformed then
+    f:close()
+    config_error("--input %s: the header, line %d, is broken CSV: %s", path, hinfo.line, hinfo.malformed)
+  end
   local columns, cerr = batch.columns(header)
   if not columns then
     f:close()
+    if #header == 1 and (header[1]:find(";", 1, true) or header[1]:find("\t", 1, true)) then
+      cerr = "the header line has no commas: the file must be comma-separated, not by ; or tabs"
+    end
     config_error("--input %s: %s", path, cerr)
   end
   local count, users = 0, want_users and {} or nil
@@ -180,12 +198,58 @@ local function scan(path, want_users)
   return columns, count, users
 end
 
+-- Lua's words for what is wrong, without the text it was found in: the
+-- file holds the private key and the APIv3 key, and Lua's messages quote
+-- it ("near '...'", "(constant '...')"). Only Lua's own tokens stay quoted.
+local LUA_WORDS = {}
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat return "
+          .. "then true until while string number boolean table userdata thread"):gmatch("%a+") do
+  LUA_WORDS[w] = true
+end
+
+local function without_text(message)
+  message = message:gsub(" near .*$", "")
+  message = message:gsub("'([^']*)'", function(token)
+    if LUA_WORDS[token] or (#token <= 3 and token:find("^%p+$")) or token:find("^<%a+>$") then return nil end
+    return "'...'"
+  end)
+  if #message > 200 then message = message:sub(1, 200) .. "..." end
+  return message
+end
+
+-- "path:LINE: message" -> LINE, message (nil when it is not in the file)
+local function config_position(err, path)
+  err = tostring(err)
+  local at = err:find(path .. ":", 1, true)
+  if at then
+    local line, message = err:sub(at + #path + 1):match("^(%d+):%s*(.*)$")
+    if line then return tonumber(line), message end
+  end
+  return nil, err:gsub("^[^:]*:%d+:%s*", "")
+end
+
 -- Loads the --config file: Lua returning the wechatpay.new options.
 local function load_config(path)
+  local probe, perr = io.open(path, "rb")
+  if not probe then config_error("cannot load --config: %s", perr) end
+  local start = probe:read(10) or ""
+  probe:close()
+  if start == "-----BEGIN" then
+    config_error("--config %s is a PEM file, not Lua: give its path in the config file as "
+      .. "private_key = \"file:///...\" (or certs)", path)
+  end
   local chunk, err = loadfile(path)
-  if not chunk then config_error("cannot load --config: %s", err) end
+  if not chunk then
+    local line, message = config_position(err, path)
+    config_error("cannot load --config %s: it is not valid Lua%s: %s (its text is not shown: it holds keys)",
+      path, line and (" at line " .. line) or "", without_text(message))
+  end
   local ok, options = pcall(chunk)
-  if not ok then config_error("--config %s raised an error: %s", path, tostring(options)) end
+  if not ok then
+    local line, message = config_position(options, path)
+    config_error("--config %s raised an error%s: %s (its text is not shown: it holds keys)",
+      path, line and (" at line " .. line) or "", without_text(message))
+  end
   if type(options) ~= "table" then
     config_error("--config %s must return a table of wechatpay.new options, it returned %s", path, type(options))
   end
@@ -295,12 +359,12 @@ local function run(argv)
   local elapsed = core.monotonic() - started
   if not summary then
     io.stdout:write(summary_text(partial, opts, elapsed, total))
-    if tostring(err):find("interrupted", 1, true) then
+    if errors.is_interrupt(err) then
       io.stderr:write(("wechatpay-grant: interrupted; every finished row is in %s: run the same command again to resume\n")
         :format(opts.results))
       return 130
     end
-    io.stderr:write("wechatpay-grant: stopped: ", tostring(err), "\n")
+    io.stderr:write("wechatpay-grant: stopped: ", results.mask_ids(tostring(err)), "\n")
     return 1
   end
   io.stdout:write(summary_text(summary, opts, elapsed, total))
@@ -311,7 +375,7 @@ end
 function cli.main(argv)
   local ok, code = xpcall(run, function(e)
     if getmetatable(e) == ConfigError then return e end
-    if tostring(e):find("interrupted", 1, true) then return { interrupted = true } end
+    if errors.is_interrupt(e) then return { interrupted = true } end
     return debug.traceback(tostring(e), 2)
   end, argv)
   io.stdout:flush()
@@ -328,7 +392,7 @@ function cli.main(argv)
     io.stderr:write("wechatpay-grant: interrupted; run the same command again to resume\n")
     return 130
   end
-  io.stderr:write("wechatpay-grant: internal error: ", tostring(code), "\n")
+  io.stderr:write("wechatpay-grant: internal error: ", results.mask_ids(tostring(code)), "\n")
   return 1
 end
 
