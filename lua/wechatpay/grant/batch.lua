@@ -217,10 +217,7 @@ function batch.run(opts)
   local function finished(rowno, row, out_request_no, res, err)
     in_flight = in_flight - 1
     -- Ctrl-C while the call was made: not the row's failure; the user asked
-    -- to stop. (A client older than kind "interrupted" says it in a config error.)
-    if type(err) == "table" and err.kind == "config" and errors.is_interrupt(err.message) then
-      err = errors.new("interrupted", "interrupted")
-    end
+    -- to stop.
     if errors.is_interrupt(err) then
       fatal = fatal or err
       wake()
