@@ -4,9 +4,10 @@
 -- client never does.  Debian provides them as packages (nginx,
 -- libnginx-mod-http-lua, lua-luaossl, lua-socket), so an install from this
 -- checkout is:  luarocks make --deps-mode=none rockspec/wechatpay-mock-scm-1.rockspec
--- Build type "none" with install.lua, not "builtin": LuaRocks' builtin backend
--- copies all of a top-level lua/ folder whatever `modules` lists, so this rock
--- would install the client's files a second time, in conflict with wechatpay.
+-- Its sources sit in mock/, apart from the client's lua/.  Build type "none"
+-- with install.lua, not "builtin": LuaRocks' builtin backend copies all of a
+-- top-level lua/ folder whatever `modules` lists, so this rock would install
+-- the client's files a second time, in conflict with wechatpay.
 rockspec_format = "3.0"
 package = "wechatpay-mock"
 version = "scm-1"
@@ -41,18 +42,18 @@ build = {
   type = "none",
   install = {
     lua = {
-      ["wechatpay.mock"] = "lua/wechatpay/mock/init.lua",
-      ["wechatpay.mock.admin"] = "lua/wechatpay/mock/admin.lua",
-      ["wechatpay.mock.auth"] = "lua/wechatpay/mock/auth.lua",
-      ["wechatpay.mock.coupons"] = "lua/wechatpay/mock/coupons.lua",
-      ["wechatpay.mock.faults"] = "lua/wechatpay/mock/faults.lua",
-      ["wechatpay.mock.handler"] = "lua/wechatpay/mock/handler.lua",
-      ["wechatpay.mock.nginx_conf"] = "lua/wechatpay/mock/nginx_conf.lua",
-      ["wechatpay.mock.pki"] = "lua/wechatpay/mock/pki.lua",
-      ["wechatpay.mock.response"] = "lua/wechatpay/mock/response.lua",
-      ["wechatpay.mock.state"] = "lua/wechatpay/mock/state.lua",
-      ["wechatpay.mock.users"] = "lua/wechatpay/mock/users.lua",
-      ["wechatpay.mock.util"] = "lua/wechatpay/mock/util.lua",
+      ["wechatpay.mock"] = "mock/wechatpay/mock/init.lua",
+      ["wechatpay.mock.admin"] = "mock/wechatpay/mock/admin.lua",
+      ["wechatpay.mock.auth"] = "mock/wechatpay/mock/auth.lua",
+      ["wechatpay.mock.coupons"] = "mock/wechatpay/mock/coupons.lua",
+      ["wechatpay.mock.faults"] = "mock/wechatpay/mock/faults.lua",
+      ["wechatpay.mock.handler"] = "mock/wechatpay/mock/handler.lua",
+      ["wechatpay.mock.nginx_conf"] = "mock/wechatpay/mock/nginx_conf.lua",
+      ["wechatpay.mock.pki"] = "mock/wechatpay/mock/pki.lua",
+      ["wechatpay.mock.response"] = "mock/wechatpay/mock/response.lua",
+      ["wechatpay.mock.state"] = "mock/wechatpay/mock/state.lua",
+      ["wechatpay.mock.users"] = "mock/wechatpay/mock/users.lua",
+      ["wechatpay.mock.util"] = "mock/wechatpay/mock/util.lua",
     },
   },
 }

@@ -2,9 +2,8 @@
 -- Debian provides the Lua dependencies as packages (lua-cjson), so an install
 -- from this checkout is:  luarocks make --deps-mode=none rockspec/wechatpay-scm-1.rockspec
 -- The mock WeChat Pay server (wechatpay.mock.*, which needs nginx, luaossl
--- and luasocket) is its own rock: rockspec/wechatpay-mock-scm-1.rockspec.
--- Caveat: LuaRocks' builtin backend also copies the whole lua/ folder, so
--- until the mock's sources move out of lua/, this rock still carries them.
+-- and luasocket) is its own rock, rockspec/wechatpay-mock-scm-1.rockspec, with
+-- its sources in mock/: LuaRocks' builtin backend copies the whole lua/ folder.
 rockspec_format = "3.0"
 package = "wechatpay"
 version = "scm-1"

@@ -67,7 +67,7 @@ for rt in $runtimes; do
   : > "$tmp/$rt.tsv"
   for s in $scripts; do
     echo "running $s under $rt ..." >&2
-    LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH="$build/$rt/?.so;;" BENCH_TSV=1 \
+    LUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;' LUA_CPATH="$build/$rt/?.so;;" BENCH_TSV=1 \
       "$rt" "$s" >> "$tmp/$rt.tsv" || { echo "bench: $s failed under $rt" >&2; status=1; }
   done
   columns="$columns $rt"
@@ -150,9 +150,9 @@ if [ "${BENCH_CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null 2>&1; then
   c2=$(ir "$out/sign_direct" "$tmp/key.pem" "$tmp/msg.bin" --count $n2 rsa.sign)
   for rt in $runtimes; do
     [ -f "$tmp/$rt.tsv" ] || continue
-    l1=$(LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH="$build/$rt/?.so;;" BENCH_ONLY=rsa.sign \
+    l1=$(LUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;' LUA_CPATH="$build/$rt/?.so;;" BENCH_ONLY=rsa.sign \
       BENCH_COUNT=$n1 ir "$rt" bench/crypto.lua)
-    l2=$(LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH="$build/$rt/?.so;;" BENCH_ONLY=rsa.sign \
+    l2=$(LUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;' LUA_CPATH="$build/$rt/?.so;;" BENCH_ONLY=rsa.sign \
       BENCH_COUNT=$n2 ir "$rt" bench/crypto.lua)
     echo "$c1 $c2 $l1 $l2" | awk -v rt="$(header "$rt")" -v n=$((n2 - n1)) '{
       sign = ($4 - $2) / n                               # mbedTLS sign, per call
@@ -169,7 +169,7 @@ if [ "${BENCH_CLIENT:-1}" != 0 ]; then
   for rt in ${BENCH_CLIENT_RUNTIMES:-lua5.4}; do
     echo
     echo "running bench/client/grants.lua under $rt ..." >&2
-    LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH="./$build/$rt/?.so;;" \
+    LUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;' LUA_CPATH="./$build/$rt/?.so;;" \
       "$rt" bench/client/grants.lua ${BENCH_CLIENT_PARTS:-} || { echo "bench: client benchmark failed under $rt" >&2; status=1; }
   done
 fi

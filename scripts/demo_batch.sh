@@ -6,7 +6,7 @@
 set -e
 cd "$(dirname "$0")/.."
 rows=${1:-1000}
-export LUA_PATH="./lua/?.lua;./lua/?/init.lua;;"
+export LUA_PATH="./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;"
 export LUA_CPATH="./build/lua5.4/?.so;;"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT

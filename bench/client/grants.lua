@@ -1,6 +1,6 @@
 --- Client benchmarks against the loopback mock WeChat Pay (real HTTPS).
 --
---   LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client/grants.lua [part...]
+--   LUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/client/grants.lua [part...]
 --
 -- Parts (all by default):
 --   sequential   BENCH_GRANTS (2,000) grants one after another over one keep-alive
