@@ -5,16 +5,25 @@
  * is touched only between curl calls, so no Lua error can longjmp through
  * libcurl's frames.
  *
- *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout = }
+ *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout =, max_body = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout = }   -- seconds
  *   local done = s:perform(wait_seconds)   -- list of finished transfers:
  *     { id =, status =, headers = { lower_name = value }, body =, reason = }  or
  *     { id =, error = "timeout" | "network", message =, sent = bytes of request sent }
  *   s:cancel(id); s:pending(); s:close()
+ *
+ * Fork: a session remembers the process that made it.  In a fork child it
+ * abandons everything it inherited (connections, handles, TLS state: they
+ * are the parent's) and starts afresh; transfers in flight at the fork are
+ * reported as failures.  Nothing inherited is cleaned up by the child, as
+ * curl's cleanup would shut down TLS on the parent's connections.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -37,10 +46,18 @@ typedef struct transfer {
   int active;       /* added to the multi handle */
   int finished;     /* waiting to be reported by perform() */
   int too_large;
+  int inherited;    /* made before a fork: the easy handle is the parent's */
+  int forked;       /* was in flight at the fork: reported as a failure */
+  long sent_at_fork;
   CURLcode result;
   char errbuf[CURL_ERROR_SIZE];
   struct transfer *next;   /* in the session's list */
 } transfer;
+
+typedef struct {
+  curl_socket_t *fds;
+  size_t len, cap;
+} socket_list;
 
 typedef struct {
   CURLM *multi;
@@ -48,8 +65,20 @@ typedef struct {
   lua_Integer next_id;
   char *cafile, *proxy;
   long idle_timeout;       /* seconds a pooled connection may stay idle */
+  long max_connections;    /* per host; 0: no limit */
   size_t max_body;
+  pid_t pid;               /* the process that owns multi and the easy handles */
+  socket_list sockets;     /* open connections' sockets, to drop in a fork child */
 } session;
+
+/* What fork children inherited and must neither use nor clean up.  Kept
+ * reachable for the life of the process, so memcheck sees no leak. */
+typedef struct orphan_multi {
+  CURLM *multi;
+  struct orphan_multi *next;
+} orphan_multi;
+static orphan_multi *orphan_multis;
+static transfer *orphan_transfers;
 
 /* ---- buffers (no Lua here: called from curl) ---------------------------- */
 
@@ -90,41 +119,148 @@ static size_t on_header(char *data, size_t size, size_t n, void *userdata) {
   return buffer_append(&t->head, data, len) == 0 ? len : 0;
 }
 
+/* Sockets are opened and closed here so that a fork child can drop its
+ * copies of the parent's connections: close(2) on a descriptor the parent
+ * also holds sends nothing on the wire. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr) {
+  session *s = (session *)clientp;
+  int type = addr->socktype;
+  curl_socket_t fd;
+  (void)purpose;
+#ifdef SOCK_CLOEXEC
+  type |= SOCK_CLOEXEC;   /* a program the application execs gets none of them */
+#endif
+  fd = socket(addr->family, type, addr->protocol);
+  if (fd == CURL_SOCKET_BAD) return fd;
+  if (s->sockets.len == s->sockets.cap) {
+    size_t cap = s->sockets.cap ? s->sockets.cap * 2 : 8;
+    curl_socket_t *p = (curl_socket_t *)realloc(s->sockets.fds, cap * sizeof *p);
+    if (!p) { close(fd); return CURL_SOCKET_BAD; }
+    s->sockets.fds = p;
+    s->sockets.cap = cap;
+  }
+  s->sockets.fds[s->sockets.len++] = fd;
+  return fd;
+}
+
+static int on_close_socket(void *clientp, curl_socket_t fd) {
+  session *s = (session *)clientp;
+  size_t i;
+  for (i = 0; i < s->sockets.len; i++) {
+    if (s->sockets.fds[i] == fd) {
+      s->sockets.fds[i] = s->sockets.fds[--s->sockets.len];
+      break;
+    }
+  }
+  return close(fd);
+}
+
 /* ---- transfers ---------------------------------------------------------- */
 
+static void unlink_transfer(session *s, transfer *t) {
+  transfer **link = &s->transfers;
+  while (*link && *link != t) link = &(*link)->next;
+  if (*link) *link = t->next;
+}
+
+/* Returns t to the idle pool, or, when it came from the parent process,
+ * sets its easy handle aside for good. */
 static void transfer_release(session *s, transfer *t) {
   if (t->active) {
     curl_multi_remove_handle(s->multi, t->easy);
     t->active = 0;
   }
-  curl_slist_free_all(t->headers);
+  curl_slist_free_all(t->headers);   /* an inherited easy handle never runs again */
   t->headers = NULL;
   buffer_free(&t->body);
   buffer_free(&t->head);
   t->finished = 0;
   t->too_large = 0;
+  t->forked = 0;
   t->id = 0;
+  if (t->inherited) {
+    unlink_transfer(s, t);
+    t->next = orphan_transfers;
+    orphan_transfers = t;
+  }
+}
+
+/* In a fork child: set aside the parent's multi handle and easy handles,
+ * mark transfers in flight as failed, and close this process's copies of
+ * the parent's sockets.  Leaves s->multi NULL. */
+static void session_abandon(session *s) {
+  orphan_multi *o = (orphan_multi *)calloc(1, sizeof *o);
+  transfer **link = &s->transfers, *t;
+  size_t i;
+  if (o) {   /* out of memory: the handle is lost, but still never cleaned up */
+    o->multi = s->multi;
+    o->next = orphan_multis;
+    orphan_multis = o;
+  }
+  s->multi = NULL;
+  while ((t = *link) != NULL) {
+    t->inherited = 1;
+    t->active = 0;   /* in the parent's multi handle: never remove it from there */
+    if (t->id == 0) {
+      *link = t->next;
+      t->next = orphan_transfers;
+      orphan_transfers = t;
+      continue;
+    }
+    if (!t->finished) {
+      t->finished = 1;
+      t->forked = 1;
+      t->sent_at_fork = 0;
+      curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->sent_at_fork);
+    }
+    link = &t->next;
+  }
+  for (i = 0; i < s->sockets.len; i++) close(s->sockets.fds[i]);
+  s->sockets.len = 0;
+}
+
+static CURLM *new_multi(session *s) {
+  CURLM *multi = curl_multi_init();
+  if (!multi) return NULL;
+  if (s->max_connections > 0) curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, s->max_connections);
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, s->max_connections > 0 ? s->max_connections : 64L);
+  return multi;
 }
 
 static void session_destroy(session *s) {
-  transfer *t = s->transfers, *next;
-  while (t) {
+  transfer *t, *next;
+  if (s->multi && s->pid != getpid()) session_abandon(s);
+  for (t = s->transfers; t; t = next) {
     next = t->next;
-    transfer_release(s, t);
-    if (t->easy) curl_easy_cleanup(t->easy);
-    free(t);
-    t = next;
+    if (t->inherited) {
+      transfer_release(s, t);   /* to the orphans */
+    } else {
+      transfer_release(s, t);
+      if (t->easy) curl_easy_cleanup(t->easy);
+      free(t);
+    }
   }
   s->transfers = NULL;
-  if (s->multi) curl_multi_cleanup(s->multi);
+  if (s->multi) curl_multi_cleanup(s->multi);   /* closes sockets through on_close_socket */
   s->multi = NULL;
+  free(s->sockets.fds);
+  s->sockets.fds = NULL;
+  s->sockets.len = s->sockets.cap = 0;
   free(s->cafile);
   free(s->proxy);
   s->cafile = s->proxy = NULL;
 }
 
+/* The session of argument 1, made this process's own if it was inherited
+ * through fork(): a getpid() per call is the whole cost. */
 static session *check_session(lua_State *L) {
   session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  if (s->multi && s->pid != getpid()) {
+    session_abandon(s);
+    s->pid = getpid();
+    s->multi = new_multi(s);
+    if (!s->multi) luaL_error(L, "cannot create a curl multi handle after fork");
+  }
   if (!s->multi) luaL_argerror(L, 1, "HTTP session has been closed");
   return s;
 }
@@ -133,7 +269,7 @@ static session *check_session(lua_State *L) {
 static transfer *transfer_acquire(session *s) {
   transfer *t;
   for (t = s->transfers; t; t = t->next)
-    if (t->id == 0) return t;
+    if (t->id == 0 && !t->inherited) return t;
   t = (transfer *)calloc(1, sizeof *t);
   if (!t) return NULL;
   t->easy = curl_easy_init();
@@ -241,6 +377,10 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   curl_easy_setopt(t->easy, CURLOPT_MAXAGE_CONN, s->idle_timeout);
   curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, s);
+  curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+  curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, s);
   curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
@@ -325,7 +465,15 @@ static void push_result(lua_State *L, transfer *t) {
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, t->id);
   lua_setfield(L, -2, "id");
-  if (t->result == CURLE_OK) {
+  if (t->forked) {
+    lua_pushliteral(L, "network");
+    lua_setfield(L, -2, "error");
+    lua_pushliteral(L, "the process forked while this request was in flight; "
+                       "its connection stays with the parent process");
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, (lua_Integer)t->sent_at_fork);
+    lua_setfield(L, -2, "sent");
+  } else if (t->result == CURLE_OK) {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, status);
@@ -361,7 +509,7 @@ static int l_perform(lua_State *L) {
   session *s = check_session(L);
   lua_Number wait = luaL_optnumber(L, 2, 0);
   int running = 0, n = 0;
-  transfer *t;
+  transfer *t, *next;
   CURLMcode mc = curl_multi_perform(s->multi, &running);
   collect_finished(s);
   for (t = s->transfers; t; t = t->next) n += t->finished;
@@ -373,7 +521,8 @@ static int l_perform(lua_State *L) {
   if (mc != CURLM_OK) return luaL_error(L, "HTTP transport failure: %s", curl_multi_strerror(mc));
   lua_newtable(L);
   n = 0;
-  for (t = s->transfers; t; t = t->next) {
+  for (t = s->transfers; t; t = next) {
+    next = t->next;   /* an inherited transfer leaves the list when released */
     if (!t->finished) continue;
     push_result(L, t);
     lua_rawseti(L, -2, ++n);
@@ -408,6 +557,8 @@ static int l_pending(lua_State *L) {
   return 1;
 }
 
+/* s:close(); also __gc and __close.  In a fork child it cleans up only what
+ * the child made itself. */
 static int l_session_close(lua_State *L) {
   session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
   session_destroy(s);
@@ -453,13 +604,13 @@ static int l_http_session(lua_State *L) {
   luaL_getmetatable(L, WP_SESSION_CLASS);
   lua_setmetatable(L, -2);
   s->idle_timeout = idle;
+  s->max_connections = max_conn;
   s->max_body = (size_t)max_body;
+  s->pid = getpid();
   s->cafile = opt_dup(L, 1, "cafile");             /* ... then acquire */
   s->proxy = opt_dup(L, 1, "proxy");
-  s->multi = curl_multi_init();
+  s->multi = new_multi(s);
   if (!s->multi) return luaL_error(L, "cannot create a curl multi handle");
-  if (max_conn > 0) curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_conn);
-  curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, max_conn > 0 ? max_conn : 64L);
   return 1;
 }
 
