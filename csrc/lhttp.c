@@ -46,6 +46,7 @@ typedef struct transfer {
   int active;       /* added to the multi handle */
   int finished;     /* waiting to be reported by perform() */
   int too_large;
+  int head_ended;   /* the last header line was the blank one closing a block */
   int inherited;    /* made before a fork: the easy handle is the parent's */
   int forked;       /* was in flight at the fork: reported as a failure */
   long sent_at_fork;
@@ -114,8 +115,11 @@ static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
 static size_t on_header(char *data, size_t size, size_t n, void *userdata) {
   transfer *t = (transfer *)userdata;
   size_t len = size * n;
-  /* A new status line (after a 100 Continue or a redirect) starts afresh. */
-  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  /* A status line that opens a new block (after a 1xx answer or a proxy's
+   * CONNECT answer) starts afresh; a header line that merely begins with
+   * "HTTP/" inside a block does not wipe the lines before it. */
+  if (t->head_ended && len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  t->head_ended = (len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n');
   return buffer_append(&t->head, data, len) == 0 ? len : 0;
 }
 
@@ -176,6 +180,7 @@ static void transfer_release(session *s, transfer *t) {
   buffer_free(&t->head);
   t->finished = 0;
   t->too_large = 0;
+  t->head_ended = 0;
   t->forked = 0;
   t->id = 0;
   if (t->inherited) {

@@ -1,10 +1,16 @@
--- Fork safety of the libcurl transport (core.http_session).  A client that
--- has made one call keeps its TLS connection pooled; after fork() parent and
--- child would both write on that one connection and read each other's
--- answers (a coupon granted to the wrong user, silently).  nginx forks its
--- workers after init_by_lua, so this is the ordinary case there, not a
--- curiosity.  The child must start afresh and close nothing the parent
--- still uses.
+-- The libcurl transport (core.http_session) at the C level: fork safety
+-- first, then what it parses, refuses and reports.
+--
+-- Fork: a client that has made one call keeps its TLS connection pooled;
+-- after fork() parent and child would both write on that one connection and
+-- read each other's answers (a coupon granted to the wrong user, silently).
+-- nginx forks its workers after init_by_lua, so this is the ordinary case
+-- there, not a curiosity.  The child must start afresh and close nothing the
+-- parent still uses.
+--
+-- The other specs talk plain HTTP to a loopback socket served from this very
+-- process (http is allowed at the C level), so that a reply can carry any
+-- bytes and the request can be read byte for byte.
 local core = require("wechatpay.core")
 local mock = require("wechatpay.mock")
 local socket = require("socket")
@@ -218,5 +224,78 @@ describe("after fork()", function()
     assert.equal(200, fetch().status)
     session:close()
     assert.equal(2, server:stats().connections)
+  end)
+end)
+
+-- One request against a loopback listener served step by step from this
+-- process.  reply: the raw bytes to answer with once the request has
+-- arrived, or false to never answer.  Returns the result and the request.
+local function exchange(request, reply, session_options)
+  local session = core.http_session(session_options)
+  local listener = assert(socket.bind("127.0.0.1", 0))
+  listener:settimeout(0)
+  local _, port = listener:getsockname()
+  local req = { method = "GET", timeout = 5 * SLOW }
+  for k, v in pairs(request) do req[k] = v end
+  req.url = req.url or ("http://127.0.0.1:" .. port .. (request.path or "/x"))
+  req.path = nil
+  local id = session:submit(req)
+  local conn, got, answered = nil, "", false
+  local deadline = socket.gettime() + 10 * SLOW
+  local result
+  while not result and socket.gettime() < deadline do
+    for _, r in ipairs(session:perform(0.01)) do
+      if r.id == id then result = r end
+    end
+    if not conn then
+      conn = listener:accept()
+      if conn then conn:settimeout(0) end
+    elseif not answered and reply then
+      local data, _, partial = conn:receive(4096)
+      got = got .. (data or partial or "")
+      local head_end = got:find("\r\n\r\n", 1, true)
+      local length = tonumber(got:match("[Cc]ontent%-[Ll]ength: (%d+)") or "0")
+      if head_end and #got >= head_end + 3 + length then
+        conn:settimeout(5)
+        assert(conn:send(reply))
+        conn:settimeout(0)
+        answered = true
+      end
+    end
+  end
+  -- anything more on the connection (a followed redirect, say) is seen here
+  if conn then
+    conn:settimeout(0.1)
+    local data, _, partial = conn:receive(4096)
+    got = got .. (data or partial or "")
+    conn:close()
+  end
+  listener:close()
+  session:close()
+  return assert(result, "no result for the request"), got
+end
+
+local OK = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+describe("core.http_session", function()
+  describe("response headers", function()
+    it("keeps the lines before a header line that begins with HTTP/", function()
+      local res = exchange({}, "HTTP/1.1 200 OK\r\nX-Before: 1\r\nHTTP/1.1-Foo: x\r\n"
+        .. "X-After: 2\r\nContent-Length: 2\r\n\r\nok")
+      assert.equal(200, res.status)
+      assert.equal("1", res.headers["x-before"])
+      assert.equal("x", res.headers["http/1.1-foo"])
+      assert.equal("2", res.headers["x-after"])
+      assert.equal("2", res.headers["content-length"])
+    end)
+
+    it("starts afresh with the status line after a 100 Continue", function()
+      local res = exchange({}, "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        .. "HTTP/1.1 200 OK\r\nX-Final: 1\r\nContent-Length: 2\r\n\r\nok")
+      assert.equal(200, res.status)
+      assert.is_nil(res.headers["x-interim"])
+      assert.equal("1", res.headers["x-final"])
+      assert.equal("ok", res.body)
+    end)
   end)
 end)
