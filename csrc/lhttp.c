@@ -7,7 +7,7 @@
  *
  *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout =, max_body = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
- *                        timeout =, connect_timeout = }   -- seconds
+ *                        timeout =, connect_timeout = }   -- seconds, at least 0.001
  *   local done = s:perform(wait_seconds)   -- list of finished transfers:
  *     { id =, status =, headers = { lower_name = value }, body =, reason = }  or
  *     { id =, error = "timeout" | "network", message =, sent = bytes of request sent }
@@ -31,6 +31,10 @@
 
 #define WP_SESSION_CLASS "wechatpay.http_session"
 #define WP_MAX_BODY_DEFAULT (64L * 1024 * 1024)
+#define WP_MAX_BODY_LIMIT 1073741824.0      /* 1 GiB: bodies live in memory */
+#define WP_MAX_MS 2147483647.0              /* curl_multi_poll takes an int */
+#define WP_MAX_IDLE 86400.0
+#define WP_MAX_CONNECTIONS 10000.0
 
 typedef struct {
   char *data;
@@ -302,16 +306,27 @@ static const char *opt_field_string(lua_State *L, int idx, const char *name, siz
   return value;
 }
 
-static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
+/* A number of seconds in [lo, hi]; NaN fails every comparison. */
+static lua_Number opt_field_number(lua_State *L, int idx, const char *name, lua_Number lo, lua_Number hi,
+                                   int whole, const char *what) {
   lua_Number v;
   lua_getfield(L, idx, name);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-  if (lua_type(L, -1) != LUA_TNUMBER)
-    luaL_error(L, "bad request field '%s' (number of seconds expected)", name);
   v = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(v >= lo && v <= hi) || (whole && v != (lua_Number)(long)v)) {
+    const char *got = lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1);
+    luaL_error(L, "bad %s '%s' (%s from %f to %f expected, got %s)", what, name,
+               whole ? "a whole number" : "a number", lo, hi, got);
+  }
   lua_pop(L, 1);
-  if (v <= 0) luaL_error(L, "bad request field '%s' (must be positive)", name);
-  return (long)(v * 1000.0 + 0.5);
+  return v;
+}
+
+/* Milliseconds for curl, from seconds: at least 1, as 0 means "no timeout". */
+static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
+  lua_pop(L, 1);
+  return (long)(opt_field_number(L, idx, name, 0.001, WP_MAX_MS / 1000, 0, "request field") * 1000.0 + 0.5);
 }
 
 /* s:submit(request) -> id.  Every argument is checked before curl is touched. */
@@ -515,7 +530,10 @@ static int l_perform(lua_State *L) {
   lua_Number wait = luaL_optnumber(L, 2, 0);
   int running = 0, n = 0;
   transfer *t, *next;
-  CURLMcode mc = curl_multi_perform(s->multi, &running);
+  CURLMcode mc;
+  luaL_argcheck(L, wait >= 0, 2, "wait must be a number of seconds, not negative");   /* NaN too */
+  if (wait * 1000 > WP_MAX_MS) wait = WP_MAX_MS / 1000;
+  mc = curl_multi_perform(s->multi, &running);
   collect_finished(s);
   for (t = s->transfers; t; t = t->next) n += t->finished;
   if (mc == CURLM_OK && n == 0 && wait > 0) {   /* with nothing running it just sleeps */
@@ -590,19 +608,16 @@ static char *opt_dup(lua_State *L, int idx, const char *name) {
 static int l_http_session(lua_State *L) {
   session *s;
   long max_conn = 0, idle = 7;
-  lua_Number max_body = (lua_Number)WP_MAX_BODY_DEFAULT;
+  size_t max_body = (size_t)WP_MAX_BODY_DEFAULT;
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   else { lua_settop(L, 0); lua_newtable(L); }
   lua_getfield(L, 1, "max_connections");
-  if (!lua_isnil(L, -1)) max_conn = (long)luaL_checkinteger(L, -1);
+  if (!lua_isnil(L, -1)) max_conn = (long)opt_field_number(L, 1, "max_connections", 0, WP_MAX_CONNECTIONS, 1, "option");
   lua_getfield(L, 1, "idle_timeout");
-  if (!lua_isnil(L, -1)) idle = (long)luaL_checknumber(L, -1);
+  if (!lua_isnil(L, -1)) idle = (long)opt_field_number(L, 1, "idle_timeout", 1, WP_MAX_IDLE, 0, "option");
   lua_getfield(L, 1, "max_body");
-  if (!lua_isnil(L, -1)) max_body = luaL_checknumber(L, -1);
+  if (!lua_isnil(L, -1)) max_body = (size_t)opt_field_number(L, 1, "max_body", 1, WP_MAX_BODY_LIMIT, 1, "option");
   lua_pop(L, 3);
-  luaL_argcheck(L, max_conn >= 0, 1, "max_connections must not be negative");
-  luaL_argcheck(L, idle >= 1, 1, "idle_timeout must be at least 1 second");
-  luaL_argcheck(L, max_body >= 1, 1, "max_body must be positive");
 
   s = (session *)lua_newuserdata(L, sizeof *s);   /* box first ... */
   memset(s, 0, sizeof *s);
@@ -610,7 +625,7 @@ static int l_http_session(lua_State *L) {
   lua_setmetatable(L, -2);
   s->idle_timeout = idle;
   s->max_connections = max_conn;
-  s->max_body = (size_t)max_body;
+  s->max_body = max_body;
   s->pid = getpid();
   s->cafile = opt_dup(L, 1, "cafile");             /* ... then acquire */
   s->proxy = opt_dup(L, 1, "proxy");

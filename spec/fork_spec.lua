@@ -298,4 +298,47 @@ describe("core.http_session", function()
       assert.equal("ok", res.body)
     end)
   end)
+
+  describe("timeouts and options", function()
+    local session
+    setup(function() session = core.http_session() end)
+    teardown(function() session:close() end)
+
+    local BAD_SECONDS = { 0 / 0, math.huge, -math.huge, -1, 0, 0.0004, 1e300, "1" }
+
+    for _, field in ipairs{ "timeout", "connect_timeout" } do
+      it("refuses a " .. field .. " that is NaN, infinite, negative or under 1 ms", function()
+        for _, bad in ipairs(BAD_SECONDS) do
+          local ok, err = pcall(session.submit, session,
+            { method = "GET", url = "http://127.0.0.1:9/", [field] = bad })
+          assert.is_false(ok, field .. " = " .. tostring(bad) .. " was accepted")
+          assert.matches("'" .. field .. "'", err)
+        end
+        assert.equal(0, session:pending())
+        local id = session:submit{ method = "GET", url = "http://127.0.0.1:9/", [field] = 0.001 }
+        assert.is_true(session:cancel(id))
+      end)
+    end
+
+    it("refuses NaN, huge, negative or fractional session options", function()
+      local cases = {
+        idle_timeout = { 0 / 0, math.huge, 0, 0.5, -1, 1e300 },
+        max_connections = { 0 / 0, math.huge, -1, 1.5, 1e300 },
+        max_body = { 0 / 0, math.huge, 0, -1, 1.5, 1e300 },
+      }
+      for name, values in pairs(cases) do
+        for _, bad in ipairs(values) do
+          local ok, err = pcall(core.http_session, { [name] = bad })
+          assert.is_false(ok, name .. " = " .. tostring(bad) .. " was accepted")
+          assert.matches("'" .. name .. "'", err)
+        end
+      end
+      core.http_session{ idle_timeout = 1.5, max_connections = 0, max_body = 1 }:close()
+    end)
+
+    it("refuses a wait that is NaN or negative", function()
+      assert.has_error(function() session:perform(0 / 0) end)
+      assert.has_error(function() session:perform(-1) end)
+    end)
+  end)
 end)
