@@ -288,13 +288,6 @@ static transfer *transfer_acquire(session *s) {
   return t;
 }
 
-static char *dup_string(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *p = (char *)malloc(n);
-  if (p) memcpy(p, s, n);
-  return p;
-}
-
 static const char *opt_field_string(lua_State *L, int idx, const char *name, size_t *len) {
   const char *value;
   lua_getfield(L, idx, name);
@@ -303,6 +296,16 @@ static const char *opt_field_string(lua_State *L, int idx, const char *name, siz
     luaL_error(L, "bad request field '%s' (string expected, got %s)", name, luaL_typename(L, -1));
   value = lua_tolstring(L, -1, len);
   lua_pop(L, 1);   /* still referenced by the table at idx */
+  return value;
+}
+
+/* A string curl will read up to its first NUL and send as one line: a NUL
+ * would cut it short silently, a line break would start another line. */
+static const char *opt_field_line(lua_State *L, int idx, const char *name) {
+  size_t len;
+  const char *value = opt_field_string(L, idx, name, &len);
+  if (value && (memchr(value, '\0', len) || memchr(value, '\r', len) || memchr(value, '\n', len)))
+    luaL_error(L, "bad request field '%s' (holds a NUL or a line break)", name);
   return value;
 }
 
@@ -329,6 +332,16 @@ static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
   return (long)(opt_field_number(L, idx, name, 0.001, WP_MAX_MS / 1000, 0, "request field") * 1000.0 + 0.5);
 }
 
+/* An HTTP method is a token: letters, digits and a few marks, nothing else. */
+static int is_token(const char *s) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+          strchr("!#$%&'*+-.^_`|~", *s)))
+      return 0;
+  return 1;
+}
+
 /* s:submit(request) -> id.  Every argument is checked before curl is touched. */
 static int l_submit(lua_State *L) {
   session *s = check_session(L);
@@ -340,10 +353,11 @@ static int l_submit(lua_State *L) {
   int is_get, is_head;
 
   luaL_checktype(L, 2, LUA_TTABLE);
-  method = opt_field_string(L, 2, "method", NULL);
-  url = opt_field_string(L, 2, "url", NULL);
+  method = opt_field_line(L, 2, "method");
+  url = opt_field_line(L, 2, "url");
   body = opt_field_string(L, 2, "body", &bodylen);
   if (!method || !url) return luaL_argerror(L, 2, "request needs a method and a url");
+  if (!is_token(method)) return luaL_argerror(L, 2, "request method must be an HTTP token such as \"GET\"");
   timeout_ms = opt_field_ms(L, 2, "timeout", 30000);
   connect_ms = opt_field_ms(L, 2, "connect_timeout", 5000);
   lua_getfield(L, 2, "headers");
@@ -351,11 +365,16 @@ static int l_submit(lua_State *L) {
     return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
   nheaders = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
   for (i = 1; i <= nheaders; i++) {   /* check all before allocating any */
+    size_t len;
+    const char *line;
     lua_rawgeti(L, -1, (int)i);
     if (lua_type(L, -1) != LUA_TSTRING)
       return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
-    if (strchr(lua_tostring(L, -1), '\n') || strchr(lua_tostring(L, -1), '\r'))
+    line = lua_tolstring(L, -1, &len);
+    if (memchr(line, '\n', len) || memchr(line, '\r', len))
       return luaL_argerror(L, 2, "a request header holds a line break");
+    if (memchr(line, '\0', len))   /* curl would send the part before it, silently */
+      return luaL_argerror(L, 2, "a request header holds a NUL byte");
     lua_pop(L, 1);
   }
 
@@ -386,7 +405,11 @@ static int l_submit(lua_State *L) {
   is_get = strcmp(method, "GET") == 0;
   is_head = strcmp(method, "HEAD") == 0;
   curl_easy_setopt(t->easy, CURLOPT_URL, url);
+  /* the bytes signed are the bytes sent: no "/./" or "/../" squashing */
+  curl_easy_setopt(t->easy, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "https,http");
+  curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L);   /* a redirect is an answer, not a hop */
+  curl_easy_setopt(t->easy, CURLOPT_REDIR_PROTOCOLS_STR, "https");
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
@@ -595,11 +618,14 @@ static int l_session_tostring(lua_State *L) {
 }
 
 static char *opt_dup(lua_State *L, int idx, const char *name) {
-  const char *v = opt_field_string(L, idx, name, NULL);
+  size_t len;
+  const char *v = opt_field_string(L, idx, name, &len);
   char *copy;
   if (!v) return NULL;
-  copy = dup_string(v);
+  if (memchr(v, '\0', len)) luaL_error(L, "bad option '%s' (holds a NUL byte)", name);
+  copy = (char *)malloc(len + 1);
   if (!copy) luaL_error(L, "out of memory");
+  memcpy(copy, v, len + 1);
   return copy;
 }
 

@@ -341,4 +341,53 @@ describe("core.http_session", function()
       assert.has_error(function() session:perform(-1) end)
     end)
   end)
+
+  describe("request bytes", function()
+    local session
+    setup(function() session = core.http_session() end)
+    teardown(function() session:close() end)
+
+    local function refused(request, pattern)
+      local full = { method = "GET", url = "http://127.0.0.1:9/" }
+      for k, v in pairs(request) do full[k] = v end
+      local ok, err = pcall(session.submit, session, full)
+      assert.is_false(ok)
+      assert.matches(pattern, err)
+      assert.equal(0, session:pending())
+    end
+
+    it("refuses a NUL in a header, the url or the method", function()
+      refused({ headers = { "X-Good: 1", "X-Bad: a\0b" } }, "NUL")
+      refused({ url = "http://127.0.0.1:9/a\0b" }, "url")
+      refused({ method = "GET\0X" }, "method")
+    end)
+
+    it("refuses a line break in a header, the url or the method", function()
+      refused({ headers = { "X-Bad: a\r\nX-Injected: 1" } }, "line break")
+      refused({ url = "http://127.0.0.1:9/a\r\nX: 1" }, "url")
+      refused({ method = "GET /x HTTP/1.1\r\n" }, "method")
+      refused({ method = "GE T" }, "method")
+    end)
+
+    it("sends /./ and /../ in the path as they are", function()
+      local res, got = exchange({ path = "/v3/a/./b/../c/%2e/d" }, OK)
+      assert.equal(200, res.status)
+      assert.equal("GET /v3/a/./b/../c/%2e/d HTTP/1.1", got:match("^[^\r]*"))
+    end)
+
+    it("sends a body with NUL bytes whole", function()
+      local body = "a\0b\0c"
+      local res, got = exchange({ method = "POST", body = body }, OK)
+      assert.equal(200, res.status)
+      assert.equal(body, got:sub(-#body))
+    end)
+
+    it("reports a redirect instead of following it", function()
+      local res, got = exchange({}, "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
+      assert.equal(302, res.status)
+      assert.equal("/elsewhere", res.headers.location)
+      local _, requests = got:gsub("HTTP/1%.1\r\n", "")
+      assert.equal(1, requests)
+    end)
+  end)
 end)
