@@ -8,10 +8,23 @@
  *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout =, max_body = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout = }   -- seconds, at least 0.001
- *   local done = s:perform(wait_seconds)   -- list of finished transfers:
- *     { id =, status =, headers = { lower_name = value }, body =, reason = }  or
- *     { id =, error = "timeout" | "network", message =, sent = bytes of request sent }
+ *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
+ *     { id =, status =, headers = { lower_name = value }, body = }            or
+ *     { id =, error =, message =, sent =, retry =, curl_code = }
  *   s:cancel(id); s:pending(); s:close()
+ *
+ * A failure's fields:
+ *   error    "timeout" or "network"
+ *   message  what went wrong, for people
+ *   sent     bytes of the request this process handed to the connection
+ *   retry    "safe": nothing of the request reached the server (DNS, refused,
+ *              connect timeout, TLS handshake), any request may be sent again;
+ *            "idempotent": the server may have seen it (timeout or reset after
+ *              sending, a transfer abandoned by fork), only a request whose
+ *              replay cannot duplicate may be sent again;
+ *            false: sending again cannot help (certificate not trusted, bad
+ *              URL, unsupported protocol, body over max_body, out of memory)
+ *   curl_code  libcurl's code, for diagnostics only (absent when curl had none)
  *
  * Fork: a session remembers the process that made it.  In a fork child it
  * abandons everything it inherited (connections, handles, TLS state: they
@@ -504,6 +517,27 @@ static void push_headers(lua_State *L, const buffer *head) {
   }
 }
 
+/* Whether a failed request may be sent again: "safe" when nothing of it
+ * reached the server, "idempotent" when something may have, NULL when no
+ * retry can help. */
+static const char *retry_class(CURLcode code, long sent) {
+  switch (code) {
+  case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_FAILED_INIT: case CURLE_URL_MALFORMAT:
+  case CURLE_NOT_BUILT_IN: case CURLE_WRITE_ERROR: case CURLE_OUT_OF_MEMORY:
+  case CURLE_BAD_FUNCTION_ARGUMENT: case CURLE_TOO_MANY_REDIRECTS: case CURLE_UNKNOWN_OPTION:
+  case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER: case CURLE_PEER_FAILED_VERIFICATION: case CURLE_FILESIZE_EXCEEDED:
+  case CURLE_SSL_ENGINE_INITFAILED: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_RECURSIVE_API_CALL: case CURLE_AUTH_ERROR: case CURLE_SSL_CLIENTCERT:
+    return NULL;
+  default:
+    /* curl counts the request's bytes as it hands them to the connection;
+     * a reused connection found dead before that is retried by curl itself */
+    return sent > 0 ? "idempotent" : "safe";
+  }
+}
+
 static void push_result(lua_State *L, transfer *t) {
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, t->id);
@@ -516,6 +550,8 @@ static void push_result(lua_State *L, transfer *t) {
     lua_setfield(L, -2, "message");
     lua_pushinteger(L, (lua_Integer)t->sent_at_fork);
     lua_setfield(L, -2, "sent");
+    lua_pushliteral(L, "idempotent");   /* the parent may still send it */
+    lua_setfield(L, -2, "retry");
   } else if (t->result == CURLE_OK) {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -528,7 +564,9 @@ static void push_result(lua_State *L, transfer *t) {
   } else {
     long sent = 0;
     const char *kind = t->result == CURLE_OPERATION_TIMEDOUT ? "timeout" : "network";
+    const char *retry;
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
+    retry = t->too_large ? NULL : retry_class(t->result, sent);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "error");
     if (t->too_large)
@@ -542,6 +580,9 @@ static void push_result(lua_State *L, transfer *t) {
     lua_setfield(L, -2, "curl_code");
     lua_pushinteger(L, sent);
     lua_setfield(L, -2, "sent");
+    if (retry) lua_pushstring(L, retry);
+    else lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "retry");
   }
 }
 

@@ -179,12 +179,13 @@ describe("after fork()", function()
         if found then break end
       end
       if not found then return "nothing reported" end
-      return table.concat({ tostring(found.error), tostring(found.message),
-                            tostring(session:pending()) }, "|")
+      return table.concat({ tostring(found.error), tostring(found.retry),
+                            tostring(found.message), tostring(session:pending()) }, "|")
     end)
     local said = collect(child)
-    local error_kind, message, pending = said:match("^([^|]*)|([^|]*)|([^|]*)$")
+    local error_kind, retry, message, pending = said:match("^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
     assert.equal("network", error_kind, said)
+    assert.equal("idempotent", retry, said)
     assert.matches("fork", message)
     assert.equal("0", pending)
 
@@ -388,6 +389,100 @@ describe("core.http_session", function()
       assert.equal("/elsewhere", res.headers.location)
       local _, requests = got:gsub("HTTP/1%.1\r\n", "")
       assert.equal(1, requests)
+    end)
+  end)
+
+  describe("failures say whether a retry may help", function()
+    local server
+    setup(function() server = assert(mock.start()) end)
+    teardown(function() if server then server:stop() end end)
+
+    local function fetch(session, request)
+      local id = session:submit(request)
+      for _ = 1, 200 * SLOW do
+        local r = session:perform(0.05)[1]
+        if r then
+          assert.equal(id, r.id)
+          return r
+        end
+      end
+      error("no result")
+    end
+
+    it("a closed port: safe, nothing sent", function()
+      local session = core.http_session()
+      local r = fetch(session, { method = "POST", body = "{}",
+        url = "http://127.0.0.1:" .. support.closed_port() .. "/" })
+      session:close()
+      assert.equal("network", r.error)
+      assert.equal("safe", r.retry)
+      assert.equal(0, r.sent)
+    end)
+
+    it("a server that takes the request and never answers: idempotent", function()
+      local listener = assert(socket.bind("127.0.0.1", 0))   -- never accepts: the kernel does
+      local _, port = listener:getsockname()
+      local session = core.http_session()
+      local r = fetch(session, { method = "POST", body = "{}", timeout = 0.3 * SLOW,
+        url = "http://127.0.0.1:" .. port .. "/" })
+      session:close()
+      listener:close()
+      assert.equal("timeout", r.error)
+      assert.equal("idempotent", r.retry)
+      assert.is_true(r.sent > 0)
+    end)
+
+    it("a server that closes the connection after the request: idempotent", function()
+      local listener = assert(socket.bind("127.0.0.1", 0))
+      listener:settimeout(0)
+      local _, port = listener:getsockname()
+      local session = core.http_session()
+      local id = session:submit{ method = "POST", body = "{}", url = "http://127.0.0.1:" .. port .. "/" }
+      local r, conn
+      for _ = 1, 200 * SLOW do
+        r = session:perform(0.02)[1]
+        if r then break end
+        conn = conn or listener:accept()
+        if conn then
+          conn:settimeout(1)
+          local data = conn:receive("*l")
+          if data then
+            repeat data = conn:receive("*l") until data == "" or not data
+            conn:receive(2)
+            conn:close()
+          end
+        end
+      end
+      session:close()
+      listener:close()
+      assert.equal(id, r.id)
+      assert.equal("network", r.error)
+      assert.equal("idempotent", r.retry)
+    end)
+
+    it("a certificate nobody trusts: false", function()
+      local session = core.http_session()   -- the mock's CA is not in the system store
+      local r = fetch(session, { method = "GET", url = server.base_url })
+      session:close()
+      assert.equal("network", r.error)
+      assert.is_false(r.retry)
+      assert.equal(0, r.sent)
+    end)
+
+    it("a protocol other than http(s): false", function()
+      local session = core.http_session()
+      local r = fetch(session, { method = "GET", url = "ftp://127.0.0.1:" .. support.closed_port() .. "/" })
+      session:close()
+      assert.equal("network", r.error)
+      assert.is_false(r.retry)
+    end)
+
+    it("a body over max_body: false", function()
+      local res = exchange({}, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" .. ("x"):rep(100),
+        { max_body = 10 })
+      assert.equal("network", res.error)
+      assert.matches("larger than 10 bytes", res.message)
+      assert.is_false(res.retry)
     end)
   end)
 end)
