@@ -5,16 +5,38 @@
  * is touched only between curl calls, so no Lua error can longjmp through
  * libcurl's frames.
  *
- *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout = }
+ *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout =, max_body = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
- *                        timeout =, connect_timeout = }   -- seconds
- *   local done = s:perform(wait_seconds)   -- list of finished transfers:
- *     { id =, status =, headers = { lower_name = value }, body =, reason = }  or
- *     { id =, error = "timeout" | "network", message =, sent = bytes of request sent }
+ *                        timeout =, connect_timeout = }   -- seconds, at least 0.001
+ *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
+ *     { id =, status =, headers = { lower_name = value }, body = }            or
+ *     { id =, error =, message =, sent =, retry =, curl_code = }
  *   s:cancel(id); s:pending(); s:close()
+ *
+ * A failure's fields:
+ *   error    "timeout" or "network"
+ *   message  what went wrong, for people
+ *   sent     bytes of the request this process handed to the connection
+ *   retry    "safe": nothing of the request reached the server (DNS, refused,
+ *              connect timeout, TLS handshake), any request may be sent again;
+ *            "idempotent": the server may have seen it (timeout or reset after
+ *              sending, a transfer abandoned by fork), only a request whose
+ *              replay cannot duplicate may be sent again;
+ *            false: sending again cannot help (certificate not trusted, bad
+ *              URL, unsupported protocol, body over max_body, out of memory)
+ *   curl_code  libcurl's code, for diagnostics only (absent when curl had none)
+ *
+ * Fork: a session remembers the process that made it.  In a fork child it
+ * abandons everything it inherited (connections, handles, TLS state: they
+ * are the parent's) and starts afresh; transfers in flight at the fork are
+ * reported as failures.  Nothing inherited is cleaned up by the child, as
+ * curl's cleanup would shut down TLS on the parent's connections.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -22,6 +44,10 @@
 
 #define WP_SESSION_CLASS "wechatpay.http_session"
 #define WP_MAX_BODY_DEFAULT (64L * 1024 * 1024)
+#define WP_MAX_BODY_LIMIT 1073741824.0      /* 1 GiB: bodies live in memory */
+#define WP_MAX_MS 2147483647.0              /* curl_multi_poll takes an int */
+#define WP_MAX_IDLE 86400.0
+#define WP_MAX_CONNECTIONS 10000.0
 
 typedef struct {
   char *data;
@@ -37,10 +63,19 @@ typedef struct transfer {
   int active;       /* added to the multi handle */
   int finished;     /* waiting to be reported by perform() */
   int too_large;
+  int head_ended;   /* the last header line was the blank one closing a block */
+  int inherited;    /* made before a fork: the easy handle is the parent's */
+  int forked;       /* was in flight at the fork: reported as a failure */
+  long sent_at_fork;
   CURLcode result;
   char errbuf[CURL_ERROR_SIZE];
   struct transfer *next;   /* in the session's list */
 } transfer;
+
+typedef struct {
+  curl_socket_t *fds;
+  size_t len, cap;
+} socket_list;
 
 typedef struct {
   CURLM *multi;
@@ -48,8 +83,20 @@ typedef struct {
   lua_Integer next_id;
   char *cafile, *proxy;
   long idle_timeout;       /* seconds a pooled connection may stay idle */
+  long max_connections;    /* per host; 0: no limit */
   size_t max_body;
+  pid_t pid;               /* the process that owns multi and the easy handles */
+  socket_list sockets;     /* open connections' sockets, to drop in a fork child */
 } session;
+
+/* What fork children inherited and must neither use nor clean up.  Kept
+ * reachable for the life of the process, so memcheck sees no leak. */
+typedef struct orphan_multi {
+  CURLM *multi;
+  struct orphan_multi *next;
+} orphan_multi;
+static orphan_multi *orphan_multis;
+static transfer *orphan_transfers;
 
 /* ---- buffers (no Lua here: called from curl) ---------------------------- */
 
@@ -85,46 +132,157 @@ static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
 static size_t on_header(char *data, size_t size, size_t n, void *userdata) {
   transfer *t = (transfer *)userdata;
   size_t len = size * n;
-  /* A new status line (after a 100 Continue or a redirect) starts afresh. */
-  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  /* A status line that opens a new block (after a 1xx answer or a proxy's
+   * CONNECT answer) starts afresh; a header line that merely begins with
+   * "HTTP/" inside a block does not wipe the lines before it. */
+  if (t->head_ended && len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  t->head_ended = (len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n');
   return buffer_append(&t->head, data, len) == 0 ? len : 0;
+}
+
+/* Sockets are opened and closed here so that a fork child can drop its
+ * copies of the parent's connections: close(2) on a descriptor the parent
+ * also holds sends nothing on the wire. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr) {
+  session *s = (session *)clientp;
+  int type = addr->socktype;
+  curl_socket_t fd;
+  (void)purpose;
+#ifdef SOCK_CLOEXEC
+  type |= SOCK_CLOEXEC;   /* a program the application execs gets none of them */
+#endif
+  fd = socket(addr->family, type, addr->protocol);
+  if (fd == CURL_SOCKET_BAD) return fd;
+  if (s->sockets.len == s->sockets.cap) {
+    size_t cap = s->sockets.cap ? s->sockets.cap * 2 : 8;
+    curl_socket_t *p = (curl_socket_t *)realloc(s->sockets.fds, cap * sizeof *p);
+    if (!p) { close(fd); return CURL_SOCKET_BAD; }
+    s->sockets.fds = p;
+    s->sockets.cap = cap;
+  }
+  s->sockets.fds[s->sockets.len++] = fd;
+  return fd;
+}
+
+static int on_close_socket(void *clientp, curl_socket_t fd) {
+  session *s = (session *)clientp;
+  size_t i;
+  for (i = 0; i < s->sockets.len; i++) {
+    if (s->sockets.fds[i] == fd) {
+      s->sockets.fds[i] = s->sockets.fds[--s->sockets.len];
+      break;
+    }
+  }
+  return close(fd);
 }
 
 /* ---- transfers ---------------------------------------------------------- */
 
+static void unlink_transfer(session *s, transfer *t) {
+  transfer **link = &s->transfers;
+  while (*link && *link != t) link = &(*link)->next;
+  if (*link) *link = t->next;
+}
+
+/* Returns t to the idle pool, or, when it came from the parent process,
+ * sets its easy handle aside for good. */
 static void transfer_release(session *s, transfer *t) {
   if (t->active) {
     curl_multi_remove_handle(s->multi, t->easy);
     t->active = 0;
   }
-  curl_slist_free_all(t->headers);
+  curl_slist_free_all(t->headers);   /* an inherited easy handle never runs again */
   t->headers = NULL;
   buffer_free(&t->body);
   buffer_free(&t->head);
   t->finished = 0;
   t->too_large = 0;
+  t->head_ended = 0;
+  t->forked = 0;
   t->id = 0;
+  if (t->inherited) {
+    unlink_transfer(s, t);
+    t->next = orphan_transfers;
+    orphan_transfers = t;
+  }
+}
+
+/* In a fork child: set aside the parent's multi handle and easy handles,
+ * mark transfers in flight as failed, and close this process's copies of
+ * the parent's sockets.  Leaves s->multi NULL. */
+static void session_abandon(session *s) {
+  orphan_multi *o = (orphan_multi *)calloc(1, sizeof *o);
+  transfer **link = &s->transfers, *t;
+  size_t i;
+  if (o) {   /* out of memory: the handle is lost, but still never cleaned up */
+    o->multi = s->multi;
+    o->next = orphan_multis;
+    orphan_multis = o;
+  }
+  s->multi = NULL;
+  while ((t = *link) != NULL) {
+    t->inherited = 1;
+    t->active = 0;   /* in the parent's multi handle: never remove it from there */
+    if (t->id == 0) {
+      *link = t->next;
+      t->next = orphan_transfers;
+      orphan_transfers = t;
+      continue;
+    }
+    if (!t->finished) {
+      t->finished = 1;
+      t->forked = 1;
+      t->sent_at_fork = 0;
+      curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &t->sent_at_fork);
+    }
+    link = &t->next;
+  }
+  for (i = 0; i < s->sockets.len; i++) close(s->sockets.fds[i]);
+  s->sockets.len = 0;
+}
+
+static CURLM *new_multi(session *s) {
+  CURLM *multi = curl_multi_init();
+  if (!multi) return NULL;
+  if (s->max_connections > 0) curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, s->max_connections);
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, s->max_connections > 0 ? s->max_connections : 64L);
+  return multi;
 }
 
 static void session_destroy(session *s) {
-  transfer *t = s->transfers, *next;
-  while (t) {
+  transfer *t, *next;
+  if (s->multi && s->pid != getpid()) session_abandon(s);
+  for (t = s->transfers; t; t = next) {
     next = t->next;
-    transfer_release(s, t);
-    if (t->easy) curl_easy_cleanup(t->easy);
-    free(t);
-    t = next;
+    if (t->inherited) {
+      transfer_release(s, t);   /* to the orphans */
+    } else {
+      transfer_release(s, t);
+      if (t->easy) curl_easy_cleanup(t->easy);
+      free(t);
+    }
   }
   s->transfers = NULL;
-  if (s->multi) curl_multi_cleanup(s->multi);
+  if (s->multi) curl_multi_cleanup(s->multi);   /* closes sockets through on_close_socket */
   s->multi = NULL;
+  free(s->sockets.fds);
+  s->sockets.fds = NULL;
+  s->sockets.len = s->sockets.cap = 0;
   free(s->cafile);
   free(s->proxy);
   s->cafile = s->proxy = NULL;
 }
 
+/* The session of argument 1, made this process's own if it was inherited
+ * through fork(): a getpid() per call is the whole cost. */
 static session *check_session(lua_State *L) {
   session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  if (s->multi && s->pid != getpid()) {
+    session_abandon(s);
+    s->pid = getpid();
+    s->multi = new_multi(s);
+    if (!s->multi) luaL_error(L, "cannot create a curl multi handle after fork");
+  }
   if (!s->multi) luaL_argerror(L, 1, "HTTP session has been closed");
   return s;
 }
@@ -133,7 +291,7 @@ static session *check_session(lua_State *L) {
 static transfer *transfer_acquire(session *s) {
   transfer *t;
   for (t = s->transfers; t; t = t->next)
-    if (t->id == 0) return t;
+    if (t->id == 0 && !t->inherited) return t;
   t = (transfer *)calloc(1, sizeof *t);
   if (!t) return NULL;
   t->easy = curl_easy_init();
@@ -141,13 +299,6 @@ static transfer *transfer_acquire(session *s) {
   t->next = s->transfers;
   s->transfers = t;
   return t;
-}
-
-static char *dup_string(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *p = (char *)malloc(n);
-  if (p) memcpy(p, s, n);
-  return p;
 }
 
 static const char *opt_field_string(lua_State *L, int idx, const char *name, size_t *len) {
@@ -161,16 +312,47 @@ static const char *opt_field_string(lua_State *L, int idx, const char *name, siz
   return value;
 }
 
-static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
+/* A string curl will read up to its first NUL and send as one line: a NUL
+ * would cut it short silently, a line break would start another line. */
+static const char *opt_field_line(lua_State *L, int idx, const char *name) {
+  size_t len;
+  const char *value = opt_field_string(L, idx, name, &len);
+  if (value && (memchr(value, '\0', len) || memchr(value, '\r', len) || memchr(value, '\n', len)))
+    luaL_error(L, "bad request field '%s' (holds a NUL or a line break)", name);
+  return value;
+}
+
+/* A number of seconds in [lo, hi]; NaN fails every comparison. */
+static lua_Number opt_field_number(lua_State *L, int idx, const char *name, lua_Number lo, lua_Number hi,
+                                   int whole, const char *what) {
   lua_Number v;
   lua_getfield(L, idx, name);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-  if (lua_type(L, -1) != LUA_TNUMBER)
-    luaL_error(L, "bad request field '%s' (number of seconds expected)", name);
   v = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(v >= lo && v <= hi) || (whole && v != (lua_Number)(long)v)) {
+    const char *got = lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1);
+    luaL_error(L, "bad %s '%s' (%s from %f to %f expected, got %s)", what, name,
+               whole ? "a whole number" : "a number", lo, hi, got);
+  }
   lua_pop(L, 1);
-  if (v <= 0) luaL_error(L, "bad request field '%s' (must be positive)", name);
-  return (long)(v * 1000.0 + 0.5);
+  return v;
+}
+
+/* Milliseconds for curl, from seconds: at least 1, as 0 means "no timeout". */
+static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
+  lua_pop(L, 1);
+  return (long)(opt_field_number(L, idx, name, 0.001, WP_MAX_MS / 1000, 0, "request field") * 1000.0 + 0.5);
+}
+
+/* An HTTP method is a token: letters, digits and a few marks, nothing else. */
+static int is_token(const char *s) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+          strchr("!#$%&'*+-.^_`|~", *s)))
+      return 0;
+  return 1;
 }
 
 /* s:submit(request) -> id.  Every argument is checked before curl is touched. */
@@ -184,10 +366,11 @@ static int l_submit(lua_State *L) {
   int is_get, is_head;
 
   luaL_checktype(L, 2, LUA_TTABLE);
-  method = opt_field_string(L, 2, "method", NULL);
-  url = opt_field_string(L, 2, "url", NULL);
+  method = opt_field_line(L, 2, "method");
+  url = opt_field_line(L, 2, "url");
   body = opt_field_string(L, 2, "body", &bodylen);
   if (!method || !url) return luaL_argerror(L, 2, "request needs a method and a url");
+  if (!is_token(method)) return luaL_argerror(L, 2, "request method must be an HTTP token such as \"GET\"");
   timeout_ms = opt_field_ms(L, 2, "timeout", 30000);
   connect_ms = opt_field_ms(L, 2, "connect_timeout", 5000);
   lua_getfield(L, 2, "headers");
@@ -195,11 +378,16 @@ static int l_submit(lua_State *L) {
     return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
   nheaders = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
   for (i = 1; i <= nheaders; i++) {   /* check all before allocating any */
+    size_t len;
+    const char *line;
     lua_rawgeti(L, -1, (int)i);
     if (lua_type(L, -1) != LUA_TSTRING)
       return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
-    if (strchr(lua_tostring(L, -1), '\n') || strchr(lua_tostring(L, -1), '\r'))
+    line = lua_tolstring(L, -1, &len);
+    if (memchr(line, '\n', len) || memchr(line, '\r', len))
       return luaL_argerror(L, 2, "a request header holds a line break");
+    if (memchr(line, '\0', len))   /* curl would send the part before it, silently */
+      return luaL_argerror(L, 2, "a request header holds a NUL byte");
     lua_pop(L, 1);
   }
 
@@ -230,7 +418,11 @@ static int l_submit(lua_State *L) {
   is_get = strcmp(method, "GET") == 0;
   is_head = strcmp(method, "HEAD") == 0;
   curl_easy_setopt(t->easy, CURLOPT_URL, url);
+  /* the bytes signed are the bytes sent: no "/./" or "/../" squashing */
+  curl_easy_setopt(t->easy, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "https,http");
+  curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L);   /* a redirect is an answer, not a hop */
+  curl_easy_setopt(t->easy, CURLOPT_REDIR_PROTOCOLS_STR, "https");
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
@@ -241,6 +433,10 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   curl_easy_setopt(t->easy, CURLOPT_MAXAGE_CONN, s->idle_timeout);
   curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, s);
+  curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+  curl_easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, s);
   curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
@@ -321,11 +517,42 @@ static void push_headers(lua_State *L, const buffer *head) {
   }
 }
 
+/* Whether a failed request may be sent again: "safe" when nothing of it
+ * reached the server, "idempotent" when something may have, NULL when no
+ * retry can help. */
+static const char *retry_class(CURLcode code, long sent) {
+  switch (code) {
+  case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_FAILED_INIT: case CURLE_URL_MALFORMAT:
+  case CURLE_NOT_BUILT_IN: case CURLE_WRITE_ERROR: case CURLE_OUT_OF_MEMORY:
+  case CURLE_BAD_FUNCTION_ARGUMENT: case CURLE_TOO_MANY_REDIRECTS: case CURLE_UNKNOWN_OPTION:
+  case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER: case CURLE_PEER_FAILED_VERIFICATION: case CURLE_FILESIZE_EXCEEDED:
+  case CURLE_SSL_ENGINE_INITFAILED: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_RECURSIVE_API_CALL: case CURLE_AUTH_ERROR: case CURLE_SSL_CLIENTCERT:
+    return NULL;
+  default:
+    /* curl counts the request's bytes as it hands them to the connection;
+     * a reused connection found dead before that is retried by curl itself */
+    return sent > 0 ? "idempotent" : "safe";
+  }
+}
+
 static void push_result(lua_State *L, transfer *t) {
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, t->id);
   lua_setfield(L, -2, "id");
-  if (t->result == CURLE_OK) {
+  if (t->forked) {
+    lua_pushliteral(L, "network");
+    lua_setfield(L, -2, "error");
+    lua_pushliteral(L, "the process forked while this request was in flight; "
+                       "its connection stays with the parent process");
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, (lua_Integer)t->sent_at_fork);
+    lua_setfield(L, -2, "sent");
+    lua_pushliteral(L, "idempotent");   /* the parent may still send it */
+    lua_setfield(L, -2, "retry");
+  } else if (t->result == CURLE_OK) {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, status);
@@ -337,7 +564,9 @@ static void push_result(lua_State *L, transfer *t) {
   } else {
     long sent = 0;
     const char *kind = t->result == CURLE_OPERATION_TIMEDOUT ? "timeout" : "network";
+    const char *retry;
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
+    retry = t->too_large ? NULL : retry_class(t->result, sent);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "error");
     if (t->too_large)
@@ -351,6 +580,9 @@ static void push_result(lua_State *L, transfer *t) {
     lua_setfield(L, -2, "curl_code");
     lua_pushinteger(L, sent);
     lua_setfield(L, -2, "sent");
+    if (retry) lua_pushstring(L, retry);
+    else lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "retry");
   }
 }
 
@@ -361,8 +593,11 @@ static int l_perform(lua_State *L) {
   session *s = check_session(L);
   lua_Number wait = luaL_optnumber(L, 2, 0);
   int running = 0, n = 0;
-  transfer *t;
-  CURLMcode mc = curl_multi_perform(s->multi, &running);
+  transfer *t, *next;
+  CURLMcode mc;
+  luaL_argcheck(L, wait >= 0, 2, "wait must be a number of seconds, not negative");   /* NaN too */
+  if (wait * 1000 > WP_MAX_MS) wait = WP_MAX_MS / 1000;
+  mc = curl_multi_perform(s->multi, &running);
   collect_finished(s);
   for (t = s->transfers; t; t = t->next) n += t->finished;
   if (mc == CURLM_OK && n == 0 && wait > 0) {   /* with nothing running it just sleeps */
@@ -373,7 +608,8 @@ static int l_perform(lua_State *L) {
   if (mc != CURLM_OK) return luaL_error(L, "HTTP transport failure: %s", curl_multi_strerror(mc));
   lua_newtable(L);
   n = 0;
-  for (t = s->transfers; t; t = t->next) {
+  for (t = s->transfers; t; t = next) {
+    next = t->next;   /* an inherited transfer leaves the list when released */
     if (!t->finished) continue;
     push_result(L, t);
     lua_rawseti(L, -2, ++n);
@@ -408,6 +644,8 @@ static int l_pending(lua_State *L) {
   return 1;
 }
 
+/* s:close(); also __gc and __close.  In a fork child it cleans up only what
+ * the child made itself. */
 static int l_session_close(lua_State *L) {
   session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
   session_destroy(s);
@@ -421,11 +659,14 @@ static int l_session_tostring(lua_State *L) {
 }
 
 static char *opt_dup(lua_State *L, int idx, const char *name) {
-  const char *v = opt_field_string(L, idx, name, NULL);
+  size_t len;
+  const char *v = opt_field_string(L, idx, name, &len);
   char *copy;
   if (!v) return NULL;
-  copy = dup_string(v);
+  if (memchr(v, '\0', len)) luaL_error(L, "bad option '%s' (holds a NUL byte)", name);
+  copy = (char *)malloc(len + 1);
   if (!copy) luaL_error(L, "out of memory");
+  memcpy(copy, v, len + 1);
   return copy;
 }
 
@@ -434,32 +675,29 @@ static char *opt_dup(lua_State *L, int idx, const char *name) {
 static int l_http_session(lua_State *L) {
   session *s;
   long max_conn = 0, idle = 7;
-  lua_Number max_body = (lua_Number)WP_MAX_BODY_DEFAULT;
+  size_t max_body = (size_t)WP_MAX_BODY_DEFAULT;
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   else { lua_settop(L, 0); lua_newtable(L); }
   lua_getfield(L, 1, "max_connections");
-  if (!lua_isnil(L, -1)) max_conn = (long)luaL_checkinteger(L, -1);
+  if (!lua_isnil(L, -1)) max_conn = (long)opt_field_number(L, 1, "max_connections", 0, WP_MAX_CONNECTIONS, 1, "option");
   lua_getfield(L, 1, "idle_timeout");
-  if (!lua_isnil(L, -1)) idle = (long)luaL_checknumber(L, -1);
+  if (!lua_isnil(L, -1)) idle = (long)opt_field_number(L, 1, "idle_timeout", 1, WP_MAX_IDLE, 0, "option");
   lua_getfield(L, 1, "max_body");
-  if (!lua_isnil(L, -1)) max_body = luaL_checknumber(L, -1);
+  if (!lua_isnil(L, -1)) max_body = (size_t)opt_field_number(L, 1, "max_body", 1, WP_MAX_BODY_LIMIT, 1, "option");
   lua_pop(L, 3);
-  luaL_argcheck(L, max_conn >= 0, 1, "max_connections must not be negative");
-  luaL_argcheck(L, idle >= 1, 1, "idle_timeout must be at least 1 second");
-  luaL_argcheck(L, max_body >= 1, 1, "max_body must be positive");
 
   s = (session *)lua_newuserdata(L, sizeof *s);   /* box first ... */
   memset(s, 0, sizeof *s);
   luaL_getmetatable(L, WP_SESSION_CLASS);
   lua_setmetatable(L, -2);
   s->idle_timeout = idle;
-  s->max_body = (size_t)max_body;
+  s->max_connections = max_conn;
+  s->max_body = max_body;
+  s->pid = getpid();
   s->cafile = opt_dup(L, 1, "cafile");             /* ... then acquire */
   s->proxy = opt_dup(L, 1, "proxy");
-  s->multi = curl_multi_init();
+  s->multi = new_multi(s);
   if (!s->multi) return luaL_error(L, "cannot create a curl multi handle");
-  if (max_conn > 0) curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_conn);
-  curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, max_conn > 0 ? max_conn : 64L);
   return 1;
 }
 
