@@ -5,7 +5,7 @@
  * is touched only between curl calls, so no Lua error can longjmp through
  * libcurl's frames.
  *
- *   local s = core.http_session{ cafile =, proxy =, max_connections =, idle_timeout =, max_body = }
+ *   local s = core.http_session{ cafile =, capath =, proxy =, max_connections =, idle_timeout =, max_body = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout = }   -- seconds, at least 0.001
  *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
@@ -81,7 +81,7 @@ typedef struct {
   CURLM *multi;
   transfer *transfers;     /* every transfer, active, finished or idle */
   lua_Integer next_id;
-  char *cafile, *proxy;
+  char *cafile, *capath, *proxy;
   long idle_timeout;       /* seconds a pooled connection may stay idle */
   long max_connections;    /* per host; 0: no limit */
   size_t max_body;
@@ -269,8 +269,9 @@ static void session_destroy(session *s) {
   s->sockets.fds = NULL;
   s->sockets.len = s->sockets.cap = 0;
   free(s->cafile);
+  free(s->capath);
   free(s->proxy);
-  s->cafile = s->proxy = NULL;
+  s->cafile = s->capath = s->proxy = NULL;
 }
 
 /* The session of argument 1, made this process's own if it was inherited
@@ -428,6 +429,7 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
   if (s->cafile) curl_easy_setopt(t->easy, CURLOPT_CAINFO, s->cafile);
+  if (s->capath) curl_easy_setopt(t->easy, CURLOPT_CAPATH, s->capath);
   if (s->proxy) curl_easy_setopt(t->easy, CURLOPT_PROXY, s->proxy);
   curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
@@ -671,7 +673,8 @@ static char *opt_dup(lua_State *L, int idx, const char *name) {
 }
 
 /* core.http_session([options]) -> session
- * options: cafile, proxy, max_connections (per host), idle_timeout (s), max_body (bytes) */
+ * options: cafile, capath (a folder of hashed CA certificates), proxy,
+ * max_connections (per host), idle_timeout (s), max_body (bytes) */
 static int l_http_session(lua_State *L) {
   session *s;
   long max_conn = 0, idle = 7;
@@ -695,6 +698,7 @@ static int l_http_session(lua_State *L) {
   s->max_body = max_body;
   s->pid = getpid();
   s->cafile = opt_dup(L, 1, "cafile");             /* ... then acquire */
+  s->capath = opt_dup(L, 1, "capath");
   s->proxy = opt_dup(L, 1, "proxy");
   s->multi = new_multi(s);
   if (!s->multi) return luaL_error(L, "cannot create a curl multi handle");

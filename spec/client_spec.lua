@@ -206,6 +206,39 @@ describe("wechatpay client against the mock", function()
     end)
   end)
 
+  describe("trust", function()
+    local ossl = require("support.openssl")
+    local function options(extra)
+      local opts = { mchid = server.mchid, serial = server.merchant_serial, retry = false,
+        private_key = "file://" .. server.merchant_key_file, base_url = server.base_url,
+        certs = { [server.platform_key_id] = "file://" .. server.platform_public_key_file } }
+      for k, v in pairs(extra) do opts[k] = v end
+      return opts
+    end
+
+    it("trusts a capath folder of hashed CA certificates as it trusts cafile", function()
+      local dir = ossl.tmpdir()
+      finally(function() ossl.remove(dir) end)
+      ossl.run("cp " .. ossl.quote(server.cafile) .. " " .. ossl.quote(dir .. "/ca.pem")
+        .. " && openssl rehash " .. ossl.quote(dir))
+      local c = wechatpay.new(options{ capath = dir })
+      local res, err = c.v3.mock.echo.capath:get()
+      assert.is_truthy(res, tostring(err))
+      c:close()
+      -- an empty folder trusts nothing: the same call fails, and is not retried
+      local empty = ossl.tmpdir()
+      finally(function() ossl.remove(empty) end)
+      c = wechatpay.new(options{ capath = empty, retry = { attempts = 3 } })
+      local none
+      none, err = c.v3.mock.echo.capath:get()
+      c:close()
+      assert.is_nil(none)
+      assert.equal("network", err.kind)
+      assert.is_false(err.retry)
+      assert.equal(1, err.attempts)
+    end)
+  end)
+
   describe("operational failures are nil, err with the right kind", function()
     it("500, 503 and 429 are http errors with WeChat Pay's code and no verification", function()
       for status, code in pairs{ [500] = "SYSTEM_ERROR", [503] = "SERVICE_UNAVAILABLE", [429] = "FREQUENCY_LIMITED" } do
