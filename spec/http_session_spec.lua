@@ -1,0 +1,268 @@
+-- core.http_session, the libcurl transport, at the C level: what it parses,
+-- refuses and reports.  The specs talk plain HTTP to a loopback socket served
+-- from this very process (http is allowed at the C level), so that a reply
+-- can carry any bytes and the request can be read byte for byte.
+local core = require("wechatpay.core")
+local mock = require("wechatpay.mock")
+local socket = require("socket")
+local support = require("support.async")
+
+local SLOW = os.getenv("WECHATPAY_VALGRIND") and 10 or 1
+-- One request against a loopback listener served step by step from this
+-- process.  reply: the raw bytes to answer with once the request has
+-- arrived, or false to never answer.  Returns the result and the request.
+local function exchange(request, reply, session_options)
+  local session = core.http_session(session_options)
+  local listener = assert(socket.bind("127.0.0.1", 0))
+  listener:settimeout(0)
+  local _, port = listener:getsockname()
+  local req = { method = "GET", timeout = 5 * SLOW }
+  for k, v in pairs(request) do req[k] = v end
+  req.url = req.url or ("http://127.0.0.1:" .. port .. (request.path or "/x"))
+  req.path = nil
+  local id = session:submit(req)
+  local conn, got, answered = nil, "", false
+  local deadline = socket.gettime() + 10 * SLOW
+  local result
+  while not result and socket.gettime() < deadline do
+    for _, r in ipairs(session:perform(0.01)) do
+      if r.id == id then result = r end
+    end
+    if not conn then
+      conn = listener:accept()
+      if conn then conn:settimeout(0) end
+    elseif not answered and reply then
+      local data, _, partial = conn:receive(4096)
+      got = got .. (data or partial or "")
+      local head_end = got:find("\r\n\r\n", 1, true)
+      local length = tonumber(got:match("[Cc]ontent%-[Ll]ength: (%d+)") or "0")
+      if head_end and #got >= head_end + 3 + length then
+        conn:settimeout(5)
+        assert(conn:send(reply))
+        conn:settimeout(0)
+        answered = true
+      end
+    end
+  end
+  -- anything more on the connection (a followed redirect, say) is seen here
+  if conn then
+    conn:settimeout(0.1)
+    local data, _, partial = conn:receive(4096)
+    got = got .. (data or partial or "")
+    conn:close()
+  end
+  listener:close()
+  session:close()
+  return assert(result, "no result for the request"), got
+end
+
+local OK = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+describe("core.http_session", function()
+  describe("response headers", function()
+    it("keeps the lines before a header line that begins with HTTP/", function()
+      local res = exchange({}, "HTTP/1.1 200 OK\r\nX-Before: 1\r\nHTTP/1.1-Foo: x\r\n"
+        .. "X-After: 2\r\nContent-Length: 2\r\n\r\nok")
+      assert.equal(200, res.status)
+      assert.equal("1", res.headers["x-before"])
+      assert.equal("x", res.headers["http/1.1-foo"])
+      assert.equal("2", res.headers["x-after"])
+      assert.equal("2", res.headers["content-length"])
+    end)
+
+    it("starts afresh with the status line after a 100 Continue", function()
+      local res = exchange({}, "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        .. "HTTP/1.1 200 OK\r\nX-Final: 1\r\nContent-Length: 2\r\n\r\nok")
+      assert.equal(200, res.status)
+      assert.is_nil(res.headers["x-interim"])
+      assert.equal("1", res.headers["x-final"])
+      assert.equal("ok", res.body)
+    end)
+  end)
+
+  describe("timeouts and options", function()
+    local session
+    setup(function() session = core.http_session() end)
+    teardown(function() session:close() end)
+
+    local BAD_SECONDS = { 0 / 0, math.huge, -math.huge, -1, 0, 0.0004, 1e300, "1" }
+
+    for _, field in ipairs{ "timeout", "connect_timeout" } do
+      it("refuses a " .. field .. " that is NaN, infinite, negative or under 1 ms", function()
+        for _, bad in ipairs(BAD_SECONDS) do
+          local ok, err = pcall(session.submit, session,
+            { method = "GET", url = "http://127.0.0.1:9/", [field] = bad })
+          assert.is_false(ok, field .. " = " .. tostring(bad) .. " was accepted")
+          assert.matches("'" .. field .. "'", err)
+        end
+        assert.equal(0, session:pending())
+        local id = session:submit{ method = "GET", url = "http://127.0.0.1:9/", [field] = 0.001 }
+        assert.is_true(session:cancel(id))
+      end)
+    end
+
+    it("refuses NaN, huge, negative or fractional session options", function()
+      local cases = {
+        idle_timeout = { 0 / 0, math.huge, 0, 0.5, -1, 1e300 },
+        max_connections = { 0 / 0, math.huge, -1, 1.5, 1e300 },
+        max_body = { 0 / 0, math.huge, 0, -1, 1.5, 1e300 },
+      }
+      for name, values in pairs(cases) do
+        for _, bad in ipairs(values) do
+          local ok, err = pcall(core.http_session, { [name] = bad })
+          assert.is_false(ok, name .. " = " .. tostring(bad) .. " was accepted")
+          assert.matches("'" .. name .. "'", err)
+        end
+      end
+      core.http_session{ idle_timeout = 1.5, max_connections = 0, max_body = 1 }:close()
+    end)
+
+    it("refuses a wait that is NaN or negative", function()
+      assert.has_error(function() session:perform(0 / 0) end)
+      assert.has_error(function() session:perform(-1) end)
+    end)
+  end)
+
+  describe("request bytes", function()
+    local session
+    setup(function() session = core.http_session() end)
+    teardown(function() session:close() end)
+
+    local function refused(request, pattern)
+      local full = { method = "GET", url = "http://127.0.0.1:9/" }
+      for k, v in pairs(request) do full[k] = v end
+      local ok, err = pcall(session.submit, session, full)
+      assert.is_false(ok)
+      assert.matches(pattern, err)
+      assert.equal(0, session:pending())
+    end
+
+    it("refuses a NUL in a header, the url or the method", function()
+      refused({ headers = { "X-Good: 1", "X-Bad: a\0b" } }, "NUL")
+      refused({ url = "http://127.0.0.1:9/a\0b" }, "url")
+      refused({ method = "GET\0X" }, "method")
+    end)
+
+    it("refuses a line break in a header, the url or the method", function()
+      refused({ headers = { "X-Bad: a\r\nX-Injected: 1" } }, "line break")
+      refused({ url = "http://127.0.0.1:9/a\r\nX: 1" }, "url")
+      refused({ method = "GET /x HTTP/1.1\r\n" }, "method")
+      refused({ method = "GE T" }, "method")
+    end)
+
+    it("sends /./ and /../ in the path as they are", function()
+      local res, got = exchange({ path = "/v3/a/./b/../c/%2e/d" }, OK)
+      assert.equal(200, res.status)
+      assert.equal("GET /v3/a/./b/../c/%2e/d HTTP/1.1", got:match("^[^\r]*"))
+    end)
+
+    it("sends a body with NUL bytes whole", function()
+      local body = "a\0b\0c"
+      local res, got = exchange({ method = "POST", body = body }, OK)
+      assert.equal(200, res.status)
+      assert.equal(body, got:sub(-#body))
+    end)
+
+    it("reports a redirect instead of following it", function()
+      local res, got = exchange({}, "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
+      assert.equal(302, res.status)
+      assert.equal("/elsewhere", res.headers.location)
+      local _, requests = got:gsub("HTTP/1%.1\r\n", "")
+      assert.equal(1, requests)
+    end)
+  end)
+
+  describe("failures say whether a retry may help", function()
+    local server
+    setup(function() server = assert(mock.start()) end)
+    teardown(function() if server then server:stop() end end)
+
+    local function fetch(session, request)
+      local id = session:submit(request)
+      for _ = 1, 200 * SLOW do
+        local r = session:perform(0.05)[1]
+        if r then
+          assert.equal(id, r.id)
+          return r
+        end
+      end
+      error("no result")
+    end
+
+    it("a closed port: safe, nothing sent", function()
+      local session = core.http_session()
+      local r = fetch(session, { method = "POST", body = "{}",
+        url = "http://127.0.0.1:" .. support.closed_port() .. "/" })
+      session:close()
+      assert.equal("network", r.error)
+      assert.equal("safe", r.retry)
+      assert.equal(0, r.sent)
+    end)
+
+    it("a server that takes the request and never answers: idempotent", function()
+      local listener = assert(socket.bind("127.0.0.1", 0))   -- never accepts: the kernel does
+      local _, port = listener:getsockname()
+      local session = core.http_session()
+      local r = fetch(session, { method = "POST", body = "{}", timeout = 0.3 * SLOW,
+        url = "http://127.0.0.1:" .. port .. "/" })
+      session:close()
+      listener:close()
+      assert.equal("timeout", r.error)
+      assert.equal("idempotent", r.retry)
+      assert.is_true(r.sent > 0)
+    end)
+
+    it("a server that closes the connection after the request: idempotent", function()
+      local listener = assert(socket.bind("127.0.0.1", 0))
+      listener:settimeout(0)
+      local _, port = listener:getsockname()
+      local session = core.http_session()
+      local id = session:submit{ method = "POST", body = "{}", url = "http://127.0.0.1:" .. port .. "/" }
+      local r, conn
+      for _ = 1, 200 * SLOW do
+        r = session:perform(0.02)[1]
+        if r then break end
+        conn = conn or listener:accept()
+        if conn then
+          conn:settimeout(1)
+          local data = conn:receive("*l")
+          if data then
+            repeat data = conn:receive("*l") until data == "" or not data
+            conn:receive(2)
+            conn:close()
+          end
+        end
+      end
+      session:close()
+      listener:close()
+      assert.equal(id, r.id)
+      assert.equal("network", r.error)
+      assert.equal("idempotent", r.retry)
+    end)
+
+    it("a certificate nobody trusts: false", function()
+      local session = core.http_session()   -- the mock's CA is not in the system store
+      local r = fetch(session, { method = "GET", url = server.base_url })
+      session:close()
+      assert.equal("network", r.error)
+      assert.is_false(r.retry)
+      assert.equal(0, r.sent)
+    end)
+
+    it("a protocol other than http(s): false", function()
+      local session = core.http_session()
+      local r = fetch(session, { method = "GET", url = "ftp://127.0.0.1:" .. support.closed_port() .. "/" })
+      session:close()
+      assert.equal("network", r.error)
+      assert.is_false(r.retry)
+    end)
+
+    it("a body over max_body: false", function()
+      local res = exchange({}, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" .. ("x"):rep(100),
+        { max_body = 10 })
+      assert.equal("network", res.error)
+      assert.matches("larger than 10 bytes", res.message)
+      assert.is_false(res.retry)
+    end)
+  end)
+end)
