@@ -14,23 +14,12 @@ local support = require("support.async")
 
 local SLOW = os.getenv("WECHATPAY_VALGRIND") and 10 or 1
 
--- fork/pipe/_exit/wait from the test-only helper, compiled for whichever
--- interpreter runs the spec (see spec/random_spec.lua).
-local function process_api(dir)
-  local version = _VERSION:match("%d+%.%d+")
-  local incdir = os.getenv("LUA_INCDIR") or (jit and "/usr/include/luajit-2.1" or ("/usr/include/lua" .. version))
-  local so = dir .. "/fork_helper.so"
-  ossl.run("cc -shared -fPIC -O1 -I" .. ossl.quote(incdir) .. " -o " .. ossl.quote(so) .. " "
-    .. ossl.quote(ossl.repo_root() .. "/spec/fixtures/fork_helper.c"))
-  return assert(package.loadlib(so, "luaopen_fork_helper"))()
-end
-
 describe("after fork()", function()
   local dir, proc, server, users
 
   setup(function()
     dir = ossl.tmpdir()
-    proc = process_api(dir)
+    proc = require("support.process").api(dir)
     server = assert(mock.start{ latency = 0.05 * SLOW })
     users = support.users(server)
   end)
@@ -40,32 +29,6 @@ describe("after fork()", function()
   end)
   before_each(function() server:reset() end)
 
-  -- Forks; the child sends fn()'s result through a pipe and _exits at once
-  -- (never back into busted).  The parent goes on at once: collect() waits.
-  local function spawn(fn)
-    local r, w = proc.pipe()
-    local pid = proc.fork()
-    if pid == 0 then
-      proc.close(r)
-      local ok, value = pcall(fn)
-      pcall(proc.write, w, ok and tostring(value) or ("child error: " .. tostring(value)))
-      proc._exit(0)
-    end
-    proc.close(w)
-    return { pid = pid, fd = r }
-  end
-
-  local function collect(child)
-    local parts = {}
-    while true do
-      local s = proc.read(child.fd, 4096)
-      if not s or s == "" then break end
-      parts[#parts + 1] = s
-    end
-    proc.close(child.fd)
-    assert.equal(0, proc.wait(child.pid))
-    return table.concat(parts)
-  end
 
   -- What the mock recorded for a coupon id: "openid out_request_no".
   local function granted_to(coupon_id)
@@ -81,13 +44,13 @@ describe("after fork()", function()
       assert(support.grant_async(client, users[1], support.request_no("PRE")):wait())
       local parent_user, child_user = users[2], users[3]
       local parent_no, child_no = support.request_no("PARENT"), support.request_no("CHILD")
-      local child = spawn(function()
+      local child = proc.spawn(function()
         local res, err = support.grant_async(client, child_user, child_no):wait()
         if not res then return "error " .. tostring(err) end
         return "coupon " .. tostring(res:json().coupon_id)
       end)
       local res, err = support.grant_async(client, parent_user, parent_no):wait()
-      local said = collect(child)
+      local said = proc.collect(child)
       client:close()
 
       local parent_got = res and granted_to(res:json().coupon_id) or ("error " .. tostring(err))
@@ -112,11 +75,11 @@ describe("after fork()", function()
   it("a child that closes the client leaves the parent's connection alone", function()
     local client = server:client{ retry = false, timeout = 5 * SLOW }
     assert(support.grant_async(client, users[1], support.request_no("PRE")):wait())
-    local child = spawn(function()
+    local child = proc.spawn(function()
       client:close()
       return "closed"
     end)
-    assert.equal("closed", collect(child))
+    assert.equal("closed", proc.collect(child))
     assert(support.grant_async(client, users[2], support.request_no("AFTER")):wait())
     client:close()
     -- the parent reused its connection: the child sent no TLS close_notify on it
@@ -138,13 +101,13 @@ describe("after fork()", function()
       error("no answer")
     end
     assert.equal(200, fetch(holder.session).status)
-    local child = spawn(function()
+    local child = proc.spawn(function()
       holder.session = nil
       collectgarbage()
       collectgarbage()
       return "collected"
     end)
-    assert.equal("collected", collect(child))
+    assert.equal("collected", proc.collect(child))
     assert.equal(200, fetch(holder.session).status)
     holder.session:close()
     assert.equal(1, server:stats().connections)
@@ -165,7 +128,7 @@ describe("after fork()", function()
       local line = assert(conn:receive("*l"))
       request[#request + 1] = line
     until line == ""
-    local child = spawn(function()
+    local child = proc.spawn(function()
       local found
       for _ = 1, 20 do   -- an unfixed child would wait here for the parent's answer
         for _, r in ipairs(session:perform(0.05)) do
@@ -177,7 +140,7 @@ describe("after fork()", function()
       return table.concat({ tostring(found.error), tostring(found.retry),
                             tostring(found.message), tostring(session:pending()) }, "|")
     end)
-    local said = collect(child)
+    local said = proc.collect(child)
     local error_kind, retry, message, pending = said:match("^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
     assert.equal("network", error_kind, said)
     assert.equal("idempotent", retry, said)
@@ -209,14 +172,14 @@ describe("after fork()", function()
       end
     end
     assert.equal(200, fetch().status)
-    local child = spawn(function()
+    local child = proc.spawn(function()
       local r = fetch()
       local before = session:pending()
       session:close()
       session:close()
       return tostring(r and r.status) .. " " .. before .. " " .. tostring(session)
     end)
-    assert.equal("200 0 wechatpay.http_session (closed)", collect(child))
+    assert.equal("200 0 wechatpay.http_session (closed)", proc.collect(child))
     assert.equal(200, fetch().status)
     session:close()
     assert.equal(2, server:stats().connections)

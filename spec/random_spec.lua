@@ -17,38 +17,6 @@ local function chi_square(counts, k, total)
   return sum
 end
 
-local repo_root = ossl.repo_root
-
--- fork/pipe/_exit/wait: from lua-posix where Debian builds it for this
--- interpreter (LuaJIT), else from a small test-only C helper compiled here
--- (Debian 12's lua-posix has no Lua 5.4 build).
-local function process_api(dir)
-  local ok, unistd = pcall(require, "posix.unistd")
-  if ok then
-    local wait = require("posix.sys.wait")
-    return {
-      via = "lua-posix",
-      fork = function() return assert(unistd.fork()) end,
-      pipe = function() return assert(unistd.pipe()) end,
-      write = function(fd, s) return assert(unistd.write(fd, s)) end,
-      read = function(fd, n) return assert(unistd.read(fd, n)) end,
-      close = function(fd) unistd.close(fd) end,
-      _exit = function(status) unistd._exit(status) end,
-      wait = function(pid)
-        local _, how, status = assert(wait.wait(pid))
-        return how == "exited" and status or 128 + (status or 0)
-      end,
-    }
-  end
-  local version = _VERSION:match("%d+%.%d+")
-  local incdir = os.getenv("LUA_INCDIR") or (jit and "/usr/include/luajit-2.1" or ("/usr/include/lua" .. version))
-  local so = dir .. "/fork_helper.so"
-  ossl.run("cc -shared -fPIC -O1 -I" .. ossl.quote(incdir) .. " -o " .. ossl.quote(so) .. " "
-    .. ossl.quote(repo_root() .. "/spec/fixtures/fork_helper.c"))
-  local api = assert(package.loadlib(so, "luaopen_fork_helper"))()
-  api.via = "spec/fixtures/fork_helper.c"
-  return api
-end
 
 describe("wechatpay.random", function()
   describe("nonce", function()
@@ -158,33 +126,13 @@ describe("wechatpay.random", function()
 
     setup(function()
       dir = ossl.tmpdir()
-      proc = process_api(dir)
+      proc = require("support.process").api(dir)
     end)
 
     teardown(function() ossl.remove(dir) end)
 
-    -- Forks; the child sends fn()'s result through a pipe and _exits at once
-    -- (never back into busted).  Returns what the child sent.
-    local function in_child(fn)
-      local r, w = proc.pipe()
-      local pid = proc.fork()
-      if pid == 0 then
-        proc.close(r)
-        local ok, value = pcall(fn)
-        pcall(proc.write, w, ok and value or ("child error: " .. tostring(value)))
-        proc._exit(0)
-      end
-      proc.close(w)
-      local parts = {}
-      while true do
-        local s = proc.read(r, 4096)
-        if not s or s == "" then break end
-        parts[#parts + 1] = s
-      end
-      proc.close(r)
-      assert.equal(0, proc.wait(pid))
-      return table.concat(parts)
-    end
+    -- The child's fn() result, through a pipe.
+    local function in_child(fn) return proc.collect(proc.spawn(fn)) end
 
     it("a child's next nonce differs from the parent's", function()
       for _ = 1, 3 do

@@ -1,0 +1,79 @@
+--- Test support: fork(2) for specs.  fork/pipe/read/write/close/_exit/wait
+-- come from lua-posix where Debian builds it for this interpreter (LuaJIT),
+-- else from spec/fixtures/fork_helper.c compiled into `dir` for it (Debian
+-- 12's lua-posix has no Lua 5.4 build).
+--
+--   local proc = process.api(dir)
+--   local child = proc.spawn(function() return "x" end)   -- the child sends the result, then _exits
+--   proc.collect(child) --> "x" (and the child's exit status checked)
+local ossl = require("support.openssl")
+
+local M = {}
+
+local function posix_api()
+  local ok, unistd = pcall(require, "posix.unistd")
+  if not ok then return nil end
+  local wait = require("posix.sys.wait")
+  return {
+    via = "lua-posix",
+    fork = function() return assert(unistd.fork()) end,
+    pipe = function() return assert(unistd.pipe()) end,
+    write = function(fd, s) return assert(unistd.write(fd, s)) end,
+    read = function(fd, n) return assert(unistd.read(fd, n)) end,
+    close = function(fd) unistd.close(fd) end,
+    _exit = function(status) unistd._exit(status) end,
+    wait = function(pid)
+      local _, how, status = assert(wait.wait(pid))
+      return how == "exited" and status or 128 + (status or 0)
+    end,
+  }
+end
+
+local function helper_api(dir)
+  local version = _VERSION:match("%d+%.%d+")
+  local incdir = os.getenv("LUA_INCDIR") or (jit and "/usr/include/luajit-2.1" or ("/usr/include/lua" .. version))
+  local so = dir .. "/fork_helper.so"
+  ossl.run("cc -shared -fPIC -O1 -I" .. ossl.quote(incdir) .. " -o " .. ossl.quote(so) .. " "
+    .. ossl.quote(ossl.repo_root() .. "/spec/fixtures/fork_helper.c"))
+  local api = assert(package.loadlib(so, "luaopen_fork_helper"))()
+  api.via = "spec/fixtures/fork_helper.c"
+  return api
+end
+
+--- api(dir) -> the process functions, plus spawn and collect.
+function M.api(dir)
+  local proc = posix_api() or helper_api(dir)
+
+  -- Forks; the child sends tostring(fn()) through a pipe and _exits at once
+  -- (never back into busted).  The parent goes on: collect() waits.
+  function proc.spawn(fn)
+    local r, w = proc.pipe()
+    local pid = proc.fork()
+    if pid == 0 then
+      proc.close(r)
+      local ok, value = pcall(fn)
+      pcall(proc.write, w, ok and tostring(value) or ("child error: " .. tostring(value)))
+      proc._exit(0)
+    end
+    proc.close(w)
+    return { pid = pid, fd = r }
+  end
+
+  --- collect(child) -> what the child sent; its exit status must be 0.
+  function proc.collect(child)
+    local parts = {}
+    while true do
+      local s = proc.read(child.fd, 4096)
+      if not s or s == "" then break end
+      parts[#parts + 1] = s
+    end
+    proc.close(child.fd)
+    local status = proc.wait(child.pid)
+    if status ~= 0 then error("child exited with status " .. tostring(status), 2) end
+    return table.concat(parts)
+  end
+
+  return proc
+end
+
+return M
