@@ -315,6 +315,45 @@ describe("hardening", function()
     end)
   end)
 
+  describe("interrupts", function()
+    it("an interrupt while sending rejects the call with kind interrupted and goes on up", function()
+      local interrupt_next = true
+      local c = wechatpay.new(merchant.options{ transport = {
+        submit = function(_, _, callback)
+          if interrupt_next then interrupt_next = false; error("interrupted!", 0) end
+          callback({ status = 404, headers = {}, body = "" })
+        end,
+        step = function() return 0 end,
+      } })
+      local seen
+      local ok, raised = pcall(function()
+        local p = c:chain("v3/x"):getAsync()
+        seen = p
+      end)
+      assert.is_false(ok)
+      assert.is_true(errors.is_interrupt(raised))
+      assert.is_nil(seen)
+      -- the client goes on working after the interrupt
+      local _, err = c:chain("v3/y"):get()
+      assert.equal("http", err.kind)
+      assert.equal(404, err.status)
+    end)
+
+    it("a raise while a call finishes (a transport's malformed answer) rejects that call only, as internal", function()
+      local c = wechatpay.new(merchant.options{ transport = merchant.recording_transport(function(request)
+        if request.url:find("/first") then return { headers = {}, body = "" } end   -- no status
+        return { status = 404, headers = {}, body = "" }
+      end) })
+      local first = c:chain("v3/first"):getAsync()
+      local second = c:chain("v3/second"):getAsync()
+      local _, err2 = second:wait()
+      assert.equal(404, err2.status)
+      local _, err1 = first:wait()
+      assert.equal("internal", err1.kind)
+      assert.matches("while finishing GET /v3/first", err1.message)
+    end)
+  end)
+
   describe("memory", function()
     it("a literal segment costs nothing after the call: 100,000 openids leave the heap flat", function()
       local c = wechatpay.new(merchant.options{ transport = { request = function()
