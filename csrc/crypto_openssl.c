@@ -307,6 +307,9 @@ static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *w
     wp_key_free(key);
     return fail(err, "cannot parse the private key (its RSA numbers do not belong together)");
   }
+  /* the decoders queue errors for every structure they tried first; left
+   * there, they would reach the next caller (libcurl's TLS reads this queue) */
+  ERR_clear_error();
   *out = key;
   return 0;
 }
