@@ -113,6 +113,30 @@ static void init_algorithms(void) {
 
 static void ensure_init(void) { pthread_once(&init_once, init_algorithms); }
 
+/* Lua unloads the module (dlclose) when its state closes: give back what
+ * init_algorithms fetched, and the thread key, whose destructor would
+ * otherwise point into unmapped code when a thread exits later.  Other
+ * threads' contexts, if any, are the only thing left behind. */
+#if defined(__GNUC__)
+__attribute__((destructor))
+#endif
+static void release_algorithms(void) {
+  int i;
+  if (scratch_key_ok) {
+    scratch_free(pthread_getspecific(scratch_key));
+    pthread_key_delete(scratch_key);
+    scratch_key_ok = 0;
+  }
+  EVP_MD_free(md_sha256); EVP_MD_free(md_sha1); EVP_MD_free(md_md5);
+  md_sha256 = md_sha1 = md_md5 = NULL;
+  for (i = 0; i < 3; i++) {
+    EVP_CIPHER_free(gcm_ciphers[i]); EVP_CIPHER_free(ecb_ciphers[i]);
+    gcm_ciphers[i] = ecb_ciphers[i] = NULL;
+  }
+  EVP_MAC_free(mac_hmac);
+  mac_hmac = NULL;
+}
+
 /* This thread's reusable contexts, or NULL when memory ran out. */
 static scratch *get_scratch(void) {
   scratch *s;
