@@ -1,5 +1,6 @@
-# wechatpay-lua: `make` builds wechatpay.core for Lua 5.4 and LuaJIT 2.1,
-# `make test` installs what is missing and runs the suite on both,
+# wechatpay-lua: `make` builds wechatpay.core for Lua 5.4 and LuaJIT 2.1 on
+# OpenSSL (`make CRYPTO=mbedtls` on mbedTLS), `make test` installs what is
+# missing and runs the suite on both backends under both runtimes,
 # `make demo` runs the example against the built-in mock WeChat Pay.
 # Variables are named as LuaRocks names them so a packager can override them.
 
@@ -7,6 +8,11 @@ LUA54_INCDIR  ?= /usr/include/lua5.4
 LUAJIT_INCDIR ?= /usr/include/luajit-2.1
 CURL_INCDIR   ?= $(shell pkg-config --cflags-only-I libcurl 2>/dev/null)
 CURL_LIBS     ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+# The crypto backend: openssl (the default: RSA signing several times faster)
+# or mbedtls.  `make` builds CRYPTO's; `make test`, `valgrind` and `bench` both.
+CRYPTO        ?= openssl
+OPENSSL_INCDIR ?= $(shell pkg-config --cflags-only-I libcrypto 2>/dev/null)
+OPENSSL_LIBS  ?= $(shell pkg-config --libs libcrypto 2>/dev/null || echo -lcrypto)
 # mbedTLS 2.28 on Debian 12 ships no .pc file
 MBEDTLS_INCDIR ?=
 MBEDTLS_LIBS  ?= -lmbedtls -lmbedx509 -lmbedcrypto
@@ -17,7 +23,7 @@ WARNINGS       = -Wall -Wextra
 
 ifeq ($(DEV),1)
 # Strict warnings and the sanitizers; the interpreters are not instrumented,
-# so scripts/test preloads the ASan runtime.
+# so scripts/test runs the suite in small ASan-linked hosts.
 CFLAGS    = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 WARNINGS += -Werror -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-prototypes \
             -Wmissing-prototypes -Wformat=2 -Wundef -Wcast-align
@@ -27,48 +33,65 @@ else
 BUILD     = build
 endif
 
-SRCS     = $(wildcard csrc/*.c)
-HDRS     = $(wildcard csrc/*.h)
+ifneq ($(CRYPTO),openssl)
+ifneq ($(CRYPTO),mbedtls)
+$(error CRYPTO must be openssl or mbedtls, not "$(CRYPTO)")
+endif
+endif
+
+# OpenSSL's build keeps the historical folders (build/lua5.4, build/luajit,
+# which .busted and WECHATPAY_BUILD name); mbedTLS's is build/mbedtls/...
+DIR_openssl  = $(BUILD)
+DIR_mbedtls  = $(BUILD)/mbedtls
+INC_openssl  = $(OPENSSL_INCDIR)
+INC_mbedtls  = $(MBEDTLS_INCDIR)
+LIBS_openssl = $(OPENSSL_LIBS)
+LIBS_mbedtls = $(MBEDTLS_LIBS)
+
+SRCS      = $(wildcard csrc/*.c)
+HDRS      = $(wildcard csrc/*.h)
 FUZZ_SRCS = $(wildcard csrc/fuzz_*.c)
-MOD_SRCS = $(filter-out $(FUZZ_SRCS),$(SRCS))
+BACKEND_SRCS = $(wildcard csrc/crypto_*.c)
+# every module source but the crypto backends, which are one per build
+COMMON_SRCS = $(filter-out $(FUZZ_SRCS) $(BACKEND_SRCS),$(SRCS))
 ALL_CFLAGS = $(CFLAGS) $(WARNINGS) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden \
-             $(CURL_INCDIR) $(MBEDTLS_INCDIR)
-LIBS     = $(CURL_LIBS) $(MBEDTLS_LIBS) -lpthread
+             $(CURL_INCDIR)
 
-LUA54_SO  = $(BUILD)/lua5.4/wechatpay/core.so
-LUAJIT_SO = $(BUILD)/luajit/wechatpay/core.so
+.PHONY: all backends deps test valgrind demo bench fuzz clean
 
-.PHONY: all deps test valgrind demo bench fuzz clean
-
-all: $(LUA54_SO) $(LUAJIT_SO)
-
-$(BUILD)/obj/lua5.4/%.o: csrc/%.c $(HDRS)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -I$(LUA54_INCDIR) -c $< -o $@
-
-$(BUILD)/obj/luajit/%.o: csrc/%.c $(HDRS)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -I$(LUAJIT_INCDIR) -c $< -o $@
+# module BACKEND RUNTIME LUA_INCDIR: the rules for one core.so
+define module
+$$(DIR_$(1))/obj/$(2)/%.o: csrc/%.c $$(HDRS)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ALL_CFLAGS) $$(INC_$(1)) -I$(3) -c $$< -o $$@
 
 # Never -llua: the interpreter that loads the module provides the Lua API.
-$(LUA54_SO): $(MOD_SRCS:csrc/%.c=$(BUILD)/obj/lua5.4/%.o)
-	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) -o $@ $^ $(LIBS)
+$$(DIR_$(1))/$(2)/wechatpay/core.so: $$(patsubst csrc/%.c,$$(DIR_$(1))/obj/$(2)/%.o,$$(COMMON_SRCS) csrc/crypto_$(1).c)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LIBFLAG) -o $$@ $$^ $$(CURL_LIBS) $$(LIBS_$(1)) -lpthread
+endef
+$(eval $(call module,openssl,lua5.4,$(LUA54_INCDIR)))
+$(eval $(call module,openssl,luajit,$(LUAJIT_INCDIR)))
+$(eval $(call module,mbedtls,lua5.4,$(LUA54_INCDIR)))
+$(eval $(call module,mbedtls,luajit,$(LUAJIT_INCDIR)))
 
-$(LUAJIT_SO): $(MOD_SRCS:csrc/%.c=$(BUILD)/obj/luajit/%.o)
-	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) -o $@ $^ $(LIBS)
+sos = $(DIR_$(1))/lua5.4/wechatpay/core.so $(DIR_$(1))/luajit/wechatpay/core.so
+
+all: $(call sos,$(CRYPTO))
+
+backends: $(call sos,openssl) $(call sos,mbedtls)
 
 deps:
 	@sh scripts/deps.sh
 
+# Four runs (two backends by two runtimes), one "N passed, N failed" total.
 test: deps
-	@$(MAKE) --no-print-directory all
-	@sh scripts/test.sh $(BUILD)
+	@$(MAKE) --no-print-directory backends
+	@sh scripts/test.sh $(DIR_openssl) $(DIR_mbedtls)
 
 valgrind: deps
-	@$(MAKE) --no-print-directory all
-	@WECHATPAY_VALGRIND=1 sh scripts/test.sh $(BUILD)
+	@$(MAKE) --no-print-directory backends
+	@WECHATPAY_VALGRIND=1 sh scripts/test.sh $(DIR_openssl) $(DIR_mbedtls)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -76,8 +99,8 @@ demo: deps
 	@sh scripts/demo_batch.sh
 
 bench: deps
-	@$(MAKE) --no-print-directory all
-	@sh scripts/bench.sh
+	@$(MAKE) --no-print-directory backends
+	@BUILD=$(DIR_openssl) MBEDTLS_BUILD=$(DIR_mbedtls) sh scripts/bench.sh
 
 fuzz:
 	@WECHATPAY_EXTRA_PACKAGES="clang libclang-rt-14-dev" sh scripts/deps.sh

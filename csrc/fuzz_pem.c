@@ -87,7 +87,8 @@ static void exercise(wp_key *key) {
   if (wp_key_is_private(key) && bits <= 1024) {
     if (wp_rsa_sign_sha256(key, msg, sizeof msg - 1, sig, &siglen, err) == 0) {
       if (siglen > WP_RSA_MAX_BYTES) abort();
-      /* mbedTLS checks its CRT result, so a signature it returns must verify */
+      /* both backends check a private key (mbedTLS its CRT result, OpenSSL the
+       * key pair when it is loaded), so a signature they return must verify */
       if (wp_rsa_verify_sha256(key, msg, sizeof msg - 1, sig, siglen) != 1) abort();
     } else {
       check_err(err);

@@ -10,8 +10,33 @@
 /* The most core.read_file may be asked to read: key files are a few KB. */
 #define WP_READ_FILE_MAX (1 << 20)
 
+/* The key metatable is registered under this variable's address, not under
+ * the name "wechatpay.key": two builds of the module (OpenSSL's and
+ * mbedTLS's, as spec/backends_spec.lua loads them) can share a Lua state,
+ * and neither may take the other's key for its own. */
+static const char key_class_tag = 0;
+
+static void push_key_metatable(lua_State *L) {
+  lua_pushlightuserdata(L, (void *)&key_class_tag);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+}
+
+static wp_lkey *check_key_box(lua_State *L, int idx) {
+  void *box = lua_touserdata(L, idx);
+  if (box && lua_getmetatable(L, idx)) {
+    int ours;
+    push_key_metatable(L);
+    ours = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (ours) return (wp_lkey *)box;
+  }
+  luaL_argerror(L, idx, lua_pushfstring(L, "%s (%s) expected, got %s", WP_KEY_CLASS, wp_crypto_backend(),
+                                        box ? "another build's or type's userdata" : luaL_typename(L, idx)));
+  return NULL;
+}
+
 wp_key *wp_check_key(lua_State *L, int idx) {
-  wp_lkey *box = (wp_lkey *)luaL_checkudata(L, idx, WP_KEY_CLASS);
+  wp_lkey *box = check_key_box(L, idx);
   if (!box->key) luaL_argerror(L, idx, "key has been closed");
   return box->key;
 }
@@ -23,7 +48,7 @@ void *wp_scratch(lua_State *L, size_t size) {
 static wp_lkey *key_box(lua_State *L) {
   wp_lkey *box = (wp_lkey *)lua_newuserdata(L, sizeof *box);
   box->key = NULL;
-  luaL_getmetatable(L, WP_KEY_CLASS);
+  push_key_metatable(L);
   lua_setmetatable(L, -2);
   return box;
 }
@@ -135,7 +160,7 @@ static int l_key_certificate(lua_State *L) {
 
 /* __gc and __close: idempotent, the key material is zeroized on free. */
 static int l_key_close(lua_State *L) {
-  wp_lkey *box = (wp_lkey *)luaL_checkudata(L, 1, WP_KEY_CLASS);
+  wp_lkey *box = check_key_box(L, 1);
   wp_key_free(box->key);
   box->key = NULL;
   return 0;
@@ -143,7 +168,7 @@ static int l_key_close(lua_State *L) {
 
 /* Says what the key is and never anything of its material. */
 static int l_key_tostring(lua_State *L) {
-  wp_lkey *box = (wp_lkey *)luaL_checkudata(L, 1, WP_KEY_CLASS);
+  wp_lkey *box = check_key_box(L, 1);
   if (!box->key) {
     lua_pushstring(L, "wechatpay.key (closed)");
   } else if (wp_key_cert(box->key)) {
@@ -176,13 +201,19 @@ void wp_open_keys(lua_State *L) {
     {"read_file", l_read_file},
     {NULL, NULL}
   };
-  if (luaL_newmetatable(L, WP_KEY_CLASS)) {
+  push_key_metatable(L);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
     luaL_setfuncs(L, metamethods, 0);
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
-    lua_pushliteral(L, WP_KEY_CLASS);   /* 5.1 has no __name of its own */
+    lua_pushliteral(L, WP_KEY_CLASS);   /* what key.is_key and error messages read */
     lua_setfield(L, -2, "__name");
+    lua_pushlightuserdata(L, (void *)&key_class_tag);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
   }
   lua_pop(L, 1);
   luaL_setfuncs(L, functions, 0);

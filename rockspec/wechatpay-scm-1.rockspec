@@ -1,6 +1,10 @@
 -- wechatpay-lua: the WeChat Pay API v3 client for Lua, with a C core.
 -- Debian provides the Lua dependencies as packages (lua-cjson), so an install
 -- from this checkout is:  luarocks make --deps-mode=none rockspec/wechatpay-scm-1.rockspec
+-- This rock does its crypto on OpenSSL 3's libcrypto (Debian: libssl-dev).
+-- For mbedTLS instead (no OpenSSL 3 at hand, or a smaller footprint), build
+-- rockspec/wechatpay-mbedtls-scm-1.rockspec: the same modules over
+-- csrc/crypto_mbedtls.c (Debian: libmbedtls-dev).  Install one or the other.
 -- The mock WeChat Pay server (wechatpay.mock.*, which needs nginx, luaossl
 -- and luasocket) is its own rock, rockspec/wechatpay-mock-scm-1.rockspec, with
 -- its sources in mock/: LuaRocks' builtin backend copies the whole lua/ folder.
@@ -12,7 +16,7 @@ source = {
   branch = "main",
 }
 description = {
-  summary = "WeChat Pay API v3 client: chained calls, signed and verified, over libcurl and mbedTLS",
+  summary = "WeChat Pay API v3 client: chained calls, signed and verified, over libcurl and OpenSSL",
   detailed = [[
 A client for the WeChat Pay (微信支付) API v3 in the chained call style of
 wechatpay-php (client.v3.pay.transactions.jsapi:post{...}, postAsync for a
@@ -20,8 +24,9 @@ promise). Every request is signed with the merchant's RSA-2048 key
 (WECHATPAY2-SHA256-RSA2048) and every response and callback verified against
 WeChat Pay's public keys or platform certificates; callback resources and
 certificate downloads are decrypted (AEAD_AES_256_GCM). A C core does the
-crypto on mbedTLS and the HTTP on libcurl; the Lua layer adds promises,
-retries and a rate limit. Built and tested for Lua 5.4 and LuaJIT 2.1.
+crypto on OpenSSL 3 (or mbedTLS: the wechatpay-mbedtls rock) and the HTTP
+on libcurl; the Lua layer adds promises, retries and a rate limit. Built and
+tested for Lua 5.4 and LuaJIT 2.1.
 The mock WeChat Pay server used in tests is a separate rock, wechatpay-mock.
 ]],
   homepage = "https://github.com/wechatpay-lua/wechatpay-lua",
@@ -36,7 +41,7 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
-  MBEDTLS = { header = "mbedtls/pk.h", library = "mbedcrypto" },
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {
   type = "builtin",
@@ -44,11 +49,11 @@ build = {
     ["wechatpay.core"] = {
       sources = {
         "csrc/core.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c",
-        "csrc/crypto_mbedtls.c", "csrc/base64.c",
+        "csrc/crypto_openssl.c", "csrc/base64.c",
       },
-      libraries = { "curl", "mbedtls", "mbedx509", "mbedcrypto", "pthread" },
-      incdirs = { "$(CURL_INCDIR)", "$(MBEDTLS_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(MBEDTLS_LIBDIR)" },
+      libraries = { "curl", "crypto", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
     ["wechatpay"] = "lua/wechatpay/init.lua",
     ["wechatpay.aes"] = "lua/wechatpay/aes.lua",

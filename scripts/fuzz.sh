@@ -1,13 +1,15 @@
 #!/bin/sh
-# Builds the libFuzzer harnesses csrc/fuzz_*.c against the crypto backend
-# (crypto_mbedtls.c, base64.c; no Lua) into build/fuzz/, replays the saved
-# regression inputs in spec/fixtures/fuzz/, then fuzzes each harness for
+# Builds the libFuzzer harnesses csrc/fuzz_*.c against each crypto backend
+# (crypto_openssl.c or crypto_mbedtls.c, base64.c; no Lua) into
+# build/fuzz/<backend>/, replays the saved regression inputs in
+# spec/fixtures/fuzz/ on each, then fuzzes each harness on each backend for
 # FUZZ_SECONDS (default 60).  Any crash, leak, timeout or out-of-memory is
 # copied to spec/fixtures/fuzz/<harness>-<sha1> and the script exits 1.
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per harness (0: build and replay only)
 #   FUZZ_TARGETS   harnesses to run, default "pem base64 gcm"
+#   FUZZ_BACKENDS  crypto backends, default "openssl mbedtls"
 #   FUZZ_TIMEOUT   seconds one input may take before it counts as a hang (25)
 #   FUZZ_CC        a clang with libFuzzer (clang; Debian: clang libclang-rt-14-dev)
 #   FUZZ_COVERAGE=1  then report the line coverage of csrc/ the corpora reach
@@ -18,13 +20,16 @@ set -u
 
 seconds=${FUZZ_SECONDS:-60}
 targets=${FUZZ_TARGETS:-"pem base64 gcm"}
+backends=${FUZZ_BACKENDS:-"openssl mbedtls"}
 hang=${FUZZ_TIMEOUT:-25}
 cc=${FUZZ_CC:-clang}
 out=build/fuzz
 fixtures=spec/fixtures/fuzz
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 cflags="-g -O1 -fno-omit-frame-pointer -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Icsrc"
-libs="-lmbedtls -lmbedx509 -lmbedcrypto -lpthread"
+libs_mbedtls="-lmbedtls -lmbedx509 -lmbedcrypto -lpthread"
+libs_openssl="-lcrypto -lpthread"
+libs_of() { if [ "$1" = openssl ]; then echo "$libs_openssl"; else echo "$libs_mbedtls"; fi; }
 
 cd "$(dirname "$0")/.." || exit 2
 if ! command -v "$cc" >/dev/null 2>&1; then
@@ -37,18 +42,21 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 # ---- build ------------------------------------------------------------------
-mkdir -p "$out/obj" "$out/logs" "$fixtures"
-for src in crypto_mbedtls base64; do
-  # coverage for our code only: the system mbedTLS is not instrumented
-  $cc $cflags $sanitize -fsanitize=fuzzer-no-link -c "csrc/$src.c" -o "$out/obj/$src.o" || exit 2
-done
-for t in $targets; do
-  if [ ! -f "csrc/fuzz_$t.c" ]; then echo "fuzz: no harness csrc/fuzz_$t.c" >&2; exit 2; fi
-  $cc $cflags $sanitize -fsanitize=fuzzer "csrc/fuzz_$t.c" "$out/obj/crypto_mbedtls.o" \
-    "$out/obj/base64.o" -o "$out/fuzz_$t" $libs || {
-    echo "fuzz: cannot build fuzz_$t (is libFuzzer installed? Debian: libclang-rt-14-dev)" >&2
-    exit 2
-  }
+mkdir -p "$out/logs" "$fixtures"
+for b in $backends; do
+  mkdir -p "$out/$b/obj"
+  for src in "crypto_$b" base64; do
+    # coverage for our code only: the system library is not instrumented
+    $cc $cflags $sanitize -fsanitize=fuzzer-no-link -c "csrc/$src.c" -o "$out/$b/obj/$src.o" || exit 2
+  done
+  for t in $targets; do
+    if [ ! -f "csrc/fuzz_$t.c" ]; then echo "fuzz: no harness csrc/fuzz_$t.c" >&2; exit 2; fi
+    $cc $cflags $sanitize -fsanitize=fuzzer "csrc/fuzz_$t.c" "$out/$b/obj/crypto_$b.o" \
+      "$out/$b/obj/base64.o" -o "$out/$b/fuzz_$t" $(libs_of "$b") || {
+      echo "fuzz: cannot build fuzz_$t on $b (is libFuzzer installed? Debian: libclang-rt-14-dev)" >&2
+      exit 2
+    }
+  done
 done
 
 # ---- seeds --------------------------------------------------------------------
@@ -162,11 +170,12 @@ crash_site() {
 
 status=0
 summary=""
+for b in $backends; do
 for t in $targets; do
-  bin="$out/fuzz_$t"
-  corpus="$out/corpus/$t"
-  art="$out/artifacts/$t"
-  log="$out/logs/$t.log"
+  bin="$out/$b/fuzz_$t"
+  corpus="$out/corpus/$t"   # shared: what one backend's run finds seeds the other's
+  art="$out/artifacts/$b/$t"
+  log="$out/logs/$b-$t.log"
   mkdir -p "$corpus" "$art"
   rm -f "$art"/*
 
@@ -175,23 +184,23 @@ for t in $targets; do
   if [ -n "$known" ]; then
     replay_failed=""
     for f in $known; do
-      if ! "$bin" -runs=1 "$fixtures/$f" > "$out/logs/$t-replay.log" 2>&1; then
+      if ! "$bin" -runs=1 "$fixtures/$f" > "$out/logs/$b-$t-replay.log" 2>&1; then
         replay_failed="$replay_failed $f"
-        known_sigs="$known_sigs|$(crash_site "$out/logs/$t-replay.log")"
+        known_sigs="$known_sigs|$(crash_site "$out/logs/$b-$t-replay.log")"
       fi
     done
     if [ -n "$replay_failed" ]; then
-      echo "== $t: saved inputs still fail:$replay_failed"
+      echo "== $t on $b: saved inputs still fail:$replay_failed"
       status=1
     else
-      echo "== $t: $(echo "$known" | wc -l) saved input(s) pass"
+      echo "== $t on $b: $(echo "$known" | wc -l) saved input(s) pass"
     fi
   fi
 
   [ "$seconds" -gt 0 ] || continue
   dict=""
   [ -f "$out/$t.dict" ] && dict="-dict=$out/$t.dict"
-  echo "== fuzzing $t for ${seconds}s (log: $log)"
+  echo "== fuzzing $t on $b for ${seconds}s (log: $log)"
   "$bin" -max_total_time="$seconds" -timeout="$hang" -rss_limit_mb=2048 -max_len=8192 \
     -print_final_stats=1 -artifact_prefix="$art/" $dict "$corpus" > "$log" 2>&1
   rc=$?
@@ -228,11 +237,12 @@ for t in $targets; do
     echo "   FOUND:${found:- exit $rc with no artifact, see $log}"
     grep -m 3 -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$log" | sed 's/^/   /'
   fi
-  line=$(printf '%-7s %12s execs %8s/s  cov %5s  corpus %5s  %s' "$t" "${execs:-?}" \
+  line=$(printf '%-7s %-7s %12s execs %8s/s  cov %5s  corpus %5s  %s' "$b" "$t" "${execs:-?}" \
     "${speed:-?}" "${cov:-?}" "$units" "${found:+CRASH}")
   echo "   $line"
   summary="$summary
 $line"
+done
 done
 
 if [ "$seconds" -gt 0 ]; then
@@ -247,15 +257,16 @@ if [ "${FUZZ_COVERAGE:-0}" = 1 ]; then
   else
     mkdir -p "$out/cov"
     for t in $targets; do
+      b=${backends%% *}
       $cc -g -O0 -std=c99 -D_POSIX_C_SOURCE=200809L -Icsrc -fsanitize=fuzzer \
-        -fprofile-instr-generate -fcoverage-mapping "csrc/fuzz_$t.c" csrc/crypto_mbedtls.c csrc/base64.c \
-        -o "$out/cov/fuzz_$t" $libs || continue
+        -fprofile-instr-generate -fcoverage-mapping "csrc/fuzz_$t.c" "csrc/crypto_$b.c" csrc/base64.c \
+        -o "$out/cov/fuzz_$t" $(libs_of "$b") || continue
       rm -f "$out/cov/$t.profraw"
       LLVM_PROFILE_FILE="$out/cov/$t.profraw" "$out/cov/fuzz_$t" -runs=0 "$out/corpus/$t" > /dev/null 2>&1
       "$profdata" merge -o "$out/cov/$t.profdata" "$out/cov/$t.profraw" || continue
       echo "== line coverage of the $t corpus (llvm-cov show $out/cov/fuzz_$t -instr-profile=$out/cov/$t.profdata csrc/...)"
       "$cov" report "$out/cov/fuzz_$t" -instr-profile="$out/cov/$t.profdata" \
-        csrc/crypto_mbedtls.c csrc/base64.c 2>/dev/null |
+        "csrc/crypto_$b.c" csrc/base64.c 2>/dev/null |
         awk 'NR > 2 && NF > 10 { printf "   %-18s lines %6s  branches %6s\n", $1, $10, $13 }'
     done
   fi

@@ -1,11 +1,15 @@
 -- The rockspecs install working modules with Debian's luarocks, could be
 -- published as they are, and between them list every Lua module and C
 -- source of the tree: the client's in wechatpay, the mock's (which needs
--- nginx, luaossl and luasocket) in wechatpay-mock only.
+-- nginx, luaossl and luasocket) in wechatpay-mock only.  wechatpay-mbedtls
+-- is wechatpay built on mbedTLS: the same modules, its own crypto backend.
 local ossl = require("support.openssl")
 
 local MAIN = "rockspec/wechatpay-scm-1.rockspec"
+local MBEDTLS = "rockspec/wechatpay-mbedtls-scm-1.rockspec"
 local MOCK = "rockspec/wechatpay-mock-scm-1.rockspec"
+-- each crypto backend belongs to exactly one build of the client
+local BACKEND_OF = { [MAIN] = "csrc/crypto_openssl.c", [MBEDTLS] = "csrc/crypto_mbedtls.c" }
 
 local function rockspec_table(path)
   local env = {}
@@ -44,10 +48,10 @@ end
 local function is_mock(path) return path:find("^mock/wechatpay/mock/") ~= nil end
 
 describe("rockspec", function()
-  local main, mock
+  local main, mbedtls, mock
 
   setup(function()
-    main, mock = rockspec_table(MAIN), rockspec_table(MOCK)
+    main, mbedtls, mock = rockspec_table(MAIN), rockspec_table(MBEDTLS), rockspec_table(MOCK)
   end)
 
   it("wechatpay lists every Lua module outside mock/, and wechatpay-mock every one inside", function()
@@ -70,24 +74,65 @@ describe("rockspec", function()
     end
   end)
 
-  it("the core's sources are every C file but the fuzzers", function()
-    local sources = {}
-    for _, src in ipairs(main.build.modules["wechatpay.core"].sources) do sources[src] = true end
+  it("the core's sources are every C file but the fuzzers and the other build's crypto backend", function()
+    local files = {}
     for path in ossl.run("cd " .. ossl.quote(ossl.repo_root()) .. " && ls csrc/*.c"):gmatch("[^\n]+") do
-      if not path:find("fuzz_", 1, true) then
-        assert.is_truthy(sources[path], path .. " is missing from the core's sources")
+      if not path:find("fuzz_", 1, true) then files[#files + 1] = path end
+    end
+    local backends = {}
+    for _, path in ipairs(files) do
+      if path:find("^csrc/crypto_") then backends[path] = false end
+    end
+    for spec_path, spec in pairs{ [MAIN] = main, [MBEDTLS] = mbedtls } do
+      local own = BACKEND_OF[spec_path]
+      local sources = {}
+      for _, src in ipairs(spec.build.modules["wechatpay.core"].sources) do sources[src] = true end
+      for _, path in ipairs(files) do
+        if path:find("^csrc/crypto_") then
+          if path == own then
+            assert.is_truthy(sources[path], path .. " is missing from " .. spec_path)
+            backends[path] = true
+          else
+            assert.is_nil(sources[path], path .. " is another build's backend, not " .. spec_path .. "'s")
+          end
+        else
+          assert.is_truthy(sources[path], path .. " is missing from " .. spec_path .. "'s core sources")
+        end
+      end
+      for src in pairs(sources) do
+        assert.is_true(ossl.exists(ossl.repo_root() .. "/" .. src), src .. " is listed but does not exist")
       end
     end
-    for src in pairs(sources) do
-      assert.is_true(ossl.exists(ossl.repo_root() .. "/" .. src), src .. " is listed but does not exist")
+    for path, built in pairs(backends) do
+      assert.is_true(built, path .. " is in no rockspec")
     end
+  end)
+
+  it("wechatpay-mbedtls is wechatpay with the other backend: the same modules, install and dependencies", function()
+    local function without_core(spec)
+      local modules = {}
+      for name, entry in pairs(spec.build.modules) do
+        if name ~= "wechatpay.core" then modules[name] = entry end
+      end
+      return modules
+    end
+    assert.same(without_core(main), without_core(mbedtls))
+    assert.same(main.build.install, mbedtls.build.install)
+    assert.same(main.dependencies, mbedtls.dependencies)
+    assert.equal("wechatpay-mbedtls", mbedtls.package)
+    assert.equal(main.version, mbedtls.version)
+    assert.same({ "curl", "crypto", "pthread" }, main.build.modules["wechatpay.core"].libraries)
+    assert.is_table(main.external_dependencies.OPENSSL)
+    assert.is_nil(main.external_dependencies.MBEDTLS)
+    assert.is_table(mbedtls.external_dependencies.MBEDTLS)
+    assert.is_nil(mbedtls.external_dependencies.OPENSSL)
   end)
 
   it("both could be published: a git source, homepage, licence, maintainer and a detailed description", function()
     assert.equal("builtin", main.build.type)
     -- builtin would copy all of lua/ again: see the mock rockspec's header
     assert.equal("none", mock.build.type)
-    for _, spec in ipairs{ main, mock } do
+    for _, spec in ipairs{ main, mbedtls, mock } do
       assert.matches("^git%+https://github%.com/[%w_.-]+/[%w_.-]+%.git$", spec.source.url)
       if spec.version:match("^scm%-") then
         assert.is_string(spec.source.branch)
@@ -113,7 +158,8 @@ describe("rockspec", function()
     for _, dep in ipairs{ "luaossl", "luasocket" } do
       assert.is_false(depends_on(main, dep), MAIN .. " must not need " .. dep)
     end
-    assert.is_true(ossl.run("luarocks lint " .. MAIN .. " && luarocks lint " .. MOCK .. " && echo ok") == "ok\n")
+    assert.is_true(ossl.run("luarocks lint " .. MAIN .. " && luarocks lint " .. MBEDTLS .. " && luarocks lint " .. MOCK
+      .. " && echo ok") == "ok\n")
   end)
 
   it("both install with luarocks make into one tree: the client loads and signs, the mock loads", function()
@@ -130,8 +176,8 @@ describe("rockspec", function()
     local run = "cd / && LUA_PATH=" .. ossl.quote(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua;;")
       .. " LUA_CPATH=" .. ossl.quote(tree .. "/lib/lua/5.4/?.so;;") .. " lua5.4 -e "
     local out = ossl.run(run .. ossl.quote('local w = require("wechatpay"); print(package.searchpath("wechatpay.core", package.cpath)); '
-      .. 'print(#w.random.nonce())'))
-    assert.equal(tree .. "/lib/lua/5.4/wechatpay/core.so\n32\n", out)
+      .. 'print(#w.random.nonce()); print(require("wechatpay.core").crypto_backend)'))
+    assert.matches("^" .. tree:gsub("%p", "%%%0") .. "/lib/lua/5%.4/wechatpay/core%.so\n32\nOpenSSL 3%.%d+%.%d+\n$", out)
     -- builtin copies a top-level lua/ whole: the mock's sources live in mock/
     assert.equal("", ossl.run("find " .. ossl.quote(tree .. "/share") .. " -path '*wechatpay/mock*'"))
     ossl.run(make .. MOCK)
@@ -140,5 +186,15 @@ describe("rockspec", function()
     out = ossl.run(run .. ossl.quote('print(package.searchpath("wechatpay.mock.pki", package.path)); '
       .. 'print(type(require("wechatpay.mock").start))'))
     assert.equal(tree .. "/share/lua/5.4/wechatpay/mock/pki.lua\nfunction\n", out)
+
+    -- the mbedTLS build, in a tree of its own, signs too
+    local tree2 = ossl.tmpdir()
+    finally(function() ossl.remove(tree2) end)
+    ossl.run("luarocks --lua-version 5.4 make --deps-mode=none --tree " .. ossl.quote(tree2) .. " " .. MBEDTLS
+      .. " CURL_INCDIR=$(dirname $(echo '#include <curl/curl.h>' | cc -M -E -x c - | grep -o '[^ ]*/curl/curl.h' | head -n1))/..")
+    out = ossl.run("cd / && LUA_PATH=" .. ossl.quote(tree2 .. "/share/lua/5.4/?.lua;" .. tree2 .. "/share/lua/5.4/?/init.lua;;")
+      .. " LUA_CPATH=" .. ossl.quote(tree2 .. "/lib/lua/5.4/?.so;;") .. " lua5.4 -e "
+      .. ossl.quote('local w = require("wechatpay"); print(#w.random.nonce()); print(require("wechatpay.core").crypto_backend)'))
+    assert.matches("^32\nmbedTLS %d+%.%d+%.%d+\n$", out)
   end)
 end)

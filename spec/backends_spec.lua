@@ -1,0 +1,261 @@
+-- The two crypto backends side by side: OpenSSL's and mbedTLS's core.so,
+-- loaded by path into this one interpreter (package.loadlib), must agree
+-- with each other and with the openssl command line: one's signatures
+-- verify under the other, one's OAEP ciphertexts decrypt with the other,
+-- and the same bad input gets the same kind of error from both.
+--
+-- The builds come from WECHATPAY_BUILDS (scripts/test.sh sets it to every
+-- folder of the run: "./build ./build/mbedtls", or DEV=1's under build/dev);
+-- by default ./build and ./build/mbedtls.  When run by `make test`, a
+-- missing build fails; run alone, it is pending.
+local ossl = require("support.openssl")
+
+local runtime = jit and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))
+
+local function load_cores()
+  local listed = os.getenv("WECHATPAY_BUILDS")
+  local dirs = {}
+  for dir in (listed or "./build ./build/mbedtls"):gmatch("%S+") do dirs[#dirs + 1] = dir end
+  local cores, missing = {}, {}
+  for _, dir in ipairs(dirs) do
+    local path = ossl.repo_root() .. "/" .. dir:gsub("^%./", "") .. "/" .. runtime .. "/wechatpay/core.so"
+    local open = ossl.exists(path) and package.loadlib(path, "luaopen_wechatpay_core")
+    if open then
+      local core = open()
+      core.path = path
+      cores[#cores + 1] = core
+    else
+      missing[#missing + 1] = path
+    end
+  end
+  return cores, missing, listed ~= nil
+end
+
+local cores, missing, required = load_cores()
+
+describe("crypto backends", function()
+  if #cores < 2 or #missing > 0 then
+    if required then
+      it("are all built", function()
+        error("cannot load " .. table.concat(missing, ", ") .. " (make backends)")
+      end)
+    else
+      pending("needs ./build and ./build/mbedtls (make backends): " .. table.concat(missing, ", "))
+    end
+    return
+  end
+
+  local dir, k
+  local q = ossl.quote
+
+  setup(function()
+    dir = ossl.tmpdir()
+    k = ossl.make_keys(dir)
+  end)
+
+  teardown(function() ossl.remove(dir) end)
+
+  local function load_pem(core, name, pass)
+    return core.key_from_pem(ossl.read(k[name]), pass)
+  end
+
+  -- the part of a message that names its kind: mbedTLS adds its own reason
+  -- in parentheses, OpenSSL's build adds ours
+  local function kind(message)
+    return (tostring(message):gsub(" %(.*$", ""))
+  end
+
+  it("are OpenSSL 3 and mbedTLS, named with their versions", function()
+    local names = {}
+    for _, core in ipairs(cores) do names[#names + 1] = core.crypto_backend end
+    table.sort(names)
+    assert.equal(2, #names)
+    assert.matches("^OpenSSL 3%.%d+%.%d+$", names[1])
+    assert.matches("^mbedTLS %d+%.%d+%.%d+$", names[2])
+    -- the library the module runs on is the one `openssl` reports
+    local version = ossl.run("openssl version"):match("^OpenSSL (%S+)")
+    assert.equal("OpenSSL " .. version, names[1])
+  end)
+
+  it("make byte-identical signatures that verify under each other and under openssl", function()
+    local message = "POST\n/v3/marketing/favor/users/o4GgauInH_RCEdvrrNGrntXDuXXX/coupons\n1554208460\n"
+      .. "593BEC0C930BF1AFEB40B4A08C8FB242\n{\"stock_id\":\"9856000\"}\n"
+    local msg_file = ossl.write(dir .. "/msg", message)
+    local signatures = {}
+    for i, core in ipairs(cores) do
+      signatures[i] = assert(core.rsa_sign(assert(load_pem(core, "pkcs8.pem")), message))
+    end
+    -- PKCS#1 v1.5 is deterministic: the same key and message, the same bytes
+    assert.equal(signatures[1], signatures[2])
+    for i, sig in ipairs(signatures) do
+      for _, core in ipairs(cores) do
+        for _, public in ipairs{ "spki.pem", "pkcs1_public.pem", "cert.pem" } do
+          assert.is_true(core.rsa_verify(assert(load_pem(core, public)), message, sig),
+            ("%s's signature under %s with %s"):format(cores[i].crypto_backend, core.crypto_backend, public))
+        end
+        assert.is_false(core.rsa_verify(assert(load_pem(core, "spki.pem")), message .. "x", sig))
+      end
+      local sig_file = ossl.write(dir .. "/sig" .. i, assert(cores[1].base64_decode(sig)))
+      assert.equal("Verified OK\n", ossl.run("openssl dgst -sha256 -verify " .. q(k["spki.pem"])
+        .. " -signature " .. q(sig_file) .. " " .. q(msg_file)))
+    end
+  end)
+
+  it("decrypt each other's OAEP-SHA1 ciphertexts, and openssl decrypts them", function()
+    local plaintext = "张三 / 13800138000"
+    for _, from in ipairs(cores) do
+      local ct = assert(from.rsa_encrypt(assert(load_pem(from, "cert.pem")), plaintext))
+      for _, to in ipairs(cores) do
+        assert.equal(plaintext, to.rsa_decrypt(assert(load_pem(to, "pkcs1.pem")), ct),
+          from.crypto_backend .. " -> " .. to.crypto_backend)
+      end
+      local ct_file = ossl.write(dir .. "/oaep.bin", assert(cores[1].base64_decode(ct)))
+      assert.equal(plaintext, ossl.run("openssl pkeyutl -decrypt -inkey " .. q(k["pkcs8.pem"])
+        .. " -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1 -in " .. q(ct_file)))
+    end
+  end)
+
+  it("read every key form the same: kind, bits, and a certificate's serial and validity", function()
+    local serial = ossl.run("openssl x509 -in " .. q(k["cert.pem"]) .. " -noout -serial"):match("=(%x+)")
+    local not_before = ossl.cert_date(k["cert.pem"], "-startdate")
+    local not_after = ossl.cert_date(k["cert.pem"], "-enddate")
+    local pem_forms = {
+      { "pkcs8.pem", "private" }, { "pkcs1.pem", "private" }, { "spki.pem", "public" },
+      { "pkcs1_public.pem", "public" }, { "cert.pem", "public" },
+      { "enc_aes256.pem", "private", "s3cret" }, { "enc_des3.pem", "private", "s3cret" },
+      { "genpkey_enc.pem", "private", "s3cret" },
+    }
+    local der_forms = {
+      { "pkcs8.der", "private.pkcs8", "private" }, { "pkcs1.der", "private.pkcs1", "private" },
+      { "spki.der", "public.spki", "public" }, { "pkcs1_public.der", "public.pkcs1", "public" },
+      { "pkcs8.der", "auto", "private" }, { "spki.der", "auto", "public" },
+    }
+    for _, core in ipairs(cores) do
+      for _, f in ipairs(pem_forms) do
+        local loaded = assert(load_pem(core, f[1], f[3]), core.crypto_backend .. " " .. f[1])
+        assert.equal(f[2], loaded:kind(), f[1])
+        assert.equal(2048, loaded:bits(), f[1])
+      end
+      for _, f in ipairs(der_forms) do
+        local loaded = assert(core.key_from_der(ossl.read(k[f[1]]), f[2]), core.crypto_backend .. " " .. f[1])
+        assert.equal(f[3], loaded:kind(), f[1])
+      end
+      local cert = assert(load_pem(core, "cert.pem")):certificate()
+      assert.equal(serial:upper(), cert.serial)
+      assert.equal(not_before, cert.not_before)
+      assert.equal(not_after, cert.not_after)
+    end
+  end)
+
+  it("give the same kind of error for the same bad input, quoting none of the key", function()
+    local pem = ossl.read(k["pkcs8.pem"])
+    local head = "-----BEGIN PRIVATE KEY-----\n"
+    local key_cases = {
+      { "garbled PEM", function(core) return core.key_from_pem(pem:gsub("\n", "\n!", 3)) end,
+        "^cannot parse the private key" },
+      { "truncated PEM", function(core) return core.key_from_pem(pem:sub(1, #head + 65 * 10) .. "-----END PRIVATE KEY-----\n") end,
+        "^cannot parse the private key" },
+      { "PKCS#8 labelled RSA PRIVATE KEY", function(core) return core.key_from_pem((pem:gsub("PRIVATE KEY", "RSA PRIVATE KEY"))) end,
+        "^cannot parse the private key" },
+      { "a private key labelled PUBLIC KEY", function(core) return core.key_from_pem((pem:gsub("PRIVATE KEY", "PUBLIC KEY"))) end,
+        "^cannot parse the public key" },
+      { "wrong passphrase (AES-256 PKCS#8)", function(core) return load_pem(core, "enc_aes256.pem", "nope") end,
+        "^wrong passphrase for the encrypted private key$" },
+      { "wrong passphrase (3DES PKCS#8)", function(core) return load_pem(core, "enc_des3.pem", "nope") end,
+        "^wrong passphrase for the encrypted private key$" },
+      { "encrypted key without a passphrase", function(core) return load_pem(core, "enc_aes256.pem") end,
+        "^the private key is encrypted: a passphrase is needed$" },
+      { "encrypted key with an empty passphrase", function(core) return load_pem(core, "enc_aes256.pem", "") end,
+        "^the private key is encrypted: a passphrase is needed$" },
+      { "an EC key", function(core) return load_pem(core, "ec.pem") end, "^not an RSA key" },
+      { "a label that holds no key", function(core) return core.key_from_pem("-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n") end,
+        "^PEM holds no key or certificate" },
+      { "no PEM at all", function(core) return core.key_from_pem("definitely not a key") end, "^not PEM" },
+      { "PKCS#8 DER given as SPKI", function(core) return core.key_from_der(ossl.read(k["pkcs8.der"]), "public.spki") end,
+        "^cannot parse the public key" },
+      { "garbage DER", function(core) return core.key_from_der(("\48\130\1\1"):rep(8), "auto") end,
+        "^DER holds no RSA key or certificate" },
+    }
+    local lines = {}
+    for line in pem:gmatch("[^\n]+") do
+      if not line:find("-----", 1, true) then lines[#lines + 1] = line end
+    end
+    for _, case in ipairs(key_cases) do
+      local kinds = {}
+      for i, core in ipairs(cores) do
+        local loaded, err = case[2](core)
+        assert.is_nil(loaded, case[1] .. " was accepted by " .. core.crypto_backend)
+        assert.is_string(err)
+        assert.matches(case[3], err, 1, case[1] .. " under " .. core.crypto_backend)
+        for _, line in ipairs(lines) do
+          for at = 1, #line - 15, 8 do
+            assert.is_nil(err:find(line:sub(at, at + 15), 1, true), case[1] .. " quotes the key: " .. err)
+          end
+        end
+        kinds[i] = kind(err)
+      end
+      assert.equal(kinds[1], kinds[2], case[1])
+    end
+
+    -- a certificate where a private key is needed: both read it as public
+    for _, core in ipairs(cores) do
+      local cert = assert(load_pem(core, "cert.pem"))
+      assert.equal("public", cert:kind())
+      assert.is_table(cert:certificate())
+      assert.has_error(function() core.rsa_sign(cert, "x") end)
+    end
+
+    -- operations: the very same message from both
+    local apiv3_key = ("0123456789abcdef"):rep(2)
+    local op_cases = {
+      { "a too-long OAEP plaintext", function(core) return core.rsa_encrypt(assert(load_pem(core, "spki.pem")), ("x"):rep(215)) end },
+      { "an OAEP ciphertext for another key", function(core)
+        local ct = assert(core.rsa_encrypt(assert(load_pem(core, "spki.pem")), "secret"))
+        return core.rsa_decrypt(assert(load_pem(core, "other.pem")), ct) end },
+      { "an OAEP ciphertext of the wrong length", function(core)
+        return core.rsa_decrypt(assert(load_pem(core, "pkcs8.pem")), core.base64_encode(("\1"):rep(100))) end },
+      { "a GCM tag mismatch", function(core)
+        local sealed = assert(core.aes_gcm_encrypt(apiv3_key, "uluk4a9R25RW", "certificate", "body"))
+        return core.aes_gcm_decrypt(apiv3_key, "uluk4a9R25RW", "transaction", sealed) end },
+      { "bad base64 for GCM", function(core) return core.aes_gcm_decrypt(apiv3_key, "uluk4a9R25RW", "", "@@@@") end },
+      { "a short GCM key", function(core) return core.aes_gcm_encrypt("short", "uluk4a9R25RW", "", "x") end },
+      { "an empty GCM nonce", function(core) return core.aes_gcm_encrypt(apiv3_key, "", "", "x") end },
+      { "bad ECB padding", function(core)
+        return core.aes_ecb_decrypt(("k"):rep(32), core.base64_encode(("\0"):rep(32))) end },
+      { "a ragged ECB ciphertext", function(core) return core.aes_ecb_decrypt(("k"):rep(32), core.base64_encode("abc")) end },
+      { "bad base64", function(core) return core.base64_decode("QU=JQkND") end },
+    }
+    for _, case in ipairs(op_cases) do
+      local messages = {}
+      for i, core in ipairs(cores) do
+        local value, err = case[2](core)
+        assert.is_nil(value, case[1] .. " succeeded under " .. core.crypto_backend)
+        assert.is_string(err)
+        messages[i] = err
+      end
+      assert.equal(messages[1], messages[2], case[1])
+    end
+  end)
+
+  it("do not carry one failure's error into the next call", function()
+    for _, core in ipairs(cores) do
+      local _, first = load_pem(core, "enc_aes256.pem", "nope")
+      local ok = assert(load_pem(core, "pkcs8.pem"))
+      assert.is_true(core.rsa_verify(ok, "m", assert(core.rsa_sign(ok, "m"))))
+      local _, second = load_pem(core, "enc_aes256.pem", "nope")
+      assert.equal(first, second)
+      local _, garbled = core.key_from_pem(ossl.read(k["pkcs8.pem"]):gsub("\n", "\n!", 3))
+      local _, again = core.key_from_pem(ossl.read(k["pkcs8.pem"]):gsub("\n", "\n!", 3))
+      assert.equal(garbled, again)
+    end
+  end)
+
+  it("refuse each other's key objects instead of misreading them", function()
+    local a = assert(load_pem(cores[1], "pkcs8.pem"))
+    local b = assert(load_pem(cores[2], "pkcs8.pem"))
+    assert.has_error(function() cores[1].rsa_sign(b, "m") end)
+    assert.has_error(function() cores[2].rsa_sign(a, "m") end)
+    assert.equal("wechatpay.key (private RSA-2048)", tostring(a))
+    assert.equal("wechatpay.key (private RSA-2048)", tostring(b))
+  end)
+end)
