@@ -5,7 +5,7 @@
 --   lua5.4 bench/peer/mock.lua < fifo > mock.json
 --
 -- Fields: base_url, cafile, mchid, merchant_serial, merchant_key_file,
--- platform_key_id, platform_public_key_file, users (sorted by openid, each
+-- platform_key_id, platform_public_key_file, platform_private_key_file, users (sorted by openid, each
 -- { openid, name, id_card }), nginx_workers (pids, so a benchmark can read
 -- the mock's own CPU time from /proc and say when the mock is the limit).
 local cjson = require("cjson")
@@ -38,6 +38,8 @@ io.stdout:write(cjson.encode{
   merchant_key_file = server.merchant_key_file,
   platform_key_id = server.platform_key_id,
   platform_public_key_file = server.platform_public_key_file,
+  -- only for bench/peer/overhead.lua, which signs a canned response with it
+  platform_private_key_file = server.dir .. "/platform_private_key.pem",
   users = users,
   nginx_workers = workers(server._pid),
 }, "\n")

@@ -81,6 +81,8 @@ run_one() {  # client concurrency
   esac
 }
 
+raw=build/bench/peer-runs.tsv   # every run's line, kept for a second look
+mkdir -p build/bench && : > "$raw"
 echo "peer: $n grants a run, $runs runs, clients:$clients, concurrency 1 and $conc, mock $(sed 's/.*"base_url":"\([^"]*\)".*/\1/; s/\\//g' "$tmp/mock.json")" >&2
 status=0
 r=0
@@ -89,9 +91,15 @@ while [ $r -lt "$runs" ]; do
   for c in $clients; do
     for k in 1 "$conc"; do
       echo "peer: run $r/$runs, $c, concurrency $k ..." >&2
-      run_one "$c" "$k" >> "$tmp/runs.tsv" || { echo "peer: $c at concurrency $k failed" >&2; status=1; }
+      run_one "$c" "$k" | tee -a "$raw" >> "$tmp/runs.tsv" || { echo "peer: $c at concurrency $k failed" >&2; status=1; }
     done
   done
+done
+
+for c in $clients; do
+  [ "$c" = node ] && continue
+  echo "peer: bench/peer/overhead.lua under $c ..." >&2
+  LUA_PATH="$lua_path" LUA_CPATH="$build/$c/?.so;;" "$c" bench/peer/overhead.lua 300 > "$tmp/overhead.$c.tsv" || status=1
 done
 
 nproc=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo "?")
@@ -159,4 +167,14 @@ echo "all threads; crypto: one grant's sign + verify + 2 OAEP, timed in the same
 echo "nginx worker's, from /proc; other: the rest of the machine's busy time (/proc/stat) over the same span, i.e. other"
 echo "processes. Client CPU / wall above 1 is possible for Node (its helper threads). The mock's single worker caps"
 echo "the concurrent calls/s at about 1000 / (mock CPU ms/call).)"
+echo
+echo "Our client without the network (bench/peer/overhead.lua: a transport double answers a signed 200, so every"
+echo "call still signs, encrypts and verifies), ms of CPU per grant; the real call's CPU minus no_network is curl,"
+echo "TLS and the kernel:"
+echo
+for c in $clients; do
+  [ -s "$tmp/overhead.$c.tsv" ] || continue
+  echo "$c:"
+  awk -F '\t' '{ printf "  %-14s %7.4f  %s\n", $1, $2, $3 }' "$tmp/overhead.$c.tsv"
+done
 exit $status
