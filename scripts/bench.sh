@@ -19,6 +19,8 @@
 #   BUILD            the OpenSSL build folder, default build
 #   MBEDTLS_BUILD    the mbedTLS build folder, default $BUILD/mbedtls ("" to skip it)
 #   BENCH_CLIENT=0   skip the client benchmarks (bench/client/grants.lua)
+#   BENCH_PEER=0     skip our client side by side with the Node SDK (bench/peer/run.sh,
+#                    its own PEER_* settings; ~2.5 min)
 set -u
 cd "$(dirname "$0")/.." || exit 2
 
@@ -192,5 +194,11 @@ if [ "${BENCH_CLIENT:-1}" != 0 ]; then
     LUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;;' LUA_CPATH="./$build/$rt/?.so;;" \
       "$rt" bench/client/grants.lua ${BENCH_CLIENT_PARTS:-} || { echo "bench: client benchmark failed under $rt" >&2; status=1; }
   done
+fi
+# ---- our client side by side with the official Node SDK, one mock -----------------
+if [ "${BENCH_PEER:-1}" != 0 ]; then
+  echo
+  echo "running bench/peer/run.sh ..." >&2
+  BUILD="$build" bench/peer/run.sh || { echo "bench: bench/peer/run.sh failed" >&2; status=1; }
 fi
 exit $status
