@@ -64,7 +64,7 @@ local function signature_headers(h)
   return values
 end
 
---- signed(keys, headers, body [, now]) -> true | nil, reason
+--- signed(keys, headers, body [, now]) -> true | nil, reason [, unknown serial]
 -- keys: serial or PUB_KEY_ID -> key object; headers: a header table (or
 -- any name -> value map; names in any case).
 function verify.signed(keys, h, body, now)
@@ -85,7 +85,9 @@ function verify.signed(keys, h, body, now)
   end
   local key = keys[serial] or keys[serial:upper()]
   if not key then
-    return nil, ("unknown Wechatpay-Serial %s: the client knows %s"):format(serial:sub(1, 64), known_serials(keys))
+    -- the third value lets a certificate manager refresh and retry
+    return nil, ("unknown Wechatpay-Serial %s: the client knows %s"):format(serial:sub(1, 64), known_serials(keys)),
+      serial
   end
   if signature:find("^WECHATPAY/SIGNTEST/") then
     return nil, "Wechatpay-Signature is a WECHATPAY/SIGNTEST/ probe, which must not verify"
@@ -101,8 +103,8 @@ function verify.callback(keys, h, body)
   if type(h) ~= "table" then
     return nil, errors.new("verify", ("headers must be a table of name -> value, got %s"):format(type(h)))
   end
-  local ok, reason = verify.signed(keys, h, body)
-  if not ok then return nil, errors.new("verify", reason) end
+  local ok, reason, unknown = verify.signed(keys, h, body)
+  if not ok then return nil, errors.new("verify", reason, { unknown_serial = unknown }) end
   return true
 end
 
@@ -131,10 +133,10 @@ function verify.response(keys, raw, target)
     return nil, api_error(res, target)
   end
   if not verify.is_unsigned(target) then
-    local ok, reason = verify.signed(keys, res.headers, res.body)
+    local ok, reason, unknown = verify.signed(keys, res.headers, res.body)
     if not ok then
       return nil, errors.new("verify", reason, {
-        status = res.status, request_id = res.headers["request-id"], response = res,
+        status = res.status, request_id = res.headers["request-id"], response = res, unknown_serial = unknown,
       })
     end
   end
