@@ -293,7 +293,7 @@ function Manager:wants(err)
   if not self:enabled() then return false end
   if self.inflight then return true end
   if self.store and self:load_store() > 0 then return true end
-  return not self.last_attempt or self.clock() - self.last_attempt >= certificates.MIN_INTERVAL
+  return not self.last_auto or self.clock() - self.last_auto >= certificates.MIN_INTERVAL
 end
 
 -- What a finished download does: keep the new ones, everywhere.
@@ -308,12 +308,14 @@ function Manager:accept(list)
   return added
 end
 
---- refresh_async() -> promise of the number of certificates added.  A
+--- refresh_async(driver [, auto]) -> promise of the number of certificates
+-- added; auto: started by an unknown serial or the period (rate-limited).  A
 -- refresh already running is joined, never doubled.  A failure adds
 -- nothing and drops nothing; WeChat Pay's 404 for a public-key-only
 -- merchant resolves with 0 and turns automatic downloads off.
-function Manager:refresh_async(driver)
+function Manager:refresh_async(driver, auto)
   if self.inflight then return self.inflight end
+  if auto then self.last_auto = self.clock() end
   if self.store then
     self:load_store()
     if self.store.lock and not self.store:lock(certificates.MIN_INTERVAL) then

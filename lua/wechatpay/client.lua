@@ -129,7 +129,7 @@ send_async = function(self, method, path, opts, check)
       local ok, raised = pcall(again)
       if not ok then p:reject(errors.from_raise(raised, "after refreshing certificates")) end
     end
-    certs:refresh_async(queue):next(guarded, guarded)
+    certs:refresh_async(queue, true):next(guarded, guarded)
   end
 
   finish = function(raw, failure, refreshed)
@@ -172,7 +172,7 @@ function methods.request_async(self, method, path, opts)
   local settings, certs = state.settings, state.certs
   -- the periodic refresh runs beside this call, which does not wait for it
   if certs and certs:due() then
-    certs:refresh_async(state.dispatcher):catch(function() end)
+    certs:refresh_async(state.dispatcher, true):catch(function() end)
   end
   return send_async(self, method, path, opts, function(raw, target)
     return verify.response(settings.platform_keys, raw, target)
@@ -239,7 +239,7 @@ function methods.verify(self, headers, body)
   local state = self[STATE]
   local ok, err = verify.callback(state.settings.platform_keys, headers, body)
   if not ok and state.certs and state.certs:wants(err) then
-    state.certs:refresh_async(state.dispatcher):wait()
+    state.certs:refresh_async(state.dispatcher, true):wait()
     ok, err = verify.callback(state.settings.platform_keys, headers, body)
   end
   return ok, err
