@@ -54,7 +54,7 @@ local function reset(dicts)
   dicts.data:flush_expired()
   faults.clear(dicts.faults)
   local in_flight = dicts.stats:get("in_flight") or 0
-  for _, name in ipairs({ "connections", "requests", "grants", "certificate_downloads" }) do
+  for _, name in ipairs({ "connections", "requests", "grants", "certificate_downloads", "notifications" }) do
     dicts.stats:set(name, 0)
   end
   -- Requests still running will decrement in_flight later: keep it.

@@ -30,8 +30,10 @@ local function save(n, record)
 end
 
 -- No yield between load and save: one worker, so this is atomic.
+-- A record that server:reset() flushed meanwhile is not written again.
 local function update(n, fn)
   local record = load(n)
+  if not record then return end
   fn(record)
   save(n, record)
 end
@@ -102,6 +104,7 @@ end
 local function deliver(premature, n, delivery)
   if premature then return end
   local record = load(n)
+  if not record then return end
   local schedule = record.schedule
   for attempt = 1, #schedule + 1 do
     if attempt > 1 then ngx.sleep(schedule[attempt - 1]) end
