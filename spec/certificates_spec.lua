@@ -97,6 +97,27 @@ describe("platform certificates", function()
   end)
 end)
 
+describe("a cert_dir shared with a cron job", function()
+  local server
+  setup(function() server = assert(mock.start{ rate_limit = false, sign_with = "certificate" }) end)
+  teardown(function() if server then server:stop() end end)
+
+  it("a client without an APIv3 key picks up what the cron job wrote, when a response needs it", function()
+    local dir = ossl.tmpdir()
+    finally(function() ossl.remove(dir) end)
+    local reader = server:client{ timeout = 3, retry = false, cert_dir = dir, apiv3_key = false }
+    local _, err = reader.v3.mock.echo:get()
+    assert.equal("verify", err.kind)
+    assert.equal(0, server:stats().certificate_downloads)
+    -- the cron job (bin/wechatpay-certs, or any client with this cert_dir) downloads
+    assert(server:client{ timeout = 3, retry = false, cert_dir = dir }:refresh_certificates())
+    assert.equal(1, server:stats().certificate_downloads)
+    ossl.run("sleep 1.1")   -- the reader looks at the directory at most once a second
+    assert(reader.v3.mock.echo:get())
+    assert.equal(1, server:stats().certificate_downloads)
+  end)
+end)
+
 describe("a PUB_KEY_ID-only merchant", function()
   local server
 

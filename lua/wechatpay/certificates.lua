@@ -290,9 +290,17 @@ end
 -- refresh may bring: single-flight, at most one download a minute.
 function Manager:wants(err)
   if type(err) ~= "table" or err.kind ~= "verify" or not is_serial(err.unknown_serial) then return false end
+  -- another process or worker may have saved it (a cron job's cert_dir, a
+  -- shared dict): look there first, at most once a second
+  if self.store and not self.inflight then
+    local now = self.clock()
+    if not self.last_load or now - self.last_load >= 1 then
+      self.last_load = now
+      if self:load_store() > 0 and self.keys[err.unknown_serial] then return "reloaded" end
+    end
+  end
   if not self:enabled() then return false end
   if self.inflight then return true end
-  if self.store and self:load_store() > 0 then return true end
   return not self.last_auto or self.clock() - self.last_auto >= certificates.MIN_INTERVAL
 end
 

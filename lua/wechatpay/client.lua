@@ -136,7 +136,11 @@ send_async = function(self, method, path, opts, check)
     local res, err
     if raw then
       res, err = check(raw, prepared.target)
-      if not res and not refreshed and certs and certs:wants(err) then return after_refresh(raw) end
+      if not res and not refreshed and certs then
+        local wanted = certs:wants(err)
+        if wanted == "reloaded" then return finish(raw, nil, true) end
+        if wanted then return after_refresh(raw) end
+      end
     else
       err = transport_error(failure, prepared.target)
     end
@@ -238,8 +242,9 @@ end
 function methods.verify(self, headers, body)
   local state = self[STATE]
   local ok, err = verify.callback(state.settings.platform_keys, headers, body)
-  if not ok and state.certs and state.certs:wants(err) then
-    state.certs:refresh_async(state.dispatcher, true):wait()
+  local wanted = not ok and state.certs and state.certs:wants(err)
+  if wanted then
+    if wanted ~= "reloaded" then state.certs:refresh_async(state.dispatcher, true):wait() end
     ok, err = verify.callback(state.settings.platform_keys, headers, body)
   end
   return ok, err
