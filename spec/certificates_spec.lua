@@ -145,3 +145,81 @@ describe("a PUB_KEY_ID-only merchant", function()
     assert.matches("public key", note)
   end)
 end)
+
+describe("certificate options of wechatpay.new", function()
+  local merchant = require("support.merchant")
+  local function refused(opts, pattern)
+    local ok, err = pcall(wechatpay.new, opts)
+    assert.is_false(ok)
+    assert.matches(pattern, tostring(err))
+  end
+
+  it("certs may be empty with an apiv3_key or a store; a bad cert_dir, cert_store or refresh_interval raises", function()
+    local apiv3_key = ("a"):rep(32)
+    assert.same({}, wechatpay.new(merchant.options{ certs = {}, apiv3_key = apiv3_key }):platform_key_ids())
+    refused(merchant.options{ certs = {} }, "or an apiv3_key, to download")
+    refused(merchant.options{ cert_dir = "/nonexistent/dir" }, "cert_dir /nonexistent/dir is not a directory")
+    refused(merchant.options{ cert_store = {} }, "cert_store must be an object with load%(%) and save")
+    refused(merchant.options{ cert_dir = "/tmp", cert_store = {} }, "give cert_dir or cert_store, not both")
+    refused(merchant.options{ refresh_interval = 5 }, "refresh_interval must be a finite number")
+    assert(wechatpay.new(merchant.options{ refresh_interval = false, apiv3_key = apiv3_key }))
+    assert.has_error(function() wechatpay.new(merchant.options()):refresh_certificates() end,
+      "refresh_certificates: the client was made without apiv3_key")
+  end)
+end)
+
+describe("the certificate manager", function()
+  local certificates = require("wechatpay.certificates")
+  local promise = require("wechatpay.promise")
+
+  -- a manager whose downloads are promises this spec settles by hand
+  local function manager(keys)
+    local clock = { now = 1000 }
+    local fetches = {}
+    local m = certificates.manager{
+      keys = keys, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB",
+      fetch = function() local p = promise.new(); fetches[#fetches + 1] = p; return p end,
+      clock = function() return clock.now end,
+    }
+    return m, clock, fetches
+  end
+  local UNKNOWN = { kind = "verify", unknown_serial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1" }
+
+  it("single-flight: refreshes while one runs join it; unknown serials refresh at most once a minute", function()
+    local m, clock, fetches = manager({})
+    assert.is_true(m:wants(UNKNOWN))
+    local a, b = m:refresh_async(nil, true), m:refresh_async(nil, true)
+    assert.equal(a, b)
+    assert.equal(1, #fetches)
+    assert.is_true(m:wants(UNKNOWN))            -- joins the one running
+    fetches[1]:resolve({ certificates = {} })
+    assert.is_false(m:wants(UNKNOWN))           -- not again within the minute
+    assert.is_false(m:wants({ kind = "verify", unknown_serial = "PUB_KEY_ID_0114232134912410000000000001" }))
+    clock.now = clock.now + 61
+    assert.is_true(m:wants(UNKNOWN))
+  end)
+
+  it("periodic refresh: due after the interval, only for merchants holding certificates, never after the 404", function()
+    local m, clock, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = true })
+    clock.now = clock.now + certificates.REFRESH_INTERVAL
+    assert.is_false(m:due())                    -- a public key only: nothing to keep ahead of
+    m.keys["5157F09EFDC096DE15EBE81A47057A7232F1B8E1"] = true
+    assert.is_true(m:due())
+    m:refresh_async(nil, true)
+    assert.is_false(m:due())                    -- one is running
+    local errors = require("wechatpay.errors")
+    fetches[1]:reject(errors.new("http", certificates.NO_CERTIFICATES, { status = 404, code = "NOT_FOUND" }))
+    assert.is_true(m.public_key_only)
+    clock.now = clock.now + 2 * certificates.REFRESH_INTERVAL
+    assert.is_false(m:due())
+    assert.is_false(m:wants(UNKNOWN))
+  end)
+
+  it("a failed refresh keeps every key", function()
+    local m, _, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = "k1", ["5157F09E"] = "k2" })
+    m:refresh_async()
+    fetches[1]:reject(require("wechatpay.errors").new("network", "reset"))
+    assert.same({ PUB_KEY_ID_0114232134912410000000000000 = "k1", ["5157F09E"] = "k2" }, m.keys)
+    assert.equal("network", m.last_error.kind)
+  end)
+end)

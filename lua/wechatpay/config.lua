@@ -285,7 +285,8 @@ local function check_transport(transport)
 end
 
 -- A certificate store: cert_store (an object with load and save), or
--- cert_dir (a writable directory, wrapped in certificates.dir_store).
+-- cert_dir (a directory, wrapped in certificates.dir_store).  Without an
+-- apiv3_key the client only reads it.
 local function check_cert_store(opts)
   if opts.cert_dir ~= nil and opts.cert_store ~= nil then fail("give cert_dir or cert_store, not both") end
   if opts.cert_dir ~= nil then
@@ -301,8 +302,8 @@ local function check_cert_store(opts)
     assert(type(store.load) == "function" and type(store.save) == "function")
   end)
   if not ok then fail("cert_store must be an object with load() and save(serial, pem)") end
-  if opts.apiv3_key == nil then fail("cert_store and cert_dir need apiv3_key, to decrypt what is downloaded") end
-  return store
+  return store   -- without an apiv3_key, only read: another process downloads
+
 end
 
 --- check(opts, default_user_agent) -> settings; raises on a mistake.
@@ -332,6 +333,8 @@ function config.check(opts, default_user_agent)
     private_key, may_be_empty)
   check_ca(opts)
   local cert_store = check_cert_store(opts)
+  local refresh_interval = false
+  if opts.refresh_interval ~= false then refresh_interval = optional_number(opts, "refresh_interval", 12 * 3600) end
   return {
     mchid = mchid,
     serial = serial,
@@ -353,8 +356,7 @@ function config.check(opts, default_user_agent)
     transport = check_transport(opts.transport),
     cert_store = cert_store,
     -- seconds between periodic certificate refreshes; false: none
-    refresh_interval = opts.refresh_interval == false and false
-      or optional_number(opts, "refresh_interval", 12 * 3600),
+    refresh_interval = refresh_interval,
   }
 end
 
