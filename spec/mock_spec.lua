@@ -491,8 +491,8 @@ describe("wechatpay.mock", function()
     assert.equals(2, server:stats().connections)
 
     server:reset()
-    assert.same({ connections = 0, requests = 0, grants = 0, in_flight = 0, in_flight_max = 0 },
-      server:stats())
+    assert.same({ connections = 0, requests = 0, grants = 0, in_flight = 0, in_flight_max = 0,
+      certificate_downloads = 0, notifications = 0 }, server:stats())
   end)
 
   it("adds latency, and counts concurrent requests", function()

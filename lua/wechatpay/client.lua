@@ -7,11 +7,14 @@
 --   local res, err = client.v3.multiuse.users._openid_.coupons:post{ openid =, json = {...} }
 local core = require("wechatpay.core")
 local aes = require("wechatpay.aes")
+local certificates = require("wechatpay.certificates")
 local chain = require("wechatpay.chain")
 local config = require("wechatpay.config")
 local curl_transport = require("wechatpay.transport.curl")
+local dedupe = require("wechatpay.dedupe")
 local dispatcher = require("wechatpay.dispatcher")
 local errors = require("wechatpay.errors")
+local notification = require("wechatpay.notification")
 local promise = require("wechatpay.promise")
 local request = require("wechatpay.request")
 local retry = require("wechatpay.retry")
@@ -25,6 +28,8 @@ local methods = {}
 -- The key of a client's own state: no segment name can reach it, so the
 -- transport, dispatcher and keys are not fields a caller can read or replace.
 local STATE = {}
+
+local send_async   -- the one path of every call, below
 
 -- Settings a caller may read (never write) as fields.
 local READABLE = { mchid = true, serial = true, base_url = true, platform_key_id = true }
@@ -70,7 +75,7 @@ function client.new(opts)
     max_connections = settings.max_concurrency,
   }
   settings.transport = nil
-  return setmetatable({
+  local self = setmetatable({
     [STATE] = {
       settings = settings,
       dispatcher = dispatcher.new(transport, {
@@ -78,6 +83,18 @@ function client.new(opts)
       }),
     },
   }, client_mt)
+  local state = self[STATE]
+  if settings.apiv3_key or settings.cert_store then
+    state.certs = certificates.manager{
+      keys = settings.platform_keys, apiv3_key = settings.apiv3_key, merchant_serial = settings.serial,
+      store = settings.cert_store, interval = settings.refresh_interval,
+      fetch = function(check) return send_async(self, "GET", certificates.PATH, nil, check) end,
+      on_change = function()
+        settings.encryption_key_id = settings.encryption_key_id or config.pick_encryption_key(settings.platform_keys)
+      end,
+    }
+  end
+  return self
 end
 
 --- client:chain("v3/multiuse/users/{openid}/coupons") -> node
@@ -94,21 +111,36 @@ local function transport_error(failure, target)
     { sent = failure.sent, retry = failure.retry })
 end
 
---- client:request_async(method, path, options) -> promise of the response
--- Raises on a programmer error (an unknown option, a missing path
--- variable) before anything is queued; every other failure rejects.
-function methods.request_async(self, method, path, opts)
+-- send_async(method, path, options, check) -> promise: the one path of
+-- every call; check(raw, target) -> response | nil, err judges an answer
+-- (verify.response for API calls, the download's own check for certificates).
+send_async = function(self, method, path, opts, check)
   local state = self[STATE]
-  local settings, queue = state.settings, state.dispatcher
+  local settings, queue, certs = state.settings, state.dispatcher, state.certs
   local prepared = request.prepare(settings, method, path, opts)
   local p = promise.new(queue)
   local attempts, started = 0, core.monotonic()
-  local attempt
+  local attempt, finish
 
-  local function finish(raw, failure)
+  -- an answer signed by an unknown certificate: one refresh, then once more
+  local function after_refresh(raw)
+    local function again() finish(raw, nil, true) end
+    local function guarded()
+      local ok, raised = pcall(again)
+      if not ok then p:reject(errors.from_raise(raised, "after refreshing certificates")) end
+    end
+    certs:refresh_async(queue, true):next(guarded, guarded)
+  end
+
+  finish = function(raw, failure, refreshed)
     local res, err
     if raw then
-      res, err = verify.response(settings.platform_keys, raw, prepared.target)
+      res, err = check(raw, prepared.target)
+      if not res and not refreshed and certs then
+        local wanted = certs:wants(err)
+        if wanted == "reloaded" then return finish(raw, nil, true) end
+        if wanted then return after_refresh(raw) end
+      end
     else
       err = transport_error(failure, prepared.target)
     end
@@ -134,6 +166,21 @@ function methods.request_async(self, method, path, opts)
   end
   attempt()
   return p
+end
+
+--- client:request_async(method, path, options) -> promise of the response
+-- Raises on a programmer error (an unknown option, a missing path
+-- variable) before anything is queued; every other failure rejects.
+function methods.request_async(self, method, path, opts)
+  local state = self[STATE]
+  local settings, certs = state.settings, state.certs
+  -- the periodic refresh runs beside this call, which does not wait for it
+  if certs and certs:due() then
+    certs:refresh_async(state.dispatcher, true):catch(function() end)
+  end
+  return send_async(self, method, path, opts, function(raw, target)
+    return verify.response(settings.platform_keys, raw, target)
+  end)
 end
 
 --- client:request(method, path, options) -> response | nil, err
@@ -190,8 +237,68 @@ end
 
 --- client:verify(headers, body) -> true | nil, err (kind "verify"), for
 -- callbacks: headers in any case; a repeated signature header is refused.
+-- A callback signed by an unknown certificate serial refreshes the
+-- certificates once (waiting for the download) and is verified again.
 function methods.verify(self, headers, body)
-  return verify.callback(self[STATE].settings.platform_keys, headers, body)
+  local state = self[STATE]
+  local ok, err = verify.callback(state.settings.platform_keys, headers, body)
+  local wanted = not ok and state.certs and state.certs:wants(err)
+  if wanted then
+    if wanted ~= "reloaded" then state.certs:refresh_async(state.dispatcher, true):wait() end
+    ok, err = verify.callback(state.settings.platform_keys, headers, body)
+  end
+  return ok, err
+end
+
+--- client:parse_notification(headers, raw_body) -> event | nil, err
+-- (wechatpay.notification.parse: kinds "verify", "malformed", "decrypt").
+function methods.parse_notification(self, headers, body)
+  return notification.parse(self, headers, body)
+end
+
+--- client:event_store() -> the in-process LRU that notification.handle
+-- uses when given no dedupe store (one per client).
+function methods.event_store(self)
+  local state = self[STATE]
+  state.events = state.events or dedupe.lru()
+  return state.events
+end
+
+--- client:certificates() -> list | nil, err: downloads GET /v3/certificates,
+-- decrypts each with the apiv3_key and verifies the response with the
+-- delivered certificate that signed it; adds nothing to the client.
+-- Each entry: { serial, pem, effective_time, expire_time, not_before, not_after, key }.
+function methods.certificates(self)
+  local state = self[STATE]
+  local apiv3_key = state.settings.apiv3_key
+  if not apiv3_key then errors.raise("certificates: the client was made without apiv3_key") end
+  local res, err = send_async(self, "GET", certificates.PATH, nil, function(raw, target)
+    return certificates.check_download(apiv3_key(), state.settings.platform_keys, raw, target, state.settings.serial)
+  end):wait()
+  if not res then
+    if certificates.is_public_key_only(err) then
+      if state.certs then state.certs.public_key_only = true end
+      return {}, "no platform certificates: this merchant verifies with its WeChat Pay public key (PUB_KEY_ID_...)"
+    end
+    return nil, err
+  end
+  return res.certificates
+end
+
+--- client:refresh_certificates() -> number added | nil, err.  Adds the
+-- downloaded certificates to the client's keys (and its cert store); a
+-- failed refresh drops none.  0 for a public-key-only merchant.
+function methods.refresh_certificates(self)
+  local state = self[STATE]
+  if not state.certs then errors.raise("refresh_certificates: the client was made without apiv3_key") end
+  return state.certs:refresh_async(state.dispatcher):wait()
+end
+
+--- client:certificate_stats() -> { downloads, public_key_only, last_error }
+function methods.certificate_stats(self)
+  local certs = self[STATE].certs
+  if not certs then return { downloads = 0 } end
+  return { downloads = certs.downloads, public_key_only = certs.public_key_only or false, last_error = certs.last_error }
 end
 
 --- client:close(): calls queued or in flight reject with kind "closed";

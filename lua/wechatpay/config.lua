@@ -17,7 +17,7 @@ local OPTIONS = {
   mchid = true, serial = true, private_key = true, passphrase = true, certs = true,
   base_url = true, cafile = true, capath = true, timeout = true, connect_timeout = true, proxy = true,
   user_agent = true, apiv3_key = true, transport = true, max_concurrency = true,
-  retry = true, rate_limit = true,
+  retry = true, rate_limit = true, cert_dir = true, cert_store = true, refresh_interval = true,
 }
 
 --- Ranges of the numeric options.  A timeout under 1 ms would reach curl as
@@ -26,6 +26,7 @@ config.RANGES = {
   timeout = { min = 0.001, max = 86400, what = "number of seconds" },
   connect_timeout = { min = 0.001, max = 86400, what = "number of seconds" },
   max_concurrency = { min = 1, max = 1000, integer = true, what = "integer (calls in flight at once)" },
+  refresh_interval = { min = 60, max = 30 * 86400, what = "number of seconds (or false)" },
 }
 
 local function fail(message)
@@ -106,7 +107,7 @@ end
 
 -- Platform keys by id, with the merchant's own key refused: the most
 -- reported configuration mistake across WeChat Pay SDKs.
-local function load_platform_keys(certs, merchant_serial, private_key)
+local function load_platform_keys(certs, merchant_serial, private_key, may_be_empty)
   if type(certs) ~= "table" then
     fail("certs is required: a table of WeChat Pay public key id or platform certificate serial -> key")
   end
@@ -141,13 +142,16 @@ local function load_platform_keys(certs, merchant_serial, private_key)
     keys[normalized] = loaded
     count = count + 1
   end
-  if count == 0 then fail("certs is empty: give at least the WeChat Pay public key or a platform certificate") end
+  if count == 0 and not may_be_empty then
+    fail("certs is empty: give at least the WeChat Pay public key or a platform certificate "
+      .. "(or an apiv3_key, to download the platform certificates)")
+  end
   return keys
 end
 
 -- Encryption uses the WeChat Pay public key when there is one, else the
 -- platform certificate that expires last.
-local function pick_encryption_key(keys)
+function config.pick_encryption_key(keys)
   local best_id, best_expiry
   for id in pairs(keys) do
     if is_public_key_id(id) then
@@ -280,6 +284,28 @@ local function check_transport(transport)
   return transport
 end
 
+-- A certificate store: cert_store (an object with load and save), or
+-- cert_dir (a directory, wrapped in certificates.dir_store).  Without an
+-- apiv3_key the client only reads it.
+local function check_cert_store(opts)
+  if opts.cert_dir ~= nil and opts.cert_store ~= nil then fail("give cert_dir or cert_store, not both") end
+  if opts.cert_dir ~= nil then
+    local dir = opts.cert_dir
+    if type(dir) ~= "string" or dir == "" or dir:find("%z") then fail("cert_dir must be a directory path") end
+    local kind = path_kind(dir)
+    if kind ~= "directory" then fail(("cert_dir %s is not a directory"):format(dir)) end
+    return require("wechatpay.certificates").dir_store(dir)
+  end
+  local store = opts.cert_store
+  if store == nil then return nil end
+  local ok = (type(store) == "table" or type(store) == "userdata") and pcall(function()
+    assert(type(store.load) == "function" and type(store.save) == "function")
+  end)
+  if not ok then fail("cert_store must be an object with load() and save(serial, pem)") end
+  return store   -- without an apiv3_key, only read: another process downloads
+
+end
+
 --- check(opts, default_user_agent) -> settings; raises on a mistake.
 function config.check(opts, default_user_agent)
   if type(opts) ~= "table" then fail("options table expected, got " .. type(opts)) end
@@ -297,12 +323,18 @@ function config.check(opts, default_user_agent)
   end
   local private_key, err = key.private(opts.private_key, opts.passphrase)
   if not private_key then fail("private_key: " .. err) end
-  local platform_keys = load_platform_keys(opts.certs, serial, private_key)
-  check_ca(opts)
   local apiv3_key = opts.apiv3_key
   if apiv3_key ~= nil and (type(apiv3_key) ~= "string" or #apiv3_key ~= 32) then
     fail("apiv3_key must be the 32-character APIv3 key")
   end
+  -- with an APIv3 key the certificates can be downloaded: certs may be empty
+  local may_be_empty = apiv3_key ~= nil or opts.cert_dir ~= nil or opts.cert_store ~= nil
+  local platform_keys = load_platform_keys(opts.certs == nil and may_be_empty and {} or opts.certs, serial,
+    private_key, may_be_empty)
+  check_ca(opts)
+  local cert_store = check_cert_store(opts)
+  local refresh_interval = false
+  if opts.refresh_interval ~= false then refresh_interval = optional_number(opts, "refresh_interval", 12 * 3600) end
   return {
     mchid = mchid,
     serial = serial,
@@ -310,7 +342,7 @@ function config.check(opts, default_user_agent)
     -- a function, so that no dump of the client's tables shows the key
     apiv3_key = apiv3_key and function() return apiv3_key end,
     platform_keys = platform_keys,
-    encryption_key_id = pick_encryption_key(platform_keys),
+    encryption_key_id = config.pick_encryption_key(platform_keys),
     base_url = check_base_url(opts.base_url or DEFAULT_BASE_URL),
     cafile = opts.cafile,
     capath = opts.capath,
@@ -322,6 +354,9 @@ function config.check(opts, default_user_agent)
     rate_limit = check_rate_limit(opts.rate_limit),
     retry = config.retry_policy(opts.retry, retry.DEFAULT, "wechatpay.new"),
     transport = check_transport(opts.transport),
+    cert_store = cert_store,
+    -- seconds between periodic certificate refreshes; false: none
+    refresh_interval = refresh_interval,
   }
 end
 

@@ -26,6 +26,10 @@ errors.KINDS = {
   closed = "client:close() was called while the call was queued or in flight",
   interrupted = "the call was interrupted (Ctrl-C) while it was being signed or sent",
   internal = "the client or a handler raised while finishing the call: a bug, with the raised error as message",
+  decrypt = "a callback or certificate download that verified but does not decrypt with the client's "
+    .. "apiv3_key: check the APIv3 key (32 characters, set in the merchant platform; not the APIv2 key)",
+  malformed = "a callback or certificate download that verified but is not what WeChat Pay sends "
+    .. "(not JSON, or without its id, resource or certificates)",
 }
 
 errors.MAX_LINE = 1024

@@ -16,6 +16,9 @@ local wechatpay = {
   random = require("wechatpay.random"),
   errors = require("wechatpay.errors"),
   promise = require("wechatpay.promise"),
+  notification = require("wechatpay.notification"),
+  dedupe = require("wechatpay.dedupe"),
+  certificates = require("wechatpay.certificates"),
 }
 
 --- wechatpay.all{ p1, p2 }:wait() -> { res1, res2 } | nil, first error

@@ -10,9 +10,13 @@
 --   GET    /faults          -> the pending queue
 --   GET    /coupons/{id}    -> the grant record, or 404
 --   POST   /configure       {"latency":..., "rate_limit":...}
+--   POST   /rotate          -> {"serial": the certificate that signs from now on}
+--   POST   /notify          {"url":..., "resource":{...}, ...} -> {"n":..., "id":...}
+--   GET    /notify/{n}      -> the deliveries and attempts of notification n
 local cjson = require("cjson.safe")
 local coupons = require("wechatpay.mock.coupons")
 local faults = require("wechatpay.mock.faults")
+local notify = require("wechatpay.mock.notify")
 local state = require("wechatpay.mock.state")
 
 local admin = {}
@@ -34,7 +38,8 @@ local function read_json()
   return value
 end
 
-local STAT_NAMES = { "connections", "requests", "grants", "in_flight_max", "in_flight" }
+local STAT_NAMES = { "connections", "requests", "grants", "in_flight_max", "in_flight",
+  "certificate_downloads", "notifications" }
 
 local function stats(dicts)
   local out = {}
@@ -49,7 +54,7 @@ local function reset(dicts)
   dicts.data:flush_expired()
   faults.clear(dicts.faults)
   local in_flight = dicts.stats:get("in_flight") or 0
-  for _, name in ipairs({ "connections", "requests", "grants" }) do
+  for _, name in ipairs({ "connections", "requests", "grants", "certificate_downloads", "notifications" }) do
     dicts.stats:set(name, 0)
   end
   -- Requests still running will decrement in_flight later: keep it.
@@ -101,6 +106,30 @@ function admin.handle()
       dicts.settings:set("rate_limit", req.rate_limit)
     end
     return reply(200, { ok = true })
+  elseif uri == "/rotate" and method == "POST" then
+    local generation = (dicts.settings:get("cert_generation") or 2) + 1
+    if not state.certs[generation] then
+      return reply(409, { error = "no further certificate to rotate to" })
+    end
+    dicts.settings:set("cert_generation", generation)
+    return reply(200, { serial = state.certs[generation].serial })
+  elseif uri == "/notify" and method == "POST" then
+    local req = read_json()
+    if not req then
+      return reply(400, { error = "body must be a JSON object" })
+    end
+    local n, id = notify.start(req)
+    if not n then
+      return reply(400, { error = id })
+    end
+    return reply(200, { n = n, id = id })
+  elseif method == "GET" and uri:match("^/notify/%d+$") then
+    local record = notify.get(tonumber(uri:match("%d+$")))
+    if not record then
+      return reply(404, { error = "no such notification" })
+    end
+    record.spec = nil
+    return reply(200, record)
   elseif method == "GET" then
     local coupon_id = uri:match("^/coupons/([^/]+)$")
     if coupon_id then

@@ -6,6 +6,7 @@
 local cjson = require("cjson.safe")
 local digest = require("openssl.digest")
 local auth = require("wechatpay.mock.auth")
+local certs = require("wechatpay.mock.certs")
 local coupons = require("wechatpay.mock.coupons")
 local faults = require("wechatpay.mock.faults")
 local response = require("wechatpay.mock.response")
@@ -122,6 +123,9 @@ local function route(method, segments)
   if n == 7 and s[2] == "marketing" and s[3] == "favor" and s[4] == "users"
       and s[6] == "coupons" and method == "GET" then
     return coupons.query, { openid = ngx.unescape_uri(s[5]), coupon_id = ngx.unescape_uri(s[7]) }
+  end
+  if n == 2 and s[2] == "certificates" and method == "GET" then
+    return certs.download, {}
   end
   if n >= 3 and s[2] == "mock" and s[3] == "echo" then
     return echo, {}

@@ -11,11 +11,18 @@
 --     users = { [openid] = { name = "张三", id_card = "110101199003071234" } },
 --                                -- merged over mock.default_users(); false removes one
 --     sign_with = "public_key",  -- or "certificate": the key that signs responses
+--     apiv3_key = "<32 characters>",   -- seals callbacks and certificates (default: random)
+--     public_key_only = false,   -- true: /v3/certificates answers 404 "无可用的平台证书"
 --   })
 --   server.base_url  server.cafile  server.mchid  server.merchant_serial
 --   server.merchant_key_file  server.merchant_cert_file
 --   server.platform_key_id  server.platform_public_key_file
---   server.platform_cert_serial  server.platform_cert_file  server.users
+--   server.platform_cert_serial  server.platform_cert_file  server.users  server.apiv3_key
+--   server.platform_cert_old_serial  server.platform_cert_next_serial
+--   server:rotate_certificates()  --> the serial that signs from now on (sign_with = "certificate")
+--   server:notify(url, { event_type =, resource = {...}, id =, fault =, schedule = { 0.1, ... } })
+--       --> n, event id: POSTs a signed notification, redelivered on non-2xx
+--   server:notification(n)  --> { id, done, deliveries, attempts = { { delivery, attempt, status, answer }, ... } }
 --   server:fault("status", { status = 500, count = 2, path = "/coupons$" })
 --   server:clear_faults()
 --   server:stats()    --> { connections, requests, grants, in_flight_max, in_flight }
@@ -32,6 +39,7 @@
 --   ANY  /v3/mock/no_content signed 204
 --   GET  /v3/bill/tradebill?bill_date=YYYY-MM-DD  ->  hash + download_url
 --   GET  /v3/billdownload/file?token=              unsigned bytes
+--   GET  /v3/certificates    two overlapping platform certificates, sealed with the APIv3 key
 --
 -- Faults, each for the next opts.count (default 1) /v3/ requests whose URI
 -- matches opts.path (a Lua pattern, optional), in the order armed:
@@ -87,7 +95,7 @@ local OPTION_TYPES = {
   mchid = "string", latency = "number", rate_limit = "number|false", users = "table",
   sign_with = "string", nginx = "string", modules_dir = "string",
   worker_lua_path = "string", worker_lua_cpath = "string", watch_launcher = "boolean",
-  start_timeout = "number",
+  start_timeout = "number", apiv3_key = "string", public_key_only = "boolean",
 }
 
 ---------------------------------------------------------------------------
@@ -341,6 +349,36 @@ function Server:fault(name, opts)
   return self
 end
 
+--- Makes the next certificate the one that signs (with sign_with =
+-- "certificate"); the download then delivers it and the one before.
+function Server:rotate_certificates()
+  local result, status = admin_or_raise(self, "POST", "/rotate", "{}")
+  if status ~= 200 then
+    error("wechatpay.mock: " .. tostring(result.error), 2)
+  end
+  return result.serial
+end
+
+--- Delivers a notification to url (see the header); returns its number and event id.
+function Server:notify(url, spec)
+  spec = spec or {}
+  if type(url) ~= "string" then error("wechatpay.mock: notify(url, spec): url must be a string", 2) end
+  local body = { url = url }
+  for k, v in pairs(spec) do body[k] = v end
+  local result, status = admin_or_raise(self, "POST", "/notify", cjson.encode(body))
+  if status ~= 200 then
+    error("wechatpay.mock: notify refused: " .. tostring(result.error), 2)
+  end
+  return math.floor(result.n), result.id
+end
+
+--- The record of notification n: deliveries, attempts, done.
+function Server:notification(n)
+  local record, status = admin_or_raise(self, "GET", ("/notify/%d"):format(n))
+  if status ~= 200 then return nil end
+  return record
+end
+
 function Server:clear_faults()
   admin_or_raise(self, "DELETE", "/faults")
   return self
@@ -392,8 +430,10 @@ function Server:client(options)
     certs = { [self.platform_key_id] = "file://" .. self.platform_public_key_file },
     base_url = self.base_url,
     cafile = self.cafile,
+    apiv3_key = self.apiv3_key,
   }
   for k, v in pairs(options or {}) do opts[k] = v end
+  if opts.apiv3_key == false then opts.apiv3_key = nil end   -- a client that cannot download
   return require("wechatpay").new(opts)
 end
 
@@ -473,6 +513,9 @@ local function check_options(opts)
   if opts.sign_with and opts.sign_with ~= "public_key" and opts.sign_with ~= "certificate" then
     error("wechatpay.mock.start: sign_with must be \"public_key\" or \"certificate\"", 3)
   end
+  if opts.apiv3_key and #opts.apiv3_key ~= 32 then
+    error("wechatpay.mock.start: apiv3_key must be 32 characters", 3)
+  end
   if opts.mchid and not opts.mchid:match("^%d+$") then
     error("wechatpay.mock.start: mchid must be digits", 3)
   end
@@ -544,6 +587,7 @@ function mock.start(opts)
     return nil, "wechatpay.mock: " .. err
   end
 
+  local apiv3_key = opts.apiv3_key or hex(rand.bytes(16))
   local launcher_pid, launcher_start = self_identity()
   local admin_token = hex(rand.bytes(16))
   root = root:gsub("/%./", "/")
@@ -563,6 +607,10 @@ function mock.start(opts)
         merchant_serial = keys.merchant_serial,
         platform_key_id = keys.platform_key_id,
         platform_cert_serial = keys.platform_cert_serial,
+        platform_cert_old_serial = keys.platform_cert_old_serial,
+        platform_cert_next_serial = keys.platform_cert_next_serial,
+        apiv3_key = apiv3_key,
+        public_key_only = opts.public_key_only or false,
         files = keys.files,
         users = users,
         latency = opts.latency or 0,
@@ -600,6 +648,9 @@ function mock.start(opts)
           platform_public_key_file = keys.files.platform_public_key,
           platform_cert_serial = keys.platform_cert_serial,
           platform_cert_file = keys.files.platform_cert,
+          platform_cert_old_serial = keys.platform_cert_old_serial,
+          platform_cert_next_serial = keys.platform_cert_next_serial,
+          apiv3_key = apiv3_key,
           users = users,
           _admin_url = "http://127.0.0.1:" .. admin_port,
           _admin_token = admin_token,

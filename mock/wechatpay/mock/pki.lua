@@ -10,6 +10,8 @@
 --   platform_public_key.pem     WeChat Pay public key (SPKI), id PUB_KEY_ID_...
 --   platform_private_key.pem    its private key (the mock signs and decrypts with it)
 --   platform_cert.pem / platform_cert_key.pem   a platform certificate with a second key pair
+--   platform_cert_old.pem / _key.pem   an older platform certificate, overlapping it
+--   platform_cert_next.pem / _key.pem  the one server:rotate_certificates() moves to
 local pkey = require("openssl.pkey")
 local x509 = require("openssl.x509")
 local x509_name = require("openssl.x509.name")
@@ -54,7 +56,8 @@ local function make_cert(fields)
   cert:setSubject(subject)
   cert:setIssuer(fields.issuer_cert and fields.issuer_cert:getSubject() or subject)
   -- Back-date by a day so a client whose clock lags a little still accepts it.
-  local now = os.time()
+  -- age: seconds further back (an older certificate of an overlapping pair)
+  local now = os.time() - (fields.age or 0)
   cert:setLifetime(now - 86400, now + VALIDITY)
   cert:setPublicKey(fields.key)
   if fields.ca then
@@ -126,6 +129,15 @@ function pki.generate(dir, mchid)
     key = platform_cert_key, issuer_cert = ca, issuer_key = ca_key,
   })
 
+  -- Platform certificates overlap as WeChat Pay rotates them: an older one,
+  -- the current one, and the next one that a rotation switches to.
+  local platform_subject = { { "C", "CN" }, { "L", "ShenZhen" }, { "O", "Tenpay.com" },
+    { "OU", "Tenpay.com CA Center" }, { "CN", "Tenpay.com Root CA (mock)" } }
+  local old_key, next_key = new_rsa_key(), new_rsa_key()
+  local old_cert = make_cert({ subject = platform_subject, key = old_key, issuer_cert = ca, issuer_key = ca_key,
+    age = 2 * 365 * 86400 })
+  local next_cert = make_cert({ subject = platform_subject, key = next_key, issuer_cert = ca, issuer_key = ca_key })
+
   local files = {
     ca = dir .. "/ca.pem",
     server_cert = dir .. "/server.pem",
@@ -136,6 +148,10 @@ function pki.generate(dir, mchid)
     platform_private_key = dir .. "/platform_private_key.pem",
     platform_cert = dir .. "/platform_cert.pem",
     platform_cert_key = dir .. "/platform_cert_key.pem",
+    platform_cert_old = dir .. "/platform_cert_old.pem",
+    platform_cert_old_key = dir .. "/platform_cert_old_key.pem",
+    platform_cert_next = dir .. "/platform_cert_next.pem",
+    platform_cert_next_key = dir .. "/platform_cert_next_key.pem",
   }
   local contents = {
     ca = ca:toPEM(),
@@ -147,6 +163,10 @@ function pki.generate(dir, mchid)
     platform_private_key = platform_key:toPEM("PrivateKey"),
     platform_cert = platform_cert:toPEM(),
     platform_cert_key = platform_cert_key:toPEM("PrivateKey"),
+    platform_cert_old = old_cert:toPEM(),
+    platform_cert_old_key = old_key:toPEM("PrivateKey"),
+    platform_cert_next = next_cert:toPEM(),
+    platform_cert_next_key = next_key:toPEM("PrivateKey"),
   }
   for what, path in pairs(files) do
     local ok, err = write_file(path, contents[what])
@@ -160,6 +180,8 @@ function pki.generate(dir, mchid)
     merchant_serial = serial_hex(merchant_cert),
     platform_key_id = public_key_id(),
     platform_cert_serial = serial_hex(platform_cert),
+    platform_cert_old_serial = serial_hex(old_cert),
+    platform_cert_next_serial = serial_hex(next_cert),
   }
 end
 

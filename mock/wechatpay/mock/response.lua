@@ -76,7 +76,7 @@ function response.from_fault(opts, default_message)
   return response.error(opts.status, opts.code, opts.message or default_message)
 end
 
-local function sign(key, timestamp, nonce, body)
+function response.sign(key, timestamp, nonce, body)
   local md = digest.new("sha256")
   md:update(timestamp .. "\n" .. nonce .. "\n" .. body .. "\n")
   return ngx.encode_base64(key:sign(md))
@@ -84,7 +84,7 @@ end
 
 -- Flip one character of the body so it stays parseable JSON but no longer
 -- matches the signature: the client can only notice through verification.
-local function tamper(body)
+function response.tamper(body)
   local pos = nil
   for i = #body, 1, -1 do
     if body:sub(i, i):match("%w") then
@@ -111,23 +111,25 @@ end
 
 -- Adds Wechatpay-* headers to headers (an ordered list of {name, value});
 -- returns the body to send (which tamper_body changes after signing).
-local function add_signature(headers, body, fault)
+-- signer: { key, serial } to sign with instead of the configured key.
+local function add_signature(headers, body, fault, signer)
   local name = fault and fault.name
   local opts = fault and fault.opts or {}
   local key, serial = state.signing_key()
+  if signer then key, serial = signer.key, signer.serial end
   local timestamp = ngx.time()
   if name == "timestamp" then
     timestamp = timestamp + opts.offset
   end
   timestamp = string.format("%d", timestamp)
   local nonce = response.random_alnum(32)
-  local signature = sign(key, timestamp, nonce, body)
+  local signature = response.sign(key, timestamp, nonce, body)
   if name == "signtest" then
     signature = "WECHATPAY/SIGNTEST/" .. ngx.encode_base64(rand.bytes(192))
   elseif name == "unknown_serial" then
     serial = opts.serial or "PUB_KEY_ID_9999999999999999999999999999"
   elseif name == "tamper_body" then
-    local tampered = tamper(body)
+    local tampered = response.tamper(body)
     if tampered then
       body = tampered
     else
@@ -179,7 +181,7 @@ function response.send(resp, fault)
     headers[#headers + 1] = { "Content-Type", "application/json; charset=utf-8" }
   end
   if resp.signed and status >= 200 and status < 300 then
-    body = add_signature(headers, body, fault)
+    body = add_signature(headers, body, fault, resp.signer)
   end
 
   local name = fault and fault.name

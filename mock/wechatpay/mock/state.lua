@@ -105,6 +105,15 @@ function state.init_worker()
       platform = load_key(files.platform_private_key),
       platform_cert = load_key(files.platform_cert_key),
     }
+    -- the platform certificates by serial: key (to sign, decrypt) and PEM (to deliver)
+    state.certs = {}
+    for _, c in ipairs({
+      { config.platform_cert_old_serial, files.platform_cert_old_key, files.platform_cert_old },
+      { config.platform_cert_serial, files.platform_cert_key, files.platform_cert },
+      { config.platform_cert_next_serial, files.platform_cert_next_key, files.platform_cert_next },
+    }) do
+      state.certs[#state.certs + 1] = { serial = c[1], key = load_key(c[2]), pem = assert(read_file(c[3])) }
+    end
   end)
   if not ok then
     -- Never log the error object verbatim: a parse error could quote key bytes.
@@ -116,6 +125,7 @@ function state.init_worker()
   local dicts = state.dicts()
   dicts.settings:safe_add("latency", config.latency or 0)
   dicts.settings:safe_add("rate_limit", config.rate_limit or 0)
+  dicts.settings:safe_add("cert_generation", 2)
   if config.watch_launcher and config.launcher_pid then
     ngx.timer.every(1, watch_launcher)
   end
@@ -137,11 +147,19 @@ function state.setting(name)
   return state.dicts().settings:get(name)
 end
 
+-- The platform certificates in service: the one signing now (index
+-- cert_generation in state.certs) and the one before it, which overlaps.
+function state.current_certificates()
+  local generation = state.setting("cert_generation") or 2
+  return state.certs[generation], state.certs[generation - 1]
+end
+
 -- The key the mock signs responses with, and the serial it announces.
 function state.signing_key()
   local config = state.config
   if config.sign_with == "certificate" then
-    return state.keys.platform_cert, config.platform_cert_serial
+    local current = state.current_certificates()
+    return current.key, current.serial
   end
   return state.keys.platform, config.platform_key_id
 end
@@ -152,9 +170,11 @@ function state.decryption_key(serial)
   if serial == config.platform_key_id then
     return state.keys.platform
   end
-  if type(serial) == "string"
-      and serial:upper():gsub("^%s+", ""):gsub("%s+$", "") == config.platform_cert_serial then
-    return state.keys.platform_cert
+  if type(serial) == "string" then
+    local wanted = serial:upper():gsub("^%s+", ""):gsub("%s+$", "")
+    for _, c in ipairs(state.certs) do
+      if c.serial == wanted then return c.key end
+    end
   end
   return nil
 end

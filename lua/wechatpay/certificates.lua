@@ -1,0 +1,362 @@
+--- Platform certificates (PROTOCOL.md sections 3 and 6): the download of
+-- GET /v3/certificates, where they are kept, and when they are refreshed.
+--
+-- A download is trusted because each certificate is sealed with the APIv3
+-- key (AES-256-GCM authenticates it) and the response is signed by one of
+-- the certificates it delivers (or a key the client already trusts).
+--
+-- A certificate store is any object with
+--   store:load() -> { [serial] = PEM text }        what is kept
+--   store:save(serial, pem) -> true | nil, err     keep one more
+--   store:lock(ttl) -> true | false   (optional)   one downloader at a time
+--   store:unlock()                    (optional)
+--   certificates.dir_store(path)             files wechatpay_<serial>.pem, written atomically
+--   certificates.shared_dict_store(ngx.shared.NAME)   every nginx worker of one server
+-- Without a store the certificates are kept in the client only.
+local aes = require("wechatpay.aes")
+local cjson = require("cjson.safe")
+local core = require("wechatpay.core")
+local errors = require("wechatpay.errors")
+local key = require("wechatpay.key")
+local promise = require("wechatpay.promise")
+local response = require("wechatpay.response")
+local verify = require("wechatpay.verify")
+
+local certificates = {}
+
+certificates.PATH = "/v3/certificates"
+--- seconds between periodic refreshes, and the least time between two
+-- downloads that an unknown serial (or a failed refresh) may start
+certificates.REFRESH_INTERVAL = 12 * 3600
+certificates.MIN_INTERVAL = 60
+--- what WeChat Pay answers a merchant that has only a public key
+certificates.NO_CERTIFICATES = "无可用的平台证书"
+
+local function is_public_key_id(id)
+  return type(id) == "string" and id:find("^PUB_KEY_ID_") ~= nil
+end
+
+local function is_serial(id)
+  return type(id) == "string" and id:find("^%x+$") ~= nil and #id <= 64
+end
+
+-- ---- one download ------------------------------------------------------------------
+
+-- A delivered certificate as a loaded key, checked; or nil, err.
+local function open_certificate(apiv3_key, entry, merchant_serial)
+  if type(entry) ~= "table" or type(entry.serial_no) ~= "string" or type(entry.encrypt_certificate) ~= "table" then
+    return nil, errors.new("malformed", "certificate download: an entry lacks serial_no or encrypt_certificate")
+  end
+  local serial = key.normalize_serial(entry.serial_no)
+  if not is_serial(serial) then
+    return nil, errors.new("malformed", "certificate download: serial_no is not a hex serial")
+  end
+  local pem, why = aes.decrypt_resource(apiv3_key, entry.encrypt_certificate)
+  if not pem then
+    return nil, errors.new("decrypt", ("certificate %s does not decrypt with the client's apiv3_key "
+      .. "(check the APIv3 key: 32 characters from the merchant platform, not the APIv2 key): %s")
+      :format(serial, tostring(why)))
+  end
+  local loaded, err = key.public(pem)
+  local cert = loaded and loaded:certificate()
+  if not cert then
+    return nil, errors.new("malformed", ("certificate %s: the decrypted text is not an X.509 certificate: %s")
+      :format(serial, tostring(err or "a bare public key")))
+  end
+  if cert.serial ~= serial then
+    return nil, errors.new("malformed", ("certificate download: serial_no %s names a certificate whose serial is %s")
+      :format(serial, cert.serial))
+  end
+  if serial == merchant_serial then
+    return nil, errors.new("malformed", "certificate download: a delivered certificate has the merchant's own serial")
+  end
+  return {
+    serial = serial, key = loaded, pem = pem,
+    effective_time = entry.effective_time, expire_time = entry.expire_time,
+    not_before = cert.not_before, not_after = cert.not_after,
+  }
+end
+
+--- check_download(apiv3_key, known, raw, target, merchant_serial) -> response | nil, err
+-- raw: the transport's answer.  The response gets .certificates, a list
+-- of { serial, key, pem, effective_time, expire_time, not_before, not_after }.
+function certificates.check_download(apiv3_key, known, raw, target, merchant_serial)
+  if raw.status < 200 or raw.status >= 300 then
+    return verify.response(known, raw, target)   -- the API error, unverified
+  end
+  local res = response.new(raw)
+  local decoded = cjson.decode(res.body)
+  if type(decoded) ~= "table" or type(decoded.data) ~= "table" then
+    return nil, errors.new("malformed", "certificate download: the body is not {\"data\":[...]}", { response = res })
+  end
+  local list, keys = {}, {}
+  for id, k in pairs(known) do keys[id] = k end
+  for _, entry in ipairs(decoded.data) do
+    local cert, err = open_certificate(apiv3_key, entry, merchant_serial)
+    if not cert then
+      err.response = res
+      return nil, err
+    end
+    list[#list + 1] = cert
+    keys[cert.serial] = keys[cert.serial] or cert.key
+  end
+  local ok, reason = verify.signed(keys, res.headers, res.body)
+  if not ok then
+    return nil, errors.new("verify", "certificate download: " .. reason, {
+      status = res.status, request_id = res.headers["request-id"], response = res })
+  end
+  res.certificates = list
+  return res
+end
+
+--- true for WeChat Pay's answer to a merchant that has only a public key.
+function certificates.is_public_key_only(err)
+  return type(err) == "table" and err.kind == "http" and err.status == 404
+    and (type(err.message) == "string" and err.message:find(certificates.NO_CERTIFICATES, 1, true) ~= nil)
+end
+
+-- ---- stores ---------------------------------------------------------------------------
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local DirStore = {}
+DirStore.__index = DirStore
+
+--- dir_store(path) -> store of files wechatpay_<SERIAL>.pem in path.
+function certificates.dir_store(path)
+  if type(path) ~= "string" or path == "" or path:find("%z") then
+    error("certificates.dir_store: path must be a directory path", 2)
+  end
+  return setmetatable({ path = path:gsub("/+$", "") }, DirStore)
+end
+
+function DirStore:file(serial)
+  return self.path .. "/wechatpay_" .. serial .. ".pem"
+end
+
+function DirStore:load()
+  local found = {}
+  local pipe = io.popen("ls -1 -- " .. shell_quote(self.path) .. " 2>/dev/null")
+  if not pipe then return found end
+  for name in pipe:lines() do
+    local serial = name:match("^wechatpay_(%x+)%.pem$")
+    if serial then
+      local f = io.open(self.path .. "/" .. name, "rb")
+      if f then
+        found[serial:upper()] = f:read("*a")
+        f:close()
+      end
+    end
+  end
+  pipe:close()
+  return found
+end
+
+-- temp file + rename: a reader sees the old file or the new one, never half.
+function DirStore:save(serial, pem)
+  if not is_serial(serial) then return nil, "not a hex serial" end
+  local final = self:file(serial)
+  local temp = ("%s/.wechatpay_%s.pem.%s.tmp"):format(self.path, serial, core.nonce(16))
+  local f, err = io.open(temp, "wb")
+  if not f then return nil, "cannot write " .. temp .. ": " .. tostring(err) end
+  local ok, werr = f:write(pem)
+  local closed, cerr = f:close()
+  if not ok or not closed then
+    os.remove(temp)
+    return nil, "cannot write " .. temp .. ": " .. tostring(werr or cerr)
+  end
+  local renamed, rerr = os.rename(temp, final)
+  if not renamed then
+    os.remove(temp)
+    return nil, "cannot rename to " .. final .. ": " .. tostring(rerr)
+  end
+  return true
+end
+
+local DictStore = {}
+DictStore.__index = DictStore
+
+--- shared_dict_store(dict [, { prefix = "wechatpay:cert:" }]) -> store
+-- dict: an ngx.shared.DICT (get/set/add/delete/incr).  Serials are listed
+-- under numbered keys (incr is atomic), so no worker's save is lost.
+function certificates.shared_dict_store(dict, opts)
+  if type(dict) ~= "table" and type(dict) ~= "userdata" then
+    error("certificates.shared_dict_store: an ngx.shared.DICT is required", 2)
+  end
+  return setmetatable({ dict = dict, prefix = (opts and opts.prefix) or "wechatpay:cert:" }, DictStore)
+end
+
+function DictStore:load()
+  local found, dict, p = {}, self.dict, self.prefix
+  for i = 1, dict:get(p .. "count") or 0 do
+    local serial = dict:get(p .. "serial:" .. i)
+    local pem = serial and dict:get(p .. "pem:" .. serial)
+    if pem then found[serial] = pem end
+  end
+  return found
+end
+
+function DictStore:save(serial, pem)
+  local dict, p = self.dict, self.prefix
+  local ok, err = dict:add(p .. "pem:" .. serial, pem)
+  if not ok then
+    if err == "exists" then return true end
+    return nil, "shared dict: " .. tostring(err)
+  end
+  local n
+  n, err = dict:incr(p .. "count", 1, 0)
+  if not n then return nil, "shared dict: " .. tostring(err) end
+  dict:set(p .. "serial:" .. n, serial)
+  return true
+end
+
+function DictStore:lock(ttl)
+  return (self.dict:add(self.prefix .. "lock", true, ttl or certificates.MIN_INTERVAL)) and true or false
+end
+
+function DictStore:unlock()
+  self.dict:delete(self.prefix .. "lock")
+end
+
+-- ---- the manager: one per client ---------------------------------------------------------
+
+local Manager = {}
+Manager.__index = Manager
+
+--- manager{ keys, apiv3_key, merchant_serial, fetch, store, interval, clock }
+-- keys: the client's map, which refreshes only ever add to;
+-- fetch(check) -> promise of the checked download response.
+function certificates.manager(opts)
+  local self = setmetatable({
+    keys = opts.keys, apiv3_key = opts.apiv3_key, merchant_serial = opts.merchant_serial,
+    fetch = opts.fetch, store = opts.store, on_change = opts.on_change,
+    interval = opts.interval == nil and certificates.REFRESH_INTERVAL or opts.interval,
+    clock = opts.clock or core.monotonic,
+    downloads = 0,
+  }, Manager)
+  self.last_refresh = self.clock()
+  if self.store then self:load_store() end
+  return self
+end
+
+-- Adds a certificate unless its serial is known; true when added.
+function Manager:add(serial, loaded)
+  if self.keys[serial] or serial == self.merchant_serial then return false end
+  self.keys[serial] = loaded
+  return true
+end
+
+--- Picks up what another process or worker saved.  -> how many were new
+function Manager:load_store()
+  local added = 0
+  local ok, found = pcall(self.store.load, self.store)
+  if not ok or type(found) ~= "table" then return 0 end
+  for serial, pem in pairs(found) do
+    serial = key.normalize_serial(serial)
+    if is_serial(serial) and not self.keys[serial] and type(pem) == "string" then
+      local loaded = key.public(pem)
+      local cert = loaded and loaded:certificate()
+      if cert and cert.serial == serial and self:add(serial, loaded) then added = added + 1 end
+    end
+  end
+  if added > 0 and self.on_change then self.on_change() end
+  return added
+end
+
+--- true when the client can download (an APIv3 key, not a public-key-only merchant).
+function Manager:enabled()
+  return self.apiv3_key ~= nil and not self.public_key_only
+end
+
+local function holds_certificates(keys)
+  for id in pairs(keys) do
+    if not is_public_key_id(id) then return true end
+  end
+  return false
+end
+
+--- true when a periodic refresh is due: only for merchants on certificates.
+function Manager:due()
+  if not self:enabled() or self.inflight or not self.interval then return false end
+  local now = self.clock()
+  if now - self.last_refresh < self.interval then return false end
+  if self.last_attempt and now - self.last_attempt < certificates.MIN_INTERVAL then return false end
+  return holds_certificates(self.keys)
+end
+
+--- true when a verify error names an unknown certificate serial that a
+-- refresh may bring: single-flight, at most one download a minute.
+function Manager:wants(err)
+  if type(err) ~= "table" or err.kind ~= "verify" or not is_serial(err.unknown_serial) then return false end
+  -- another process or worker may have saved it (a cron job's cert_dir, a
+  -- shared dict): look there first, at most once a second
+  if self.store and not self.inflight then
+    local now = self.clock()
+    if not self.last_load or now - self.last_load >= 1 then
+      self.last_load = now
+      if self:load_store() > 0 and self.keys[err.unknown_serial] then return "reloaded" end
+    end
+  end
+  if not self:enabled() then return false end
+  if self.inflight then return true end
+  return not self.last_auto or self.clock() - self.last_auto >= certificates.MIN_INTERVAL
+end
+
+-- What a finished download does: keep the new ones, everywhere.
+function Manager:accept(list)
+  local added = 0
+  for _, cert in ipairs(list) do
+    if self:add(cert.serial, cert.key) then added = added + 1 end
+    if self.store then self.store:save(cert.serial, cert.pem) end
+  end
+  self.last_refresh = self.clock()
+  if added > 0 and self.on_change then self.on_change() end
+  return added
+end
+
+--- refresh_async(driver [, auto]) -> promise of the number of certificates
+-- added; auto: started by an unknown serial or the period (rate-limited).  A
+-- refresh already running is joined, never doubled.  A failure adds
+-- nothing and drops nothing; WeChat Pay's 404 for a public-key-only
+-- merchant resolves with 0 and turns automatic downloads off.
+function Manager:refresh_async(driver, auto)
+  if self.inflight then return self.inflight end
+  if auto then self.last_auto = self.clock() end
+  if self.store then
+    self:load_store()
+    if self.store.lock and not self.store:lock(certificates.MIN_INTERVAL) then
+      -- another worker downloads; its certificates arrive through the store
+      self.last_attempt = self.clock()
+      return promise.resolved(0, driver)
+    end
+  end
+  self.last_attempt = self.clock()
+  self.downloads = self.downloads + 1
+  local apiv3_key = self.apiv3_key
+  local check = function(raw, target)
+    return certificates.check_download(apiv3_key(), self.keys, raw, target, self.merchant_serial)
+  end
+  local function done()
+    self.inflight = nil
+    if self.store and self.store.unlock then self.store:unlock() end
+  end
+  local p = self.fetch(check):next(function(res)
+    done()
+    self.last_error = nil
+    return self:accept(res.certificates), res
+  end, function(err)
+    done()
+    if certificates.is_public_key_only(err) then
+      self.public_key_only = true
+      return 0
+    end
+    self.last_error = err
+    error(err, 0)
+  end)
+  if p.state == "pending" then self.inflight = p end
+  return p
+end
+
+return certificates

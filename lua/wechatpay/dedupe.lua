@@ -1,0 +1,162 @@
+--- Stores that remember which callback event ids were handled, so that a
+-- redelivery is acknowledged without running the handler again.
+--
+-- A store is any object with three methods (wechatpay.notification.handle
+-- calls them; a Redis-backed one is in the README):
+--   store:claim(id, claim_ttl, done_ttl) -> "new" | "busy" | "done" | nil, err
+--       "new": the caller now holds a short in-progress claim (it expires
+--       after claim_ttl seconds, so a crashed handler cannot block the id for
+--       ever); "busy": another delivery holds the claim; "done": handled.
+--   store:finish(id, done_ttl)   the claim becomes "done" for done_ttl seconds
+--   store:release(id)            the claim is dropped: a redelivery runs again
+-- Two deliveries of one id at once: only one claim returns "new".
+--
+--   dedupe.lru{ size = 10000 }          one process (the default)
+--   dedupe.shared_dict(ngx.shared.NAME) every nginx worker of one server
+local core = require("wechatpay.core")
+
+local dedupe = {}
+
+--- Defaults: a claim outlives any reasonable handler; "done" outlives
+-- WeChat Pay's redelivery schedule (15 attempts over about 24 hours).
+dedupe.CLAIM_TTL = 60
+dedupe.DONE_TTL = 25 * 3600
+
+-- ---- a bounded LRU in one process ----------------------------------------------
+-- A hash for lookup and a doubly linked list for recency: every operation
+-- is O(1); past `size` entries the least recently used one is dropped.
+
+local Lru = {}
+Lru.__index = Lru
+
+--- lru{ size = 10000, clock = fn } -> store
+function dedupe.lru(opts)
+  opts = opts or {}
+  local size = opts.size or 10000
+  if type(size) ~= "number" or size < 1 or size % 1 ~= 0 then
+    error("dedupe.lru: size must be a positive integer", 2)
+  end
+  local head = {}
+  head.prev, head.next = head, head
+  return setmetatable({ size = size, count = 0, map = {}, head = head,
+    clock = opts.clock or core.monotonic }, Lru)
+end
+
+local function unlink(node)
+  node.prev.next, node.next.prev = node.next, node.prev
+end
+
+local function push_front(head, node)
+  node.prev, node.next = head, head.next
+  head.next.prev = node
+  head.next = node
+end
+
+function Lru:get_live(id)
+  local node = self.map[id]
+  if not node then return nil end
+  if node.expires <= self.clock() then
+    unlink(node)
+    self.map[id] = nil
+    self.count = self.count - 1
+    return nil
+  end
+  unlink(node)
+  push_front(self.head, node)
+  return node
+end
+
+function Lru:claim(id, claim_ttl)
+  local node = self:get_live(id)
+  if node then return node.state end
+  node = { id = id, state = "busy", expires = self.clock() + (claim_ttl or dedupe.CLAIM_TTL) }
+  self.map[id] = node
+  push_front(self.head, node)
+  self.count = self.count + 1
+  if self.count > self.size then
+    local last = self.head.prev
+    unlink(last)
+    self.map[last.id] = nil
+    self.count = self.count - 1
+  end
+  return "new"
+end
+
+function Lru:finish(id, done_ttl)
+  local node = self.map[id]
+  if not node then
+    -- evicted while the handler ran: remember it again
+    self:claim(id)
+    node = self.map[id]
+  end
+  node.state = "done"
+  node.expires = self.clock() + (done_ttl or dedupe.DONE_TTL)
+end
+
+function Lru:release(id)
+  local node = self.map[id]
+  if node and node.state == "busy" then
+    unlink(node)
+    self.map[id] = nil
+    self.count = self.count - 1
+  end
+end
+
+--- store:entries() -> how many ids are remembered
+function Lru:entries()
+  return self.count
+end
+
+-- ---- a lua_shared_dict: every worker of one nginx ---------------------------------
+-- add() is atomic across workers, so only one delivery's claim succeeds;
+-- the dict's own expiry ends a claim whose worker died.
+
+local Dict = {}
+Dict.__index = Dict
+
+--- shared_dict(dict [, { prefix = "wechatpay:event:" }]) -> store
+-- dict: an ngx.shared.DICT (or anything with its get/add/set/delete).
+function dedupe.shared_dict(dict, opts)
+  if type(dict) ~= "table" and type(dict) ~= "userdata" then
+    error("dedupe.shared_dict: an ngx.shared.DICT is required", 2)
+  end
+  return setmetatable({ dict = dict, prefix = (opts and opts.prefix) or "wechatpay:event:" }, Dict)
+end
+
+function Dict:claim(id, claim_ttl)
+  local key = self.prefix .. id
+  local ok, err = self.dict:add(key, "busy", claim_ttl or dedupe.CLAIM_TTL)
+  if ok then return "new" end
+  if err ~= "exists" then return nil, "shared dict: " .. tostring(err) end
+  local state = self.dict:get(key)
+  if state == nil then
+    -- expired between add and get: try once more
+    ok = self.dict:add(key, "busy", claim_ttl or dedupe.CLAIM_TTL)
+    return ok and "new" or "busy"
+  end
+  return state == "done" and "done" or "busy"
+end
+
+function Dict:finish(id, done_ttl)
+  local ok, err = self.dict:set(self.prefix .. id, "done", done_ttl or dedupe.DONE_TTL)
+  if not ok then return nil, "shared dict: " .. tostring(err) end
+  return true
+end
+
+function Dict:release(id)
+  local key = self.prefix .. id
+  if self.dict:get(key) == "busy" then self.dict:delete(key) end
+end
+
+--- true when value has the three methods of a store.
+function dedupe.is_store(value)
+  local t = type(value)
+  if t ~= "table" and t ~= "userdata" then return false end
+  local ok, result = pcall(function()
+    return type(value.claim) == "function" and type(value.finish) == "function"
+      and type(value.release) == "function"
+  end)
+  return ok and result
+end
+
+return dedupe

@@ -1,0 +1,143 @@
+--- Callbacks (notifications) from WeChat Pay: parse, and a turn-key handler
+-- that answers as WeChat Pay expects and runs each event once.
+--
+--   local event, err = client:parse_notification(headers, raw_body)
+--   local status, body = wechatpay.notification.handle(client, headers, raw_body, function(event)
+--     -- mark paid, grant...; true when handled, false/nil or an error when not
+--   end, { dedupe = store })
+--
+-- Order (PROTOCOL.md section 5): verify the raw body bytes as a response is
+-- verified, then decode the JSON, then decrypt the resource with the
+-- APIv3 key.  Uses only the client's public methods (verify,
+-- decrypt_resource).
+local cjson = require("cjson.safe")
+local dedupe = require("wechatpay.dedupe")
+local errors = require("wechatpay.errors")
+
+local notification = {}
+
+local VERIFY_HINT = " (check that the body is the raw bytes received, not re-encoded JSON; that the headers"
+  .. " are those received; and that the local clock is right)"
+
+local function text(value)
+  return type(value) == "string" and value or nil
+end
+
+--- parse(client, headers, body) -> event | nil, err
+-- err.kind: "verify" (signature, timestamp, serial), "malformed" (not the
+-- JSON WeChat Pay sends), "decrypt" (the APIv3 key does not open it).
+-- No message quotes the body, the plaintext or a key.
+function notification.parse(client, headers, body)
+  local ok, err = client:verify(headers, body)
+  if not ok then
+    err.message = "callback: " .. err.message .. VERIFY_HINT
+    return nil, err
+  end
+  local decoded = cjson.decode(body)
+  if type(decoded) ~= "table" then
+    return nil, errors.new("malformed", ("callback: the body (%d bytes) verified but is not a JSON object"):format(#body))
+  end
+  local id = text(decoded.id)
+  if not id or id == "" then
+    return nil, errors.new("malformed", "callback: the body verified but has no event id")
+  end
+  local resource = decoded.resource
+  if type(resource) ~= "table" then
+    return nil, errors.new("malformed", ("callback %s: the body verified but has no resource object"):format(id:sub(1, 64)))
+  end
+  local plaintext, why = client:decrypt_resource(resource)
+  if not plaintext then
+    return nil, errors.new("decrypt", ("callback %s: the resource does not decrypt with the client's apiv3_key "
+      .. "(check the APIv3 key: 32 characters from the merchant platform, not the APIv2 key): %s")
+      :format(id:sub(1, 64), tostring(why)), { event_id = id })
+  end
+  local value = cjson.decode(plaintext)
+  if type(value) ~= "table" then
+    return nil, errors.new("malformed", ("callback %s: the decrypted resource (%d bytes) is not a JSON object")
+      :format(id:sub(1, 64), #plaintext), { event_id = id })
+  end
+  return {
+    id = id,
+    create_time = text(decoded.create_time),
+    event_type = text(decoded.event_type),
+    resource_type = text(decoded.resource_type),
+    summary = text(decoded.summary),
+    resource = value,
+    plaintext = plaintext,
+  }
+end
+
+-- WeChat Pay's answer to a callback it must deliver again.
+local function fail(status, message)
+  return status, cjson.encode({ code = "FAIL", message = message })
+end
+
+local HANDLE_OPTIONS = { dedupe = true, claim_ttl = true, done_ttl = true }
+
+local function store_of(client, opts)
+  if opts.dedupe ~= nil then
+    if opts.dedupe == false then return nil end
+    if not dedupe.is_store(opts.dedupe) then
+      errors.raise("notification.handle: dedupe must be a store with claim, finish and release (or false)")
+    end
+    return opts.dedupe
+  end
+  -- the default LRU lives on the client (no weak side table)
+  return client:event_store()
+end
+
+--- handle(client, headers, raw_body, handler [, opts]) -> status, body, event | err
+-- Answers: 204 and no body when handled (or handled before); 401 when the
+-- callback does not verify and 400 when it is malformed (a redelivery
+-- would not help); 500 {"code":"FAIL",...} when it does not decrypt, when
+-- the handler fails, or 503 while another delivery of the same id is being
+-- handled: WeChat Pay delivers it again.  The third value is the event,
+-- or the error, for the caller's log.
+-- opts: dedupe = store | false (default: an LRU per client),
+--       claim_ttl (60 s), done_ttl (25 h).
+function notification.handle(client, headers, raw_body, handler, opts)
+  if type(handler) ~= "function" then errors.raise("notification.handle: handler must be a function") end
+  opts = opts or {}
+  if type(opts) ~= "table" then errors.raise("notification.handle: options must be a table") end
+  for name in pairs(opts) do
+    if not HANDLE_OPTIONS[name] then errors.raise(("notification.handle: unknown option '%s'"):format(tostring(name))) end
+  end
+  local event, err = notification.parse(client, headers, raw_body)
+  if not event then
+    if err.kind == "verify" then
+      local status, body = fail(401, "signature verification failed")
+      return status, body, err
+    elseif err.kind == "malformed" then
+      local status, body = fail(400, "malformed notification")
+      return status, body, err
+    end
+    local status, body = fail(500, "the notification could not be decrypted")
+    return status, body, err
+  end
+  local store = store_of(client, opts)
+  if store then
+    local claim, why = store:claim(event.id, opts.claim_ttl or dedupe.CLAIM_TTL, opts.done_ttl or dedupe.DONE_TTL)
+    if claim == "done" then return 204, "", event end
+    if claim == "busy" then
+      local status, body = fail(503, "this event is being handled by another delivery")
+      return status, body, event
+    end
+    if claim ~= "new" then
+      local status, body = fail(500, "the event store failed")
+      return status, body, errors.new("internal", "dedupe store: " .. tostring(why))
+    end
+  end
+  local ok, handled = pcall(handler, event)
+  if not (ok and handled) then
+    if store then store:release(event.id) end
+    if not ok and errors.is_interrupt(handled) then error(handled, 0) end
+    local status, body = fail(500, "the notification was not handled")
+    return status, body, ok and errors.new("internal", ("handler returned %s for event %s")
+      :format(tostring(handled), event.id:sub(1, 64)), { event_id = event.id })
+      or errors.from_raise(handled, "in the handler of event " .. event.id:sub(1, 64))
+  end
+  if store then store:finish(event.id, opts.done_ttl or dedupe.DONE_TTL) end
+  return 204, "", event
+end
+
+return notification

@@ -1,0 +1,225 @@
+-- Platform certificates against the mock over real HTTPS: the download is
+-- decrypted and verified, compared with the PEM files luaossl made; a
+-- refresh only adds; a rotation mid-traffic costs exactly one download and
+-- no failed call; a PUB_KEY_ID-only merchant is asked once, then never.
+local wechatpay = require("wechatpay")
+local mock = require("wechatpay.mock")
+local ossl = require("support.openssl")
+
+describe("platform certificates", function()
+  local server
+
+  setup(function()
+    server = assert(mock.start{ rate_limit = false, sign_with = "certificate" })
+  end)
+  teardown(function() if server then server:stop() end end)
+
+  local function ids(client)
+    return table.concat(client:platform_key_ids(), " ")
+  end
+
+  it("certificates() delivers the two overlapping certificates, byte for byte what luaossl made", function()
+    local client = server:client{ timeout = 3, retry = false }
+    local list = assert(client:certificates())
+    assert.equal(2, #list)
+    local by_serial = {}
+    for _, c in ipairs(list) do by_serial[c.serial] = c end
+    assert.equal(ossl.read(server.dir .. "/platform_cert_old.pem"), by_serial[server.platform_cert_old_serial].pem)
+    assert.equal(ossl.read(server.dir .. "/platform_cert.pem"), by_serial[server.platform_cert_serial].pem)
+    for _, c in ipairs(list) do
+      assert.is_true(c.not_after > os.time())
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT", c.effective_time)
+    end
+    -- nothing added by a download alone
+    assert.equal(server.platform_key_id, ids(client))
+    assert.equal(2, client:refresh_certificates())
+    assert.equal(0, client:refresh_certificates())
+    local want = { server.platform_cert_old_serial, server.platform_cert_serial, server.platform_key_id }
+    table.sort(want)
+    assert.equal(table.concat(want, " "), ids(client))
+  end)
+
+  it("a failed refresh drops no key; a wrong APIv3 key is a decrypt error", function()
+    local client = server:client{ timeout = 3, retry = false }
+    assert.equal(2, client:refresh_certificates())
+    local before = ids(client)
+    server:fault("status", { status = 500, path = "^/v3/certificates" })
+    local none, err = client:refresh_certificates()
+    assert.is_nil(none)
+    assert.equal("http", err.kind)
+    assert.equal(before, ids(client))
+    local wrong = server:client{ timeout = 3, retry = false, apiv3_key = ("0"):rep(32) }
+    none, err = wrong:certificates()
+    assert.is_nil(none)
+    assert.equal("decrypt", err.kind)
+    assert.matches("APIv3 key", err.message)
+  end)
+
+  it("a client that knows no certificate verifies the download with the one that signed it", function()
+    local client = server:client{ timeout = 3, retry = false, certs = {} }
+    assert.equal(2, client:refresh_certificates())
+    assert(client.v3.mock.echo:get())
+  end)
+
+  it("a rotation mid-traffic causes exactly one download and no failed call", function()
+    local client = server:client{ timeout = 5, retry = false, max_concurrency = 8 }
+    assert(client:refresh_certificates())
+    local downloads = server:stats().certificate_downloads
+    local calls = {}
+    for i = 1, 20 do calls[i] = client.v3.mock.echo:getAsync{ query = { i = tostring(i) } } end
+    assert(wechatpay.all(calls):wait())
+    local next_serial = server:rotate_certificates()
+    assert.equal(server.platform_cert_next_serial, next_serial)
+    for i = 1, 40 do calls[i] = client.v3.mock.echo:getAsync{ query = { i = tostring(i) } } end
+    local results = assert(wechatpay.all(calls):wait())
+    assert.equal(40, #results)
+    assert.equal(downloads + 1, server:stats().certificate_downloads)
+    assert.equal(2, client:certificate_stats().downloads)   -- the explicit refresh, and the one rotation caused
+    assert.truthy(ids(client):find(next_serial, 1, true))
+  end)
+
+  it("cert_dir: the certificates are written atomically as wechatpay_<serial>.pem and load in a new client", function()
+    local dir = ossl.tmpdir()
+    finally(function() ossl.remove(dir) end)
+    local client = server:client{ timeout = 3, retry = false, cert_dir = dir }
+    assert(client:refresh_certificates())
+    local files = ossl.run("ls -A " .. ossl.quote(dir))
+    assert.matches("wechatpay_%x+%.pem", files)
+    assert.is_nil(files:find("tmp", 1, true))
+    local reader = server:client{ timeout = 3, retry = false, cert_dir = dir, apiv3_key = false,
+      certs = { [server.platform_key_id] = "file://" .. server.platform_public_key_file } }
+    for serial in files:gmatch("wechatpay_(%x+)%.pem") do
+      assert.truthy(ids(reader):find(serial, 1, true))
+      assert.equal(ossl.read(dir .. "/wechatpay_" .. serial .. ".pem"),
+        ossl.read(server.dir .. "/" .. (serial == server.platform_cert_old_serial and "platform_cert_old.pem"
+          or serial == server.platform_cert_serial and "platform_cert.pem" or "platform_cert_next.pem")))
+    end
+  end)
+end)
+
+describe("a cert_dir shared with a cron job", function()
+  local server
+  setup(function() server = assert(mock.start{ rate_limit = false, sign_with = "certificate" }) end)
+  teardown(function() if server then server:stop() end end)
+
+  it("a client without an APIv3 key picks up what the cron job wrote, when a response needs it", function()
+    local dir = ossl.tmpdir()
+    finally(function() ossl.remove(dir) end)
+    local reader = server:client{ timeout = 3, retry = false, cert_dir = dir, apiv3_key = false }
+    local _, err = reader.v3.mock.echo:get()
+    assert.equal("verify", err.kind)
+    assert.equal(0, server:stats().certificate_downloads)
+    -- the cron job (bin/wechatpay-certs, or any client with this cert_dir) downloads
+    assert(server:client{ timeout = 3, retry = false, cert_dir = dir }:refresh_certificates())
+    assert.equal(1, server:stats().certificate_downloads)
+    ossl.run("sleep 1.1")   -- the reader looks at the directory at most once a second
+    assert(reader.v3.mock.echo:get())
+    assert.equal(1, server:stats().certificate_downloads)
+  end)
+end)
+
+describe("a PUB_KEY_ID-only merchant", function()
+  local server
+
+  setup(function() server = assert(mock.start{ rate_limit = false, public_key_only = true }) end)
+  teardown(function() if server then server:stop() end end)
+
+  it("gets WeChat Pay's 404 once, which is no error, and is never asked to download again", function()
+    local client = server:client{ timeout = 3, retry = false }
+    -- a response signed by an unknown certificate serial asks for a download...
+    server:fault("unknown_serial", { serial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1", count = 3, path = "echo" })
+    local _, err = client.v3.mock.echo:get()
+    assert.equal("verify", err.kind)
+    assert.equal(1, server:stats().certificate_downloads)
+    assert.is_true(client:certificate_stats().public_key_only)
+    -- ...once: the 404 said this merchant has no certificates
+    for _ = 1, 2 do
+      _, err = client.v3.mock.echo:get()
+      assert.equal("verify", err.kind)
+    end
+    assert.equal(1, server:stats().certificate_downloads)
+    -- and its calls are fine
+    assert(client.v3.mock.echo:get())
+    local list, note = client:certificates()
+    assert.same({}, list)
+    assert.matches("public key", note)
+  end)
+end)
+
+describe("certificate options of wechatpay.new", function()
+  local merchant = require("support.merchant")
+  local function refused(opts, pattern)
+    local ok, err = pcall(wechatpay.new, opts)
+    assert.is_false(ok)
+    assert.matches(pattern, tostring(err))
+  end
+
+  it("certs may be empty with an apiv3_key or a store; a bad cert_dir, cert_store or refresh_interval raises", function()
+    local apiv3_key = ("a"):rep(32)
+    assert.same({}, wechatpay.new(merchant.options{ certs = {}, apiv3_key = apiv3_key }):platform_key_ids())
+    refused(merchant.options{ certs = {} }, "or an apiv3_key, to download")
+    refused(merchant.options{ cert_dir = "/nonexistent/dir" }, "cert_dir /nonexistent/dir is not a directory")
+    refused(merchant.options{ cert_store = {} }, "cert_store must be an object with load%(%) and save")
+    refused(merchant.options{ cert_dir = "/tmp", cert_store = {} }, "give cert_dir or cert_store, not both")
+    refused(merchant.options{ refresh_interval = 5 }, "refresh_interval must be a finite number")
+    assert(wechatpay.new(merchant.options{ refresh_interval = false, apiv3_key = apiv3_key }))
+    assert.has_error(function() wechatpay.new(merchant.options()):refresh_certificates() end,
+      "refresh_certificates: the client was made without apiv3_key")
+  end)
+end)
+
+describe("the certificate manager", function()
+  local certificates = require("wechatpay.certificates")
+  local promise = require("wechatpay.promise")
+
+  -- a manager whose downloads are promises this spec settles by hand
+  local function manager(keys)
+    local clock = { now = 1000 }
+    local fetches = {}
+    local m = certificates.manager{
+      keys = keys, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB",
+      fetch = function() local p = promise.new(); fetches[#fetches + 1] = p; return p end,
+      clock = function() return clock.now end,
+    }
+    return m, clock, fetches
+  end
+  local UNKNOWN = { kind = "verify", unknown_serial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1" }
+
+  it("single-flight: refreshes while one runs join it; unknown serials refresh at most once a minute", function()
+    local m, clock, fetches = manager({})
+    assert.is_true(m:wants(UNKNOWN))
+    local a, b = m:refresh_async(nil, true), m:refresh_async(nil, true)
+    assert.equal(a, b)
+    assert.equal(1, #fetches)
+    assert.is_true(m:wants(UNKNOWN))            -- joins the one running
+    fetches[1]:resolve({ certificates = {} })
+    assert.is_false(m:wants(UNKNOWN))           -- not again within the minute
+    assert.is_false(m:wants({ kind = "verify", unknown_serial = "PUB_KEY_ID_0114232134912410000000000001" }))
+    clock.now = clock.now + 61
+    assert.is_true(m:wants(UNKNOWN))
+  end)
+
+  it("periodic refresh: due after the interval, only for merchants holding certificates, never after the 404", function()
+    local m, clock, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = true })
+    clock.now = clock.now + certificates.REFRESH_INTERVAL
+    assert.is_false(m:due())                    -- a public key only: nothing to keep ahead of
+    m.keys["5157F09EFDC096DE15EBE81A47057A7232F1B8E1"] = true
+    assert.is_true(m:due())
+    m:refresh_async(nil, true)
+    assert.is_false(m:due())                    -- one is running
+    local errors = require("wechatpay.errors")
+    fetches[1]:reject(errors.new("http", certificates.NO_CERTIFICATES, { status = 404, code = "NOT_FOUND" }))
+    assert.is_true(m.public_key_only)
+    clock.now = clock.now + 2 * certificates.REFRESH_INTERVAL
+    assert.is_false(m:due())
+    assert.is_false(m:wants(UNKNOWN))
+  end)
+
+  it("a failed refresh keeps every key", function()
+    local m, _, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = "k1", ["5157F09E"] = "k2" })
+    m:refresh_async()
+    fetches[1]:reject(require("wechatpay.errors").new("network", "reset"))
+    assert.same({ PUB_KEY_ID_0114232134912410000000000000 = "k1", ["5157F09E"] = "k2" }, m.keys)
+    assert.equal("network", m.last_error.kind)
+  end)
+end)

@@ -1,0 +1,91 @@
+-- bin/wechatpay-certs against the mock over real HTTPS, run as a user runs
+-- it: the APIv3 key from a file or the environment, never from argv; the
+-- exit status says what failed.
+local mock = require("wechatpay.mock")
+local ossl = require("support.openssl")
+
+local LUA = os.getenv("WECHATPAY_LUA") or (jit and "luajit" or "lua5.4")
+
+describe("bin/wechatpay-certs", function()
+  local server, pubkey_server, dir
+
+  setup(function()
+    server = assert(mock.start{ rate_limit = false, sign_with = "certificate" })
+    pubkey_server = assert(mock.start{ rate_limit = false, public_key_only = true })
+    dir = ossl.tmpdir()
+  end)
+  teardown(function()
+    if server then server:stop() end
+    if pubkey_server then pubkey_server:stop() end
+    if dir then ossl.remove(dir) end
+  end)
+
+  -- run(server, output, apiv3 key file contents | false, env) -> exit code, stdout, stderr
+  local counter = 0
+  local function run(s, output, key_text, env)
+    counter = counter + 1
+    local args = { "--mchid", s.mchid, "--serial", s.merchant_serial, "--private-key", s.merchant_key_file,
+      "--output", output, "--base-url", s.base_url, "--cafile", s.cafile, "--timeout", "5" }
+    if key_text then
+      local key_file = ("%s/apiv3_%d.txt"):format(dir, counter)
+      ossl.write(key_file, key_text)
+      args[#args + 1] = "--apiv3-key-file"
+      args[#args + 1] = key_file
+    end
+    local parts = { env or "", LUA, "bin/wechatpay-certs" }
+    for _, a in ipairs(args) do parts[#parts + 1] = ossl.quote(a) end
+    local out, err = dir .. "/stdout", dir .. "/stderr"
+    local pipe = io.popen("{ " .. table.concat(parts, " ") .. " >" .. ossl.quote(out) .. " 2>" .. ossl.quote(err)
+      .. "; }; echo $?")
+    local rc = tonumber(pipe:read("*a"))
+    pipe:close()
+    return rc, ossl.read(out) or "", ossl.read(err) or ""
+  end
+
+  local function fresh_dir(name)
+    local d = dir .. "/" .. name
+    ossl.run("mkdir -p " .. ossl.quote(d))
+    return d
+  end
+
+  it("writes wechatpay_<serial>.pem for each certificate and prints serials and validity", function()
+    local out_dir = fresh_dir("ok")
+    local rc, out, err = run(server, out_dir, server.apiv3_key .. "\n")
+    assert.equal(0, rc, err)
+    for _, pair in ipairs{ { server.platform_cert_serial, "platform_cert.pem" },
+                           { server.platform_cert_old_serial, "platform_cert_old.pem" } } do
+      assert.matches(pair[1] .. "  %d%d%d%d%-%d%d%-%d%dT[%d:]+Z %.%. %d%d%d%d", out)
+      -- the file is what luaossl made, and openssl reads its serial back
+      local path = out_dir .. "/wechatpay_" .. pair[1] .. ".pem"
+      assert.equal(ossl.read(server.dir .. "/" .. pair[2]), ossl.read(path))
+      assert.equal("serial=" .. pair[1] .. "\n", ossl.run("openssl x509 -noout -serial -in " .. ossl.quote(path)))
+    end
+    assert.equal("", ossl.run("ls -A " .. ossl.quote(out_dir) .. " | grep -v '^wechatpay_' || true"))
+  end)
+
+  it("takes the APIv3 key from WECHATPAY_APIV3_KEY", function()
+    local rc, _, err = run(server, fresh_dir("env"), false, "WECHATPAY_APIV3_KEY=" .. server.apiv3_key)
+    assert.equal(0, rc, err)
+  end)
+
+  it("exit 2 without an APIv3 key or with a short one, 6 with a wrong one, 7 when the output cannot be written", function()
+    local rc, _, err = run(server, fresh_dir("nokey"), false, "env -u WECHATPAY_APIV3_KEY")
+    assert.equal(2, rc)
+    assert.matches("APIv3 key is needed", err)
+    rc, _, err = run(server, fresh_dir("short"), "short")
+    assert.equal(2, rc)
+    assert.matches("32 characters", err)
+    rc, _, err = run(server, fresh_dir("wrong"), ("0"):rep(32))
+    assert.equal(6, rc)
+    assert.matches("APIv3 key", err)
+    assert.is_nil(err:find(("0"):rep(32), 1, true))
+    rc = run(server, dir .. "/does/not/exist", server.apiv3_key)
+    assert.equal(7, rc)
+  end)
+
+  it("exit 5 for a merchant with only a WeChat Pay public key (WeChat Pay's 404)", function()
+    local rc, _, err = run(pubkey_server, fresh_dir("pubkey"), pubkey_server.apiv3_key)
+    assert.equal(5, rc)
+    assert.matches("public key", err)
+  end)
+end)

@@ -1,0 +1,267 @@
+-- Callbacks without a network: parse_notification and notification.handle
+-- on callbacks signed and sealed by luaossl (never our core), and the
+-- dedupe stores' claim semantics, the shared-dict one on a fake dict with
+-- ngx.shared.DICT's semantics.
+local wechatpay = require("wechatpay")
+local merchant = require("support.merchant")
+local ossl = require("support.openssl")
+local cjson = require("cjson")
+local pkey = require("openssl.pkey")
+local digest = require("openssl.digest")
+local cipher = require("openssl.cipher")
+local base64 = require("wechatpay.base64")
+local dedupe = require("wechatpay.dedupe")
+
+local APIV3_KEY = "a7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb"
+
+-- A callback as WeChat Pay sends it, made with luaossl (no associated data:
+-- luaossl cannot set it; the mock specs cover "transaction" through OpenSSL).
+local function callback(over)
+  over = over or {}
+  local m = merchant.make()
+  local nonce = over.nonce or "uluk4a9R25RW"
+  local c = cipher.new("aes-256-gcm")
+  c:encrypt(over.key or APIV3_KEY, nonce)
+  local plaintext = over.plaintext or '{"out_trade_no":"1217752501201407033233368018","trade_state":"SUCCESS"}'
+  local sealed = c:final(plaintext) .. c:getTag(16)
+  local body = over.body or cjson.encode({
+    id = over.id or "EV-2018022511223320873", create_time = "2015-05-20T13:29:35+08:00",
+    resource_type = "encrypt-resource", event_type = "TRANSACTION.SUCCESS", summary = "支付成功",
+    resource = { original_type = "transaction", algorithm = "AEAD_AES_256_GCM",
+      ciphertext = base64.encode(sealed), associated_data = "", nonce = nonce },
+  })
+  local timestamp = tostring(over.timestamp or os.time())
+  local signature_nonce = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS"
+  local md = digest.new("sha256")
+  md:update(timestamp .. "\n" .. signature_nonce .. "\n" .. body .. "\n")
+  local key = pkey.new(ossl.read(m.platform_key))
+  local headers = {
+    ["wechatpay-timestamp"] = timestamp, ["WECHATPAY-NONCE"] = signature_nonce,
+    ["Wechatpay-Signature"] = over.signature or base64.encode(key:sign(md)),
+    ["Wechatpay-Serial"] = over.serial or m.platform_key_id,
+  }
+  return headers, over.tamper and over.tamper(body) or body
+end
+
+describe("client:parse_notification", function()
+  local client
+  setup(function() client = wechatpay.new(merchant.options{ apiv3_key = APIV3_KEY }) end)
+
+  it("verifies the raw bytes, decodes, decrypts: the event with its resource and plaintext", function()
+    local headers, body = callback()
+    local event = assert(client:parse_notification(headers, body))
+    assert.equal("EV-2018022511223320873", event.id)
+    assert.equal("TRANSACTION.SUCCESS", event.event_type)
+    assert.equal("encrypt-resource", event.resource_type)
+    assert.equal("支付成功", event.summary)
+    assert.equal("2015-05-20T13:29:35+08:00", event.create_time)
+    assert.equal("SUCCESS", event.resource.trade_state)
+    assert.matches('^{"out_trade_no"', event.plaintext)
+  end)
+
+  local function refused(kind, pattern, headers, body, c)
+    local event, err = (c or client):parse_notification(headers, body)
+    assert.is_nil(event)
+    assert.equal(kind, err.kind)
+    assert.matches(pattern, err.message)
+    -- never the plaintext, the body or the key
+    assert.is_nil(tostring(err):find("trade_state", 1, true))
+    assert.is_nil(tostring(err):find(APIV3_KEY, 1, true))
+    return err
+  end
+
+  it("a re-serialised body, a stale timestamp, SIGNTEST, an unknown serial: kind verify, with what to check", function()
+    local headers, body = callback()
+    -- what a framework that decodes and re-encodes makes of it (spacing, escapes)
+    local reencoded = (cjson.encode(cjson.decode(body)):gsub('","', '", "'))
+    assert.are_not.equal(body, reencoded)
+    refused("verify", "raw bytes", headers, reencoded)
+    refused("verify", "local clock", callback{ timestamp = os.time() - 301 })
+    refused("verify", "SIGNTEST", callback{ signature = "WECHATPAY/SIGNTEST/" .. base64.encode(("x"):rep(190)) })
+    refused("verify", "unknown Wechatpay%-Serial PUB_KEY_ID_9", callback{ serial = "PUB_KEY_ID_99" })
+    local h2 = callback()
+    h2["wechatpay-serial"] = { h2["Wechatpay-Serial"], h2["Wechatpay-Serial"] }
+    h2["Wechatpay-Serial"] = nil
+    refused("verify", "repeated", h2, body)
+  end)
+
+  it("a wrong APIv3 key: kind decrypt, naming the key to check; a body that is not an event: malformed", function()
+    refused("decrypt", "APIv3 key", callback{ key = ("k"):rep(32) })
+    refused("malformed", "not a JSON object", callback{ body = '"just text"' })
+    refused("malformed", "no event id", callback{ body = '{"resource":{}}' })
+    refused("malformed", "no resource", callback{ body = '{"id":"EV-1"}' })
+    refused("malformed", "decrypted resource %(%d+ bytes%) is not a JSON object", callback{ plaintext = "trade_state" })
+  end)
+end)
+
+describe("notification.handle", function()
+  local handle = wechatpay.notification.handle
+  local client
+  before_each(function() client = wechatpay.new(merchant.options{ apiv3_key = APIV3_KEY }) end)
+
+  it("answers 204 without a body; a redelivery is acknowledged without calling the handler", function()
+    local calls = 0
+    local function handler(event) calls = calls + 1; return event.resource.trade_state == "SUCCESS" end
+    local headers, body = callback()
+    local status, answer, event = handle(client, headers, body, handler)
+    assert.same({ 204, "", 1 }, { status, answer, calls })
+    assert.equal("EV-2018022511223320873", event.id)
+    headers, body = callback()   -- signed again, as a redelivery is
+    status, answer = handle(client, headers, body, handler)
+    assert.same({ 204, "", 1 }, { status, answer, calls })
+  end)
+
+  it("a callback that does not verify: 401 FAIL, malformed: 400, undecryptable: 500; the handler is not called", function()
+    local called = false
+    local function handler() called = true; return true end
+    for _, case in ipairs{
+      { 401, { timestamp = os.time() - 301 } },
+      { 401, { signature = "WECHATPAY/SIGNTEST/AAAA" } },
+      { 401, { serial = "PUB_KEY_ID_99" } },
+      { 401, { tamper = function(b) return (b:gsub("EV%-", "EV_")) end } },
+      { 400, { body = '{"id":"EV-1"}' } },
+      { 500, { key = ("k"):rep(32) } },
+    } do
+      local headers, body = callback(case[2])
+      local status, answer = handle(client, headers, body, handler)
+      assert.equal(case[1], status)
+      assert.equal("FAIL", cjson.decode(answer).code)
+    end
+    assert.is_false(called)
+  end)
+
+  it("a handler that fails (false, nil or an error) gets 500 FAIL and releases the claim: the redelivery runs", function()
+    for _, failing in ipairs{
+      function() return false end,
+      function() return nil end,
+      function() error("database down") end,
+    } do
+      local id = "EV-fail-" .. tostring(failing):gsub("%W", "")
+      local h1, b1 = callback{ id = id }
+      local status, answer, err = handle(client, h1, b1, failing)
+      assert.equal(500, status)
+      assert.same({ code = "FAIL", message = "the notification was not handled" }, cjson.decode(answer))
+      assert.is_nil(answer:find("database", 1, true))   -- the raise stays in the third value, for the log
+      assert.equal("internal", err.kind)
+      local calls = 0
+      local headers, body = callback{ id = id }
+      status = handle(client, headers, body, function() calls = calls + 1; return true end)
+      assert.same({ 204, 1 }, { status, calls })
+    end
+  end)
+
+  it("a delivery that arrives while another of the same id is being handled gets 503 and no second call", function()
+    local calls, inner = 0, nil
+    local headers, body = callback{ id = "EV-at-once" }
+    local status = handle(client, headers, body, function()
+      calls = calls + 1
+      local h2, b2 = callback{ id = "EV-at-once" }
+      inner = { handle(client, h2, b2, function() calls = calls + 1; return true end) }
+      return true
+    end)
+    assert.equal(204, status)
+    assert.equal(503, inner[1])
+    assert.equal(1, calls)
+  end)
+
+  it("takes a store: dedupe = false runs every delivery, an object needs claim, finish and release", function()
+    local calls = 0
+    local function handler() calls = calls + 1; return true end
+    for _ = 1, 2 do
+      local headers, body = callback{ id = "EV-nodedupe" }
+      assert.equal(204, (handle(client, headers, body, handler, { dedupe = false })))
+    end
+    assert.equal(2, calls)
+    local headers, body = callback()
+    assert.has_error(function() handle(client, headers, body, handler, { dedupe = {} }) end,
+      "notification.handle: dedupe must be a store with claim, finish and release (or false)")
+    assert.has_error(function() handle(client, headers, body, handler, { dedup = false }) end,
+      "notification.handle: unknown option 'dedup'")
+  end)
+end)
+
+describe("dedupe stores", function()
+  local function claims(store, clock)
+    assert.equal("new", store:claim("a", 10))
+    assert.equal("busy", store:claim("a", 10))
+    store:release("a")
+    assert.equal("new", store:claim("a", 10))
+    store:finish("a", 100)
+    assert.equal("done", store:claim("a", 10))
+    store:release("a")                       -- a release never forgets a done id
+    assert.equal("done", store:claim("a", 10))
+    -- a claim whose handler died expires
+    assert.equal("new", store:claim("b", 10))
+    clock.now = clock.now + 11
+    assert.equal("new", store:claim("b", 10))
+    clock.now = clock.now + 101
+    assert.equal("new", store:claim("a", 10))
+  end
+
+  it("the LRU: claim, busy, release, done, expiry", function()
+    local clock = { now = 0 }
+    claims(dedupe.lru{ clock = function() return clock.now end }, clock)
+  end)
+
+  it("the LRU keeps at most size ids, dropping the least recently used", function()
+    local store = dedupe.lru{ size = 3 }
+    for _, id in ipairs{ "1", "2", "3" } do store:claim(id); store:finish(id) end
+    assert.equal("done", store:claim("1"))    -- "1" is now the most recent
+    store:claim("4")
+    assert.equal(3, store:entries())
+    assert.equal("done", store:claim("1"))
+    assert.equal("new", store:claim("2"))     -- "2" was dropped
+  end)
+
+  -- ngx.shared.DICT's semantics: add fails with "exists" on a live key,
+  -- exptime in seconds (0 = never), incr with an init value.
+  local function fake_dict(clock)
+    local data = {}
+    local d = {}
+    local function live(k)
+      local e = data[k]
+      if e and e.expires and e.expires <= clock.now then data[k] = nil; return nil end
+      return e
+    end
+    function d:get(k) local e = live(k); return e and e.value end
+    function d:set(k, v, exptime)
+      data[k] = { value = v, expires = exptime and exptime > 0 and clock.now + exptime or nil }
+      return true
+    end
+    function d:add(k, v, exptime)
+      if live(k) then return false, "exists" end
+      return d:set(k, v, exptime)
+    end
+    function d:delete(k) data[k] = nil end
+    function d:incr(k, n, init)
+      local e = live(k)
+      if not e then
+        if init == nil then return nil, "not found" end
+        d:set(k, init)
+        e = data[k]
+      end
+      e.value = e.value + n
+      return e.value
+    end
+    return d
+  end
+
+  it("the shared dict store, on a fake dict with ngx.shared.DICT's semantics", function()
+    local clock = { now = 0 }
+    claims(dedupe.shared_dict(fake_dict(clock)), clock)
+  end)
+
+  it("the shared dict certificate store lists every save and locks one downloader", function()
+    local certificates = require("wechatpay.certificates")
+    local dict = fake_dict({ now = 0 })
+    local a, b = certificates.shared_dict_store(dict), certificates.shared_dict_store(dict)
+    assert.is_true(a:save("AA", "pem a"))
+    assert.is_true(b:save("BB", "pem b"))
+    assert.is_true(b:save("AA", "pem a"))
+    assert.same({ AA = "pem a", BB = "pem b" }, a:load())
+    assert.is_true(a:lock(60))
+    assert.is_false(b:lock(60))
+    a:unlock()
+    assert.is_true(b:lock(60))
+  end)
+end)
