@@ -12,7 +12,10 @@ local config = require("wechatpay.config")
 local curl_transport = require("wechatpay.transport.curl")
 local dispatcher = require("wechatpay.dispatcher")
 local errors = require("wechatpay.errors")
+local nginx = require("wechatpay.nginx")
+local ngx_transport = require("wechatpay.transport.ngx")
 local promise = require("wechatpay.promise")
+local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
@@ -62,22 +65,88 @@ local function user_agent()
   return ("wechatpay-lua/%s (%s; curl/%s; %s)"):format(VERSION, runtime, core.curl_version, core.crypto_backend)
 end
 
+local function new_curl(settings)
+  return curl_transport.new{
+    cafile = settings.cafile, ca_pem = settings.ca_pem, capath = settings.capath, proxy = settings.proxy,
+    resolve = settings.resolve, max_connections = settings.max_concurrency,
+  }
+end
+
 --- wechatpay.new(options) -> client; raises on a configuration mistake.
+-- transport: "auto" (cosockets inside nginx, else curl), "curl", "ngx", or
+-- an object (docs/ARCHITECTURE.md).
 function client.new(opts)
   local settings = config.check(opts, user_agent())
-  local transport = settings.transport or curl_transport.new{
-    cafile = settings.cafile, capath = settings.capath, proxy = settings.proxy,
-    max_connections = settings.max_concurrency,
-  }
+  local choice = settings.transport or "auto"
   settings.transport = nil
-  return setmetatable({
-    [STATE] = {
-      settings = settings,
-      dispatcher = dispatcher.new(transport, {
-        max_concurrency = settings.max_concurrency, rate_limit = settings.rate_limit,
-      }),
-    },
-  }, client_mt)
+  local ok, limiter = pcall(ratelimit.new, settings.rate_limit, settings.mchid)
+  if not ok then errors.raise(limiter) end
+  local state = { settings = settings, limiter = limiter }
+  if choice == "ngx" and not nginx.ACTIVE then
+    errors.raise("wechatpay.new: transport = \"ngx\" needs nginx's Lua module (OpenResty); outside nginx use \"curl\"")
+  end
+  if nginx.ACTIVE and (choice == "auto" or choice == "ngx") then
+    -- One dispatcher per request (or timer) context, made at its first call:
+    -- a request never waits for, nor runs, work queued by another.
+    state.per_context = {}
+  else
+    local transport = type(choice) == "table" and choice or new_curl(settings)
+    state.blocking = transport.nonblocking ~= true and (type(choice) == "table" and "given" or "curl")
+    state.dispatcher = dispatcher.new(transport, {
+      max_concurrency = settings.max_concurrency, limiter = limiter,
+    })
+  end
+  return setmetatable({ [STATE] = state }, client_mt)
+end
+
+-- The dispatcher a call made now goes to.  Inside nginx: the current
+-- request's own (cosockets), or, before requests are served (init_by_lua,
+-- init_worker), a curl one for this call alone, closed once it settles, so
+-- nothing it holds outlives the call or crosses a fork.  Elsewhere: the
+-- client's one dispatcher.  Raises where no call may be made.
+local function dispatcher_for_call(state)
+  local mode, phase = nginx.mode()
+  if mode == nil and phase ~= nil then errors.raise(nginx.phase_error(phase)) end
+  if state.dispatcher then
+    if mode == "cosocket" and state.blocking then
+      errors.raise(nginx.blocking_error(phase, state.blocking == "curl" and "curl" or "given"))
+    end
+    return state.dispatcher
+  end
+  local settings = state.settings
+  if state.closed then
+    local closed = dispatcher.new({ submit = function() end, step = function() end })
+    closed:close()
+    return closed
+  end
+  if mode == "blocking" then
+    return dispatcher.new(new_curl(settings), { max_concurrency = settings.max_concurrency, limiter = state.limiter }), true
+  end
+  local ctx = nginx.context()
+  local own = ctx[state.per_context]
+  if own then return own end
+  local host = ngx_transport.parse_url(settings.base_url .. "/")
+  if ngx_transport.is_ip_literal(host) then errors.raise(nginx.ip_literal_error(settings.base_url)) end
+  own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency }, {
+    max_concurrency = settings.max_concurrency, limiter = state.limiter,
+  })
+  ctx[state.per_context] = own
+  return own
+end
+
+-- The dispatcher of the current context, if it has one (step, pending, close).
+local function current_dispatcher(state)
+  if state.dispatcher then return state.dispatcher end
+  local mode = nginx.mode()
+  if mode ~= "cosocket" then return nil end
+  return nginx.context()[state.per_context]
+end
+
+-- Jitter from the CSPRNG: math.random starts from the same seed in every
+-- nginx worker, and their retries would align.
+local function jitter()
+  local a, b, c = core.random_bytes(3):byte(1, 3)
+  return (a * 65536 + b * 256 + c) / 16777216
 end
 
 --- client:chain("v3/multiuse/users/{openid}/coupons") -> node
@@ -99,9 +168,11 @@ end
 -- variable) before anything is queued; every other failure rejects.
 function methods.request_async(self, method, path, opts)
   local state = self[STATE]
-  local settings, queue = state.settings, state.dispatcher
+  local settings = state.settings
   local prepared = request.prepare(settings, method, path, opts)
+  local queue, own = dispatcher_for_call(state)
   local p = promise.new(queue)
+  if own then p:next(function() queue:close() end, function() queue:close() end) end
   local attempts, started = 0, core.monotonic()
   local attempt
 
@@ -114,7 +185,7 @@ function methods.request_async(self, method, path, opts)
     end
     if res then return p:resolve(res) end
     err.attempts = attempts
-    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts, core.monotonic() - started)
+    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts, core.monotonic() - started, jitter)
     if delay then queue:after(delay, attempt) else p:reject(err) end
   end
 
@@ -145,12 +216,15 @@ end
 --- client:step([wait_seconds]) -> false when no call is queued or in flight.
 -- Drives every call of the client for up to wait_seconds (what wait() does).
 function methods.step(self, wait)
-  return self[STATE].dispatcher:step(wait)
+  local queue = current_dispatcher(self[STATE])
+  if not queue then return false end
+  return queue:step(wait)
 end
 
 --- client:pending() -> calls in flight, calls queued
 function methods.pending(self)
-  local queue = self[STATE].dispatcher
+  local queue = current_dispatcher(self[STATE])
+  if not queue then return 0, 0 end
   return queue.in_flight, queue:queued()
 end
 
@@ -196,8 +270,12 @@ end
 
 --- client:close(): calls queued or in flight reject with kind "closed";
 -- the pooled connections are closed.  Safe to call twice, or from a handler.
+-- Inside nginx: the current request's calls, and every later call.
 function methods.close(self)
-  self[STATE].dispatcher:close()
+  local state = self[STATE]
+  local queue = current_dispatcher(state)
+  state.closed = true
+  if queue then queue:close() end
 end
 
 client.VERSION = VERSION
