@@ -10,6 +10,9 @@ local mock = require("wechatpay.mock")
 local nginx = require("support.nginx")
 
 local now = core.monotonic
+-- The sanitizer build signs some 3x slower: latencies that must outlast 50
+-- signatures on one worker grow with it.
+local SLOW = (os.getenv("WECHATPAY_BUILD") or ""):find("/dev", 1, true) and 3 or 1
 local RUN = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
 
 -- n GET requests at once through one curl multi session, plus a /ping
@@ -83,7 +86,7 @@ describe("inside nginx, one worker", function()
   end)
 
   it("runs an async batch with wechatpay.all, and settle, in one request, all at once at the mock", function()
-    server:configure{ latency = 0.2 }
+    server:configure{ latency = 0.2 * SLOW }
     local status, body = app:get("/batch?n=8&prefix=BATCH-" .. RUN)
     assert.are.equal(200, status, cjson.encode(body))
     assert.are.equal(8, #body.coupon_ids)
@@ -99,33 +102,41 @@ describe("inside nginx, one worker", function()
   end)
 
   it("never blocks the worker: 50 handlers in flight at the mock at once, /ping under 50 ms at p99", function()
-    server:configure{ latency = 0.2 }
+    server:configure{ latency = 0.2 * SLOW }
     local paths = {}
     -- a first round fills the pool, as a running server's is: the measured
     -- round then spends its CPU on signing, not on 50 TLS handshakes
     for i = 1, 50 do paths[i] = ("/grant?style=async&no=NBW-%d-%s"):format(i, RUN) end
     for i, r in ipairs(concurrent(app, paths)) do assert.are.equal(200, r.status, "warm-up " .. i) end
-    server:reset()
-    for i = 1, 50 do
-      paths[i] = ("/grant?style=%s&no=NB-%d-%s"):format(i % 2 == 0 and "sync" or "async", i, RUN)
+    -- Fifty signatures take ~125 ms of the one worker's CPU, inside the 0.2 s
+    -- the first call waits: a busy machine can push the last ones past it, so
+    -- a second round is allowed before calling it a failure.
+    local rounds = {}
+    for round = 1, 2 do
+      server:reset()
+      for i = 1, 50 do
+        paths[i] = ("/grant?style=%s&no=NB%d-%d-%s"):format(i % 2 == 0 and "sync" or "async", round, i, RUN)
+      end
+      local started = now()
+      local results, pings = concurrent(app, paths, { ping = true })
+      local elapsed = now() - started
+      local seen = {}
+      for i = 1, 50 do
+        assert.are.equal(200, results[i].status, cjson.encode(results[i].body))
+        local id = results[i].body.coupon_id
+        assert.is_nil(seen[id])
+        seen[id] = true
+      end
+      local stats = server:stats()
+      assert.are.equal(50, stats.grants)
+      assert.is_true(#pings >= 5, "pings measured: " .. #pings)
+      -- 50 calls of 0.2 s one after another would take 10 s
+      assert.is_true(elapsed < 3 * SLOW, ("50 grants took %.2f s"):format(elapsed))
+      rounds[round] = ("round %d: in flight at the mock at most %d, ping p99 %.1f ms, %.2f s")
+        :format(round, stats.in_flight_max, percentile(pings, 0.99) * 1000, elapsed)
+      if stats.in_flight_max == 50 and percentile(pings, 0.99) < 0.05 then return end
     end
-    local started = now()
-    local results, pings = concurrent(app, paths, { ping = true })
-    local elapsed = now() - started
-    local seen = {}
-    for i = 1, 50 do
-      assert.are.equal(200, results[i].status, cjson.encode(results[i].body))
-      local id = results[i].body.coupon_id
-      assert.is_nil(seen[id])
-      seen[id] = true
-    end
-    local stats = server:stats()
-    assert.are.equal(50, stats.in_flight_max)
-    assert.are.equal(50, stats.grants)
-    assert.is_true(#pings >= 5, "pings measured: " .. #pings)
-    assert.is_true(percentile(pings, 0.99) < 0.05, ("ping p99 %.1f ms"):format(percentile(pings, 0.99) * 1000))
-    -- 50 calls of 0.2 s one after another would take 10 s
-    assert.is_true(elapsed < 3, ("50 grants took %.2f s"):format(elapsed))
+    error("not all 50 at once, or /ping slow: " .. table.concat(rounds, "; "))
   end)
 
   it("reuses pooled connections: ten grants in a row open at most one connection", function()
@@ -176,6 +187,56 @@ describe("inside nginx, one worker", function()
     local _, body = app:get("/result?key=globals_added")
     assert.are.equal("", body.value)
     assert.is_nil(app:error_log():find("writing a global", 1, true))
+  end)
+
+  describe("the cosocket transport", function()
+    local function raw(query)
+      local status, body = app:get("/raw?port=" .. app.origin_port .. "&" .. query)
+      assert.are.equal(200, status, tostring(body))
+      return body.response, body.failure
+    end
+
+    it("reads chunked, Content-Length, close-delimited and empty bodies", function()
+      local res = raw("host=localhost&path=/chunked")
+      assert.are.equal(200, res.status)
+      assert.are.equal("chunked", res.headers["transfer-encoding"])
+      assert.are.equal("abcd", res.body)
+      res = raw("host=localhost&path=/length")
+      assert.are.equal("hello", res.body)
+      res = raw("host=localhost&path=/close")
+      assert.are.equal("bye\n", res.body)
+      res = raw("host=localhost&path=/empty")
+      assert.are.equal(204, res.status)
+      assert.are.equal("", res.body)
+    end)
+
+    it("caps the body, and fails a slow answer at the deadline", function()
+      local _, fail = raw("host=localhost&path=/big&max_body=1000")
+      assert.are.equal("network", fail.kind)
+      assert.is_false(fail.retry)
+      assert.matches("max_body", fail.message, 1, true)
+      local started = now()
+      _, fail = raw("host=localhost&path=/slow&timeout=0.3")
+      assert.are.equal("timeout", fail.kind)
+      assert.are.equal("idempotent", fail.retry)
+      assert.is_true(now() - started < 1.5)
+    end)
+
+    it("verifies the certificate's name, and says which directives to check", function()
+      local _, fail = raw("host=wrong.test&path=/length")
+      assert.are.equal("network", fail.kind)
+      assert.is_false(fail.retry)
+      assert.matches("lua_ssl_trusted_certificate", fail.message, 1, true)
+      assert.matches("lua_ssl_verify_depth", fail.message, 1, true)
+    end)
+
+    it("says to add a resolver when nginx has none", function()
+      local _, fail = raw("host=nowhere.test&path=/length")
+      assert.are.equal("network", fail.kind)
+      assert.matches("no resolver defined", fail.message, 1, true)
+      assert.matches("`resolver` directive", fail.message, 1, true)
+      assert.matches("resolve = {", fail.message, 1, true)
+    end)
   end)
 
   it("keeps working after a reload (HUP)", function()

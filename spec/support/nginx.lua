@@ -82,6 +82,19 @@ local function render(p)
   line("      log_by_lua_block { require('support.nginx_app').forbidden_call('log') }")
   line("    }")
   line("  }")
+  -- An HTTPS origin with the mock's `localhost` certificate, for the
+  -- transport's own edge cases (chunked bodies, size cap, timeouts, names).
+  line("  server {")
+  line("    listen 127.0.0.1:" .. p.origin_port .. " ssl;")
+  line("    ssl_certificate " .. quote(p.origin_cert) .. ";")
+  line("    ssl_certificate_key " .. quote(p.origin_key) .. ";")
+  line("    location = /chunked { content_by_lua_block { ngx.print('ab'); ngx.flush(true); ngx.print('cd') } }")
+  line("    location = /length { content_by_lua_block { ngx.header['Content-Length'] = 5; ngx.print('hello') } }")
+  line("    location = /big { content_by_lua_block { ngx.print(string.rep('x', 100000)) } }")
+  line("    location = /slow { content_by_lua_block { ngx.sleep(2); ngx.say('late') } }")
+  line("    location = /close { keepalive_timeout 0; content_by_lua_block { ngx.say('bye') } }")
+  line("    location = /empty { return 204; }")
+  line("  }")
   line("}")
   return table.concat(l, "\n") .. "\n"
 end
@@ -192,8 +205,10 @@ function M.start(server, opts)
   local build = build_dir()
   local app = setmetatable({ dir = dir }, App)
   for _ = 1, 5 do
-    app.port = free_port()
+    app.port, app.origin_port = free_port(), free_port()
+    local mock_dir = server.cafile:match("^(.*)/[^/]+$")
     write(dir .. "/nginx.conf", render{
+      origin_port = app.origin_port, origin_cert = mock_dir .. "/server.pem", origin_key = mock_dir .. "/server.key",
       dir = dir, port = app.port, modules = modules, workers = opts.workers or 1, config_file = config_file,
       lua_path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;;",
       lua_cpath = build .. "/luajit/?.so;;",

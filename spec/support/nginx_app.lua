@@ -203,6 +203,25 @@ function handlers.ip_literal()
   say_json{ ok = ok, error = tostring(err) }
 end
 
+-- /raw?host=&port=&path=&max_body=&timeout=: one request through the
+-- cosocket transport itself, -> { response = } or { failure = }
+function handlers.raw(args)
+  local transport = require("wechatpay.transport.ngx").new{
+    resolve = { ["localhost:" .. args.port] = "127.0.0.1", ["wrong.test:" .. args.port] = "127.0.0.1" },
+    max_body = tonumber(args.max_body),
+  }
+  local res, fail, done
+  transport:submit({
+    method = args.method or "GET", url = "https://" .. args.host .. ":" .. args.port .. args.path,
+    headers = { "Accept: */*" }, timeout = tonumber(args.timeout) or 5, connect_timeout = 2,
+  }, function(r, f) res, fail, done = r, f, true end)
+  for _ = 1, 100 do
+    if done then break end
+    transport:step(1)
+  end
+  say_json{ response = res, failure = fail }
+end
+
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }
