@@ -222,6 +222,23 @@ function handlers.raw(args)
   say_json{ response = res, failure = fail }
 end
 
+-- /crypto: the crypto of one grant (2 OAEP, a sign, a verify) and no call:
+-- what a grant handler costs without the transport (bench/client/grants.lua).
+function handlers.crypto()
+  local core = require("wechatpay.core")
+  local key = require("wechatpay.key")
+  app.crypto_keys = app.crypto_keys or {
+    private = assert(key.private(config.merchant_pem)),
+    public = assert(key.public(config.platform_pem)),
+  }
+  local json = grant_json(users[1], "CRYPTO")
+  local body = cjson.encode(json)
+  core.authorization(app.crypto_keys.private, config.mchid, config.merchant_serial, "POST",
+    "/v3/multiuse/users/" .. users[1].openid .. "/coupons", body)
+  core.rsa_verify(app.crypto_keys.public, "1700000000\nNONCE\n{\"coupon_id\":\"1\"}\n", ("A"):rep(344))
+  say_json{ coupon_id = "none", no = "CRYPTO" }
+end
+
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }
