@@ -248,17 +248,65 @@ describe("inside nginx, one worker", function()
   end)
 end)
 
+describe("inside nginx, max_concurrency and set_timeout per request", function()
+  local server, app
+
+  setup(function()
+    server = assert(mock.start{ latency = 0.2 * SLOW, rate_limit = false })
+    app = nginx.start(server, { workers = 1, max_concurrency = 4 })
+  end)
+  teardown(function()
+    if app then app:stop() end
+    if server then server:stop() end
+  end)
+
+  it("bounds the calls of one request, not of the worker", function()
+    server:reset()
+    local status, body = app:get("/batch?n=8&prefix=MC1-" .. RUN)
+    assert.are.equal(200, status, cjson.encode(body))
+    assert.are.equal(4, server:stats().in_flight_max)
+    server:reset()
+    local results = concurrent(app, { "/batch?n=8&prefix=MC2-" .. RUN, "/batch?n=8&prefix=MC3-" .. RUN })
+    assert.are.equal(200, results[1].status)
+    assert.are.equal(200, results[2].status)
+    assert.are.equal(8, server:stats().in_flight_max)
+  end)
+
+  it("set_timeout(ms) holds for the calls of the request that set it", function()
+    local status, body = app:get("/grant?timeout_ms=50&no=ST1-" .. RUN)
+    assert.are.equal(502, status)
+    assert.are.equal("timeout", body.kind)
+    status, body = app:get("/grant?no=ST2-" .. RUN)
+    assert.are.equal(200, status, cjson.encode(body))
+  end)
+end)
+
 describe("inside nginx, four workers", function()
   local server
 
   setup(function() server = assert(mock.start{ latency = 0.05, rate_limit = 600 }) end)
   teardown(function() if server then server:stop() end end)
 
-  it("after a call in init_by_lua, 100 concurrent grants each get their own coupon", function()
-    local app = nginx.start(server, { workers = 4, init_call = "INIT4-" .. RUN })
+  it("after calls in init_by_lua and init_worker, 100 concurrent grants each get their own coupon", function()
+    local app = nginx.start(server, { workers = 4, init_call = "INIT4-" .. RUN, init_worker_call = "WORKER4-" .. RUN })
     finally(function() app:stop() end)
     local _, init = app:get("/result?key=init_call")
     assert.are.equal("INIT4-" .. RUN, server:coupon(init.value).out_request_no)
+    -- every worker granted the same number: one coupon, answered to all four
+    local first
+    for id = 0, 3 do
+      local value
+      for _ = 1, 100 do
+        local _, r = app:get("/result?key=init_worker:" .. id)
+        value = r.value
+        if value then break end
+        require("socket").sleep(0.02)
+      end
+      assert.is_string(value, "worker " .. id)
+      assert.are.equal("WORKER4-" .. RUN, (server:coupon(value) or {}).out_request_no, value)
+      first = first or value
+      assert.are.equal(first, value)
+    end
     server:reset()
     local paths = {}
     for i = 1, 100 do paths[i] = ("/grant?style=async&no=W4-%d-%s"):format(i, RUN) end

@@ -81,7 +81,7 @@ function client.new(opts)
   settings.transport = nil
   local ok, limiter = pcall(ratelimit.new, settings.rate_limit, settings.mchid)
   if not ok then errors.raise(limiter) end
-  local state = { settings = settings, limiter = limiter }
+  local state = { settings = settings, limiter = limiter, timeout_key = {} }
   if choice == "ngx" and not nginx.ACTIVE then
     errors.raise("wechatpay.new: transport = \"ngx\" needs nginx's Lua module (OpenResty); outside nginx use \"curl\"")
   end
@@ -171,6 +171,10 @@ function methods.request_async(self, method, path, opts)
   local settings = state.settings
   local prepared = request.prepare(settings, method, path, opts)
   local queue, own = dispatcher_for_call(state)
+  if opts == nil or opts.timeout == nil then
+    local override = nginx.mode() == "cosocket" and nginx.context()[state.timeout_key] or state.timeout
+    if override then prepared.timeout = override end
+  end
   local p = promise.new(queue)
   if own then p:next(function() queue:close() end, function() queue:close() end) end
   local attempts, started = 0, core.monotonic()
@@ -219,6 +223,24 @@ function methods.step(self, wait)
   local queue = current_dispatcher(self[STATE])
   if not queue then return false end
   return queue:step(wait)
+end
+
+--- client:set_timeout(ms): the timeout of the calls made afterwards, in
+-- milliseconds as cosockets count it; nil restores the client's.  Inside
+-- nginx it holds for the current request (or timer) only; elsewhere for
+-- the client.  A call's own `timeout` option still wins.
+function methods.set_timeout(self, ms)
+  local seconds
+  if ms ~= nil then
+    seconds = config.number(ms, "timeout", { min = 1, max = 86400000, what = "number of milliseconds" },
+      "set_timeout") / 1000
+  end
+  local state = self[STATE]
+  if nginx.mode() == "cosocket" then
+    nginx.context()[state.timeout_key] = seconds
+  else
+    state.timeout = seconds
+  end
 end
 
 --- client:pending() -> calls in flight, calls queued

@@ -68,6 +68,7 @@ local function render(p)
   line("  lua_shared_dict app_results 1m;")
   line("  lua_shared_dict wechatpay 1m;")
   line("  init_by_lua_block { require('support.nginx_app').init(" .. ("%q"):format(p.config_file) .. ") }")
+  line("  init_worker_by_lua_block { require('support.nginx_app').init_worker() }")
   line("  server {")
   line("    listen 127.0.0.1:" .. p.port .. " reuseport backlog=4096;")
   line("    location / { content_by_lua_block { require('support.nginx_app').handle() } }")
@@ -171,7 +172,8 @@ function App:stop()
 end
 
 --- start(server, opts) -> app.  opts: workers (1), init_call (an
--- out_request_no granted in init_by_lua), rate_limit, max_concurrency, timeout.
+-- out_request_no granted in init_by_lua), init_worker_call (one granted by each
+-- worker in init_worker_by_lua), rate_limit, max_concurrency, timeout.
 function M.start(server, opts)
   opts = opts or {}
   local nginx_bin, modules = assert(mock.locate_nginx())
@@ -195,6 +197,7 @@ function M.start(server, opts)
     resolve = { ["localhost:" .. server.port] = "127.0.0.1" },
     users = users,
     init_call = opts.init_call,
+    init_worker_call = opts.init_worker_call,
     rate_limit = opts.rate_limit,
     max_concurrency = opts.max_concurrency,
     timeout = opts.timeout,

@@ -100,6 +100,15 @@ function app.init(config_path)
   ngx.shared.app_results:set("globals_added", table.concat(added, ","))
 end
 
+--- init_worker_by_lua: a call here also goes through curl (no request is
+-- served yet), on a connection of its own that the call closes.
+function app.init_worker()
+  if config.init_worker_call then
+    local coupon, err = grant("sync", users[1], config.init_worker_call)
+    ngx.shared.app_results:set("init_worker:" .. ngx.worker.id(), coupon or ("error: " .. tostring(err)))
+  end
+end
+
 local function say_json(value)
   ngx.header["Content-Type"] = "application/json"
   ngx.say(cjson.encode(value))
@@ -113,6 +122,7 @@ end
 
 -- /grant?style=&openid=&no=
 function handlers.grant(args)
+  if args.timeout_ms then client:set_timeout(tonumber(args.timeout_ms)) end
   local coupon, err = grant(args.style or "sync", user_for(args.openid), args.no)
   if not coupon then
     ngx.status = 502
