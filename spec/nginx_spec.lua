@@ -187,6 +187,8 @@ describe("inside nginx, one worker", function()
     local _, body = app:get("/result?key=globals_added")
     assert.are.equal("", body.value)
     assert.is_nil(app:error_log():find("writing a global", 1, true))
+    -- the client was given cafile: nginx's log says cosockets do not use it
+    assert.truthy(app:error_log():find("cafile is used by calls made in init_by_lua/init_worker (curl) only", 1, true))
   end)
 
   describe("the cosocket transport", function()

@@ -89,6 +89,14 @@ function client.new(opts)
     -- One dispatcher per request (or timer) context, made at its first call:
     -- a request never waits for, nor runs, work queued by another.
     state.per_context = {}
+    -- Options only curl honours: used by calls in init phases, not by cosockets.
+    for _, name in ipairs{ "cafile", "capath", "proxy" } do
+      if settings[name] then
+        nginx.warn(("wechatpay.new: %s is used by calls made in init_by_lua/init_worker (curl) only: calls "
+          .. "in requests and timers use cosockets, which %s"):format(name, name == "proxy"
+          and "connect directly (no proxy)" or "verify against lua_ssl_trusted_certificate"))
+      end
+    end
   else
     local transport = type(choice) == "table" and choice or new_curl(settings)
     state.blocking = transport.nonblocking ~= true and (type(choice) == "table" and "given" or "curl")

@@ -43,6 +43,12 @@ function nginx.ip_literal_error(base_url)
     :format(base_url)
 end
 
+--- warn(message): a warning in nginx's error log (the client takes no
+-- logger: inside nginx, ngx.log is where operators look).
+function nginx.warn(message)
+  if nginx.ACTIVE then ngx.log(ngx.WARN, message) end
+end
+
 --- context() -> the table of the current request (or timer), where a client
 -- keeps the dispatcher of the calls made in it.
 function nginx.context()
