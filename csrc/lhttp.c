@@ -5,7 +5,8 @@
  * is touched only between curl calls, so no Lua error can longjmp through
  * libcurl's frames.
  *
- *   local s = core.http_session{ cafile =, capath =, proxy =, max_connections =, idle_timeout =, max_body = }
+ *   local s = core.http_session{ cafile =, ca_pem =, capath =, proxy =, resolve = { "host:port:addr", ... },
+ *                                max_connections =, idle_timeout =, max_body = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout = }   -- seconds, at least 0.001
  *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
@@ -82,6 +83,9 @@ typedef struct {
   transfer *transfers;     /* every transfer, active, finished or idle */
   lua_Integer next_id;
   char *cafile, *capath, *proxy;
+  char *ca_pem;            /* CA bundle bytes read at wechatpay.new(): workers need not read the file */
+  size_t ca_pem_len;
+  struct curl_slist *resolve;   /* CURLOPT_RESOLVE pins: "host:port:address" */
   long idle_timeout;       /* seconds a pooled connection may stay idle */
   long max_connections;    /* per host; 0: no limit */
   size_t max_body;
@@ -271,7 +275,11 @@ static void session_destroy(session *s) {
   free(s->cafile);
   free(s->capath);
   free(s->proxy);
-  s->cafile = s->capath = s->proxy = NULL;
+  if (s->ca_pem) free(s->ca_pem);
+  curl_slist_free_all(s->resolve);
+  s->cafile = s->capath = s->proxy = s->ca_pem = NULL;
+  s->ca_pem_len = 0;
+  s->resolve = NULL;
 }
 
 /* The session of argument 1, made this process's own if it was inherited
@@ -428,7 +436,16 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
-  if (s->cafile) curl_easy_setopt(t->easy, CURLOPT_CAINFO, s->cafile);
+  if (s->ca_pem) {
+    struct curl_blob blob;
+    blob.data = s->ca_pem;
+    blob.len = s->ca_pem_len;
+    blob.flags = CURL_BLOB_COPY;
+    curl_easy_setopt(t->easy, CURLOPT_CAINFO_BLOB, &blob);
+  } else if (s->cafile) {
+    curl_easy_setopt(t->easy, CURLOPT_CAINFO, s->cafile);
+  }
+  curl_easy_setopt(t->easy, CURLOPT_RESOLVE, s->resolve);
   if (s->capath) curl_easy_setopt(t->easy, CURLOPT_CAPATH, s->capath);
   if (s->proxy) curl_easy_setopt(t->easy, CURLOPT_PROXY, s->proxy);
   curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -673,8 +690,10 @@ static char *opt_dup(lua_State *L, int idx, const char *name) {
 }
 
 /* core.http_session([options]) -> session
- * options: cafile, capath (a folder of hashed CA certificates), proxy,
- * max_connections (per host), idle_timeout (s), max_body (bytes) */
+ * options: cafile, ca_pem (the bundle's bytes, preferred over cafile), capath
+ * (a folder of hashed CA certificates), proxy, resolve (a list of
+ * "host:port:address" pins, as curl's CURLOPT_RESOLVE), max_connections
+ * (per host), idle_timeout (s), max_body (bytes) */
 static int l_http_session(lua_State *L) {
   session *s;
   long max_conn = 0, idle = 7;
@@ -700,6 +719,36 @@ static int l_http_session(lua_State *L) {
   s->cafile = opt_dup(L, 1, "cafile");             /* ... then acquire */
   s->capath = opt_dup(L, 1, "capath");
   s->proxy = opt_dup(L, 1, "proxy");
+  {
+    size_t len;
+    const char *pem = opt_field_string(L, 1, "ca_pem", &len);
+    if (pem) {
+      s->ca_pem = (char *)malloc(len ? len : 1);
+      if (!s->ca_pem) return luaL_error(L, "out of memory");
+      memcpy(s->ca_pem, pem, len);
+      s->ca_pem_len = len;
+    }
+  }
+  lua_getfield(L, 1, "resolve");
+  if (!lua_isnil(L, -1)) {
+    int i, n;
+    luaL_argcheck(L, lua_istable(L, -1), 1, "option 'resolve' must be a list of \"host:port:address\"");
+    n = (int)lua_rawlen(L, -1);
+    for (i = 1; i <= n; i++) {
+      size_t len;
+      const char *pin;
+      struct curl_slist *list;
+      lua_rawgeti(L, -1, i);
+      pin = lua_tolstring(L, -1, &len);
+      if (!pin || lua_type(L, -1) != LUA_TSTRING || memchr(pin, '\0', len))
+        return luaL_argerror(L, 1, "option 'resolve' must be a list of \"host:port:address\"");
+      list = curl_slist_append(s->resolve, pin);
+      if (!list) return luaL_error(L, "out of memory");
+      s->resolve = list;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
   s->multi = new_multi(s);
   if (!s->multi) return luaL_error(L, "cannot create a curl multi handle");
   return 1;

@@ -9,6 +9,9 @@
 --   concurrent   BENCH_ASYNC_GRANTS (5,000) grants at concurrency 1, 8 and 64 with
 --                BENCH_LATENCY (0.05) s added by the mock to every call
 --   memory       BENCH_MEMORY_CALLS (10,000) async calls; Lua heap and RSS stay flat
+--   nginx        BENCH_NGINX_GRANTS (3,000) grants through handlers of an nginx with 1 and
+--                2 workers (cosocket transport, LuaJIT), 64 requests at once, BENCH_LATENCY
+--                added by the mock: calls/s, and the workers' CPU per grant next to the crypto
 -- CPU time is this process's (os.clock): the mock's nginx runs in its own.
 local core = require("wechatpay.core")
 local wechatpay = require("wechatpay")
@@ -179,13 +182,97 @@ local function memory()
   server:stop()
 end
 
+-- CPU seconds (user + system) a process has used, from /proc.
+local function process_cpu(pid)
+  local f = io.open("/proc/" .. pid .. "/stat", "r")
+  if not f then return 0 end
+  local stat = f:read("*a")
+  f:close()
+  local fields = {}
+  for field in stat:match("%)%s+(.*)$"):gmatch("%S+") do fields[#fields + 1] = field end
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100   -- utime, stime in ticks (USER_HZ 100)
+end
+
+local function worker_pids(master)
+  local pids = {}
+  local p = io.popen("ps -o pid= --ppid " .. master)
+  for pid in p:read("*a"):gmatch("%d+") do pids[#pids + 1] = pid end
+  p:close()
+  return pids
+end
+
+-- Grants through an nginx app (spec/support/nginx_app.lua): 64 handler
+-- requests at once, each one grant on the cosocket transport.
+local function nginx_part(crypto)
+  package.path = "./spec/?.lua;" .. package.path
+  local app_support = require("support.nginx")
+  local n = env_number("BENCH_NGINX_GRANTS", 3000)
+  local latency = env_number("BENCH_LATENCY", 0.05)
+  local server = start_mock{ rate_limit = false, latency = latency }
+  crypto = crypto or crypto_cost_ms(server)
+  for _, workers in ipairs{ 1, 2 } do
+    local app = app_support.start(server, { workers = workers, max_concurrency = 64 })
+    local session = app:session()
+    local function run(count, prefix, path)
+      local submitted, done, failed = 0, 0, 0
+      local function submit()
+        submitted = submitted + 1
+        session:submit{ method = "GET", timeout = 60,
+          url = app:url(path or ("/grant?style=async&no=%s%s%d"):format(prefix, run_id, submitted)) }
+      end
+      while submitted < math.min(64, count) do submit() end
+      while done < count do
+        for _, r in ipairs(session:perform(0.01)) do
+          done = done + 1
+          if r.status ~= 200 then failed = failed + 1 end
+          if submitted < count then submit() end
+        end
+      end
+      return failed
+    end
+    run(200, "ngxwarm" .. workers .. "-")   -- pools full, code compiled
+    server:reset()
+    local pids = worker_pids(app.pid)
+    local function measured(prefix, path)
+      local cpu0 = 0
+      for _, pid in ipairs(pids) do cpu0 = cpu0 + process_cpu(pid) end
+      local wall = monotonic()
+      local failed = run(n, prefix, path)
+      wall = monotonic() - wall
+      local cpu = -cpu0
+      for _, pid in ipairs(pids) do cpu = cpu + process_cpu(pid) end
+      return wall, cpu * 1000 / n, failed
+    end
+    local wall, per_call, failed = measured("ngx" .. workers .. "-")
+    local stats = server:stats()
+    -- the same handler's crypto with no call: the difference is the call
+    -- itself (transport, dispatcher, promise, request building, verification)
+    local _, per_crypto_only = measured("", "/crypto")
+    -- the transport alone: one unsigned HTTPS GET of the mock's "/" per
+    -- handler, less a handler that answers at once
+    local _, per_raw = measured("", "/raw?host=localhost&path=/&port=" .. server.port)
+    local _, per_ping = measured("", "/ping")
+    print(("nginx %d worker%s %d grants, 64 at once, %.0f ms latency: %.1f calls/s, worker CPU %.3f ms/call"
+      .. " (%.2fx crypto), in flight at the mock: %d, connections: %d, failed: %d;"
+      .. " the same handler with the crypto and no call: %.3f ms: the call adds %.3f ms;"
+      .. " the transport alone (an HTTPS GET on a pooled cosocket): %.3f ms"):format(
+      workers, workers == 1 and " " or "s", n, latency * 1000, n / wall, per_call, per_call / crypto,
+      stats.in_flight_max, stats.connections, failed, per_crypto_only, per_call - per_crypto_only,
+      per_raw - per_ping))
+    session:close()
+    app:stop()
+  end
+  server:stop()
+end
+
 local parts = { ... }
-if #parts == 0 then parts = { "sequential", "concurrent", "memory" } end
+if #parts == 0 then parts = { "sequential", "concurrent", "memory", "nginx" } end
 print(("# client benchmarks (%s, %s)"):format(jit and jit.version or _VERSION, core.crypto_backend))
 local crypto
 for _, part in ipairs(parts) do
   if part == "sequential" then crypto = sequential()
   elseif part == "concurrent" then concurrent(crypto)
   elseif part == "memory" then memory()
+  elseif part == "nginx" then nginx_part(crypto)
   else error("unknown part " .. part) end
 end

@@ -14,8 +14,11 @@ local curl_transport = require("wechatpay.transport.curl")
 local dedupe = require("wechatpay.dedupe")
 local dispatcher = require("wechatpay.dispatcher")
 local errors = require("wechatpay.errors")
+local nginx = require("wechatpay.nginx")
 local notification = require("wechatpay.notification")
+local ngx_transport = require("wechatpay.transport.ngx")
 local promise = require("wechatpay.promise")
+local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
@@ -67,23 +70,46 @@ local function user_agent()
   return ("wechatpay-lua/%s (%s; curl/%s; %s)"):format(VERSION, runtime, core.curl_version, core.crypto_backend)
 end
 
+local function new_curl(settings)
+  return curl_transport.new{
+    cafile = settings.cafile, ca_pem = settings.ca_pem, capath = settings.capath, proxy = settings.proxy,
+    resolve = settings.resolve, max_connections = settings.max_concurrency,
+  }
+end
+
 --- wechatpay.new(options) -> client; raises on a configuration mistake.
+-- transport: "auto" (cosockets inside nginx, else curl), "curl", "ngx", or
+-- an object (docs/ARCHITECTURE.md).
 function client.new(opts)
   local settings = config.check(opts, user_agent())
-  local transport = settings.transport or curl_transport.new{
-    cafile = settings.cafile, capath = settings.capath, proxy = settings.proxy,
-    max_connections = settings.max_concurrency,
-  }
+  local choice = settings.transport or "auto"
   settings.transport = nil
-  local self = setmetatable({
-    [STATE] = {
-      settings = settings,
-      dispatcher = dispatcher.new(transport, {
-        max_concurrency = settings.max_concurrency, rate_limit = settings.rate_limit,
-      }),
-    },
-  }, client_mt)
-  local state = self[STATE]
+  local ok, limiter = pcall(ratelimit.new, settings.rate_limit, settings.mchid)
+  if not ok then errors.raise(limiter) end
+  local state = { settings = settings, limiter = limiter, timeout_key = {} }
+  if choice == "ngx" and not nginx.ACTIVE then
+    errors.raise("wechatpay.new: transport = \"ngx\" needs nginx's Lua module (OpenResty); outside nginx use \"curl\"")
+  end
+  if nginx.ACTIVE and (choice == "auto" or choice == "ngx") then
+    -- One dispatcher per request (or timer) context, made at its first call:
+    -- a request never waits for, nor runs, work queued by another.
+    state.per_context = {}
+    -- Options only curl honours: used by calls in init phases, not by cosockets.
+    for _, name in ipairs{ "cafile", "capath", "proxy" } do
+      if settings[name] then
+        nginx.warn(("wechatpay.new: %s is used by calls made in init_by_lua/init_worker (curl) only: calls "
+          .. "in requests and timers use cosockets, which %s"):format(name, name == "proxy"
+          and "connect directly (no proxy)" or "verify against lua_ssl_trusted_certificate"))
+      end
+    end
+  else
+    local transport = type(choice) == "table" and choice or new_curl(settings)
+    state.blocking = transport.nonblocking ~= true and (type(choice) == "table" and "given" or "curl")
+    state.dispatcher = dispatcher.new(transport, {
+      max_concurrency = settings.max_concurrency, limiter = limiter,
+    })
+  end
+  local self = setmetatable({ [STATE] = state }, client_mt)
   if settings.apiv3_key or settings.cert_store then
     state.certs = certificates.manager{
       keys = settings.platform_keys, apiv3_key = settings.apiv3_key, merchant_serial = settings.serial,
@@ -95,6 +121,64 @@ function client.new(opts)
     }
   end
   return self
+end
+
+-- The dispatcher a call made now goes to.  Inside nginx: the current
+-- request's own (cosockets), or, before requests are served (init_by_lua,
+-- init_worker), a curl one for this call alone, closed once it settles, so
+-- nothing it holds outlives the call or crosses a fork.  Elsewhere: the
+-- client's one dispatcher.  Raises where no call may be made.
+local function dispatcher_for_call(state)
+  local mode, phase = nginx.mode()
+  if mode == nil and phase ~= nil then errors.raise(nginx.phase_error(phase)) end
+  if state.dispatcher then
+    if mode == "cosocket" and state.blocking then
+      errors.raise(nginx.blocking_error(phase, state.blocking == "curl" and "curl" or "given"))
+    end
+    return state.dispatcher
+  end
+  local settings = state.settings
+  if state.closed then
+    local closed = dispatcher.new({ submit = function() end, step = function() end })
+    closed:close()
+    return closed
+  end
+  if mode == "blocking" then
+    return dispatcher.new(new_curl(settings), { max_concurrency = settings.max_concurrency, limiter = state.limiter }), true
+  end
+  local ctx = nginx.context()
+  local own = ctx[state.per_context]
+  if own then return own end
+  local host = ngx_transport.parse_url(settings.base_url .. "/")
+  if ngx_transport.is_ip_literal(host) then errors.raise(nginx.ip_literal_error(settings.base_url)) end
+  own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency }, {
+    max_concurrency = settings.max_concurrency, limiter = state.limiter,
+  })
+  ctx[state.per_context] = own
+  return own
+end
+
+-- The dispatcher of the current context, if it has one (step, pending, close).
+local function current_dispatcher(state)
+  if state.dispatcher then return state.dispatcher end
+  local mode = nginx.mode()
+  if mode ~= "cosocket" then return nil end
+  return nginx.context()[state.per_context]
+end
+
+-- Jitter from the CSPRNG: math.random starts from the same seed in every
+-- nginx worker, and their retries would align.
+local function jitter()
+  local a, b, c = core.random_bytes(3):byte(1, 3)
+  return (a * 65536 + b * 256 + c) / 16777216
+end
+
+-- A certificate refresh on the dispatcher a call made now would use.
+local function refresh_certificates(state, quiet)
+  local queue, own = dispatcher_for_call(state)
+  local p = state.certs:refresh_async(queue, quiet)
+  if own then p:next(function() queue:close() end, function() queue:close() end) end
+  return p
 end
 
 --- client:chain("v3/multiuse/users/{openid}/coupons") -> node
@@ -116,9 +200,15 @@ end
 -- (verify.response for API calls, the download's own check for certificates).
 send_async = function(self, method, path, opts, check)
   local state = self[STATE]
-  local settings, queue, certs = state.settings, state.dispatcher, state.certs
+  local settings, certs = state.settings, state.certs
   local prepared = request.prepare(settings, method, path, opts)
+  local queue, own = dispatcher_for_call(state)
+  if opts == nil or opts.timeout == nil then
+    local override = nginx.mode() == "cosocket" and nginx.context()[state.timeout_key] or state.timeout
+    if override then prepared.timeout = override end
+  end
   local p = promise.new(queue)
+  if own then p:next(function() queue:close() end, function() queue:close() end) end
   local attempts, started = 0, core.monotonic()
   local attempt, finish
 
@@ -146,7 +236,7 @@ send_async = function(self, method, path, opts, check)
     end
     if res then return p:resolve(res) end
     err.attempts = attempts
-    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts, core.monotonic() - started)
+    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts, core.monotonic() - started, jitter)
     if delay then queue:after(delay, attempt) else p:reject(err) end
   end
 
@@ -176,7 +266,7 @@ function methods.request_async(self, method, path, opts)
   local settings, certs = state.settings, state.certs
   -- the periodic refresh runs beside this call, which does not wait for it
   if certs and certs:due() then
-    certs:refresh_async(state.dispatcher, true):catch(function() end)
+    refresh_certificates(state, true):catch(function() end)
   end
   return send_async(self, method, path, opts, function(raw, target)
     return verify.response(settings.platform_keys, raw, target)
@@ -192,12 +282,33 @@ end
 --- client:step([wait_seconds]) -> false when no call is queued or in flight.
 -- Drives every call of the client for up to wait_seconds (what wait() does).
 function methods.step(self, wait)
-  return self[STATE].dispatcher:step(wait)
+  local queue = current_dispatcher(self[STATE])
+  if not queue then return false end
+  return queue:step(wait)
+end
+
+--- client:set_timeout(ms): the timeout of the calls made afterwards, in
+-- milliseconds as cosockets count it; nil restores the client's.  Inside
+-- nginx it holds for the current request (or timer) only; elsewhere for
+-- the client.  A call's own `timeout` option still wins.
+function methods.set_timeout(self, ms)
+  local seconds
+  if ms ~= nil then
+    seconds = config.number(ms, "timeout", { min = 1, max = 86400000, what = "number of milliseconds" },
+      "set_timeout") / 1000
+  end
+  local state = self[STATE]
+  if nginx.mode() == "cosocket" then
+    nginx.context()[state.timeout_key] = seconds
+  else
+    state.timeout = seconds
+  end
 end
 
 --- client:pending() -> calls in flight, calls queued
 function methods.pending(self)
-  local queue = self[STATE].dispatcher
+  local queue = current_dispatcher(self[STATE])
+  if not queue then return 0, 0 end
   return queue.in_flight, queue:queued()
 end
 
@@ -244,7 +355,7 @@ function methods.verify(self, headers, body)
   local ok, err = verify.callback(state.settings.platform_keys, headers, body)
   local wanted = not ok and state.certs and state.certs:wants(err)
   if wanted then
-    if wanted ~= "reloaded" then state.certs:refresh_async(state.dispatcher, true):wait() end
+    if wanted ~= "reloaded" then refresh_certificates(state, true):wait() end
     ok, err = verify.callback(state.settings.platform_keys, headers, body)
   end
   return ok, err
@@ -291,7 +402,7 @@ end
 function methods.refresh_certificates(self)
   local state = self[STATE]
   if not state.certs then errors.raise("refresh_certificates: the client was made without apiv3_key") end
-  return state.certs:refresh_async(state.dispatcher):wait()
+  return refresh_certificates(state):wait()
 end
 
 --- client:certificate_stats() -> { downloads, public_key_only, last_error }
@@ -303,8 +414,12 @@ end
 
 --- client:close(): calls queued or in flight reject with kind "closed";
 -- the pooled connections are closed.  Safe to call twice, or from a handler.
+-- Inside nginx: the current request's calls, and every later call.
 function methods.close(self)
-  self[STATE].dispatcher:close()
+  local state = self[STATE]
+  local queue = current_dispatcher(state)
+  state.closed = true
+  if queue then queue:close() end
 end
 
 client.VERSION = VERSION

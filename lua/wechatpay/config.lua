@@ -17,7 +17,7 @@ local OPTIONS = {
   mchid = true, serial = true, private_key = true, passphrase = true, certs = true,
   base_url = true, cafile = true, capath = true, timeout = true, connect_timeout = true, proxy = true,
   user_agent = true, apiv3_key = true, transport = true, max_concurrency = true,
-  retry = true, rate_limit = true, cert_dir = true, cert_store = true, refresh_interval = true,
+  retry = true, rate_limit = true, resolve = true, cert_dir = true, cert_store = true, refresh_interval = true,
 }
 
 --- Ranges of the numeric options.  A timeout under 1 ms would reach curl as
@@ -226,13 +226,14 @@ end
 
 -- ---- calls ---------------------------------------------------------------------
 
-local RATE_LIMIT_FIELDS = { calls = true, per = true, burst = true }
-local RATE_LIMIT_USAGE = "rate_limit must be calls per minute or { calls = n, per = seconds [, burst = n >= 1] }"
+local RATE_LIMIT_FIELDS = { calls = true, per = true, burst = true, shared_dict = true }
+local RATE_LIMIT_USAGE = "rate_limit must be calls per minute or { calls = n, per = seconds [, burst = n >= 1]"
+  .. " [, shared_dict = \"lua_shared_dict name\"] }"
 
 -- nil, or { calls =, per =, burst = } with every number finite.
 local function check_rate_limit(rate_limit)
   if rate_limit == nil or rate_limit == false then return nil end
-  local calls, per, burst
+  local calls, per, burst, shared_dict
   if type(rate_limit) == "number" then
     calls, per = rate_limit, 60
   elseif type(rate_limit) == "table" then
@@ -240,12 +241,16 @@ local function check_rate_limit(rate_limit)
       if not RATE_LIMIT_FIELDS[field] then fail(("%s: unknown field '%s'"):format(RATE_LIMIT_USAGE, tostring(field))) end
     end
     calls, per, burst = rate_limit.calls, rate_limit.per or 60, rate_limit.burst
+    shared_dict = rate_limit.shared_dict
+    if shared_dict ~= nil and (type(shared_dict) ~= "string" or not shared_dict:match("^[%w_]+$")) then
+      fail("rate_limit.shared_dict must be the name of a lua_shared_dict (letters, digits, _)")
+    end
   end
   local function bad(v, min) return type(v) ~= "number" or not is_finite(v) or v < min or v > 1e9 end
   if bad(calls, 1e-9) or calls <= 0 or bad(per, 1e-9) or per <= 0 or (burst ~= nil and bad(burst, 1)) then
     fail(RATE_LIMIT_USAGE .. ", every number finite")
   end
-  return { calls = calls, per = per, burst = burst }
+  return { calls = calls, per = per, burst = burst, shared_dict = shared_dict }
 end
 
 local RETRY_RANGES = {
@@ -276,7 +281,15 @@ function config.retry_policy(option, base, where)
   return policy
 end
 
+local TRANSPORT_NAMES = { auto = true, curl = true, ngx = true }
+
 local function check_transport(transport)
+  if type(transport) == "string" then
+    if not TRANSPORT_NAMES[transport] then
+      fail(("transport must be \"auto\", \"curl\", \"ngx\" or an object, got %q"):format(transport))
+    end
+    return transport
+  end
   if transport ~= nil and (type(transport) ~= "table" or (type(transport.request) ~= "function"
       and (type(transport.submit) ~= "function" or type(transport.step) ~= "function"))) then
     fail("transport must be an object with request(), or submit() and step()")
@@ -303,7 +316,37 @@ local function check_cert_store(opts)
   end)
   if not ok then fail("cert_store must be an object with load() and save(serial, pem)") end
   return store   -- without an apiv3_key, only read: another process downloads
+end
 
+-- resolve = { ["host:port"] = "address" }: a name pinned to an address
+-- (curl's CURLOPT_RESOLVE), for both transports.  Returns the map, or nil.
+local function check_resolve(resolve)
+  if resolve == nil then return nil end
+  if type(resolve) ~= "table" then fail("resolve must be a table { [\"host:port\"] = \"address\" }") end
+  local map = {}
+  for name, address in pairs(resolve) do
+    local host, port
+    if type(name) == "string" then host, port = name:match("^([%w.-]+):(%d+)$") end
+    if not host or tonumber(port) < 1 or tonumber(port) > 65535 then
+      fail(("resolve: key %s must be \"host:port\""):format(type(name) == "string" and ("%q"):format(name:sub(1, 80)) or type(name)))
+    end
+    if type(address) ~= "string" or not (address:match("^%d+%.%d+%.%d+%.%d+$") or address:match("^[%x:]+$")) then
+      fail(("resolve[%q] must be an IPv4 or IPv6 address"):format(name))
+    end
+    map[host:lower() .. ":" .. tonumber(port)] = address
+  end
+  return map
+end
+
+-- The CA bundle's bytes, read now: nginx workers (running as nobody) and
+-- chroots need not read the file again.
+local function read_ca(path)
+  if path == nil then return nil end
+  local f = io.open(path, "rb")
+  local pem = f and f:read("*a")
+  if f then f:close() end
+  if not pem or pem == "" then fail(("cafile %s cannot be read or is empty"):format(path)) end
+  return pem
 end
 
 --- check(opts, default_user_agent) -> settings; raises on a mistake.
@@ -345,6 +388,8 @@ function config.check(opts, default_user_agent)
     encryption_key_id = config.pick_encryption_key(platform_keys),
     base_url = check_base_url(opts.base_url or DEFAULT_BASE_URL),
     cafile = opts.cafile,
+    ca_pem = read_ca(opts.cafile),
+    resolve = check_resolve(opts.resolve),
     capath = opts.capath,
     proxy = check_text(opts, "proxy", "a proxy URL"),
     user_agent = check_text(opts, "user_agent", "a non-empty string") or default_user_agent,

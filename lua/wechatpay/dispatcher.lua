@@ -16,25 +16,6 @@ dispatcher.__index = dispatcher
 
 local monotonic = core.monotonic
 
--- rate_limit: nil or { calls =, per = seconds, burst = } (checked by config)
-local function new_bucket(rate_limit)
-  if not rate_limit then return nil end
-  -- One call's worth by default: a fixed per-minute window on the server
-  -- then never sees more than calls + 1.
-  local capacity = rate_limit.burst or 1
-  return { rate = rate_limit.calls / rate_limit.per, capacity = capacity, tokens = capacity, updated = monotonic() }
-end
-
-local function bucket_take(bucket, now)
-  bucket.tokens = math.min(bucket.capacity, bucket.tokens + (now - bucket.updated) * bucket.rate)
-  bucket.updated = now
-  if bucket.tokens >= 1 then
-    bucket.tokens = bucket.tokens - 1
-    return 0
-  end
-  return (1 - bucket.tokens) / bucket.rate   -- seconds until a token
-end
-
 -- A transport with only request(request) -> response | nil, err (a test
 -- double, a blocking one) still works: its calls complete one at a time.
 local function sync_adapter(transport)
@@ -54,7 +35,10 @@ local function sync_adapter(transport)
   }
 end
 
---- new(transport, { max_concurrency =, rate_limit = })
+--- new(transport, { max_concurrency =, limiter = })
+-- limiter: nil, or an object with take(now) -> seconds to wait before the
+-- next call may be sent (wechatpay.ratelimit); it may be shared by several
+-- dispatchers (one per nginx request) and several workers.
 function dispatcher.new(transport, opts)
   if type(transport.submit) ~= "function" or type(transport.step) ~= "function" then
     transport = sync_adapter(transport)
@@ -63,7 +47,7 @@ function dispatcher.new(transport, opts)
   return setmetatable({
     transport = transport,
     max_concurrency = opts.max_concurrency or 16,
-    bucket = new_bucket(opts.rate_limit),
+    limiter = opts.limiter,
     queue = {}, head = 1, tail = 0,
     in_flight = 0,
     sent = {},        -- job -> true while the transport has it
@@ -97,17 +81,20 @@ end
 -- Sends queued jobs while there is room and a token.
 local function pump_queue(self)
   while not self.closed and self.in_flight < self.max_concurrency and self.head <= self.tail do
-    if self.bucket then
-      local delay = bucket_take(self.bucket, monotonic())
+    if self.limiter and not self.token then
+      -- the slot is taken now; when it comes, the call goes without asking again
+      local delay = self.limiter:take(monotonic())
       if delay > 0 then
         self.waiting_for_token = true
         self:after(delay, function()
           self.waiting_for_token = false
+          self.token = true
           self:pump()
         end)
         break
       end
     end
+    self.token = false
     local job = self.queue[self.head]
     self.queue[self.head] = nil
     self.head = self.head + 1

@@ -58,6 +58,11 @@ function error_mt:__tostring()
   return line .. message .. tail
 end
 
+-- "failed: " .. err works as tostring(err) does (nginx handlers concatenate).
+function error_mt.__concat(a, b)
+  return tostring(a) .. tostring(b)
+end
+
 --- new(kind, message [, fields]) -> error table.  The kind must be listed.
 function errors.new(kind, message, fields)
   if not errors.KINDS[kind] then error("wechatpay.errors: unknown error kind " .. tostring(kind), 2) end

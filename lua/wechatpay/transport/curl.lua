@@ -14,12 +14,28 @@ local core = require("wechatpay.core")
 local curl_transport = {}
 curl_transport.__index = curl_transport
 
---- new{ cafile, capath, proxy, max_connections, idle_timeout, max_body }
+-- { ["host:port"] = address } as curl's CURLOPT_RESOLVE list, sorted.
+local function resolve_list(resolve)
+  if not resolve then return nil end
+  local list = {}
+  for name, address in pairs(resolve) do
+    if address:find(":", 1, true) then address = "[" .. address .. "]" end
+    list[#list + 1] = name .. ":" .. address
+  end
+  table.sort(list)
+  return list
+end
+
+--- new{ cafile, ca_pem, capath, proxy, resolve, max_connections, idle_timeout, max_body }
+-- ca_pem (the bundle's bytes) is used instead of reading cafile again;
+-- resolve = { ["host:port"] = address } pins names, as CURLOPT_RESOLVE.
 function curl_transport.new(opts)
   opts = opts or {}
   local self = setmetatable({
     session = core.http_session{
       cafile = opts.cafile,
+      ca_pem = opts.ca_pem,
+      resolve = resolve_list(opts.resolve),
       capath = opts.capath,
       proxy = opts.proxy,
       max_connections = opts.max_connections,

@@ -98,6 +98,7 @@ local function public_record(grant)
     amount = grant.amount,
     status = "SENDED",
     create_time = grant.create_time,
+    granted_at = grant.granted_at,   -- ngx.now() of the grant: rate checks need more than seconds
     stock_creator_mchid = state.config.mchid,
   }
 end
@@ -196,6 +197,8 @@ function coupons.grant(req)
   local seq = dicts.settings:incr("coupon_seq", 1, 0)
   grant.coupon_id = string.format("8%011d", seq)
   grant.create_time = rfc3339_beijing(ngx.time())
+  ngx.update_time()
+  grant.granted_at = ngx.now()
   local text = cjson.encode(grant)
   dicts.data:set(request_key, text)
   dicts.data:set("coupon:" .. grant.coupon_id, text)

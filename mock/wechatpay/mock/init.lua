@@ -14,7 +14,7 @@
 --     apiv3_key = "<32 characters>",   -- seals callbacks and certificates (default: random)
 --     public_key_only = false,   -- true: /v3/certificates answers 404 "无可用的平台证书"
 --   })
---   server.base_url  server.cafile  server.mchid  server.merchant_serial
+--   server.base_url  server.port  server.cafile  server.mchid  server.merchant_serial
 --   server.merchant_key_file  server.merchant_cert_file
 --   server.platform_key_id  server.platform_public_key_file
 --   server.platform_cert_serial  server.platform_cert_file  server.users  server.apiv3_key
@@ -231,6 +231,18 @@ local function find_modules(nginx_bin, opts)
   end
   return nil, "the nginx lua module (ngx_http_lua_module.so) was not found (install "
     .. "libnginx-mod-http-lua or OpenResty, or set opts.modules_dir)"
+end
+
+--- locate_nginx([opts]) -> nginx binary, { load_module paths (ndk first) } | nil, err.
+-- For tests that start an nginx of their own beside the mock.
+function mock.locate_nginx(opts)
+  opts = opts or {}
+  local nginx_bin, err = find_nginx(opts)
+  if not nginx_bin then return nil, err end
+  local modules
+  modules, err = find_modules(nginx_bin, opts)
+  if not modules then return nil, err end
+  return nginx_bin, modules
 end
 
 -- The directory holding wechatpay/mock/*.lua, so the worker loads this very copy.

@@ -1,0 +1,101 @@
+--- Handlers for examples/openresty/nginx.conf: a grant, an async batch, a
+-- grant made later from a timer, and a callback receiver.  Every call here
+-- runs on cosockets and yields: the worker keeps serving other requests.
+local cjson = require("cjson.safe")
+local wechatpay = require("wechatpay")
+
+local handlers = {}
+local client
+
+--- init_by_lua: build the client (keys and CA read now, by the master).
+function handlers.init()
+  client = wechatpay.new{
+    mchid = os.getenv("WECHATPAY_MCHID"),
+    serial = os.getenv("WECHATPAY_SERIAL"),
+    private_key = "file://" .. os.getenv("WECHATPAY_KEY_FILE"),
+    certs = { [os.getenv("WECHATPAY_PUB_KEY_ID")] = "file://" .. os.getenv("WECHATPAY_PUB_KEY_FILE") },
+    apiv3_key = os.getenv("WECHATPAY_APIV3_KEY"),
+    timeout = 10,
+    -- one limit for every worker of this server
+    rate_limit = { calls = 1000, per = 60, shared_dict = "wechatpay" },
+  }
+end
+
+local function reply(status, value)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode(value))
+end
+
+local function read_json()
+  ngx.req.read_body()
+  return cjson.decode(ngx.req.get_body_data() or "") or {}
+end
+
+local function grant_body(req)
+  return {
+    stock_id = req.stock_id, out_request_no = req.out_request_no, appid = req.appid, card_type = "ID_CARD",
+    user_name = assert(client:encrypt(req.name)),
+    id_card_number = assert(client:encrypt(req.id_card)),
+  }
+end
+
+--- POST /grant { openid, name, id_card, stock_id, appid, out_request_no }
+function handlers.grant()
+  local req = read_json()
+  local res, err = client.v3.multiuse.users._openid_.coupons:post{ openid = req.openid, json = grant_body(req) }
+  if not res then
+    -- tostring(err) is one safe line: for logs and for ngx.say
+    ngx.log(ngx.WARN, "grant failed: ", tostring(err))
+    return reply(err.status or 502, { error = tostring(err), request_id = err.request_id })
+  end
+  reply(200, res:json())
+end
+
+--- POST /grant/batch [ {...}, {...} ]: every grant at once (up to the
+-- client's max_concurrency in flight for this request), answered together.
+function handlers.batch()
+  local list = {}
+  for i, req in ipairs(read_json()) do
+    list[i] = client.v3.multiuse.users._openid_.coupons:postAsync{ openid = req.openid, json = grant_body(req) }
+  end
+  local outcomes = wechatpay.settle(list):wait()
+  local out = {}
+  for i, o in ipairs(outcomes) do
+    out[i] = o.res and o.res:json() or { error = tostring(o.err) }
+  end
+  reply(200, out)
+end
+
+--- POST /grant/later {...}: answer at once, grant from a timer (a timer has
+-- its own context: cosockets work there, as in a handler).
+function handlers.grant_later()
+  local req = read_json()
+  local json = grant_body(req)
+  local ok, err = ngx.timer.at(0, function(premature)
+    if premature then return end
+    local res, gerr = client.v3.multiuse.users._openid_.coupons:post{ openid = req.openid, json = json }
+    if not res then ngx.log(ngx.ERR, "grant ", req.out_request_no, " failed: ", tostring(gerr)) end
+  end)
+  if not ok then return reply(500, { error = err }) end
+  reply(202, { accepted = req.out_request_no })
+end
+
+--- POST /wechatpay/notify: verify the raw body, decrypt the resource.
+-- (A stub for the callbacks helper: redeliveries carry the same id.)
+function handlers.notify()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data() or ""
+  local ok, err = client:verify(ngx.req.get_headers(), body)
+  if not ok then
+    ngx.log(ngx.WARN, "callback refused: ", tostring(err))
+    return reply(401, { code = "FAIL", message = "signature" })
+  end
+  local event = cjson.decode(body)
+  local plaintext = event and event.resource and client:decrypt_resource(event.resource)
+  if not plaintext then return reply(400, { code = "FAIL", message = "resource" }) end
+  -- handle cjson.decode(plaintext) here, idempotently on event.id
+  ngx.status = 204
+end
+
+return handlers

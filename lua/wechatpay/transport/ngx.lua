@@ -1,0 +1,326 @@
+--- The nginx transport: HTTP/1.1 over ngx.socket.tcp cosockets, one light
+-- thread (ngx.thread) per call, so a call never blocks the worker: while it
+-- waits for WeChat Pay, nginx serves every other request.
+--
+-- The same interface as transport/curl.lua (submit/step/close); a request
+-- table in, { status, headers = { lower_name = value }, body } or a failure
+-- { kind = "network" | "timeout", message, sent, retry = "safe" | "idempotent" | false } out.
+--
+-- One transport belongs to one request context (a request or a timer: its
+-- light threads and semaphore cannot serve another).  Connections outlive
+-- it in nginx's cosocket pool (setkeepalive: idle 7 s, below WeChat Pay's
+-- 8 s), named by scheme, host, port, address and trust settings, so a
+-- reused connection skips the TLS handshake.
+--
+-- TLS is always verified: sslhandshake(nil, host, true) against nginx's
+-- lua_ssl_trusted_certificate, up to lua_ssl_verify_depth.
+local core = require("wechatpay.core")
+
+local ngx_transport = {}
+ngx_transport.__index = ngx_transport
+
+--- Declares that this transport never blocks the worker.
+ngx_transport.nonblocking = true
+
+local DEFAULT_MAX_BODY = 64 * 1024 * 1024
+local MAX_HEADER_BYTES = 64 * 1024
+local monotonic = core.monotonic
+
+--- new{ resolve = { ["host:port"] = address }, pool_size, idle_timeout (s), max_body }
+function ngx_transport.new(opts)
+  opts = opts or {}
+  return setmetatable({
+    resolve = opts.resolve or {},
+    pool_size = opts.pool_size or 64,
+    idle_ms = math.floor((opts.idle_timeout or 7) * 1000),
+    max_body = opts.max_body or DEFAULT_MAX_BODY,
+    running = 0,
+    closed = false,
+  }, ngx_transport)
+end
+
+--- parse_url(url) -> host, port, target | nil
+function ngx_transport.parse_url(url)
+  local host, port, target = url:match("^https://([^/:%[%]]+):?(%d*)(/.*)$")
+  if not host then
+    host, port, target = url:match("^https://%[([%x:.]+)%]:?(%d*)(/.*)$")
+    if not host then return nil end
+  end
+  return host:lower(), tonumber(port) or 443, target
+end
+
+--- is_ip_literal(host) -> true for 127.0.0.1 or ::1: cosocket TLS checks
+-- names with X509_check_host, which never matches an IP address SAN.
+function ngx_transport.is_ip_literal(host)
+  return host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil
+end
+
+local function failure(kind, message, sent, retry)
+  return nil, { kind = kind, message = message, sent = sent or 0, retry = retry }
+end
+
+local function ms(seconds)
+  return math.max(1, math.floor(seconds * 1000 + 0.5))
+end
+
+-- The message of a connect failure, with what to do about it.
+local function connect_failure(host, port, err)
+  local where = host .. ":" .. port
+  if err == "timeout" then return failure("timeout", "connect to " .. where .. " timed out", 0, "safe") end
+  if err:find("no resolver defined", 1, true) then
+    return failure("network", ("cannot resolve %s: %s. Add a `resolver` directive to nginx.conf (nginx does "
+      .. "not read /etc/hosts), or pin the name with the client option resolve = { [\"%s\"] = \"address\" }")
+      :format(host, err, where), 0, false)
+  end
+  return failure("network", "connect to " .. where .. " failed: " .. err, 0, "safe")
+end
+
+local function handshake_failure(host, port, err)
+  err = tostring(err)
+  if err == "timeout" then
+    return failure("timeout", "TLS handshake with " .. host .. ":" .. port .. " timed out", 0, "safe")
+  end
+  return failure("network", ("TLS handshake with %s:%d failed (%s): nginx verifies the server's certificate "
+    .. "against lua_ssl_trusted_certificate, up to lua_ssl_verify_depth (3 or more for WeChat Pay's chain): "
+    .. "check both directives in nginx.conf"):format(host, port, err), 0, false)
+end
+
+-- Connects (or takes a pooled connection) and, for a new one, verifies TLS.
+-- -> sock, reused | nil, failure
+local function open(self, host, port, deadline, connect_timeout)
+  local address = self.resolve[host .. ":" .. port] or host
+  local pool = ("wechatpay:https:%s:%d:%s:verify"):format(host, port, address)
+  local sock = ngx.socket.tcp()
+  local budget = math.min(connect_timeout, deadline - monotonic())
+  if budget <= 0 then return failure("timeout", "no time left to connect to " .. host, 0, "safe") end
+  sock:settimeout(ms(budget))
+  local ok, err = sock:connect(address, port, { pool = pool, pool_size = self.pool_size })
+  if not ok then return connect_failure(host, port, tostring(err)) end
+  local reused = (sock:getreusedtimes() or 0) > 0
+  if not reused then
+    -- Debian's lua-resty-core can raise "assertion failed!" here on a name
+    -- mismatch: a raise is a failed handshake too.
+    local called, session, herr = pcall(sock.sslhandshake, sock, nil, host, true)
+    if not called or not session then
+      sock:close()
+      return handshake_failure(host, port, called and herr or session)
+    end
+  end
+  return sock, reused
+end
+
+local function request_bytes(request, host, port, target)
+  local out = { request.method, " ", target, " HTTP/1.1\r\nHost: ", host }
+  if port ~= 443 then out[#out + 1] = ":" .. port end
+  out[#out + 1] = "\r\n"
+  local headers = request.headers or {}
+  for i = 1, #headers do out[#out + 1] = headers[i] .. "\r\n" end
+  local body = request.body
+  if body or request.method == "POST" or request.method == "PUT" or request.method == "PATCH" then
+    out[#out + 1] = "Content-Length: " .. #(body or "") .. "\r\n"
+  end
+  out[#out + 1] = "\r\n"
+  if body then out[#out + 1] = body end
+  return table.concat(out)
+end
+
+-- Reading a response: every receive gets what is left of the deadline.
+local function receive(sock, pattern, deadline)
+  local left = deadline - monotonic()
+  if left <= 0 then return nil, "timeout" end
+  sock:settimeout(ms(left))
+  return sock:receive(pattern)
+end
+
+local function read_failure(err, what, sent)
+  if err == "timeout" then
+    return failure("timeout", "timed out waiting for " .. what, sent, "idempotent")
+  end
+  return failure("network", "connection " .. tostring(err) .. " while reading " .. what, sent, "idempotent")
+end
+
+local function read_head(sock, deadline, sent)
+  while true do
+    local line, err = receive(sock, "*l", deadline)
+    if not line then return read_failure(err, "the status line", sent) end
+    local version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
+    if not status then
+      return failure("network", "malformed status line from the server", sent, "idempotent")
+    end
+    status = tonumber(status)
+    local headers, size = {}, 0
+    while true do
+      local h, herr = receive(sock, "*l", deadline)
+      if not h then return read_failure(herr, "the response headers", sent) end
+      if h == "" then break end
+      size = size + #h
+      if size > MAX_HEADER_BYTES then
+        return failure("network", "response headers over " .. MAX_HEADER_BYTES .. " bytes", sent, false)
+      end
+      local name, value = h:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
+      if name then
+        name = name:lower()
+        headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+      end
+    end
+    -- 1xx answers (100 Continue) come before the real one
+    if status >= 200 or status == 101 then return status, headers, version end
+  end
+end
+
+local function read_body(self, sock, method, status, headers, deadline, sent)
+  if method == "HEAD" or status == 204 or status == 304 then return "", true end
+  local te = headers["transfer-encoding"]
+  local too_large = function()
+    return failure("network", "response body over max_body (" .. self.max_body .. " bytes)", sent, false)
+  end
+  if te and te:lower():find("chunked", 1, true) then
+    local parts, total = {}, 0
+    while true do
+      local line, err = receive(sock, "*l", deadline)
+      if not line then return read_failure(err, "a chunk size", sent) end
+      local size = tonumber(line:match("^%s*(%x+)") or "", 16)
+      if not size then return failure("network", "malformed chunk size in the response", sent, "idempotent") end
+      if size == 0 then
+        repeat   -- trailers, up to the blank line
+          local t, terr = receive(sock, "*l", deadline)
+          if not t then return read_failure(terr, "the chunked trailer", sent) end
+        until t == ""
+        return table.concat(parts), true
+      end
+      total = total + size
+      if total > self.max_body then return too_large() end
+      local data, derr = receive(sock, size, deadline)
+      if not data then return read_failure(derr, "a chunk", sent) end
+      parts[#parts + 1] = data
+      local crlf, cerr = receive(sock, 2, deadline)
+      if not crlf then return read_failure(cerr, "a chunk", sent) end
+    end
+  end
+  local length = headers["content-length"]
+  if length then
+    length = tonumber(length:match("^%d+$"))
+    if not length then return failure("network", "malformed Content-Length in the response", sent, "idempotent") end
+    if length > self.max_body then return too_large() end
+    if length == 0 then return "", true end
+    local data, err = receive(sock, length, deadline)
+    if not data then return read_failure(err, "the response body", sent) end
+    return data, true
+  end
+  -- Neither: the body runs to the end of the connection.
+  local parts, total = {}, 0
+  while true do
+    local data, err, partial = receive(sock, 8192, deadline)
+    local piece = data or partial
+    if piece and piece ~= "" then
+      total = total + #piece
+      if total > self.max_body then return too_large() end
+      parts[#parts + 1] = piece
+    end
+    if not data then
+      if err == "closed" then return table.concat(parts), false end
+      return read_failure(err, "the response body", sent)
+    end
+  end
+end
+
+local function keep_alive(headers, version, reusable)
+  if not reusable then return false end
+  local connection = (headers.connection or ""):lower()
+  if connection:find("close", 1, true) then return false end
+  return version ~= "1.0" or connection:find("keep-alive", 1, true) ~= nil
+end
+
+-- One request to completion: -> response | nil, failure.
+local function perform(self, request)
+  local host, port, target = ngx_transport.parse_url(request.url)
+  if not host then return failure("network", "not an https URL: " .. tostring(request.url), 0, false) end
+  local deadline = monotonic() + (request.timeout or 30)
+  local bytes = request_bytes(request, host, port, target)
+  -- A pooled connection the server closed meanwhile fails the send: that
+  -- one is tried once more on a fresh connection, as nothing was sent.
+  for attempt = 1, 2 do
+    local sock, reused = open(self, host, port, deadline, request.connect_timeout or 5)
+    if not sock then return nil, reused end
+    local left = deadline - monotonic()
+    if left <= 0 then sock:close() return failure("timeout", "no time left to send the request", 0, "safe") end
+    sock:settimeout(ms(left))
+    local sent, err = sock:send(bytes)
+    if not sent then
+      sock:close()
+      if not (reused and attempt == 1) then
+        if err == "timeout" then return failure("timeout", "timed out sending the request", 0, "idempotent") end
+        return failure("network", "connection " .. tostring(err) .. " while sending the request", 0, "idempotent")
+      end
+    else
+      local status, headers, version = read_head(sock, deadline, #bytes)
+      if not status then sock:close() return nil, headers end
+      local body, reusable = read_body(self, sock, request.method, status, headers, deadline, #bytes)
+      if not body then sock:close() return nil, reusable end
+      if keep_alive(headers, version, reusable) then
+        sock:setkeepalive(self.idle_ms, self.pool_size)
+      else
+        sock:close()
+      end
+      return { status = status, headers = headers, body = body }
+    end
+  end
+end
+
+-- The light thread of one call: perform, then report.  The callback runs
+-- here, in the calling request's own context.
+local function run(self, request, callback)
+  local ok, res, fail = pcall(perform, self, request)
+  if not ok then
+    res, fail = nil, { kind = "network", message = "the nginx transport raised: " .. tostring(res), sent = 0, retry = false }
+  end
+  self.running = self.running - 1
+  if self.closed then return end
+  local called, err = pcall(callback, res, fail)
+  if not called and self.first_error == nil then self.first_error = err end
+  if self.semaphore then self.semaphore:post(1) end
+end
+
+--- submit(request, callback): starts the call on a light thread of the
+-- current request (or timer).
+function ngx_transport:submit(request, callback)
+  if self.closed then error("the nginx transport is closed", 2) end
+  if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
+  self.running = self.running + 1
+  local thread, err = ngx.thread.spawn(run, self, request, callback)
+  if not thread then
+    self.running = self.running - 1
+    error("cannot start a light thread: " .. tostring(err), 2)
+  end
+end
+
+--- step(wait_seconds): yields this light thread until a call finishes or
+-- the time is up; the worker serves other requests meanwhile.
+function ngx_transport:step(wait)
+  if self.first_error ~= nil then
+    local err = self.first_error
+    self.first_error = nil
+    error(err, 0)
+  end
+  if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
+  self.semaphore:wait(math.max(0, wait or 0))
+  if self.first_error ~= nil then
+    local err = self.first_error
+    self.first_error = nil
+    error(err, 0)
+  end
+  return 0
+end
+
+function ngx_transport:pending()
+  return self.running
+end
+
+--- close(): calls still running finish on their own (their callbacks are
+-- not called); pooled connections stay in nginx's pool.
+function ngx_transport:close()
+  self.closed = true
+  if self.semaphore then self.semaphore:post(1) end
+end
+
+return ngx_transport

@@ -1,0 +1,354 @@
+-- The client inside a real nginx (Debian's nginx + libnginx-mod-http-lua,
+-- LuaJIT), against the mock WeChat Pay over real HTTPS: the app nginx is
+-- started by spec/support/nginx.lua, runs spec/support/nginx_app.lua, and
+-- verifies the mock's `localhost` certificate with lua_ssl_trusted_certificate
+-- (lua_ssl_verify_depth 3); `resolve` pins localhost:port to 127.0.0.1.
+-- That nothing blocks the worker is shown by the mock's own counters.
+local cjson = require("cjson")
+local core = require("wechatpay.core")
+local mock = require("wechatpay.mock")
+local nginx = require("support.nginx")
+
+local now = core.monotonic
+-- The sanitizer build signs some 3x slower: latencies that must outlast 50
+-- signatures on one worker grow with it.
+local SLOW = (os.getenv("WECHATPAY_BUILD") or ""):find("/dev", 1, true) and 3 or 1
+local RUN = tostring(os.time()) .. "-" .. tostring(math.random(1e6))
+
+-- n GET requests at once through one curl multi session, plus a /ping
+-- measured one at a time while they run.  -> results by index, ping times (s)
+local function concurrent(app, paths, opts)
+  opts = opts or {}
+  local session = app:session()
+  local ids, results = {}, {}
+  for i, path in ipairs(paths) do
+    ids[session:submit{ method = "GET", url = app:url(path), timeout = 30 }] = i
+  end
+  local pings, remaining, deadline = {}, #paths, now() + 30
+  local ping_id, ping_started
+  while remaining > 0 and now() < deadline do
+    if opts.ping and not ping_id then
+      ping_started = now()
+      ping_id = session:submit{ method = "GET", url = app:url("/ping"), timeout = 10 }
+    end
+    for _, r in ipairs(session:perform(0.005)) do
+      if r.id == ping_id then
+        assert(r.status == 200, "ping failed")
+        pings[#pings + 1] = now() - ping_started
+        ping_id = nil
+      else
+        local body = r.body and r.body:sub(1, 1) == "{" and cjson.decode(r.body) or r.body
+        results[ids[r.id]] = { status = r.status or r.error, body = body }
+        remaining = remaining - 1
+      end
+    end
+  end
+  session:close()
+  return results, pings
+end
+
+local function percentile(list, p)
+  local sorted = {}
+  for i, v in ipairs(list) do sorted[i] = v end
+  table.sort(sorted)
+  return sorted[math.max(1, math.ceil(#sorted * p))]
+end
+
+describe("inside nginx, one worker", function()
+  local server, app, init_record
+
+  setup(function()
+    server = assert(mock.start{ latency = 0, rate_limit = false })
+    app = nginx.start(server, { workers = 1, init_call = "INIT-" .. RUN })
+    local _, body = app:get("/result?key=init_call")
+    init_record = server:coupon(body.value)   -- before_each resets the mock's records
+  end)
+  teardown(function()
+    if app then app:stop() end
+    if server then server:stop() end
+  end)
+  before_each(function() server:configure{ latency = 0 } server:reset() end)
+
+  it("grants in every call style from a content handler, and from ngx.timer.at", function()
+    for _, style in ipairs{ "sync", "chain", "path", "index", "async" } do
+      local no = "STYLE-" .. style .. "-" .. RUN
+      local status, body = app:get("/grant?style=" .. style .. "&no=" .. no)
+      assert.are.equal(200, status, cjson.encode(body))
+      assert.are.equal(no, server:coupon(body.coupon_id).out_request_no)
+    end
+    for _, style in ipairs{ "sync", "async" } do
+      local no = "TIMER-" .. style .. "-" .. RUN
+      local status, body = app:get("/timer?style=" .. style .. "&no=" .. no)
+      assert.are.equal(200, status, cjson.encode(body))
+      assert.are.equal(no, server:coupon(body.coupon_id).out_request_no)
+    end
+    assert.are.equal(7, server:stats().grants)
+  end)
+
+  it("runs an async batch with wechatpay.all, and settle, in one request, all at once at the mock", function()
+    server:configure{ latency = 0.2 * SLOW }
+    local status, body = app:get("/batch?n=8&prefix=BATCH-" .. RUN)
+    assert.are.equal(200, status, cjson.encode(body))
+    assert.are.equal(8, #body.coupon_ids)
+    for i, id in ipairs(body.coupon_ids) do
+      assert.are.equal("BATCH-" .. RUN .. "-" .. i, server:coupon(id).out_request_no)
+    end
+    assert.are.equal(8, server:stats().in_flight_max)
+    status, body = app:get("/settle?n=3&prefix=SETTLE-" .. RUN)
+    assert.are.equal(200, status)
+    for i, id in ipairs(body.coupon_ids) do
+      assert.are.equal("SETTLE-" .. RUN .. "-" .. i, server:coupon(id).out_request_no)
+    end
+  end)
+
+  it("never blocks the worker: 50 handlers in flight at the mock at once, /ping under 50 ms at p99", function()
+    server:configure{ latency = 0.2 * SLOW }
+    local paths = {}
+    -- a first round fills the pool, as a running server's is: the measured
+    -- round then spends its CPU on signing, not on 50 TLS handshakes
+    for i = 1, 50 do paths[i] = ("/grant?style=async&no=NBW-%d-%s"):format(i, RUN) end
+    for i, r in ipairs(concurrent(app, paths)) do assert.are.equal(200, r.status, "warm-up " .. i) end
+    -- Fifty signatures take ~125 ms of the one worker's CPU, inside the 0.2 s
+    -- the first call waits: a busy machine can push the last ones past it, so
+    -- a second round is allowed before calling it a failure.
+    local rounds = {}
+    for round = 1, 2 do
+      server:reset()
+      for i = 1, 50 do
+        paths[i] = ("/grant?style=%s&no=NB%d-%d-%s"):format(i % 2 == 0 and "sync" or "async", round, i, RUN)
+      end
+      local started = now()
+      local results, pings = concurrent(app, paths, { ping = true })
+      local elapsed = now() - started
+      local seen = {}
+      for i = 1, 50 do
+        assert.are.equal(200, results[i].status, cjson.encode(results[i].body))
+        local id = results[i].body.coupon_id
+        assert.is_nil(seen[id])
+        seen[id] = true
+      end
+      local stats = server:stats()
+      assert.are.equal(50, stats.grants)
+      assert.is_true(#pings >= 5, "pings measured: " .. #pings)
+      -- 50 calls of 0.2 s one after another would take 10 s
+      assert.is_true(elapsed < 3 * SLOW, ("50 grants took %.2f s"):format(elapsed))
+      rounds[round] = ("round %d: in flight at the mock at most %d, ping p99 %.1f ms, %.2f s")
+        :format(round, stats.in_flight_max, percentile(pings, 0.99) * 1000, elapsed)
+      if stats.in_flight_max == 50 and percentile(pings, 0.99) < 0.05 then return end
+    end
+    error("not all 50 at once, or /ping slow: " .. table.concat(rounds, "; "))
+  end)
+
+  it("reuses pooled connections: ten grants in a row open at most one connection", function()
+    for i = 1, 10 do
+      local status = app:get("/grant?no=POOL-" .. i .. "-" .. RUN)
+      assert.are.equal(200, status)
+    end
+    local stats = server:stats()
+    assert.are.equal(10, stats.requests)
+    assert.is_true(stats.connections <= 1, "connections: " .. stats.connections)
+  end)
+
+  it("refuses a call in set, header_filter, body_filter and log, naming the phase and ngx.timer.at", function()
+    local status, body = app:get("/phase/set")
+    assert.are.equal(200, status)
+    assert.matches("nginx's set phase", body, 1, true)
+    assert.matches("ngx.timer.at", body, 1, true)
+    assert.are.equal(200, (app:get("/phase/filters")))
+    for _, phase in ipairs{ "header_filter", "body_filter", "log" } do
+      local message
+      for _ = 1, 50 do
+        local _, r = app:get("/result?key=phase:" .. phase)
+        message = r.value
+        if message then break end
+        require("socket").sleep(0.02)
+      end
+      assert.is_string(message, phase)
+      assert.matches("nginx's " .. phase .. " phase", message, 1, true)
+      assert.matches("ngx.timer.at", message, 1, true)
+    end
+    assert.are.equal(0, server:stats().requests)
+  end)
+
+  it("refuses a blocking transport in a handler, and an IP-literal base_url, saying what to do", function()
+    local _, body = app:get("/blocking")
+    assert.is_false(body.ok)
+    assert.matches("curl transport blocks", body.error, 1, true)
+    assert.matches('transport = "auto"', body.error, 1, true)
+    _, body = app:get("/ip_literal")
+    assert.is_false(body.ok)
+    assert.matches("X509_check_host", body.error, 1, true)
+    assert.matches("resolve = {", body.error, 1, true)
+    assert.are.equal(0, server:stats().requests)
+  end)
+
+  it("made a call in init_by_lua (curl, before the fork), and writes no globals", function()
+    assert.are.equal("INIT-" .. RUN, init_record and init_record.out_request_no)
+    local _, body = app:get("/result?key=globals_added")
+    assert.are.equal("", body.value)
+    assert.is_nil(app:error_log():find("writing a global", 1, true))
+    -- the client was given cafile: nginx's log says cosockets do not use it
+    assert.truthy(app:error_log():find("cafile is used by calls made in init_by_lua/init_worker (curl) only", 1, true))
+  end)
+
+  describe("the cosocket transport", function()
+    local function raw(query)
+      local status, body = app:get("/raw?port=" .. app.origin_port .. "&" .. query)
+      assert.are.equal(200, status, tostring(body))
+      return body.response, body.failure
+    end
+
+    it("reads chunked, Content-Length, close-delimited and empty bodies", function()
+      local res = raw("host=localhost&path=/chunked")
+      assert.are.equal(200, res.status)
+      assert.are.equal("chunked", res.headers["transfer-encoding"])
+      assert.are.equal("abcd", res.body)
+      res = raw("host=localhost&path=/length")
+      assert.are.equal("hello", res.body)
+      res = raw("host=localhost&path=/close")
+      assert.are.equal("bye\n", res.body)
+      res = raw("host=localhost&path=/empty")
+      assert.are.equal(204, res.status)
+      assert.are.equal("", res.body)
+    end)
+
+    it("caps the body, and fails a slow answer at the deadline", function()
+      local _, fail = raw("host=localhost&path=/big&max_body=1000")
+      assert.are.equal("network", fail.kind)
+      assert.is_false(fail.retry)
+      assert.matches("max_body", fail.message, 1, true)
+      local started = now()
+      _, fail = raw("host=localhost&path=/slow&timeout=0.3")
+      assert.are.equal("timeout", fail.kind)
+      assert.are.equal("idempotent", fail.retry)
+      assert.is_true(now() - started < 1.5)
+    end)
+
+    it("verifies the certificate's name, and says which directives to check", function()
+      local _, fail = raw("host=wrong.test&path=/length")
+      assert.are.equal("network", fail.kind)
+      assert.is_false(fail.retry)
+      assert.matches("lua_ssl_trusted_certificate", fail.message, 1, true)
+      assert.matches("lua_ssl_verify_depth", fail.message, 1, true)
+    end)
+
+    it("says to add a resolver when nginx has none", function()
+      local _, fail = raw("host=nowhere.test&path=/length")
+      assert.are.equal("network", fail.kind)
+      assert.matches("no resolver defined", fail.message, 1, true)
+      assert.matches("`resolver` directive", fail.message, 1, true)
+      assert.matches("resolve = {", fail.message, 1, true)
+    end)
+  end)
+
+  it("keeps working after a reload (HUP)", function()
+    app:reload()
+    local no = "RELOAD-" .. RUN
+    local status, body = app:get("/grant?style=async&no=" .. no)
+    assert.are.equal(200, status, cjson.encode(body))
+    assert.are.equal(no, server:coupon(body.coupon_id).out_request_no)
+  end)
+end)
+
+describe("inside nginx, max_concurrency and set_timeout per request", function()
+  local server, app
+
+  setup(function()
+    server = assert(mock.start{ latency = 0.2 * SLOW, rate_limit = false })
+    app = nginx.start(server, { workers = 1, max_concurrency = 4 })
+  end)
+  teardown(function()
+    if app then app:stop() end
+    if server then server:stop() end
+  end)
+
+  it("bounds the calls of one request, not of the worker", function()
+    server:reset()
+    local status, body = app:get("/batch?n=8&prefix=MC1-" .. RUN)
+    assert.are.equal(200, status, cjson.encode(body))
+    assert.are.equal(4, server:stats().in_flight_max)
+    server:reset()
+    local results = concurrent(app, { "/batch?n=8&prefix=MC2-" .. RUN, "/batch?n=8&prefix=MC3-" .. RUN })
+    assert.are.equal(200, results[1].status)
+    assert.are.equal(200, results[2].status)
+    assert.are.equal(8, server:stats().in_flight_max)
+  end)
+
+  it("set_timeout(ms) holds for the calls of the request that set it", function()
+    local status, body = app:get("/grant?timeout_ms=50&no=ST1-" .. RUN)
+    assert.are.equal(502, status)
+    assert.are.equal("timeout", body.kind)
+    status, body = app:get("/grant?no=ST2-" .. RUN)
+    assert.are.equal(200, status, cjson.encode(body))
+  end)
+end)
+
+describe("inside nginx, four workers", function()
+  local server
+
+  setup(function() server = assert(mock.start{ latency = 0.05, rate_limit = 600 }) end)
+  teardown(function() if server then server:stop() end end)
+
+  it("after calls in init_by_lua and init_worker, 100 concurrent grants each get their own coupon", function()
+    local app = nginx.start(server, { workers = 4, init_call = "INIT4-" .. RUN, init_worker_call = "WORKER4-" .. RUN })
+    finally(function() app:stop() end)
+    local _, init = app:get("/result?key=init_call")
+    assert.are.equal("INIT4-" .. RUN, server:coupon(init.value).out_request_no)
+    -- every worker granted the same number: one coupon, answered to all four
+    local first
+    for id = 0, 3 do
+      local value
+      for _ = 1, 100 do
+        local _, r = app:get("/result?key=init_worker:" .. id)
+        value = r.value
+        if value then break end
+        require("socket").sleep(0.02)
+      end
+      assert.is_string(value, "worker " .. id)
+      assert.are.equal("WORKER4-" .. RUN, (server:coupon(value) or {}).out_request_no, value)
+      first = first or value
+      assert.are.equal(first, value)
+    end
+    server:reset()
+    local paths = {}
+    for i = 1, 100 do paths[i] = ("/grant?style=async&no=W4-%d-%s"):format(i, RUN) end
+    local results = concurrent(app, paths)
+    local seen, pids = {}, {}
+    for i = 1, 100 do
+      assert.are.equal(200, results[i].status, cjson.encode(results[i].body))
+      local body = results[i].body
+      assert.are.equal(("W4-%d-%s"):format(i, RUN), body.no)
+      assert.is_nil(seen[body.coupon_id], "a coupon answered twice")
+      seen[body.coupon_id] = true
+      pids[body.pid] = true
+      assert.are.equal(body.no, server:coupon(body.coupon_id).out_request_no)
+    end
+    assert.are.equal(100, server:stats().grants)
+    local workers = 0
+    for _ in pairs(pids) do workers = workers + 1 end
+    assert.is_true(workers >= 2, "workers that served: " .. workers)
+  end)
+
+  it("holds a shared-dict rate limit of 600/min across the four workers, seen at the mock", function()
+    local app = nginx.start(server, { workers = 4, rate_limit = { calls = 600, per = 60, shared_dict = "wechatpay" } })
+    finally(function() app:stop() end)
+    server:reset()
+    local n = 30
+    local paths = {}
+    for i = 1, n do paths[i] = ("/grant?style=sync&no=RL-%d-%s"):format(i, RUN) end
+    local results = concurrent(app, paths)
+    local times = {}
+    for i = 1, n do
+      assert.are.equal(200, results[i].status, cjson.encode(results[i].body))
+      times[i] = server:coupon(results[i].body.coupon_id).granted_at
+    end
+    table.sort(times)
+    -- 600/min is one call per 0.1 s: any 11 grants span at least 1 s (less
+    -- the spread of the network between app and mock)
+    for i = 1, n - 10 do
+      assert.is_true(times[i + 10] - times[i] >= 0.95,
+        ("grants %d..%d within %.3f s"):format(i, i + 10, times[i + 10] - times[i]))
+    end
+    assert.are.equal(n, server:stats().grants)
+  end)
+end)

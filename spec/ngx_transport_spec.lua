@@ -1,0 +1,129 @@
+-- transport/ngx.lua's connection logic with scripted cosockets, outside
+-- nginx: what real nginx cannot be made to do on demand (a pooled
+-- connection that died while idle).  spec/nginx_spec.lua runs the rest in
+-- a real nginx.
+local ngx_transport = require("wechatpay.transport.ngx")
+
+local OK_RESPONSE = { "HTTP/1.1 200 OK", "Content-Length: 2", "", "ok" }
+
+-- A fake cosocket: reused (from the pool) or not, a send that fails or
+-- not, then the lines and bytes of a response.
+local function fake_socket(script, log)
+  local lines = script.response or OK_RESPONSE
+  local pos = 1
+  return {
+    settimeout = function() end,
+    connect = function(_, host, port, opts)
+      log[#log + 1] = ("connect %s:%d pool=%s"):format(host, port, opts.pool)
+      return true
+    end,
+    getreusedtimes = function() return script.reused and 1 or 0 end,
+    sslhandshake = function(_, _, name, verify)
+      log[#log + 1] = ("handshake %s verify=%s"):format(name, tostring(verify))
+      if script.handshake_raises then error("assertion failed!") end
+      return {}
+    end,
+    send = function(_, bytes)
+      log[#log + 1] = "send"
+      if script.send_fails then return nil, "closed" end
+      script.sent = bytes
+      return #bytes
+    end,
+    receive = function(_, pattern)
+      local item = lines[pos]
+      if item == nil then return nil, script.read_error or "closed", "" end
+      pos = pos + 1
+      if type(pattern) == "number" then return item:sub(1, pattern) end
+      return item
+    end,
+    setkeepalive = function() log[#log + 1] = "keepalive" return true end,
+    close = function() log[#log + 1] = "close" return true end,
+  }
+end
+
+local function with_ngx(scripts, fn)
+  local log, i = {}, 0
+  local saved = rawget(_G, "ngx")
+  rawset(_G, "ngx", {
+    socket = { tcp = function() i = i + 1 return fake_socket(scripts[i] or {}, log) end },
+    thread = { spawn = function(f, ...) f(...) return {} end },
+  })
+  package.loaded["ngx.semaphore"] = { new = function() return { post = function() end, wait = function() end } end }
+  local ok, err = pcall(fn, log)
+  rawset(_G, "ngx", saved)
+  package.loaded["ngx.semaphore"] = nil
+  if not ok then error(err, 0) end
+  return log
+end
+
+local function call(transport, request)
+  local res, fail
+  transport:submit(request or { method = "POST", url = "https://api.example.test/v3/x", headers = { "A: b" }, body = "{}" },
+    function(r, f) res, fail = r, f end)
+  return res, fail
+end
+
+describe("the cosocket transport's connections", function()
+  it("sends the request as signed, verifies TLS by name, and pools the connection", function()
+    local scripts = { {} }
+    local log = with_ngx(scripts, function()
+      local res = call(ngx_transport.new{ resolve = { ["api.example.test:443"] = "10.0.0.1" } })
+      assert.are.equal(200, res.status)
+      assert.are.equal("ok", res.body)
+    end)
+    assert.are.same({ "connect 10.0.0.1:443 pool=wechatpay:https:api.example.test:443:10.0.0.1:verify",
+      "handshake api.example.test verify=true", "send", "keepalive" }, log)
+    assert.are.equal("POST /v3/x HTTP/1.1\r\nHost: api.example.test\r\nA: b\r\nContent-Length: 2\r\n\r\n{}",
+      scripts[1].sent)
+  end)
+
+  it("replaces a pooled connection whose send fails, once, without a handshake on the pooled one", function()
+    local log = with_ngx({ { reused = true, send_fails = true }, {} }, function()
+      local res, fail = call(ngx_transport.new())
+      assert.is_nil(fail)
+      assert.are.equal(200, res.status)
+    end)
+    assert.are.same({ "connect api.example.test:443 pool=wechatpay:https:api.example.test:443:api.example.test:verify",
+      "send", "close",
+      "connect api.example.test:443 pool=wechatpay:https:api.example.test:443:api.example.test:verify",
+      "handshake api.example.test verify=true", "send", "keepalive" }, log)
+  end)
+
+  it("does not resend when a fresh connection's send fails, nor after the request went out", function()
+    with_ngx({ { send_fails = true } }, function()
+      local _, fail = call(ngx_transport.new())
+      assert.are.equal("network", fail.kind)
+      assert.are.equal("idempotent", fail.retry)
+    end)
+    local log = with_ngx({ { reused = true, response = {} } }, function()
+      local _, fail = call(ngx_transport.new())
+      assert.are.equal("network", fail.kind)
+      assert.are.equal("idempotent", fail.retry)   -- the server may have acted: the retry policy decides
+      assert.is_true(fail.sent > 0)
+    end)
+    local sends = 0
+    for _, line in ipairs(log) do if line == "send" then sends = sends + 1 end end
+    assert.are.equal(1, sends)
+  end)
+
+  it("turns a raising handshake (Debian's lua-resty-core) into a failure naming the directives", function()
+    with_ngx({ { handshake_raises = true } }, function()
+      local _, fail = call(ngx_transport.new())
+      assert.are.equal("network", fail.kind)
+      assert.is_false(fail.retry)
+      assert.matches("assertion failed!", fail.message, 1, true)
+      assert.matches("lua_ssl_verify_depth", fail.message, 1, true)
+    end)
+  end)
+
+  it("closes a connection the server marks Connection: close, and an HTTP/1.0 one", function()
+    local log = with_ngx({ { response = { "HTTP/1.1 200 OK", "Connection: close", "Content-Length: 0", "" } },
+        { response = { "HTTP/1.0 200 OK", "Content-Length: 0", "" } } }, function()
+      local t = ngx_transport.new()
+      assert.are.equal(200, (call(t)).status)
+      assert.are.equal(200, (call(t)).status)
+    end)
+    assert.are.equal("close", log[4])
+    assert.are.equal("close", log[8])
+  end)
+end)

@@ -1,0 +1,272 @@
+--- The application that spec/nginx_spec.lua runs inside a real nginx: a
+-- client built in init_by_lua, and handlers that grant coupons through it in
+-- every call style, from content handlers, timers and the phases where a
+-- call is refused.  Runs under nginx's LuaJIT; the spec drives it over HTTP.
+local cjson = require("cjson.safe")
+
+local app = {}
+
+local config, client, users
+local results = function() return ngx.shared.app_results end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+local function global_names()
+  local names = {}
+  for k in pairs(_G) do names[k] = true end
+  return names
+end
+
+local function grant_json(user, out_request_no)
+  return {
+    stock_id = "9856000",
+    out_request_no = out_request_no,
+    user_name = assert(client:encrypt(user.name)),
+    id_card_number = assert(client:encrypt(user.id_card)),
+    appid = "wx233544546545989",
+    card_type = "ID_CARD",
+  }
+end
+
+-- A grant in one of the call styles; -> coupon_id | nil, err
+local function grant(style, user, no)
+  local json = grant_json(user, no)
+  local res, err
+  if style == "sync" then
+    res, err = client.v3.multiuse.users._openid_.coupons:post{ openid = user.openid, json = json }
+  elseif style == "chain" then
+    res, err = client:chain("v3/multiuse/users/{openid}/coupons"):post{ openid = user.openid, json = json }
+  elseif style == "path" then
+    res, err = client["v3/multiuse/users/{openid}/coupons"]:post{ openid = user.openid, json = json }
+  elseif style == "index" then
+    res, err = client.v3.multiuse.users[user.openid].coupons:post{ json = json }
+  elseif style == "async" then
+    res, err = client.v3.multiuse.users._openid_.coupons:postAsync{ openid = user.openid, json = json }:wait()
+  else
+    error("unknown style " .. tostring(style))
+  end
+  if not res then return nil, err end
+  return res:json().coupon_id
+end
+
+local function user_for(openid)
+  for _, u in ipairs(users) do
+    if u.openid == openid then return u end
+  end
+  return users[1]
+end
+
+--- init_by_lua: build the client (keys read here, by root, once), and
+-- optionally make a call: curl is allowed before requests are served.
+function app.init(config_path)
+  config = assert(cjson.decode(read_file(config_path)))
+  users = config.users
+  -- key text for clients made later in handlers: workers run as nobody
+  config.merchant_pem = read_file(config.merchant_key_file)
+  config.platform_pem = read_file(config.platform_public_key_file)
+  local before = global_names()
+  local wechatpay = require("wechatpay")
+  for _, name in ipairs{ "wechatpay.client", "wechatpay.transport.ngx", "wechatpay.transport.curl",
+      "wechatpay.nginx", "wechatpay.ratelimit", "wechatpay.dispatcher", "wechatpay.promise" } do
+    require(name)
+  end
+  client = wechatpay.new{
+    mchid = config.mchid,
+    serial = config.merchant_serial,
+    private_key = "file://" .. config.merchant_key_file,
+    certs = { [config.platform_key_id] = "file://" .. config.platform_public_key_file },
+    base_url = config.base_url,
+    cafile = config.cafile,          -- read now: workers (nobody) cannot read the mock's folder
+    resolve = config.resolve,
+    timeout = config.timeout or 10,
+    max_concurrency = config.max_concurrency,
+    rate_limit = config.rate_limit,
+  }
+  app.client = client
+  if config.init_call then
+    local coupon, err = grant("sync", users[1], config.init_call)
+    ngx.shared.app_results:set("init_call", coupon or ("error: " .. tostring(err)))
+  end
+  local added = {}
+  for k in pairs(global_names()) do
+    if not before[k] then added[#added + 1] = tostring(k) end
+  end
+  table.sort(added)
+  ngx.shared.app_results:set("globals_added", table.concat(added, ","))
+end
+
+--- init_worker_by_lua: a call here also goes through curl (no request is
+-- served yet), on a connection of its own that the call closes.
+function app.init_worker()
+  if config.init_worker_call then
+    local coupon, err = grant("sync", users[1], config.init_worker_call)
+    ngx.shared.app_results:set("init_worker:" .. ngx.worker.id(), coupon or ("error: " .. tostring(err)))
+  end
+end
+
+local function say_json(value)
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode(value))
+end
+
+local handlers = {}
+
+function handlers.ping()
+  ngx.say("pong")
+end
+
+-- /grant?style=&openid=&no=
+function handlers.grant(args)
+  if args.timeout_ms then client:set_timeout(tonumber(args.timeout_ms)) end
+  local coupon, err = grant(args.style or "sync", user_for(args.openid), args.no)
+  if not coupon then
+    ngx.status = 502
+    return say_json{ error = tostring(err), kind = err and err.kind }
+  end
+  say_json{ coupon_id = coupon, no = args.no, pid = ngx.worker.pid() }
+end
+
+-- /timer?no=: the grant runs in a timer; the handler waits for its result.
+function handlers.timer(args)
+  local key = "timer:" .. args.no
+  local ok, err = ngx.timer.at(0, function(premature)
+    if premature then return end
+    local coupon, gerr = grant(args.style or "sync", users[1], args.no)
+    results():set(key, coupon or ("error: " .. tostring(gerr)))
+  end)
+  if not ok then ngx.status = 500 return say_json{ error = err } end
+  for _ = 1, 500 do
+    local v = results():get(key)
+    if v then
+      if v:find("^error") then ngx.status = 502 return say_json{ error = v } end
+      return say_json{ coupon_id = v, no = args.no }
+    end
+    ngx.sleep(0.01)
+  end
+  ngx.status = 504
+  say_json{ error = "timer did not finish" }
+end
+
+-- /batch?n=&prefix=: n grants at once in one request, wechatpay.all.
+function handlers.batch(args)
+  local wechatpay = require("wechatpay")
+  local list = {}
+  for i = 1, tonumber(args.n) or 5 do
+    local user = users[(i - 1) % #users + 1]
+    list[i] = client.v3.multiuse.users._openid_.coupons:postAsync{
+      openid = user.openid, json = grant_json(user, args.prefix .. "-" .. i),
+    }
+  end
+  local responses, err = wechatpay.all(list):wait()
+  if not responses then ngx.status = 502 return say_json{ error = tostring(err) } end
+  local ids = {}
+  for i, res in ipairs(responses) do ids[i] = res:json().coupon_id end
+  say_json{ coupon_ids = ids }
+end
+
+-- /settle?n=&prefix=: the same with wechatpay.settle and the promise chain.
+function handlers.settle(args)
+  local wechatpay = require("wechatpay")
+  local list = {}
+  for i = 1, tonumber(args.n) or 3 do
+    local user = users[(i - 1) % #users + 1]
+    list[i] = client.v3.multiuse.users._openid_.coupons:postAsync{
+      openid = user.openid, json = grant_json(user, args.prefix .. "-" .. i),
+    }:next(function(res) return res:json().coupon_id end)
+  end
+  local outcomes = wechatpay.settle(list):wait()
+  local ids = {}
+  for i, o in ipairs(outcomes) do ids[i] = o.res or tostring(o.err) end
+  say_json{ coupon_ids = ids }
+end
+
+-- /blocking: a client forced onto curl, called from a handler: refused.
+function handlers.blocking()
+  local wechatpay = require("wechatpay")
+  local ok, err = pcall(function()
+    local c = wechatpay.new{
+      mchid = config.mchid, serial = config.merchant_serial,
+      private_key = config.merchant_pem,
+      certs = { [config.platform_key_id] = config.platform_pem },
+      base_url = config.base_url, transport = "curl",
+    }
+    return c.v3.mock.echo:get()
+  end)
+  say_json{ ok = ok, error = tostring(err) }
+end
+
+-- /ip_literal: a base_url naming 127.0.0.1 is refused at the first call.
+function handlers.ip_literal()
+  local wechatpay = require("wechatpay")
+  local c = wechatpay.new{
+    mchid = config.mchid, serial = config.merchant_serial,
+    private_key = config.merchant_pem,
+    certs = { [config.platform_key_id] = config.platform_pem },
+    base_url = config.ip_base_url,
+  }
+  local ok, err = pcall(function() return c.v3.mock.echo:get() end)
+  say_json{ ok = ok, error = tostring(err) }
+end
+
+-- /raw?host=&port=&path=&max_body=&timeout=: one request through the
+-- cosocket transport itself, -> { response = } or { failure = }
+function handlers.raw(args)
+  local transport = require("wechatpay.transport.ngx").new{
+    resolve = { ["localhost:" .. args.port] = "127.0.0.1", ["wrong.test:" .. args.port] = "127.0.0.1" },
+    max_body = tonumber(args.max_body),
+  }
+  local res, fail, done
+  transport:submit({
+    method = args.method or "GET", url = "https://" .. args.host .. ":" .. args.port .. args.path,
+    headers = { "Accept: */*" }, timeout = tonumber(args.timeout) or 5, connect_timeout = 2,
+  }, function(r, f) res, fail, done = r, f, true end)
+  for _ = 1, 100 do
+    if done then break end
+    transport:step(1)
+  end
+  say_json{ response = res, failure = fail }
+end
+
+-- /crypto: the crypto of one grant (2 OAEP, a sign, a verify) and no call:
+-- what a grant handler costs without the transport (bench/client/grants.lua).
+function handlers.crypto()
+  local core = require("wechatpay.core")
+  local key = require("wechatpay.key")
+  app.crypto_keys = app.crypto_keys or {
+    private = assert(key.private(config.merchant_pem)),
+    public = assert(key.public(config.platform_pem)),
+  }
+  local json = grant_json(users[1], "CRYPTO")
+  local body = cjson.encode(json)
+  core.authorization(app.crypto_keys.private, config.mchid, config.merchant_serial, "POST",
+    "/v3/multiuse/users/" .. users[1].openid .. "/coupons", body)
+  core.rsa_verify(app.crypto_keys.public, "1700000000\nNONCE\n{\"coupon_id\":\"1\"}\n", ("A"):rep(344))
+  say_json{ coupon_id = "none", no = "CRYPTO" }
+end
+
+-- /result?key=
+function handlers.result(args)
+  say_json{ value = results():get(args.key) }
+end
+
+--- The call a forbidden phase makes: -> the error message.
+function app.forbidden_call(phase)
+  local ok, err = pcall(function() return client.v3.mock.echo:get() end)
+  local message = ok and "no error" or tostring(err)
+  results():set("phase:" .. phase, message)
+  return message
+end
+
+function app.handle()
+  local name = ngx.var.uri:match("^/([%w_]+)")
+  local handler = handlers[name]
+  if not handler then ngx.status = 404 return ngx.say("no handler") end
+  return handler(ngx.req.get_uri_args())
+end
+
+return app
