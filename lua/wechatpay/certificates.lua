@@ -347,17 +347,17 @@ end
 --- Another worker holds the store's lock: wait (yielding, bounded by
 -- LOCK_WAIT) until its download ends, then take what it saved.  Where no
 -- sleep may be used, only looks once.  -> how many were new
+local LOCK_STEP = 0.05
+
 function Manager:await_store()
   local sleep = self.sleeper and self.sleeper()
-  local added = 0
   if sleep and self.store.locked then
-    local waited = 0
-    while waited < certificates.LOCK_WAIT and self.store:locked() do
-      sleep(0.05)
-      waited = waited + 0.05
+    for _ = 1, math.ceil(certificates.LOCK_WAIT / LOCK_STEP) do
+      if not self.store:locked() then break end
+      sleep(LOCK_STEP)
     end
   end
-  return added + self:load_store()
+  return self:load_store()
 end
 
 --- refresh_async(driver [, auto [, max_age]]) -> promise of the number of
