@@ -71,6 +71,7 @@ build = {
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",
     ["wechatpay.key"] = "lua/wechatpay/key.lua",
     ["wechatpay.nginx"] = "lua/wechatpay/nginx.lua",
+    ["wechatpay.ngx"] = "lua/wechatpay/ngx.lua",
     ["wechatpay.notification"] = "lua/wechatpay/notification.lua",
     ["wechatpay.promise"] = "lua/wechatpay/promise.lua",
     ["wechatpay.random"] = "lua/wechatpay/random.lua",

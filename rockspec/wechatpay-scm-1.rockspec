@@ -74,6 +74,7 @@ build = {
     ["wechatpay.request"] = "lua/wechatpay/request.lua",
     ["wechatpay.response"] = "lua/wechatpay/response.lua",
     ["wechatpay.nginx"] = "lua/wechatpay/nginx.lua",
+    ["wechatpay.ngx"] = "lua/wechatpay/ngx.lua",
     ["wechatpay.ratelimit"] = "lua/wechatpay/ratelimit.lua",
     ["wechatpay.retry"] = "lua/wechatpay/retry.lua",
     ["wechatpay.rsa"] = "lua/wechatpay/rsa.lua",

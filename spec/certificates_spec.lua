@@ -215,6 +215,65 @@ describe("the certificate manager", function()
     assert.is_false(m:wants(UNKNOWN))
   end)
 
+  -- an ngx.shared.DICT stand-in (one process)
+  local function fake_dict()
+    local data = {}
+    return {
+      get = function(_, k) return data[k] end,
+      set = function(_, k, v) data[k] = v; return true end,
+      add = function(_, k, v) if data[k] ~= nil then return false, "exists" end data[k] = v; return true end,
+      delete = function(_, k) data[k] = nil end,
+      incr = function(_, k, n, init) data[k] = (data[k] or init) + n; return data[k] end,
+    }
+  end
+
+  it("shared store: a worker that finds it locked waits (bounded) for the download instead of downloading", function()
+    local dict = fake_dict()
+    local store = certificates.shared_dict_store(dict)
+    local sleeps, fetches = 0, 0
+    local m = certificates.manager{
+      keys = {}, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB", store = store,
+      fetch = function() fetches = fetches + 1; return promise.new() end,
+      sleeper = function()
+        return function() sleeps = sleeps + 1; if sleeps == 3 then store:unlock() end end
+      end,
+    }
+    assert.is_true(store:lock(60))                -- another worker downloads
+    assert.is_true(store:locked())
+    local p = m:refresh_async(nil, true)
+    assert.equal("fulfilled", p.state)
+    assert.equal(0, fetches)
+    assert.equal(3, sleeps)                       -- until the other worker's lock went
+    -- a lock never released: the wait ends at LOCK_WAIT
+    sleeps = 0
+    m.inflight, m.sleeper = nil, function() return function() sleeps = sleeps + 1 end end
+    assert.is_true(store:lock(60))
+    m:refresh_async(nil, true)
+    assert.equal(math.ceil(certificates.LOCK_WAIT / 0.05), sleeps)
+    assert.equal(0, fetches)
+  end)
+
+  it("shared store: max_age loads instead of downloading when another worker's download is recent", function()
+    local dict = fake_dict()
+    local store = certificates.shared_dict_store(dict)
+    local fetches = {}
+    local m = certificates.manager{
+      keys = {}, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB", store = store,
+      fetch = function() local p = promise.new(); fetches[#fetches + 1] = p; return p end,
+    }
+    assert.is_nil(store:age())
+    m:refresh_async(nil, false, 600)              -- never refreshed: downloads
+    assert.equal(1, #fetches)
+    assert.is_true(store:locked())
+    fetches[1]:resolve({ certificates = {} })
+    assert.is_false(store:locked())               -- dropped after the save
+    assert.is_true(store:age() < 5)
+    m:refresh_async(nil, false, 600)              -- recent: no second download
+    assert.equal(1, #fetches)
+    m:refresh_async(nil, false)                   -- no max_age: downloads
+    assert.equal(2, #fetches)
+  end)
+
   it("a failed refresh keeps every key", function()
     local m, _, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = "k1", ["5157F09E"] = "k2" })
     m:refresh_async()

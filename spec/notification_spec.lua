@@ -265,3 +265,15 @@ describe("dedupe stores", function()
     assert.is_true(b:lock(60))
   end)
 end)
+
+describe("wechatpay.ngx outside nginx", function()
+  it("loads lazily from wechatpay, and each function says it needs nginx", function()
+    local wechatpay = require("wechatpay")
+    assert.equal(require("wechatpay.ngx"), wechatpay.ngx)
+    assert.is_nil(wechatpay.no_such_thing)
+    assert.has_error(function() wechatpay.ngx.notification({}, function() end) end,
+      "wechatpay.ngx.notification: runs inside nginx's Lua module (OpenResty) only")
+    assert.has_error(function() wechatpay.ngx.refresh_certificates({}) end,
+      "wechatpay.ngx.refresh_certificates: runs inside nginx's Lua module (OpenResty) only")
+  end)
+end)

@@ -10,6 +10,9 @@
 --   store:save(serial, pem) -> true | nil, err     keep one more
 --   store:lock(ttl) -> true | false   (optional)   one downloader at a time
 --   store:unlock()                    (optional)
+--   store:locked() -> boolean         (optional)   another process downloads now
+--   store:stamp()                     (optional)   a download just ended well
+--   store:age() -> seconds | nil      (optional)   since the last stamp
 --   certificates.dir_store(path)             files wechatpay_<serial>.pem, written atomically
 --   certificates.shared_dict_store(ngx.shared.NAME)   every nginx worker of one server
 -- Without a store the certificates are kept in the client only.
@@ -29,6 +32,9 @@ certificates.PATH = "/v3/certificates"
 -- downloads that an unknown serial (or a failed refresh) may start
 certificates.REFRESH_INTERVAL = 12 * 3600
 certificates.MIN_INTERVAL = 60
+--- the longest a worker that finds the store locked waits (inside nginx,
+-- in a request or a timer) for the other worker's download
+certificates.LOCK_WAIT = 5
 --- what WeChat Pay answers a merchant that has only a public key
 certificates.NO_CERTIFICATES = "无可用的平台证书"
 
@@ -220,18 +226,39 @@ function DictStore:unlock()
   self.dict:delete(self.prefix .. "lock")
 end
 
+function DictStore:locked()
+  return self.dict:get(self.prefix .. "lock") ~= nil
+end
+
+-- wall-clock seconds: every worker reads the same clock
+local function wall_now()
+  if type(ngx) == "table" and type(ngx.now) == "function" then return ngx.now() end
+  return os.time()
+end
+
+function DictStore:stamp()
+  self.dict:set(self.prefix .. "refreshed", wall_now())
+end
+
+function DictStore:age()
+  local at = self.dict:get(self.prefix .. "refreshed")
+  return at and math.max(0, wall_now() - at) or nil
+end
+
 -- ---- the manager: one per client ---------------------------------------------------------
 
 local Manager = {}
 Manager.__index = Manager
 
---- manager{ keys, apiv3_key, merchant_serial, fetch, store, interval, clock }
+--- manager{ keys, apiv3_key, merchant_serial, fetch, store, interval, clock, sleeper }
 -- keys: the client's map, which refreshes only ever add to;
--- fetch(check) -> promise of the checked download response.
+-- fetch(check) -> promise of the checked download response;
+-- sleeper() -> a sleep(seconds) that yields (ngx.sleep in a request or
+-- timer) or nil where none may be used.
 function certificates.manager(opts)
   local self = setmetatable({
     keys = opts.keys, apiv3_key = opts.apiv3_key, merchant_serial = opts.merchant_serial,
-    fetch = opts.fetch, store = opts.store, on_change = opts.on_change,
+    fetch = opts.fetch, store = opts.store, on_change = opts.on_change, sleeper = opts.sleeper,
     interval = opts.interval == nil and certificates.REFRESH_INTERVAL or opts.interval,
     clock = opts.clock or core.monotonic,
     downloads = 0,
@@ -312,24 +339,48 @@ function Manager:accept(list)
     if self.store then self.store:save(cert.serial, cert.pem) end
   end
   self.last_refresh = self.clock()
+  if self.store and self.store.stamp then pcall(self.store.stamp, self.store) end
   if added > 0 and self.on_change then self.on_change() end
   return added
 end
 
---- refresh_async(driver [, auto]) -> promise of the number of certificates
--- added; auto: started by an unknown serial or the period (rate-limited).  A
+--- Another worker holds the store's lock: wait (yielding, bounded by
+-- LOCK_WAIT) until its download ends, then take what it saved.  Where no
+-- sleep may be used, only looks once.  -> how many were new
+local LOCK_STEP = 0.05
+
+function Manager:await_store()
+  local sleep = self.sleeper and self.sleeper()
+  if sleep and self.store.locked then
+    for _ = 1, math.ceil(certificates.LOCK_WAIT / LOCK_STEP) do
+      if not self.store:locked() then break end
+      sleep(LOCK_STEP)
+    end
+  end
+  return self:load_store()
+end
+
+--- refresh_async(driver [, auto [, max_age]]) -> promise of the number of
+-- certificates added; auto: started by an unknown serial or the period
+-- (rate-limited); max_age: no download when the store says one ended
+-- less than max_age seconds ago (another worker's), only a load.  A
 -- refresh already running is joined, never doubled.  A failure adds
 -- nothing and drops nothing; WeChat Pay's 404 for a public-key-only
 -- merchant resolves with 0 and turns automatic downloads off.
-function Manager:refresh_async(driver, auto)
+function Manager:refresh_async(driver, auto, max_age)
   if self.inflight then return self.inflight end
   if auto then self.last_auto = self.clock() end
   if self.store then
-    self:load_store()
+    local loaded = self:load_store()
+    local age = max_age and self.store.age and self.store:age()
+    if age and age < max_age then
+      self.last_refresh = self.clock()
+      return promise.resolved(loaded, driver)
+    end
     if self.store.lock and not self.store:lock(certificates.MIN_INTERVAL) then
       -- another worker downloads; its certificates arrive through the store
       self.last_attempt = self.clock()
-      return promise.resolved(0, driver)
+      return promise.resolved(loaded + self:await_store(), driver)
     end
   end
   self.last_attempt = self.clock()
@@ -343,9 +394,12 @@ function Manager:refresh_async(driver, auto)
     if self.store and self.store.unlock then self.store:unlock() end
   end
   local p = self.fetch(check):next(function(res)
-    done()
     self.last_error = nil
-    return self:accept(res.certificates), res
+    -- saved before the lock is dropped: a worker waiting on it finds them
+    local ok, added = pcall(self.accept, self, res.certificates)
+    done()
+    if not ok then error(added, 0) end
+    return added, res
   end, function(err)
     done()
     if certificates.is_public_key_only(err) then

@@ -115,6 +115,8 @@ function client.new(opts)
       keys = settings.platform_keys, apiv3_key = settings.apiv3_key, merchant_serial = settings.serial,
       store = settings.cert_store, interval = settings.refresh_interval,
       fetch = function(check) return send_async(self, "GET", certificates.PATH, nil, check) end,
+      -- inside nginx, a request or timer may wait for another worker's download
+      sleeper = function() return nginx.mode() == "cosocket" and ngx.sleep or nil end,
       on_change = function()
         settings.encryption_key_id = settings.encryption_key_id or config.pick_encryption_key(settings.platform_keys)
       end,
@@ -174,9 +176,9 @@ local function jitter()
 end
 
 -- A certificate refresh on the dispatcher a call made now would use.
-local function refresh_certificates(state, quiet)
+local function refresh_certificates(state, quiet, max_age)
   local queue, own = dispatcher_for_call(state)
-  local p = state.certs:refresh_async(queue, quiet)
+  local p = state.certs:refresh_async(queue, quiet, max_age)
   if own then p:next(function() queue:close() end, function() queue:close() end) end
   return p
 end
@@ -396,13 +398,27 @@ function methods.certificates(self)
   return res.certificates
 end
 
---- client:refresh_certificates() -> number added | nil, err.  Adds the
--- downloaded certificates to the client's keys (and its cert store); a
--- failed refresh drops none.  0 for a public-key-only merchant.
-function methods.refresh_certificates(self)
+--- client:refresh_certificates([{ max_age = seconds }]) -> number added | nil, err.
+-- Adds the downloaded certificates to the client's keys (and its cert
+-- store); a failed refresh drops none.  0 for a public-key-only merchant.
+-- max_age: with a cert store that records its downloads (the shared dict
+-- one), no download when one ended less than max_age seconds ago: the
+-- stored certificates are loaded instead (how nginx workers share one).
+function methods.refresh_certificates(self, opts)
   local state = self[STATE]
   if not state.certs then errors.raise("refresh_certificates: the client was made without apiv3_key") end
-  return refresh_certificates(state):wait()
+  local max_age
+  if opts ~= nil then
+    if type(opts) ~= "table" then errors.raise("refresh_certificates: options must be a table") end
+    for name in pairs(opts) do
+      if name ~= "max_age" then errors.raise(("refresh_certificates: unknown option '%s'"):format(tostring(name))) end
+    end
+    max_age = opts.max_age
+    if max_age ~= nil and (type(max_age) ~= "number" or max_age < 0) then
+      errors.raise("refresh_certificates: max_age must be a number of seconds")
+    end
+  end
+  return refresh_certificates(state, false, max_age):wait()
 end
 
 --- client:certificate_stats() -> { downloads, public_key_only, last_error }

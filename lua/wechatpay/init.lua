@@ -26,6 +26,15 @@ wechatpay.all = wechatpay.promise.all
 --- wechatpay.settle{ p1, p2 }:wait() -> { { res = ... }, { err = ... } }
 wechatpay.settle = wechatpay.promise.settle
 
+-- wechatpay.ngx (the OpenResty notify_url handler and certificate refresh)
+-- is loaded at its first use: nothing of it runs outside nginx.
+setmetatable(wechatpay, { __index = function(t, name)
+  if name == "ngx" then
+    local m = require("wechatpay.ngx")
+    rawset(t, name, m)
+    return m
+  end
+end })
 
 --- wechatpay.new(options) -> client (raises on a configuration mistake)
 function wechatpay.new(options)

@@ -67,11 +67,23 @@ local function render(p)
   line("  lua_socket_log_errors off;")
   line("  lua_shared_dict app_results 1m;")
   line("  lua_shared_dict wechatpay 1m;")
+  if p.callbacks then
+    line("  lua_shared_dict wechatpay_certs 1m;")
+    line("  lua_shared_dict wechatpay_events 1m;")
+  end
   line("  init_by_lua_block { require('support.nginx_app').init(" .. ("%q"):format(p.config_file) .. ") }")
   line("  init_worker_by_lua_block { require('support.nginx_app').init_worker() }")
   line("  server {")
   line("    listen 127.0.0.1:" .. p.port .. " reuseport backlog=4096;")
   line("    location / { content_by_lua_block { require('support.nginx_app').handle() } }")
+  if p.callbacks then
+    -- a small buffer: a callback over 1 KiB is spooled to a temp file
+    line("    location = /notify {")
+    line("      client_body_buffer_size 1k;")
+    line("      client_max_body_size 8m;")
+    line("      content_by_lua_block { require('support.nginx_app').notify() }")
+    line("    }")
+  end
   line("    location = /phase/set {")
   line("      set_by_lua_block $wechatpay_result { return require('support.nginx_app').forbidden_call('set') }")
   line("      content_by_lua_block { ngx.say(ngx.var.wechatpay_result) }")
@@ -173,7 +185,9 @@ end
 
 --- start(server, opts) -> app.  opts: workers (1), init_call (an
 -- out_request_no granted in init_by_lua), init_worker_call (one granted by each
--- worker in init_worker_by_lua), rate_limit, max_concurrency, timeout.
+-- worker in init_worker_by_lua), rate_limit, max_concurrency, timeout,
+-- callbacks (a /notify location served by wechatpay.ngx.notification with a
+-- certificate client whose store is a shared dict, refreshed from init_worker).
 function M.start(server, opts)
   opts = opts or {}
   local nginx_bin, modules = assert(mock.locate_nginx())
@@ -201,6 +215,8 @@ function M.start(server, opts)
     rate_limit = opts.rate_limit,
     max_concurrency = opts.max_concurrency,
     timeout = opts.timeout,
+    callbacks = opts.callbacks,
+    apiv3_key = opts.callbacks and server.apiv3_key or nil,
   }
   local config_file = dir .. "/config.json"
   write(config_file, cjson.encode(config), "644")
@@ -213,6 +229,7 @@ function M.start(server, opts)
     write(dir .. "/nginx.conf", render{
       origin_port = app.origin_port, origin_cert = mock_dir .. "/server.pem", origin_key = mock_dir .. "/server.key",
       dir = dir, port = app.port, modules = modules, workers = opts.workers or 1, config_file = config_file,
+      callbacks = opts.callbacks,
       lua_path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;;",
       lua_cpath = build .. "/luajit/?.so;;",
     })

@@ -88,6 +88,21 @@ function app.init(config_path)
     rate_limit = config.rate_limit,
   }
   app.client = client
+  if config.callbacks then
+    -- a merchant on certificates: none known at start, all from the download,
+    -- kept in a shared dict that the four workers share
+    app.cb_client = wechatpay.new{
+      mchid = config.mchid,
+      serial = config.merchant_serial,
+      private_key = "file://" .. config.merchant_key_file,
+      certs = {},
+      apiv3_key = config.apiv3_key,
+      cert_store = wechatpay.certificates.shared_dict_store(ngx.shared.wechatpay_certs),
+      base_url = config.base_url,
+      resolve = config.resolve,
+      timeout = 5,
+    }
+  end
   if config.init_call then
     local coupon, err = grant("sync", users[1], config.init_call)
     ngx.shared.app_results:set("init_call", coupon or ("error: " .. tostring(err)))
@@ -103,6 +118,15 @@ end
 --- init_worker_by_lua: a call here also goes through curl (no request is
 -- served yet), on a connection of its own that the call closes.
 function app.init_worker()
+  if config.callbacks then
+    local cb = app.cb_client
+    assert(require("wechatpay").ngx.refresh_certificates(cb, { every = 3600, on_result = function(added, err)
+      results():set("certs:" .. ngx.worker.id(), cjson.encode{
+        added = added, error = err and tostring(type(err) == "table" and err.message or err),
+        keys = tostring(cb), downloads = cb:certificate_stats().downloads,
+      })
+    end }))
+  end
   if config.init_worker_call then
     local coupon, err = grant("sync", users[1], config.init_worker_call)
     ngx.shared.app_results:set("init_worker:" .. ngx.worker.id(), coupon or ("error: " .. tostring(err)))
@@ -252,6 +276,19 @@ end
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }
+end
+
+--- /notify: the notify_url, one line of wechatpay.ngx.  The handler counts
+-- its calls per event id in app_results (all workers), sleeps for
+-- resource.sleep seconds, and fails when resource.fail is set.
+function app.notify()
+  local wechatpay = require("wechatpay")
+  wechatpay.ngx.notification(app.cb_client, function(event)
+    if event.resource.sleep then ngx.sleep(event.resource.sleep) end
+    results():incr("handled:" .. event.id, 1, 0)
+    results():set("event:" .. event.id, cjson.encode{ resource = event.resource, pid = ngx.worker.pid() })
+    return not event.resource.fail
+  end, { dedupe = wechatpay.dedupe.shared_dict(ngx.shared.wechatpay_events) })
 end
 
 --- The call a forbidden phase makes: -> the error message.
