@@ -58,6 +58,8 @@ ALL_CFLAGS = $(CFLAGS) $(WARNINGS) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC -fvi
              $(CURL_INCDIR)
 
 .PHONY: all backends deps test valgrind demo bench fuzz clean
+# `make` builds all: the module rules below come first in the file
+.DEFAULT_GOAL := all
 
 # module BACKEND RUNTIME LUA_INCDIR: the rules for one core.so
 define module
