@@ -104,6 +104,41 @@ describe("inside nginx, four workers: callbacks and shared certificates", functi
     end
     assert.are.equal(2, s204, cjson.encode(statuses))
     assert.is_true(s503 >= 1, cjson.encode(statuses))
+    -- the log says why in words
+    local log = app:error_log()
+    assert.truthy(log:find("answered 503: event " .. id .. " is being handled by another delivery", 1, true), log)
+  end)
+
+  it("a handler failure answers 500 FAIL, releases the claim, and the redelivery is handled", function()
+    local record, statuses, id = deliver{ resource = { out_trade_no = "NGX-FAIL", fail_times = 2 },
+      schedule = { 0.05, 0.05, 0.05 } }
+    assert.same({ 500, 500, 204 }, statuses)
+    assert.are.equal(3, handled(id))   -- each redelivery reached the handler: no claim was left behind
+    assert.are.equal("FAIL", cjson.decode(record.attempts[1].answer).code)
+  end)
+
+  it("a rotation mid-traffic: callbacks at once in four workers, all handled first time, one download", function()
+    local downloads = server:stats().certificate_downloads
+    server:rotate_certificates()
+    local pending = {}
+    for i = 1, 12 do
+      local n, id = server:notify(url, { resource = { out_trade_no = "NGX-ROT-" .. i }, schedule = {} })
+      pending[#pending + 1] = { n = n, id = id }
+    end
+    local deadline = socket.gettime() + 15
+    for _, p in ipairs(pending) do
+      local record
+      repeat
+        record = server:notification(p.n)
+        if not (record and record.done) then socket.sleep(0.05) end
+      until (record and record.done) or socket.gettime() > deadline
+      assert(record and record.done, "the mock did not finish notification " .. p.n)
+      assert.are.equal(1, #record.attempts, p.id)
+      assert.are.equal(204, record.attempts[1].status, p.id .. ": " .. tostring(record.attempts[1].answer)
+        .. "\n" .. app:error_log())
+      assert.are.equal(1, handled(p.id))
+    end
+    assert.are.equal(downloads + 1, server:stats().certificate_downloads)
   end)
 
   it("a callback that nginx spooled to a temp file (over client_body_buffer_size 1k) is read and verified", function()

@@ -280,13 +280,15 @@ end
 
 --- /notify: the notify_url, one line of wechatpay.ngx.  The handler counts
 -- its calls per event id in app_results (all workers), sleeps for
--- resource.sleep seconds, and fails when resource.fail is set.
+-- resource.sleep seconds, and fails when resource.fail is set, or for its
+-- first resource.fail_times calls.
 function app.notify()
   local wechatpay = require("wechatpay")
   wechatpay.ngx.notification(app.cb_client, function(event)
     if event.resource.sleep then ngx.sleep(event.resource.sleep) end
-    results():incr("handled:" .. event.id, 1, 0)
+    local calls = results():incr("handled:" .. event.id, 1, 0)
     results():set("event:" .. event.id, cjson.encode{ resource = event.resource, pid = ngx.worker.pid() })
+    if event.resource.fail_times and calls <= event.resource.fail_times then return false end
     return not event.resource.fail
   end, { dedupe = wechatpay.dedupe.shared_dict(ngx.shared.wechatpay_events) })
 end
