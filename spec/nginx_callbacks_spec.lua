@@ -162,3 +162,42 @@ describe("inside nginx, four workers: callbacks and shared certificates", functi
     assert.are.equal("FAIL", cjson.decode(table.concat(chunks)).code)
   end)
 end)
+
+-- A mock of its own: its one rotation is used above by the callbacks.
+describe("inside nginx, four workers: calls during a certificate rotation", function()
+  local server2, app2
+
+  setup(function()
+    server2 = assert(mock.start{ latency = 0, rate_limit = false, sign_with = "certificate" })
+    app2 = nginx.start(server2, { workers = 4, callbacks = true })
+    -- the workers' first download (init_worker) is done before the rotation
+    local deadline = socket.gettime() + 10
+    while server2:stats().certificate_downloads < 1 and socket.gettime() < deadline do socket.sleep(0.05) end
+  end)
+  teardown(function()
+    if app2 then app2:stop() end
+    if server2 then server2:stop() end
+  end)
+
+  it("a rotation mid-traffic: calls at once in four workers all verify, after one download", function()
+    local downloads = server2:stats().certificate_downloads
+    server2:rotate_certificates()
+    local urls = {}
+    for i = 1, 16 do urls[i] = "'" .. app2:url("/cb_echo?n=" .. i) .. "'" end
+    local pipe = assert(io.popen("curl -s --parallel --parallel-max 16 -w '\\n' " .. table.concat(urls, " ") .. " 2>/dev/null"))
+    local output = pipe:read("*a")
+    pipe:close()
+    local answers, pids = 0, {}
+    for line in output:gmatch("[^\n]+") do
+      local answer = cjson.decode(line)
+      assert.are.equal(200, answer.status, tostring(answer.error))
+      answers = answers + 1
+      pids[answer.pid] = true
+    end
+    assert.are.equal(16, answers)
+    local workers = 0
+    for _ in pairs(pids) do workers = workers + 1 end
+    assert.is_true(workers >= 2, "the calls reached one worker only")
+    assert.are.equal(downloads + 1, server2:stats().certificate_downloads)
+  end)
+end)

@@ -273,6 +273,13 @@ function handlers.crypto()
   say_json{ coupon_id = "none", no = "CRYPTO" }
 end
 
+-- /cb_echo: a signed call with the callbacks client (certificates from the
+-- shared dict), as a handler that also calls WeChat Pay makes one
+function handlers.cb_echo()
+  local res, err = app.cb_client.v3.mock.echo:get()
+  say_json{ status = res and res.status, error = err and tostring(err), pid = ngx.worker.pid() }
+end
+
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }
