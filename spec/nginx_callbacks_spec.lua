@@ -200,4 +200,12 @@ describe("inside nginx, four workers: calls during a certificate rotation", func
     assert.is_true(workers >= 2, "the calls reached one worker only")
     assert.are.equal(downloads + 1, server2:stats().certificate_downloads)
   end)
+
+  it("a call from a request names the HTTP stack that sent it (ngx_lua, not curl) in its User-Agent", function()
+    local status, answer = app2:get("/cb_echo")
+    assert.are.equal(200, status)
+    assert.are.equal(200, answer.status, tostring(answer.error))
+    assert.truthy(answer.user_agent:find("^wechatpay%-lua/[%d.]+ %(.*; ngx_lua/%d+%.%d+%.%d+; "), answer.user_agent)
+    assert.falsy(answer.user_agent:find("curl", 1, true), answer.user_agent)
+  end)
 end)

@@ -65,9 +65,16 @@ function client_mt.__tostring(self)
     :format(settings.mchid, settings.serial, n, n == 1 and "" or "s", settings.base_url)
 end
 
+-- Names the HTTP stack that sends: cosockets inside nginx (calls made in
+-- init phases still go through curl, but they are few), libcurl elsewhere.
 local function user_agent()
   local runtime = jit and jit.version or _VERSION
-  return ("wechatpay-lua/%s (%s; curl/%s; %s)"):format(VERSION, runtime, core.curl_version, core.crypto_backend)
+  local stack = "curl/" .. core.curl_version
+  if nginx.ACTIVE and type(ngx.config) == "table" and ngx.config.ngx_lua_version then
+    local v = ngx.config.ngx_lua_version
+    stack = ("ngx_lua/%d.%d.%d"):format(math.floor(v / 1000000), math.floor(v / 1000) % 1000, v % 1000)
+  end
+  return ("wechatpay-lua/%s (%s; %s; %s)"):format(VERSION, runtime, stack, core.crypto_backend)
 end
 
 local function new_curl(settings)

@@ -277,7 +277,9 @@ end
 -- shared dict), as a handler that also calls WeChat Pay makes one
 function handlers.cb_echo()
   local res, err = app.cb_client.v3.mock.echo:get()
-  say_json{ status = res and res.status, error = err and tostring(err), pid = ngx.worker.pid() }
+  local echoed = res and res:json()
+  say_json{ status = res and res.status, error = err and tostring(err), pid = ngx.worker.pid(),
+    user_agent = echoed and echoed.headers["user-agent"] }
 end
 
 -- /result?key=
