@@ -6,6 +6,8 @@ local core = require("wechatpay.core")
 local mock = require("wechatpay.mock")
 local observe = require("wechatpay.observe")
 local merchant = require("support.merchant")
+local nginx = require("support.nginx")
+local socket = require("socket")
 local wechatpay = require("wechatpay")
 
 local now = core.monotonic
@@ -206,6 +208,74 @@ describe("on_call", function()
     local ok, err = pcall(wechatpay.new, merchant.options{ on_call = "log" })
     assert.is_false(ok)
     assert.matches("on_call must be a function", err, 1, true)
+  end)
+end)
+
+describe("on_call inside nginx, with a dead primary (cosockets)", function()
+  local server, app, dead
+
+  setup(function()
+    server = assert(mock.start{ rate_limit = false })
+    app = nginx.start(server, { workers = 1 })
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _
+    _, dead = s:getsockname()
+    s:close()
+  end)
+  teardown(function()
+    if app then app:stop() end
+    if server then server:stop() end
+  end)
+
+  it("fires once per call, fails over once per worker, and feeds a /metrics counter", function()
+    local run = tostring(os.time()) .. math.random(1e6)
+    local status, body = app:get("/observed?n=2&dead=" .. dead .. "&no=obs1-" .. run)
+    assert.equal(200, status)
+    assert.same({}, body.errors)
+    local records = body.records
+    assert.equal(3, #records)
+    for _, r in ipairs(records) do check_record(r) end
+    assert.equal("localhost:" .. server.port, records[1].host)
+    assert.equal(1, records[1].failovers)
+    assert.equal(2, records[1].attempts)
+    assert.equal("v3/mock/echo", records[1].path)
+    assert.is_true(records[1].network_time > 0)
+    assert.equal(0, records[2].failovers)
+    assert.equal("POST", records[3].method)
+    assert.equal("v3/multiuse/users/{?}/coupons", records[3].path)
+    assert.equal(200, records[3].status)
+
+    -- a later request of the same worker: the dead host is remembered
+    status, body = app:get("/observed?n=1&dead=" .. dead .. "&no=obs2-" .. run)
+    assert.equal(200, status)
+    assert.equal(2, #body.records)
+    assert.equal(0, body.records[1].failovers)
+    assert.equal(1, body.records[1].attempts)
+
+    local _, metrics = app:get("/metrics")
+    assert.matches('wechatpay_calls_total{method="GET",path="v3/mock/echo",status="200"} 3', metrics, 1, true)
+    assert.matches('wechatpay_calls_total{method="POST",path="v3/multiuse/users/{?}/coupons",status="200"} 2',
+      metrics, 1, true)
+    local log = app:error_log()
+    local logged = select(2, log:gsub("wechatpay call ", ""))
+    assert.equal(5, logged)
+    local personal = { "SecretQuery" }
+    for openid in pairs(server.users) do personal[#personal + 1] = openid end
+    for _, value in ipairs(personal) do
+      assert.is_nil(log:find(value, 1, true), "the log holds " .. value)
+    end
+  end)
+
+  it("keeps serving calls when the hook raises, with one warning in the error log", function()
+    local run = tostring(os.time()) .. math.random(1e6)
+    for i = 1, 2 do
+      local status, body = app:get("/observed?raise=1&n=2&dead=" .. dead .. "&no=obs-raise" .. i .. "-" .. run)
+      assert.equal(200, status)
+      assert.same({}, body.errors)
+    end
+    local log = app:error_log()
+    assert.equal(1, select(2, log:gsub("the on_call hook raised", "")))
+    assert.matches("the hook broke", log, 1, true)
   end)
 end)
 
