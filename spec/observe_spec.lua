@@ -266,6 +266,13 @@ describe("on_call inside nginx, with a dead primary (cosockets)", function()
     end
   end)
 
+  it("refuses a backup that names an IP address, as it refuses such a primary", function()
+    local status, body = app:get("/backup_ip_literal")
+    assert.equal(200, status)
+    assert.is_false(body.ok)
+    assert.matches("base_url " .. server.base_url:gsub("/$", "") .. " names an IP address", body.error, 1, true)
+  end)
+
   it("keeps serving calls when the hook raises, with one warning in the error log", function()
     local run = tostring(os.time()) .. math.random(1e6)
     for i = 1, 2 do

@@ -329,6 +329,18 @@ function handlers.observed(args)
   say_json{ records = ngx.ctx.observed, errors = failures }
 end
 
+-- /backup_ip_literal: a backup naming 127.0.0.1 is refused like a primary would be.
+function handlers.backup_ip_literal()
+  local c = require("wechatpay").new{
+    mchid = config.mchid, serial = config.merchant_serial,
+    private_key = config.merchant_pem,
+    certs = { [config.platform_key_id] = config.platform_pem },
+    base_url = { config.base_url, config.ip_base_url }, resolve = config.resolve,
+  }
+  local ok, err = pcall(function() return c.v3.mock.echo:get() end)
+  say_json{ ok = ok, error = tostring(err) }
+end
+
 -- /metrics: the counters in Prometheus' text format.
 function handlers.metrics()
   ngx.header["Content-Type"] = "text/plain; version=0.0.4"
