@@ -12,6 +12,8 @@
 --   err.response    the response, when one arrived (a 2xx that failed
 --                   verification may still have been acted on)
 --   err.attempts    how many times the call was sent
+--   err.failovers   with backup hosts (base_url a list): how many times the
+--                   call moved to the next host
 -- tostring(err) is one line of at most MAX_LINE bytes with control
 -- characters escaped: a server's message cannot forge log lines.
 local errors = {}
