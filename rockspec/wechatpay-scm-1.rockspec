@@ -81,6 +81,7 @@ build = {
     ["wechatpay.verify"] = "lua/wechatpay/verify.lua",
     ["wechatpay.transport.curl"] = "lua/wechatpay/transport/curl.lua",
     ["wechatpay.transport.ngx"] = "lua/wechatpay/transport/ngx.lua",
+    ["wechatpay.cli.config"] = "lua/wechatpay/cli/config.lua",
     ["wechatpay.grant.batch"] = "lua/wechatpay/grant/batch.lua",
     ["wechatpay.grant.cli"] = "lua/wechatpay/grant/cli.lua",
     ["wechatpay.grant.csv"] = "lua/wechatpay/grant/csv.lua",
