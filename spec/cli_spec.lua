@@ -270,7 +270,8 @@ describe("bin/wechatpay", function()
     end)
 
     it("colours its lines on a terminal", function()
-      if not os.execute("command -v script >/dev/null 2>&1") then pending("no script(1) to make a terminal") return end
+      local found = os.execute("command -v script >/dev/null 2>&1")
+      if found ~= true and found ~= 0 then pending("no script(1) to make a terminal") return end
       local file = write("tty.sh", "") -- keep the environment in a file: script(1) runs a shell command
       local env = good_env(server)
       local lines = {}
@@ -433,6 +434,48 @@ describe("bin/wechatpay", function()
       local line, fix = line_of(out, "signature")
       assert.matches("^%[FAIL%] signature +WeChat Pay refused the signature: 401 SIGN_ERROR: signature does not verify", line)
       assert.matches("merchant_cert", fix)
+    end)
+
+    it("reads an encrypted private key with WECHATPAY_PASSPHRASE, and says where the passphrase goes without it", function()
+      local passphrase = "pass-phrase-not-for-output"
+      secrets[#secrets + 1] = passphrase
+      local encrypted = dir .. "/encrypted_key.pem"
+      ossl.run("openssl pkcs8 -topk8 -v2 aes256 -in " .. ossl.quote(server.merchant_key_file) .. " -passout pass:"
+        .. passphrase .. " -out " .. ossl.quote(encrypted))
+      local rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_PRIVATE_KEY = encrypted, WECHATPAY_PASSPHRASE = passphrase }))
+      assert.equal(0, rc, out)
+      assert.matches("^%[ok  %] private key +RSA%-2048", line_of(out, "private key"))
+      rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_PRIVATE_KEY = encrypted }))
+      assert.equal(1, rc)
+      local line, fix = line_of(out, "private key")
+      assert.matches("^%[FAIL%] private key +.*encrypted_key.pem cannot be loaded", line)
+      assert.matches("WECHATPAY_PASSPHRASE", fix)
+    end)
+
+    it("checks the certificates of a cert_dir, and fails one that is not a directory", function()
+      local cert_dir = dir .. "/cert_dir"
+      ossl.run("mkdir -p " .. ossl.quote(cert_dir))
+      local rc, _, err = run({ "certs", "--output", cert_dir }, good_env(server))
+      assert.equal(0, rc, err)
+      local out
+      rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_CERT_DIR = cert_dir }))
+      assert.equal(0, rc, out)
+      local end_date = os.date("!%Y-%m-%d", ossl.cert_date(server.platform_cert_file, "-enddate"))
+      assert.matches("[ok  ] platform key   cert_dir " .. server.platform_cert_serial .. " platform certificate, valid until "
+        .. end_date, out, 1, true)
+      rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_CERT_DIR = dir .. "/no_such_dir" }))
+      assert.equal(1, rc)
+      assert.matches("cert_dir .*no_such_dir is not a readable directory", out)
+    end)
+
+    it("fails an answer whose signature does not verify", function()
+      server:fault("tamper_body", { path = "^/v3/certificates", count = 1 })
+      local rc, out = run({ "doctor" }, good_env(server))
+      assert.equal(1, rc)
+      assert.matches("^%[ok  %] signature", line_of(out, "signature"))
+      local line, fix = line_of(out, "answer")
+      assert.matches("^%[FAIL%] answer +the answer does not verify", line)
+      assert.matches("WeChat Pay's keys", fix)
     end)
 
     it("skips what is not configured, saying why", function()

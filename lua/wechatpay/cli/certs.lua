@@ -21,13 +21,14 @@ from cron and give the directory to wechatpay.new{ cert_dir = DIR }.
 
   --config FILE          the Lua config file of `wechatpay call` and `doctor`
                          (mchid, serial, private_key, apiv3_key or apiv3_key_file,
-                         base_url, cafile); the flags below override it
+                         base_url, cafile); without it WECHATPAY_CONFIG, else the
+                         WECHATPAY_* variables (`wechatpay --help`); flags win
   --mchid MCHID          the merchant id
   --serial SERIAL        the merchant API certificate serial
   --private-key FILE     the merchant API private key (apiclient_key.pem)
   --apiv3-key-file FILE  a file holding the 32-character APIv3 key; without it,
-                         the config file's, else the environment variable
-                         WECHATPAY_APIV3_KEY
+                         the configuration's (apiv3_key_file, WECHATPAY_APIV3_KEY_FILE,
+                         WECHATPAY_APIV3_KEY)
                          (never give the key itself as an argument: ps shows it)
   --output DIR           where the certificates go (must exist)
   --base-url URL         default https://api.mch.weixin.qq.com/
@@ -51,15 +52,11 @@ local SPEC = { mchid = "value", serial = "value", ["private-key"] = "value", ["a
 
 -- The options as wechatpay.new takes them, or nil, message.
 local function client_options(opts)
-  local options = {}
-  local apiv3_key
-  if opts.config then
-    local profile, err = config.load(opts.config)
-    if not profile then return nil, err end
-    if profile.apiv3_key_error then return nil, profile.apiv3_key_error end
-    options = config.client_options(profile)
-    apiv3_key = profile.apiv3_key
-  end
+  -- --config, else WECHATPAY_CONFIG, else the WECHATPAY_* variables; the flags win
+  local profile, err = config.load(opts.config)
+  if not profile then return nil, err end
+  local apiv3_key, key_error = profile.apiv3_key, profile.apiv3_key_error
+  local options = config.client_options(profile)
   if opts.mchid then options.mchid = opts.mchid end
   if opts.serial then options.serial = opts.serial end
   if opts["private-key"] then options.private_key = "file://" .. opts["private-key"] end
@@ -67,7 +64,7 @@ local function client_options(opts)
   if opts.cafile then options.cafile = opts.cafile end
   for _, required in ipairs{ "mchid", "serial", "private_key" } do
     if options[required] == nil then
-      return nil, "--" .. required:gsub("_", "-") .. " is required (or --config; --help for usage)"
+      return nil, "--" .. required:gsub("_", "-") .. " is required (or --config, or WECHATPAY_*; --help for usage)"
     end
   end
   if opts["apiv3-key-file"] then
@@ -75,10 +72,10 @@ local function client_options(opts)
     if not f then return nil, "cannot read the APIv3 key file: " .. tostring(err) end
     apiv3_key = (f:read("*a") or ""):gsub("%s+$", "")
     f:close()
+  elseif key_error then
+    return nil, key_error
   elseif apiv3_key == nil then
-    apiv3_key = os.getenv("WECHATPAY_APIV3_KEY")
-    if not apiv3_key then return nil, "the APIv3 key is needed: --apiv3-key-file FILE or WECHATPAY_APIV3_KEY" end
-    apiv3_key = apiv3_key:gsub("%s+$", "")
+    return nil, "the APIv3 key is needed: --apiv3-key-file FILE or WECHATPAY_APIV3_KEY"
   end
   if #apiv3_key ~= 32 then return nil, ("the APIv3 key must be 32 characters, got %d"):format(#apiv3_key) end
   options.apiv3_key = apiv3_key

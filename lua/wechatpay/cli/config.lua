@@ -179,7 +179,7 @@ local function resolve_apiv3_key(options, getenv)
     return (text:gsub("%s+$", "")), from_file
   end
   local env = getenv("WECHATPAY_APIV3_KEY")
-  if env and env ~= "" then return env, "WECHATPAY_APIV3_KEY" end
+  if env and env ~= "" then return (env:gsub("%s+$", "")), "WECHATPAY_APIV3_KEY" end
   return nil
 end
 
