@@ -396,6 +396,16 @@ describe("bin/wechatpay", function()
       assert.matches("holds no PEM certificate", line_of(out, "CA bundle"))
     end)
 
+    it("names a CA bundle that loads but does not vouch for the host", function()
+      -- the other mock's CA: a good bundle, but not the one that signed this server's certificate
+      local rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_CAFILE = pubkey_server.cafile }))
+      assert.equal(1, rc)
+      assert.matches("^%[ok  %] CA bundle", line_of(out, "CA bundle"))
+      local line, fix = line_of(out, "host")
+      assert.matches("^%[FAIL%] host .* no answer: SSL certificate problem", line)
+      assert.matches("check cafile", fix)
+    end)
+
     it("warns of a clock a minute off and fails one beyond WeChat Pay's 5 minutes", function()
       server:fault("date", { offset = 60, count = 10, path = "^/v3/certificates" })
       local rc, out = run({ "doctor" }, good_env(server))

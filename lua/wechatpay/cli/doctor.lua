@@ -401,7 +401,7 @@ local function http_date(value)
   local d, mon, y, h, m, s = tostring(value):match("^%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT$")
   local month = MONTHS[mon or ""]
   if not month then return nil end
-  y, month = tonumber(y), month
+  y = tonumber(y)
   if month <= 2 then y = y - 1 end
   local era = math.floor(y / 400)
   local yoe = y - era * 400
@@ -434,6 +434,11 @@ end
 
 local PUBLIC_KEY_ONLY = "无可用的平台证书"
 
+-- WeChat Pay's message on one line, whatever it holds
+local function one_line(text)
+  return (tostring(text):gsub("%c", " "))
+end
+
 local function check_signature(report, res, err)
   local response = res or err.response
   local status = response.status
@@ -445,19 +450,19 @@ local function check_signature(report, res, err)
     report.add("ok", "signature", ("WeChat Pay accepted the signed GET /v3/certificates (%d)"):format(status))
     return "accepted"
   end
-  if status == 404 and tostring(err.message):find(PUBLIC_KEY_ONLY, 1, true) then
+  if require("wechatpay.certificates").is_public_key_only(err) then
     report.add("ok", "signature", "WeChat Pay accepted the signed GET /v3/certificates (404 " .. PUBLIC_KEY_ONLY
       .. ": this merchant has only a WeChat Pay public key)")
     return "public key only"
   end
   if status == 401 then
-    report.add("fail", "signature", ("WeChat Pay refused the signature: %d %s: %s"):format(status, tostring(err.code),
-      tostring(err.message)),
+    report.add("fail", "signature", ("WeChat Pay refused the signature: %d %s: %s"):format(status,
+      one_line(err.code), one_line(err.message)),
       "mchid, serial and private_key must belong together: the serial of apiclient_cert.pem and its "
       .. "apiclient_key.pem, of merchant mchid (configure merchant_cert and run doctor again to compare them)")
   else
-    report.add("fail", "signature", ("GET /v3/certificates: %d %s: %s"):format(status, tostring(err.code),
-      tostring(err.message)), status >= 500 and "WeChat Pay failed: try again later" or "see WeChat Pay's message")
+    report.add("fail", "signature", ("GET /v3/certificates: %d %s: %s"):format(status, one_line(err.code),
+      one_line(err.message)), status >= 500 and "WeChat Pay failed: try again later" or "see WeChat Pay's message")
   end
   return nil
 end

@@ -20,7 +20,7 @@ function cli.usage()
     lines[#lines + 1] = ("  %-8s %s"):format(name, SUBCOMMANDS[name].what)
   end
   lines[#lines + 1] = ""
-  lines[#lines + 1] = "Configuration (call, doctor; certs and grant take --config too): --config FILE, a Lua file"
+  lines[#lines + 1] = "Configuration (call, doctor, certs; grant takes --config only): --config FILE, a Lua file"
   lines[#lines + 1] = "returning the wechatpay.new options (plus merchant_cert and apiv3_key_file), or else"
   lines[#lines + 1] = "these environment variables:"
   for _, pair in ipairs(config.ENV) do
@@ -34,9 +34,13 @@ end
 
 local function run(argv)
   local name = argv[1]
-  if name == nil or name == "-h" or name == "--help" or name == "help" then
+  if name == nil then
+    io.stderr:write(cli.usage())
+    return exit.USAGE
+  end
+  if name == "-h" or name == "--help" or name == "help" then
     io.stdout:write(cli.usage())
-    return name == nil and exit.USAGE or exit.OK
+    return exit.OK
   end
   local sub = SUBCOMMANDS[name]
   if not sub then
