@@ -85,6 +85,14 @@ build = {
     ["wechatpay.verify"] = "lua/wechatpay/verify.lua",
     ["wechatpay.transport.curl"] = "lua/wechatpay/transport/curl.lua",
     ["wechatpay.transport.ngx"] = "lua/wechatpay/transport/ngx.lua",
+    ["wechatpay.cli"] = "lua/wechatpay/cli/init.lua",
+    ["wechatpay.cli.args"] = "lua/wechatpay/cli/args.lua",
+    ["wechatpay.cli.call"] = "lua/wechatpay/cli/call.lua",
+    ["wechatpay.cli.certs"] = "lua/wechatpay/cli/certs.lua",
+    ["wechatpay.cli.config"] = "lua/wechatpay/cli/config.lua",
+    ["wechatpay.cli.doctor"] = "lua/wechatpay/cli/doctor.lua",
+    ["wechatpay.cli.exit"] = "lua/wechatpay/cli/exit.lua",
+    ["wechatpay.cli.output"] = "lua/wechatpay/cli/output.lua",
     ["wechatpay.grant.batch"] = "lua/wechatpay/grant/batch.lua",
     ["wechatpay.grant.cli"] = "lua/wechatpay/grant/cli.lua",
     ["wechatpay.grant.csv"] = "lua/wechatpay/grant/csv.lua",
@@ -92,6 +100,7 @@ build = {
     ["wechatpay.grant.results"] = "lua/wechatpay/grant/results.lua",
   },
   install = {
-    bin = { ["wechatpay-grant"] = "bin/wechatpay-grant", ["wechatpay-certs"] = "bin/wechatpay-certs" },
+    bin = { ["wechatpay"] = "bin/wechatpay", ["wechatpay-grant"] = "bin/wechatpay-grant",
+            ["wechatpay-certs"] = "bin/wechatpay-certs" },
   },
 }

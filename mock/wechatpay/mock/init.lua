@@ -46,6 +46,8 @@
 --   tamper_body      signed, then one character of the body changed
 --   signtest         Wechatpay-Signature = "WECHATPAY/SIGNTEST/" .. base64 junk
 --   timestamp        Wechatpay-Timestamp = now + opts.offset, correctly signed
+--   date             the HTTP Date header = now + opts.offset (a skewed server clock;
+--                    the signature and Wechatpay-Timestamp are unchanged)
 --   unknown_serial   Wechatpay-Serial = opts.serial or PUB_KEY_ID_999..., real signature
 --   missing_headers  2xx without opts.headers (default: all four Wechatpay-* headers)
 --   status           unsigned WeChat-shaped error opts.status (default 500), not processed
