@@ -70,6 +70,7 @@ build = {
     ["wechatpay.hash"] = "lua/wechatpay/hash.lua",
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",
     ["wechatpay.key"] = "lua/wechatpay/key.lua",
+    ["wechatpay.media"] = "lua/wechatpay/media.lua",
     ["wechatpay.nginx"] = "lua/wechatpay/nginx.lua",
     ["wechatpay.ngx"] = "lua/wechatpay/ngx.lua",
     ["wechatpay.notification"] = "lua/wechatpay/notification.lua",

@@ -68,6 +68,7 @@ build = {
     ["wechatpay.hash"] = "lua/wechatpay/hash.lua",
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",
     ["wechatpay.key"] = "lua/wechatpay/key.lua",
+    ["wechatpay.media"] = "lua/wechatpay/media.lua",
     ["wechatpay.notification"] = "lua/wechatpay/notification.lua",
     ["wechatpay.promise"] = "lua/wechatpay/promise.lua",
     ["wechatpay.random"] = "lua/wechatpay/random.lua",
