@@ -172,6 +172,18 @@ describe("media upload", function()
     end)
   end)
 
+  it("another upload path takes every known type, each kind up to its own limit", function()
+    local path = "v3/some/new/upload"
+    assert(media.prepare(path, { content = samples.bytes("gif", 100), filename = "a.gif" }))
+    assert(media.prepare(path, { content = samples.bytes("flv", 4 * MB), filename = "a.flv" }))
+    local none, err = media.prepare(path, { content = samples.bytes("png", 2 * MB + 1), filename = "a.png" })
+    assert.is_nil(none)
+    assert.matches("image files of at most 2 MB", err.message, 1, true)
+    none, err = media.prepare(path, { content = "text", filename = "a.txt" })
+    assert.is_nil(none)
+    assert.matches("takes JPEG, PNG, BMP, GIF, MP4", err.message, 1, true)
+  end)
+
   describe("size limits, before any network call", function()
     it("an image of exactly 2 MB is sent; 2 MB + 1 is refused naming the limit and the size", function()
       local exact = samples.bytes("jpeg", 2 * MB, "exact-" .. RUN)
