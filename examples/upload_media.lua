@@ -116,8 +116,10 @@ end
 local png = draw_png(64, 48)
 local path = os.getenv("UPLOAD_FILE")
 local drawn = not path or path == ""
+local scratch   -- os.tmpname() makes this file: removed with the PNG
 if drawn then
-  path = os.tmpname() .. ".png"
+  scratch = os.tmpname()
+  path = scratch .. "-gradient.png"
   local f = assert(io.open(path, "wb"))
   f:write(png)
   f:close()
@@ -137,6 +139,7 @@ end
 
 if drawn then
   os.remove(path)
+  os.remove(scratch)
   -- By content: the same bytes give WeChat Pay's same media_id.
   local again
   again, err = client.v3.merchant.media.upload:post{ file = { content = png, filename = "gradient.png" } }
