@@ -71,6 +71,7 @@ build = {
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",
     ["wechatpay.hosts"] = "lua/wechatpay/hosts.lua",
     ["wechatpay.key"] = "lua/wechatpay/key.lua",
+    ["wechatpay.media"] = "lua/wechatpay/media.lua",
     ["wechatpay.nginx"] = "lua/wechatpay/nginx.lua",
     ["wechatpay.ngx"] = "lua/wechatpay/ngx.lua",
     ["wechatpay.notification"] = "lua/wechatpay/notification.lua",

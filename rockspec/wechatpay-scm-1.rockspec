@@ -69,6 +69,7 @@ build = {
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",
     ["wechatpay.hosts"] = "lua/wechatpay/hosts.lua",
     ["wechatpay.key"] = "lua/wechatpay/key.lua",
+    ["wechatpay.media"] = "lua/wechatpay/media.lua",
     ["wechatpay.notification"] = "lua/wechatpay/notification.lua",
     ["wechatpay.observe"] = "lua/wechatpay/observe.lua",
     ["wechatpay.promise"] = "lua/wechatpay/promise.lua",

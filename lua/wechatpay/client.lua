@@ -246,7 +246,9 @@ end
 send_async = function(self, method, path, opts, check)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
-  local prepared = request.prepare(settings, method, path, opts)
+  local prepared, refused = request.prepare(settings, method, path, opts)
+  -- a file to upload that cannot be sent: the call fails, nothing is queued
+  if not prepared then return promise.rejected(refused) end
   local queue, own = dispatcher_for_call(state)
   if opts == nil or opts.timeout == nil then
     local override = nginx.mode() == "cosocket" and nginx.context()[state.timeout_key] or state.timeout

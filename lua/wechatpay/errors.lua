@@ -32,6 +32,8 @@ errors.KINDS = {
     .. "apiv3_key: check the APIv3 key (32 characters, set in the merchant platform; not the APIv2 key)",
   malformed = "a callback or certificate download that verified but is not what WeChat Pay sends "
     .. "(not JSON, or without its id, resource or certificates)",
+  file = "a media upload's file that cannot be read, is empty, is not of a type the endpoint takes "
+    .. "(judged by its bytes) or is over its size limit: nothing was sent",
 }
 
 errors.MAX_LINE = 1024

@@ -282,6 +282,20 @@ function handlers.cb_echo()
     user_agent = echoed and echoed.headers["user-agent"] }
 end
 
+-- /upload?size=&tag=&filename=: a PNG-typed file of size bytes (made as
+-- spec/support/media_samples.lua makes it) uploaded with file = { content = }.
+function handlers.upload(args)
+  local samples = require("support.media_samples")
+  local res, err = client.v3.merchant.media.upload:post{
+    file = { content = samples.bytes("png", tonumber(args.size), args.tag), filename = args.filename },
+  }
+  if not res then
+    ngx.status = 502
+    return say_json{ error = tostring(err), kind = err and err.kind }
+  end
+  say_json{ media_id = res:json().media_id }
+end
+
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }
