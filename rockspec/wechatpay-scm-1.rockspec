@@ -38,6 +38,7 @@ The mock WeChat Pay server used in tests is a separate rock, wechatpay-mock.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  "luaexpat",   -- APIv2 XML (Debian: lua-expat)
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
@@ -79,6 +80,9 @@ build = {
     ["wechatpay.retry"] = "lua/wechatpay/retry.lua",
     ["wechatpay.rsa"] = "lua/wechatpay/rsa.lua",
     ["wechatpay.verify"] = "lua/wechatpay/verify.lua",
+    ["wechatpay.v2.config"] = "lua/wechatpay/v2/config.lua",
+    ["wechatpay.v2.sign"] = "lua/wechatpay/v2/sign.lua",
+    ["wechatpay.v2.xml"] = "lua/wechatpay/v2/xml.lua",
     ["wechatpay.transport.curl"] = "lua/wechatpay/transport/curl.lua",
     ["wechatpay.transport.ngx"] = "lua/wechatpay/transport/ngx.lua",
     ["wechatpay.grant.batch"] = "lua/wechatpay/grant/batch.lua",
