@@ -22,6 +22,8 @@ local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
+local v2answer = require("wechatpay.v2.answer")
+local v2request = require("wechatpay.v2.request")
 
 local VERSION = "0.1.0"
 
@@ -74,6 +76,7 @@ local function new_curl(settings)
   return curl_transport.new{
     cafile = settings.cafile, ca_pem = settings.ca_pem, capath = settings.capath, proxy = settings.proxy,
     resolve = settings.resolve, max_connections = settings.max_concurrency,
+    client_tls = settings.v2 and settings.v2.tls and settings.v2.tls(),   -- APIv2 security = true
   }
 end
 
@@ -197,13 +200,16 @@ local function transport_error(failure, target)
     { sent = failure.sent, retry = failure.retry })
 end
 
--- send_async(method, path, options, check) -> promise: the one path of
--- every call; check(raw, target) -> response | nil, err judges an answer
--- (verify.response for API calls, the download's own check for certificates).
-send_async = function(self, method, path, opts, check)
+-- send_async(method, path, options, check [, protocol]) -> promise: the one
+-- path of every call; check(raw, target, prepared) -> response | nil, err
+-- judges an answer (verify.response for API calls, the download's own check
+-- for certificates, v2.answer for APIv2).  protocol: the prepare/sign pair,
+-- wechatpay.request (v3) or wechatpay.v2.request.
+send_async = function(self, method, path, opts, check, protocol)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
-  local prepared = request.prepare(settings, method, path, opts)
+  protocol = protocol or request
+  local prepared = protocol.prepare(settings, method, path, opts)
   local queue, own = dispatcher_for_call(state)
   if opts == nil or opts.timeout == nil then
     local override = nginx.mode() == "cosocket" and nginx.context()[state.timeout_key] or state.timeout
@@ -227,7 +233,7 @@ send_async = function(self, method, path, opts, check)
   finish = function(raw, failure, refreshed)
     local res, err
     if raw then
-      res, err = check(raw, prepared.target)
+      res, err = check(raw, prepared.target, prepared)
       if not res and not refreshed and certs then
         local wanted = certs:wants(err)
         if wanted == "reloaded" then return finish(raw, nil, true) end
@@ -245,7 +251,7 @@ send_async = function(self, method, path, opts, check)
   attempt = function()
     attempts = attempts + 1
     queue:submit{
-      make = function() return request.sign(settings, prepared) end,
+      make = function() return protocol.sign(settings, prepared) end,
       -- whatever raises here settles this call's promise, never another's
       done = function(raw, failure)
         local ok, raised = pcall(finish, raw, failure)
@@ -266,6 +272,11 @@ end
 function methods.request_async(self, method, path, opts)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
+  if v2request.is_v2(path) then
+    return send_async(self, method, path, opts, function(raw, target, prepared)
+      return v2answer.check(settings.v2.apiv2_key(), prepared.sign_type, raw, target)
+    end, v2request)
+  end
   -- the periodic refresh runs beside this call, which does not wait for it
   if certs and certs:due() then
     refresh_certificates(state, true):catch(function() end)
