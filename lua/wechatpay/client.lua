@@ -23,6 +23,7 @@ local request = require("wechatpay.request")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
 local v2answer = require("wechatpay.v2.answer")
+local v2notification = require("wechatpay.v2.notification")
 local v2request = require("wechatpay.v2.request")
 
 local VERSION = "0.1.0"
@@ -378,6 +379,18 @@ end
 -- (wechatpay.notification.parse: kinds "verify", "malformed", "decrypt").
 function methods.parse_notification(self, headers, body)
   return notification.parse(self, headers, body)
+end
+
+--- client:parse_v2_notification(raw_body) -> notice | nil, err: an APIv2
+-- callback, a payment result verified by its sign, or a refund with its
+-- req_info decrypted (wechatpay.v2.notification; kinds "verify",
+-- "malformed", "decrypt").  Answer it with wechatpay.v2.notification.answer().
+function methods.parse_v2_notification(self, body)
+  local settings = self[STATE].settings
+  if not (settings.v2 and settings.v2.apiv2_key) then
+    errors.raise("parse_v2_notification: the client was made without apiv2_key")
+  end
+  return v2notification.parse(settings.v2.apiv2_key(), settings.mchid, body)
 end
 
 --- client:event_store() -> the in-process LRU that notification.handle

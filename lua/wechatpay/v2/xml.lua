@@ -80,9 +80,11 @@ function xml.encode(fields)
   return table.concat(out)
 end
 
---- decode(text [, max_bytes]) -> flat table | nil, why (never raises on
--- what arrives from the network).
-function xml.decode(text, max_bytes)
+--- decode(text [, max_bytes [, root]]) -> flat table | nil, why (never
+-- raises on what arrives from the network).  root: the root element's name
+-- ("xml"; a refund notification's req_info decrypts to a <root>).
+function xml.decode(text, max_bytes, root)
+  root = root or "xml"
   if type(text) ~= "string" then return nil, "XML expected, got " .. type(text) end
   max_bytes = max_bytes or xml.MAX_BYTES
   if #text > max_bytes then return nil, ("XML of %d bytes, more than the %d allowed"):format(#text, max_bytes) end
@@ -101,7 +103,7 @@ function xml.decode(text, max_bytes)
     StartElement = function(_, name)
       depth = depth + 1
       if depth == 1 then
-        if name ~= "xml" then refuse(("the root element is <%s>, not <xml>"):format(name:sub(1, 40))) end
+        if name ~= root then refuse(("the root element is <%s>, not <%s>"):format(name:sub(1, 40), root)) end
         seen_root = true
       elseif depth == 2 then
         if result[name] ~= nil then refuse(("<%s> appears twice"):format(name:sub(1, 40))) end
@@ -133,7 +135,7 @@ function xml.decode(text, max_bytes)
   end)
   pcall(parser.close, parser)   -- raises on an unfinished document, already reported
   if not ok then return nil, problem or tostring(err) end
-  if not seen_root then return nil, "no <xml> element" end
+  if not seen_root then return nil, ("no <%s> element"):format(root) end
   return result
 end
 
