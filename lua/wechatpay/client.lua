@@ -91,6 +91,10 @@ function client.new(opts)
   local ok, limiter = pcall(ratelimit.new, settings.rate_limit, settings.mchid)
   if not ok then errors.raise(limiter) end
   local state = { settings = settings, limiter = limiter, timeout_key = {} }
+  if settings.v2 and settings.v2.tls then
+    -- APIv2 mutual TLS over cosockets: parsed once per worker, kept here
+    state.ngx_client_tls = { source = settings.v2.tls, serial = settings.v2.merchant_cert_serial }
+  end
   if choice == "ngx" and not nginx.ACTIVE then
     errors.raise("wechatpay.new: transport = \"ngx\" needs nginx's Lua module (OpenResty); outside nginx use \"curl\"")
   end
@@ -157,7 +161,8 @@ local function dispatcher_for_call(state)
   if own then return own end
   local host = ngx_transport.parse_url(settings.base_url .. "/")
   if ngx_transport.is_ip_literal(host) then errors.raise(nginx.ip_literal_error(settings.base_url)) end
-  own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency }, {
+  own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency,
+    client_tls = state.ngx_client_tls }, {
     max_concurrency = settings.max_concurrency, limiter = state.limiter,
   })
   ctx[state.per_context] = own
