@@ -90,6 +90,30 @@ describe("APIv2 mutual TLS (curl)", function()
     stranger:close()
   end)
 
+  it("presents an encrypted PEM key (with passphrase) and a private.pkcs8:// DER key", function()
+    local ossl = require("support.openssl")
+    local dir = ossl.tmpdir()
+    local encrypted = dir .. "/encrypted.pem"
+    ossl.run("openssl pkcs8 -topk8 -v2 aes-256-cbc -passout pass:s3cret -in " .. ossl.quote(server.merchant_key_file)
+      .. " -out " .. ossl.quote(encrypted))
+    local der = ossl.run("openssl pkcs8 -topk8 -nocrypt -outform DER -in " .. ossl.quote(server.merchant_key_file)
+      .. " | openssl base64 -A")
+    for _, key in ipairs{ { "file://" .. encrypted, "s3cret" }, { "private.pkcs8://" .. der } } do
+      local c = server:client{ timeout = 3, retry = false, private_key = key[1], passphrase = key[2] }
+      local res, err = c.v2.mmpaymkttransfers.sendredpack:post{ xml = redpack(), security = true }
+      assert.is_truthy(res, tostring(err))
+      c:close()
+    end
+    assert.equal(2, server:v2_stats().redpacks)
+  end)
+
+  it("refuses a loaded key object beside merchant_cert: it cannot be handed to curl", function()
+    local key = assert(wechatpay.key.private("file://" .. server.merchant_key_file))
+    local ok, err = pcall(server.client, server, { private_key = key })
+    assert.is_false(ok)
+    assert.matches("merchant_cert needs private_key given as", err)
+  end)
+
   it("security = true without merchant_cert raises before sending", function()
     local plain = server:client{ timeout = 3, merchant_cert = false }
     local before = server:v2_stats().v2_requests

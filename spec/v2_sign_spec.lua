@@ -114,6 +114,10 @@ describe("v2 xml", function()
       'xml: field name "a b" must be letters, digits and _ only')
     assert.has_error(function() xml.fields{ ["a<b"] = "x" } end)
     assert.has_error(function() xml.fields{ a = "x\0y" } end, "xml.a holds a control character, which XML cannot carry")
+    for _, bad in ipairs{ "\255", "\192\128", "\237\160\128", "\228\184", "\244\144\128\128" } do
+      assert.has_error(function() xml.fields{ a = bad } end, "xml.a is not UTF-8 text: WeChat Pay's XML is UTF-8")
+    end
+    assert.same({ a = "中文 é 😀" }, xml.fields{ a = "中文 é 😀" })
   end)
 
   it("refuses DOCTYPE, entities, nesting, repeats, other roots, and oversize", function()
