@@ -221,6 +221,9 @@ function M.start(server, opts)
     -- opts.v2: an APIv2 client with mutual TLS (app.v2_client, /v2 handler)
     apiv2_key = opts.v2 and server.apiv2_key or nil,
     merchant_cert_file = server.merchant_cert_file,
+    -- the merchant key as wechatpay-php's DER form: a client that cosockets cannot present
+    merchant_key_pkcs8 = opts.v2 and ossl.run("openssl pkcs8 -topk8 -nocrypt -outform DER -in "
+      .. ossl.quote(server.merchant_key_file) .. " | openssl base64 -A") or nil,
   }
   local config_file = dir .. "/config.json"
   write(config_file, cjson.encode(config), "644")

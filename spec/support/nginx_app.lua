@@ -112,6 +112,13 @@ function app.init(config_path)
       base_url = config.base_url, resolve = config.resolve, timeout = 5, retry = false,
       apiv2_key = config.apiv2_key, merchant_cert = "file://" .. config.merchant_cert_file,
     }
+    app.v2_der_client = wechatpay.new{
+      mchid = config.mchid, serial = config.merchant_serial,
+      private_key = "private.pkcs8://" .. config.merchant_key_pkcs8,
+      certs = { [config.platform_key_id] = "file://" .. config.platform_public_key_file },
+      base_url = config.base_url, resolve = config.resolve, timeout = 5, retry = false,
+      apiv2_key = config.apiv2_key, merchant_cert = "file://" .. config.merchant_cert_file,
+    }
   end
   if config.init_call then
     local coupon, err = grant("sync", users[1], config.init_call)
@@ -266,10 +273,11 @@ function handlers.raw(args)
   say_json{ response = res, failure = fail }
 end
 
--- /v2?op=redpack|micropay&no=&security=0|1: an APIv2 call over cosockets,
+-- /v2?op=redpack|micropay&no=&security=0|1[&der=1]: an APIv2 call over
+-- cosockets (der=1: by the client whose key is a DER form),
 -- -> { xml = the answer } or { error = { kind, code, message } }
 function handlers.v2(args)
-  local c = app.v2_client
+  local c = args.der == "1" and app.v2_der_client or app.v2_client
   local res, err
   if args.op == "redpack" then
     res, err = c.v2.mmpaymkttransfers.sendredpack:post{ security = args.security ~= "0", xml = {
