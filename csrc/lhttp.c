@@ -6,9 +6,11 @@
  * libcurl's frames.
  *
  *   local s = core.http_session{ cafile =, ca_pem =, capath =, proxy =, resolve = { "host:port:addr", ... },
- *                                max_connections =, idle_timeout =, max_body = }
+ *                                max_connections =, idle_timeout =, max_body =,
+ *                                client_cert =, client_key =, client_key_type =, client_key_passphrase = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
- *                        timeout =, connect_timeout = }   -- seconds, at least 0.001
+ *                        timeout =, connect_timeout =,   -- seconds, at least 0.001
+ *                        client_cert = true }   -- present the session's client certificate (mutual TLS)
  *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
  *     { id =, status =, headers = { lower_name = value }, body = }            or
  *     { id =, error =, message =, sent =, retry =, curl_code = }
@@ -91,6 +93,11 @@ typedef struct {
   size_t max_body;
   pid_t pid;               /* the process that owns multi and the easy handles */
   socket_list sockets;     /* open connections' sockets, to drop in a fork child */
+  /* mutual TLS (APIv2 security = true): the merchant certificate and key,
+   * held in memory so nothing is read again per call; wiped when freed */
+  char *client_cert, *client_key, *client_key_pass;
+  size_t client_cert_len, client_key_len;
+  int client_key_der;      /* the key's bytes are DER, not PEM */
 } session;
 
 /* What fork children inherited and must neither use nor clean up.  Kept
@@ -253,6 +260,15 @@ static CURLM *new_multi(session *s) {
   return multi;
 }
 
+/* Frees key material after overwriting it (volatile: not optimised away). */
+static void secret_free(char *p, size_t len) {
+  volatile char *v = p;
+  size_t i;
+  if (!p) return;
+  for (i = 0; i < len; i++) v[i] = 0;
+  free(p);
+}
+
 static void session_destroy(session *s) {
   transfer *t, *next;
   if (s->multi && s->pid != getpid()) session_abandon(s);
@@ -280,6 +296,11 @@ static void session_destroy(session *s) {
   s->cafile = s->capath = s->proxy = s->ca_pem = NULL;
   s->ca_pem_len = 0;
   s->resolve = NULL;
+  free(s->client_cert);
+  secret_free(s->client_key, s->client_key_len);
+  secret_free(s->client_key_pass, s->client_key_pass ? strlen(s->client_key_pass) : 0);
+  s->client_cert = s->client_key = s->client_key_pass = NULL;
+  s->client_cert_len = s->client_key_len = 0;
 }
 
 /* The session of argument 1, made this process's own if it was inherited
@@ -372,9 +393,16 @@ static int l_submit(lua_State *L) {
   long timeout_ms, connect_ms;
   struct curl_slist *headers = NULL;
   transfer *t;
-  int is_get, is_head;
+  int is_get, is_head, client_cert;
 
   luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "client_cert");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+    return luaL_argerror(L, 2, "request field 'client_cert' must be a boolean");
+  client_cert = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (client_cert && !s->client_cert)
+    return luaL_argerror(L, 2, "client_cert: this session holds no client certificate (client_cert/client_key)");
   method = opt_field_line(L, 2, "method");
   url = opt_field_line(L, 2, "url");
   body = opt_field_string(L, 2, "body", &bodylen);
@@ -447,6 +475,28 @@ static int l_submit(lua_State *L) {
   }
   curl_easy_setopt(t->easy, CURLOPT_RESOLVE, s->resolve);
   if (s->capath) curl_easy_setopt(t->easy, CURLOPT_CAPATH, s->capath);
+  if (client_cert) {
+    /* curl copies the blobs into the handle; curl_easy_reset drops them.
+     * A pooled connection is reused only by transfers with the same
+     * certificate (curl compares the blobs when matching connections). */
+    struct curl_blob cert, key;
+    cert.data = s->client_cert;
+    cert.len = s->client_cert_len;
+    cert.flags = CURL_BLOB_COPY;
+    key.data = s->client_key;
+    key.len = s->client_key_len;
+    key.flags = CURL_BLOB_COPY;
+    if (curl_easy_setopt(t->easy, CURLOPT_SSLCERT_BLOB, &cert) != CURLE_OK ||
+        curl_easy_setopt(t->easy, CURLOPT_SSLKEY_BLOB, &key) != CURLE_OK) {
+      transfer_release(s, t);
+      return luaL_error(L, "this libcurl (%s) cannot present a client certificate from memory "
+                        "(CURLOPT_SSLCERT_BLOB needs 7.71.0 and an OpenSSL-like TLS backend)",
+                        curl_version_info(CURLVERSION_NOW)->version);
+    }
+    curl_easy_setopt(t->easy, CURLOPT_SSLCERTTYPE, "PEM");
+    curl_easy_setopt(t->easy, CURLOPT_SSLKEYTYPE, s->client_key_der ? "DER" : "PEM");
+    if (s->client_key_pass) curl_easy_setopt(t->easy, CURLOPT_KEYPASSWD, s->client_key_pass);
+  }
   if (s->proxy) curl_easy_setopt(t->easy, CURLOPT_PROXY, s->proxy);
   curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
@@ -693,7 +743,9 @@ static char *opt_dup(lua_State *L, int idx, const char *name) {
  * options: cafile, ca_pem (the bundle's bytes, preferred over cafile), capath
  * (a folder of hashed CA certificates), proxy, resolve (a list of
  * "host:port:address" pins, as curl's CURLOPT_RESOLVE), max_connections
- * (per host), idle_timeout (s), max_body (bytes) */
+ * (per host), idle_timeout (s), max_body (bytes); client_cert (PEM bytes)
+ * with client_key (PEM or DER bytes), client_key_type ("PEM" | "DER") and
+ * client_key_passphrase: the certificate requests with client_cert present */
 static int l_http_session(lua_State *L) {
   session *s;
   long max_conn = 0, idle = 7;
@@ -727,6 +779,28 @@ static int l_http_session(lua_State *L) {
       if (!s->ca_pem) return luaL_error(L, "out of memory");
       memcpy(s->ca_pem, pem, len);
       s->ca_pem_len = len;
+    }
+  }
+  {
+    size_t cert_len, key_len;
+    const char *cert = opt_field_string(L, 1, "client_cert", &cert_len);
+    const char *key = opt_field_string(L, 1, "client_key", &key_len);
+    const char *type = opt_field_string(L, 1, "client_key_type", NULL);
+    if ((cert == NULL) != (key == NULL) || (cert && (cert_len == 0 || key_len == 0)))
+      return luaL_argerror(L, 1, "options 'client_cert' and 'client_key' go together, neither empty");
+    if (type && strcmp(type, "PEM") != 0 && strcmp(type, "DER") != 0)
+      return luaL_argerror(L, 1, "option 'client_key_type' must be \"PEM\" or \"DER\"");
+    if (cert) {
+      s->client_cert = (char *)malloc(cert_len);
+      if (!s->client_cert) return luaL_error(L, "out of memory");
+      memcpy(s->client_cert, cert, cert_len);
+      s->client_cert_len = cert_len;
+      s->client_key = (char *)malloc(key_len);
+      if (!s->client_key) return luaL_error(L, "out of memory");
+      memcpy(s->client_key, key, key_len);
+      s->client_key_len = key_len;
+      s->client_key_der = type && strcmp(type, "DER") == 0;
+      s->client_key_pass = opt_dup(L, 1, "client_key_passphrase");
     }
   }
   lua_getfield(L, 1, "resolve");

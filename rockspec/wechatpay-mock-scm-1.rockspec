@@ -37,6 +37,7 @@ dependencies = {
   "lua-cjson",
   "luaossl",
   "luasocket",
+  "luaexpat",
 }
 build = {
   type = "none",
@@ -58,6 +59,7 @@ build = {
       ["wechatpay.mock.state"] = "mock/wechatpay/mock/state.lua",
       ["wechatpay.mock.users"] = "mock/wechatpay/mock/users.lua",
       ["wechatpay.mock.util"] = "mock/wechatpay/mock/util.lua",
+      ["wechatpay.mock.v2"] = "mock/wechatpay/mock/v2.lua",
     },
   },
 }

@@ -38,6 +38,7 @@ The mock WeChat Pay server used in tests is a separate rock, wechatpay-mock.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  "luaexpat",   -- APIv2 XML (Debian: lua-expat)
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
@@ -82,6 +83,13 @@ build = {
     ["wechatpay.retry"] = "lua/wechatpay/retry.lua",
     ["wechatpay.rsa"] = "lua/wechatpay/rsa.lua",
     ["wechatpay.verify"] = "lua/wechatpay/verify.lua",
+    ["wechatpay.v2"] = "lua/wechatpay/v2/init.lua",
+    ["wechatpay.v2.answer"] = "lua/wechatpay/v2/answer.lua",
+    ["wechatpay.v2.config"] = "lua/wechatpay/v2/config.lua",
+    ["wechatpay.v2.notification"] = "lua/wechatpay/v2/notification.lua",
+    ["wechatpay.v2.request"] = "lua/wechatpay/v2/request.lua",
+    ["wechatpay.v2.sign"] = "lua/wechatpay/v2/sign.lua",
+    ["wechatpay.v2.xml"] = "lua/wechatpay/v2/xml.lua",
     ["wechatpay.transport.curl"] = "lua/wechatpay/transport/curl.lua",
     ["wechatpay.transport.ngx"] = "lua/wechatpay/transport/ngx.lua",
     ["wechatpay.cli"] = "lua/wechatpay/cli/init.lua",

@@ -24,6 +24,9 @@ local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
+local v2answer = require("wechatpay.v2.answer")
+local v2notification = require("wechatpay.v2.notification")
+local v2request = require("wechatpay.v2.request")
 
 local VERSION = "0.1.0"
 
@@ -89,6 +92,7 @@ local function new_curl(settings)
   return curl_transport.new{
     cafile = settings.cafile, ca_pem = settings.ca_pem, capath = settings.capath, proxy = settings.proxy,
     resolve = settings.resolve, max_connections = settings.max_concurrency,
+    client_tls = settings.v2 and settings.v2.tls and settings.v2.tls(),   -- APIv2 security = true
   }
 end
 
@@ -108,6 +112,10 @@ function client.new(opts)
     -- only with backups: a client with one base_url sends as it always did
     hosts = #settings.base_urls > 1 and hosts.new(settings.base_urls, settings.failover_cooldown) or nil,
   }
+  if settings.v2 and settings.v2.tls then
+    -- APIv2 mutual TLS over cosockets: parsed once per worker, kept here
+    state.ngx_client_tls = { source = settings.v2.tls, serial = settings.v2.merchant_cert_serial }
+  end
   if choice == "ngx" and not nginx.ACTIVE then
     errors.raise("wechatpay.new: transport = \"ngx\" needs nginx's Lua module (OpenResty); outside nginx use \"curl\"")
   end
@@ -176,7 +184,8 @@ local function dispatcher_for_call(state)
     local host = ngx_transport.parse_url(base_url .. "/")
     if ngx_transport.is_ip_literal(host) then errors.raise(nginx.ip_literal_error(base_url)) end
   end
-  own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency }, {
+  own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency,
+    client_tls = state.ngx_client_tls }, {
     max_concurrency = settings.max_concurrency, limiter = state.limiter,
   })
   ctx[state.per_context] = own
@@ -233,9 +242,11 @@ local function failover_reason(err)
   return nil
 end
 
--- send_async(method, path, options, check) -> promise: the one path of
--- every call; check(raw, target) -> response | nil, err judges an answer
--- (verify.response for API calls, the download's own check for certificates).
+-- send_async(method, path, options, check [, protocol]) -> promise: the one
+-- path of every call; check(raw, target, prepared) -> response | nil, err
+-- judges an answer (verify.response for API calls, the download's own check
+-- for certificates, v2.answer for APIv2).  protocol: the prepare/sign pair,
+-- wechatpay.request (v3) or wechatpay.v2.request.
 --
 -- With backups (base_url a list), a round of attempts visits each host at
 -- most once: one that was not reached hands the call to the next at once;
@@ -243,10 +254,11 @@ end
 -- GET, or what the retry policy judges idempotent).  Every attempt is
 -- signed anew, within the call's deadline (the longer of its timeout and
 -- the retry deadline).  Retries (retry.lua) count rounds, not failovers.
-send_async = function(self, method, path, opts, check)
+send_async = function(self, method, path, opts, check, protocol)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
-  local prepared, refused = request.prepare(settings, method, path, opts)
+  protocol = protocol or request
+  local prepared, refused = protocol.prepare(settings, method, path, opts)
   -- a file to upload that cannot be sent: the call fails, nothing is queued
   if not prepared then return promise.rejected(refused) end
   local queue, own = dispatcher_for_call(state)
@@ -315,7 +327,7 @@ send_async = function(self, method, path, opts, check)
     local res, err
     if raw then
       local checking = record and core.monotonic()
-      res, err = check(raw, prepared.target)
+      res, err = check(raw, prepared.target, prepared)
       if record then record.verify_time = record.verify_time + (core.monotonic() - checking) end
       if not res and not refreshed and certs then
         local wanted = certs:wants(err)
@@ -350,7 +362,7 @@ send_async = function(self, method, path, opts, check)
     queue:submit{
       times = record,
       make = function()
-        local req = request.sign(settings, prepared)
+        local req = protocol.sign(settings, prepared)
         -- the host is not signed: the Authorization covers method, target, time, nonce and body
         if url then req.url = url .. prepared.target end
         if timeout then req.timeout = timeout end
@@ -376,6 +388,11 @@ end
 function methods.request_async(self, method, path, opts)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
+  if v2request.is_v2(path) then
+    return send_async(self, method, path, opts, function(raw, target, prepared)
+      return v2answer.check(settings.v2.apiv2_key(), prepared.sign_type, raw, target)
+    end, v2request)
+  end
   -- the periodic refresh runs beside this call, which does not wait for it
   if certs and certs:due() then
     refresh_certificates(state, true):catch(function() end)
@@ -477,6 +494,18 @@ end
 -- (wechatpay.notification.parse: kinds "verify", "malformed", "decrypt").
 function methods.parse_notification(self, headers, body)
   return notification.parse(self, headers, body)
+end
+
+--- client:parse_v2_notification(raw_body) -> notice | nil, err: an APIv2
+-- callback, a payment result verified by its sign, or a refund with its
+-- req_info decrypted (wechatpay.v2.notification; kinds "verify",
+-- "malformed", "decrypt").  Answer it with wechatpay.v2.notification.answer().
+function methods.parse_v2_notification(self, body)
+  local settings = self[STATE].settings
+  if not (settings.v2 and settings.v2.apiv2_key) then
+    errors.raise("parse_v2_notification: the client was made without apiv2_key")
+  end
+  return v2notification.parse(settings.v2.apiv2_key(), settings.mchid, body)
 end
 
 --- client:event_store() -> the in-process LRU that notification.handle

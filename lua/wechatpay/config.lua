@@ -8,6 +8,7 @@ local core = require("wechatpay.core")
 local errors = require("wechatpay.errors")
 local key = require("wechatpay.key")
 local retry = require("wechatpay.retry")
+local v2config = require("wechatpay.v2.config")
 
 local config = {}
 
@@ -19,6 +20,7 @@ local OPTIONS = {
   user_agent = true, apiv3_key = true, transport = true, max_concurrency = true,
   retry = true, rate_limit = true, resolve = true, cert_dir = true, cert_store = true, refresh_interval = true,
   failover_cooldown = true, on_call = true,
+  apiv2_key = true, merchant_cert = true,   -- APIv2: wechatpay.v2.config
 }
 
 --- The most base URLs a client takes: the primary and its backups.
@@ -397,6 +399,7 @@ function config.check(opts, default_user_agent)
   end
   local private_key, err = key.private(opts.private_key, opts.passphrase)
   if not private_key then fail("private_key: " .. err) end
+  local v2 = v2config.check(opts, private_key, fail)
   local apiv3_key = opts.apiv3_key
   if apiv3_key ~= nil and (type(apiv3_key) ~= "string" or #apiv3_key ~= 32) then
     fail("apiv3_key must be the 32-character APIv3 key")
@@ -441,6 +444,7 @@ function config.check(opts, default_user_agent)
     cert_store = cert_store,
     -- seconds between periodic certificate refreshes; false: none
     refresh_interval = refresh_interval,
+    v2 = v2,   -- APIv2 settings (apiv2_key, merchant_cert), or nil
   }
 end
 

@@ -20,6 +20,7 @@ local wechatpay = {
   dedupe = require("wechatpay.dedupe"),
   certificates = require("wechatpay.certificates"),
   media = require("wechatpay.media"),
+  v2 = require("wechatpay.v2"),   -- APIv2: sign, xml, notification (answer)
 }
 
 --- wechatpay.all{ p1, p2 }:wait() -> { res1, res2 } | nil, first error

@@ -187,7 +187,8 @@ end
 -- out_request_no granted in init_by_lua), init_worker_call (one granted by each
 -- worker in init_worker_by_lua), rate_limit, max_concurrency, timeout,
 -- callbacks (a /notify location served by wechatpay.ngx.notification with a
--- certificate client whose store is a shared dict, refreshed from init_worker).
+-- certificate client whose store is a shared dict, refreshed from init_worker),
+-- v2 (an APIv2 client with apiv2_key and merchant_cert, served at /v2).
 function M.start(server, opts)
   opts = opts or {}
   local nginx_bin, modules = assert(mock.locate_nginx())
@@ -217,6 +218,12 @@ function M.start(server, opts)
     timeout = opts.timeout,
     callbacks = opts.callbacks,
     apiv3_key = opts.callbacks and server.apiv3_key or nil,
+    -- opts.v2: an APIv2 client with mutual TLS (app.v2_client, /v2 handler)
+    apiv2_key = opts.v2 and server.apiv2_key or nil,
+    merchant_cert_file = server.merchant_cert_file,
+    -- the merchant key as wechatpay-php's DER form: a client that cosockets cannot present
+    merchant_key_pkcs8 = opts.v2 and ossl.run("openssl pkcs8 -topk8 -nocrypt -outform DER -in "
+      .. ossl.quote(server.merchant_key_file) .. " | openssl base64 -A") or nil,
   }
   local config_file = dir .. "/config.json"
   write(config_file, cjson.encode(config), "644")

@@ -103,6 +103,23 @@ function app.init(config_path)
       timeout = 5,
     }
   end
+  if config.apiv2_key then
+    -- the certificate and key are read here (root); workers parse them (ngx.ssl) at their first use
+    app.v2_client = wechatpay.new{
+      mchid = config.mchid, serial = config.merchant_serial,
+      private_key = "file://" .. config.merchant_key_file,
+      certs = { [config.platform_key_id] = "file://" .. config.platform_public_key_file },
+      base_url = config.base_url, resolve = config.resolve, timeout = 5, retry = false,
+      apiv2_key = config.apiv2_key, merchant_cert = "file://" .. config.merchant_cert_file,
+    }
+    app.v2_der_client = wechatpay.new{
+      mchid = config.mchid, serial = config.merchant_serial,
+      private_key = "private.pkcs8://" .. config.merchant_key_pkcs8,
+      certs = { [config.platform_key_id] = "file://" .. config.platform_public_key_file },
+      base_url = config.base_url, resolve = config.resolve, timeout = 5, retry = false,
+      apiv2_key = config.apiv2_key, merchant_cert = "file://" .. config.merchant_cert_file,
+    }
+  end
   if config.init_call then
     local coupon, err = grant("sync", users[1], config.init_call)
     ngx.shared.app_results:set("init_call", coupon or ("error: " .. tostring(err)))
@@ -254,6 +271,24 @@ function handlers.raw(args)
     transport:step(1)
   end
   say_json{ response = res, failure = fail }
+end
+
+-- /v2?op=redpack|micropay&no=&security=0|1[&der=1]: an APIv2 call over
+-- cosockets (der=1: by the client whose key is a DER form),
+-- -> { xml = the answer } or { error = { kind, code, message } }
+function handlers.v2(args)
+  local c = args.der == "1" and app.v2_der_client or app.v2_client
+  local res, err
+  if args.op == "redpack" then
+    res, err = c.v2.mmpaymkttransfers.sendredpack:post{ security = args.security ~= "0", xml = {
+      mch_billno = args.no, wxappid = "wx2421b1c4370ec43b", send_name = "nginx", re_openid = "oNGINX_openid",
+      total_amount = 100, total_num = 1, wishing = "w", client_ip = "127.0.0.1", act_name = "a", remark = "r" } }
+  else
+    res, err = c.v2.pay.micropay:post{ xml = { appid = "wx2421b1c4370ec43b", body = "b", out_trade_no = args.no,
+      total_fee = 1, spbill_create_ip = "127.0.0.1", auth_code = "1" } }
+  end
+  if not res then return say_json{ error = { kind = err.kind, code = err.code, message = err.message } } end
+  say_json{ xml = res:xml() }
 end
 
 -- /crypto: the crypto of one grant (2 OAEP, a sign, a verify) and no call:

@@ -4,7 +4,8 @@
 --   transport:submit(request, callback) -> id    starts a request
 --   transport:step(wait_seconds) -> n            runs transfers, calls callbacks of finished ones
 --   transport:request(request) -> response | nil, err   one request, to completion
--- request  = { method, url, headers = { "Name: value", ... }, body, timeout, connect_timeout }
+-- request  = { method, url, headers = { "Name: value", ... }, body, timeout, connect_timeout,
+--              client_cert = true (present new{client_tls}'s certificate: APIv2 mutual TLS) }
 -- response = { status, headers = { lower_name = value }, body }
 -- err      = { kind = "timeout" | "network", message, sent = bytes of request sent,
 --              retry = "safe" (nothing reached the server) | "idempotent" (it may have) | false (permanent) }
@@ -26,7 +27,9 @@ local function resolve_list(resolve)
   return list
 end
 
---- new{ cafile, ca_pem, capath, proxy, resolve, max_connections, idle_timeout, max_body }
+--- new{ cafile, ca_pem, capath, proxy, resolve, max_connections, idle_timeout, max_body, client_tls }
+-- client_tls = { cert = PEM, key = PEM or DER bytes, key_type = "PEM" | "DER", passphrase }:
+-- held by the session (from memory, never re-read) for requests with client_cert.
 -- ca_pem (the bundle's bytes) is used instead of reading cafile again;
 -- resolve = { ["host:port"] = address } pins names, as CURLOPT_RESOLVE.
 function curl_transport.new(opts)
@@ -41,6 +44,10 @@ function curl_transport.new(opts)
       max_connections = opts.max_connections,
       idle_timeout = opts.idle_timeout or 7,   -- below WeChat Pay's 8 s keep-alive
       max_body = opts.max_body,
+      client_cert = opts.client_tls and opts.client_tls.cert,
+      client_key = opts.client_tls and opts.client_tls.key,
+      client_key_type = opts.client_tls and opts.client_tls.key_type,
+      client_key_passphrase = opts.client_tls and opts.client_tls.passphrase,
     },
     callbacks = {},
   }, curl_transport)

@@ -14,6 +14,11 @@
 --
 -- TLS is always verified: sslhandshake(nil, host, true) against nginx's
 -- lua_ssl_trusted_certificate, up to lua_ssl_verify_depth.
+--
+-- Mutual TLS (APIv2 security = true, request.client_cert): the merchant
+-- certificate and key are parsed once per worker (ngx.ssl) into the holder
+-- the client gives, presented with tcpsock:setclientcert, and such
+-- connections pool apart from the others.
 local core = require("wechatpay.core")
 
 local ngx_transport = {}
@@ -26,10 +31,13 @@ local DEFAULT_MAX_BODY = 64 * 1024 * 1024
 local MAX_HEADER_BYTES = 64 * 1024
 local monotonic = core.monotonic
 
---- new{ resolve = { ["host:port"] = address }, pool_size, idle_timeout (s), max_body }
+--- new{ resolve = { ["host:port"] = address }, pool_size, idle_timeout (s), max_body, client_tls }
+-- client_tls: { source = function() -> { cert = PEM, key =, key_type =, passphrase } end, serial = },
+-- a holder kept by the client: what is parsed from it stays there.
 function ngx_transport.new(opts)
   opts = opts or {}
   return setmetatable({
+    client_tls = opts.client_tls,
     resolve = opts.resolve or {},
     pool_size = opts.pool_size or 64,
     idle_ms = math.floor((opts.idle_timeout or 7) * 1000),
@@ -85,11 +93,45 @@ local function handshake_failure(host, port, err)
     .. "check both directives in nginx.conf"):format(host, port, err), 0, false)
 end
 
--- Connects (or takes a pooled connection) and, for a new one, verifies TLS.
--- -> sock, reused | nil, failure
-local function open(self, host, port, deadline, connect_timeout)
+-- The merchant certificate and key as ngx.ssl objects, parsed at the first
+-- call that presents them and kept in the client's holder; or nil, why.
+local function client_certificate(holder)
+  if holder.parsed then return holder.parsed end
+  if holder.problem then return nil, holder.problem end
+  local problem
+  local source = holder.source()
+  if not ngx.socket.tcp().setclientcert then
+    problem = "this nginx Lua module has no tcpsock:setclientcert (it needs lua-nginx-module 0.10.23 with "
+      .. "lua-resty-core 0.1.25 or later)"
+  elseif source.key_type ~= "PEM" or source.passphrase then
+    problem = "inside nginx, mutual TLS needs private_key as unencrypted PEM (ngx.ssl.parse_pem_priv_key)"
+  else
+    local loaded, ssl = pcall(require, "ngx.ssl")
+    if not loaded then
+      problem = "ngx.ssl (lua-resty-core) cannot be loaded"
+    else
+      local cert, err = ssl.parse_pem_cert(source.cert)
+      local pkey = cert and ssl.parse_pem_priv_key(source.key)
+      if not cert then
+        problem = "merchant_cert cannot be parsed by ngx.ssl: " .. tostring(err)
+      elseif not pkey then
+        problem = "private_key cannot be parsed by ngx.ssl"
+      else
+        holder.parsed = { cert = cert, pkey = pkey }
+        return holder.parsed
+      end
+    end
+  end
+  holder.problem = problem
+  return nil, problem
+end
+
+-- Connects (or takes a pooled connection) and, for a new one, verifies TLS
+-- (presenting tls.cert and tls.pkey when given).  -> sock, reused | nil, failure
+local function open(self, host, port, deadline, connect_timeout, tls)
   local address = self.resolve[host .. ":" .. port] or host
   local pool = ("wechatpay:https:%s:%d:%s:verify"):format(host, port, address)
+  if tls then pool = pool .. ":client:" .. tostring(self.client_tls.serial) end
   local sock = ngx.socket.tcp()
   local budget = math.min(connect_timeout, deadline - monotonic())
   if budget <= 0 then return failure("timeout", "no time left to connect to " .. host, 0, "safe") end
@@ -98,6 +140,13 @@ local function open(self, host, port, deadline, connect_timeout)
   if not ok then return connect_failure(host, port, tostring(err)) end
   local reused = (sock:getreusedtimes() or 0) > 0
   if not reused then
+    if tls then
+      local set, serr = sock:setclientcert(tls.cert, tls.pkey)
+      if not set then
+        sock:close()
+        return failure("network", "cannot present the merchant certificate: " .. tostring(serr), 0, false)
+      end
+    end
     -- Debian's lua-resty-core can raise "assertion failed!" here on a name
     -- mismatch: a raise is a failed handshake too.
     local called, session, herr = pcall(sock.sslhandshake, sock, nil, host, true)
@@ -236,11 +285,20 @@ local function perform(self, request)
   local host, port, target = ngx_transport.parse_url(request.url)
   if not host then return failure("network", "not an https URL: " .. tostring(request.url), 0, false) end
   local deadline = monotonic() + (request.timeout or 30)
+  local tls
+  if request.client_cert then
+    if not self.client_tls then
+      return failure("network", "security = true: this transport holds no merchant certificate", 0, false)
+    end
+    local why
+    tls, why = client_certificate(self.client_tls)
+    if not tls then return failure("network", "APIv2 security = true inside nginx: " .. why, 0, false) end
+  end
   local bytes = request_bytes(request, host, port, target)
   -- A pooled connection the server closed meanwhile fails the send: that
   -- one is tried once more on a fresh connection, as nothing was sent.
   for attempt = 1, 2 do
-    local sock, reused = open(self, host, port, deadline, request.connect_timeout or 5)
+    local sock, reused = open(self, host, port, deadline, request.connect_timeout or 5, tls)
     if not sock then return nil, reused end
     local left = deadline - monotonic()
     if left <= 0 then sock:close() return failure("timeout", "no time left to send the request", 0, "safe") end

@@ -43,10 +43,11 @@ end
 
 local STAT_NAMES = { "connections", "requests", "grants", "in_flight_max", "in_flight",
   "certificate_downloads", "notifications" }
+local V2_STAT_NAMES = { "v2_requests", "v2_payments", "redpacks", "refunds" }
 
-local function stats(dicts)
+local function stats(dicts, names)
   local out = {}
-  for _, name in ipairs(STAT_NAMES) do
+  for _, name in ipairs(names or STAT_NAMES) do
     out[name] = dicts.stats:get(name) or 0
   end
   return out
@@ -57,7 +58,8 @@ local function reset(dicts)
   dicts.data:flush_expired()
   faults.clear(dicts.faults)
   local in_flight = dicts.stats:get("in_flight") or 0
-  for _, name in ipairs({ "connections", "requests", "grants", "certificate_downloads", "notifications" }) do
+  for _, name in ipairs({ "connections", "requests", "grants", "certificate_downloads", "notifications",
+      "v2_requests", "v2_payments", "redpacks", "refunds" }) do
     dicts.stats:set(name, 0)
   end
   -- Requests still running will decrement in_flight later: keep it.
@@ -140,6 +142,13 @@ function admin.handle()
     if not record then
       return reply(404, { error = "no such media" })
     end
+    return reply(200, record)
+  elseif uri == "/v2/stats" and method == "GET" then
+    return reply(200, stats(dicts, V2_STAT_NAMES))
+  elseif method == "GET" and uri:match("^/v2/%a+/[^/]+$") then
+    local kind, id = uri:match("^/v2/(%a+)/([^/]+)$")
+    local record = require("wechatpay.mock.v2").record(kind, ngx.unescape_uri(id))
+    if not record then return reply(404, { error = "no such " .. kind }) end
     return reply(200, record)
   elseif method == "GET" then
     local coupon_id = uri:match("^/coupons/([^/]+)$")

@@ -95,6 +95,18 @@ local CHECKS = {
     return true
   end,
   reset = function() return true end,
+  -- APIv2 (wechatpay.mock.v2)
+  v2_bad_sign = function() return true end,
+  v2_tamper_sign = function() return true end,
+  v2_return_fail = function(opts)
+    if opts.message ~= nil and type(opts.message) ~= "string" then return nil, "opts.message must be a string" end
+    return true
+  end,
+  v2_result_fail = function(opts)
+    if opts.code ~= nil and type(opts.code) ~= "string" then return nil, "opts.code must be a string" end
+    if opts.message ~= nil and type(opts.message) ~= "string" then return nil, "opts.message must be a string" end
+    return true
+  end,
   truncate = function(opts)
     return number_opt(opts, "missing", false, 1)
   end,

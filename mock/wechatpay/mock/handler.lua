@@ -15,6 +15,7 @@ local media = require("wechatpay.mock.media")
 local response = require("wechatpay.mock.response")
 local state = require("wechatpay.mock.state")
 local util = require("wechatpay.mock.util")
+local v2 = require("wechatpay.mock.v2")
 local hex = util.hex
 
 local handler = {}
@@ -220,6 +221,9 @@ function handler.handle()
   local request_uri = ngx.var.request_uri
   if request_uri:sub(1, 4) == "/v3/" then
     return handle_api(dicts, request_uri)
+  end
+  if v2.routes(request_uri:match("^[^?]*")) then
+    return v2.handle(dicts, request_uri)
   end
   if request_uri == "/" then
     return response.send({ status = 200, body = "wechatpay-lua mock\n", signed = false,

@@ -13,11 +13,12 @@
 --     sign_with = "public_key",  -- or "certificate": the key that signs responses
 --     apiv3_key = "<32 characters>",   -- seals callbacks and certificates (default: random)
 --     public_key_only = false,   -- true: /v3/certificates answers 404 "无可用的平台证书"
+--     apiv2_key = "<32 letters/digits>",  -- APIv2 signing key (default: random)
 --   })
 --   server.base_url  server.port  server.cafile  server.mchid  server.merchant_serial
 --   server.merchant_key_file  server.merchant_cert_file
 --   server.platform_key_id  server.platform_public_key_file
---   server.platform_cert_serial  server.platform_cert_file  server.users  server.apiv3_key
+--   server.platform_cert_serial  server.platform_cert_file  server.users  server.apiv3_key  server.apiv2_key
 --   server.platform_cert_old_serial  server.platform_cert_next_serial
 --   server:rotate_certificates()  --> the serial that signs from now on (sign_with = "certificate")
 --   server:notify(url, { event_type =, resource = {...}, id =, fault =, schedule = { 0.1, ... } })
@@ -33,7 +34,10 @@
 --                          file = { filename, content_type, size, sha256 } }
 --   server:media(media_id)     --> { media_id, sha256, size, path, filename, content_type, uploads } or nil
 --   server:configure{ latency = 0.05, rate_limit = 3 }
---   server:client{ timeout = 2 }   --> wechatpay.new{...} configured for this server
+--   server:client{ timeout = 2 }   --> wechatpay.new{...} configured for this server (with apiv2_key and
+--                                      merchant_cert; apiv2_key = false / merchant_cert = false leave them out)
+--   server:v2_record("order" | "redpack" | "refund", id)  --> what an APIv2 call stored, or nil
+--   server:v2_stats()  --> { v2_requests, v2_payments, redpacks, refunds }
 --   server:stop()     -- idempotent; also on __gc / __close
 --
 -- Endpoints (all verify the Authorization header):
@@ -49,6 +53,8 @@
 --        /v3/merchant/media/video_upload (MP4, MOV, AVI, ..., 5 MB)
 --        multipart meta + file, signed over meta; 400 PARAM_ERROR on a sha256 mismatch,
 --        a type other than the bytes say or the endpoint takes, a file over the limit
+--   POST /pay/micropay, /pay/unifiedorder, /pay/orderquery, /mmpaymkttransfers/sendredpack,
+--        /secapi/pay/refund    APIv2 (wechatpay.mock.v2: XML, its faults, mutual TLS)
 --
 -- Faults, each for the next opts.count (default 1) /v3/ requests whose URI
 -- matches opts.path (a Lua pattern, optional), in the order armed:
@@ -106,7 +112,7 @@ local OPTION_TYPES = {
   mchid = "string", latency = "number", rate_limit = "number|false", users = "table",
   sign_with = "string", nginx = "string", modules_dir = "string",
   worker_lua_path = "string", worker_lua_cpath = "string", watch_launcher = "boolean",
-  start_timeout = "number", apiv3_key = "string", public_key_only = "boolean",
+  start_timeout = "number", apiv3_key = "string", public_key_only = "boolean", apiv2_key = "string",
 }
 
 ---------------------------------------------------------------------------
@@ -469,10 +475,27 @@ function Server:client(options)
     base_url = self.base_url,
     cafile = self.cafile,
     apiv3_key = self.apiv3_key,
+    apiv2_key = self.apiv2_key,
+    merchant_cert = "file://" .. self.merchant_cert_file,
   }
   for k, v in pairs(options or {}) do opts[k] = v end
   if opts.apiv3_key == false then opts.apiv3_key = nil end   -- a client that cannot download
+  if opts.apiv2_key == false then opts.apiv2_key = nil end
+  if opts.merchant_cert == false then opts.merchant_cert = nil end
   return require("wechatpay").new(opts)
+end
+
+--- What an APIv2 call stored: kind "order" (by out_trade_no), "redpack"
+-- (by mch_billno) or "refund" (by out_refund_no); nil when none.
+function Server:v2_record(kind, id)
+  local record, status = admin_or_raise(self, "GET", "/v2/" .. kind .. "/" .. tostring(id):gsub(
+    "[^%w_%-]", function(c) return string.format("%%%02X", c:byte()) end))
+  if status ~= 200 then return nil end
+  return record
+end
+
+function Server:v2_stats()
+  return (admin_or_raise(self, "GET", "/v2/stats"))
 end
 
 function Server:error_log_tail(lines)
@@ -554,6 +577,9 @@ local function check_options(opts)
   if opts.apiv3_key and #opts.apiv3_key ~= 32 then
     error("wechatpay.mock.start: apiv3_key must be 32 characters", 3)
   end
+  if opts.apiv2_key and not opts.apiv2_key:match("^" .. ("%w"):rep(32) .. "$") then
+    error("wechatpay.mock.start: apiv2_key must be 32 letters and digits", 3)
+  end
   if opts.mchid and not opts.mchid:match("^%d+$") then
     error("wechatpay.mock.start: mchid must be digits", 3)
   end
@@ -626,6 +652,7 @@ function mock.start(opts)
   end
 
   local apiv3_key = opts.apiv3_key or hex(rand.bytes(16))
+  local apiv2_key = opts.apiv2_key or hex(rand.bytes(16)):upper()
   local launcher_pid, launcher_start = self_identity()
   local admin_token = hex(rand.bytes(16))
   root = root:gsub("/%./", "/")
@@ -648,6 +675,7 @@ function mock.start(opts)
         platform_cert_old_serial = keys.platform_cert_old_serial,
         platform_cert_next_serial = keys.platform_cert_next_serial,
         apiv3_key = apiv3_key,
+        apiv2_key = apiv2_key,
         public_key_only = opts.public_key_only or false,
         files = keys.files,
         users = users,
@@ -689,6 +717,7 @@ function mock.start(opts)
           platform_cert_old_serial = keys.platform_cert_old_serial,
           platform_cert_next_serial = keys.platform_cert_next_serial,
           apiv3_key = apiv3_key,
+          apiv2_key = apiv2_key,
           users = users,
           _admin_url = "http://127.0.0.1:" .. admin_port,
           _admin_token = admin_token,

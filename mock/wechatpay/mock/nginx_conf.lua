@@ -54,6 +54,12 @@ function nginx_conf.render(p)
   line("    ssl_certificate " .. quote(p.dir .. "/server.pem") .. ";")
   line("    ssl_certificate_key " .. quote(p.dir .. "/server.key") .. ";")
   line("    ssl_protocols TLSv1.2 TLSv1.3;")
+  -- APIv2 mutual TLS: a merchant certificate signed by the mock CA is asked
+  -- for, never required by nginx, and its verification (against ca.pem) is
+  -- judged by wechatpay.mock.v2 per endpoint, which answers in XML
+  line("    ssl_client_certificate " .. quote(p.dir .. "/ca.pem") .. ";")
+  line("    ssl_verify_client optional_no_ca;")
+  line("    ssl_verify_depth 2;")
   line("    location / {")
   line("      content_by_lua_block { require('wechatpay.mock.handler').handle() }")
   line("      log_by_lua_block { require('wechatpay.mock.handler').log() }")

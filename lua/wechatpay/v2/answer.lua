@@ -1,0 +1,77 @@
+--- APIv2 answers: the XML of a response judged, and `res:xml()`.
+--
+-- A 2xx body is parsed (lua-expat); a `sign` in it is verified with the
+-- APIv2 key and the request's sign_type (mismatch: kind "verify"; an
+-- answer without `sign`, such as a red packet's, passes); then
+--   return_code ~= SUCCESS  -> kind "http", code = return_code, message = return_msg
+--   result_code ~= SUCCESS  -> kind "http", code = err_code, message = err_code_des
+-- Every error keeps the response (err.response, and err.xml the fields).
+-- Nothing here raises on what arrives from the network.
+local errors = require("wechatpay.errors")
+local response = require("wechatpay.response")
+local sign = require("wechatpay.v2.sign")
+local xml = require("wechatpay.v2.xml")
+
+local answer = {}
+
+-- A v2 response is a v3 response plus xml(): the same fields and methods.
+local FIELDS = {}   -- private key of the parsed fields on the response
+local base_mt = getmetatable(response.new{ status = 200, headers = {}, body = "" })
+local v2_mt = {}
+for k, v in pairs(base_mt) do v2_mt[k] = v end
+local methods = {}
+for k, v in pairs(base_mt.__index) do methods[k] = v end
+v2_mt.__index = methods
+
+--- res:xml() -> a flat table of the answer's fields (a copy: change it freely)
+function methods.xml(self)
+  local copy = {}
+  for k, v in pairs(self[FIELDS]) do copy[k] = v end
+  return copy
+end
+
+function v2_mt:__tostring()
+  return ("wechatpay.response (APIv2, %d, %d bytes)"):format(self.status, #self.body)
+end
+
+local function fail(kind, message, res, fields, extra)
+  local data = { status = res.status, response = res, xml = fields, request_id = res.headers["request-id"] }
+  for k, v in pairs(extra or {}) do data[k] = v end
+  return nil, errors.new(kind, message, data)
+end
+
+local function text(value, limit)
+  return type(value) == "string" and value:sub(1, limit or 256) or nil
+end
+
+--- check(apiv2_key, sign_type, raw, target) -> response | nil, err
+function answer.check(apiv2_key, sign_type, raw, target)
+  local res = response.new(raw)
+  local where = target:match("^[^?]*")
+  if res.status < 200 or res.status >= 300 then
+    return fail("http", ("HTTP %d from %s"):format(res.status, where), res)
+  end
+  local fields, why = xml.decode(res.body)
+  if not fields then
+    return fail("verify", ("the answer of %s is not APIv2 XML: %s"):format(where, why), res)
+  end
+  if fields.sign ~= nil then
+    local answer_type = sign.is_type(fields.sign_type) and fields.sign_type or sign_type
+    if not sign.verify(fields, apiv2_key, answer_type) then
+      return fail("verify", ("the answer of %s has a sign that does not verify with the APIv2 key (%s): "
+        .. "body altered, or another key"):format(where, answer_type), res, fields)
+    end
+  end
+  if fields.return_code ~= "SUCCESS" then
+    return fail("http", text(fields.return_msg) or ("return_code %s from %s"):format(
+      text(fields.return_code, 32) or "missing", where), res, fields, { code = text(fields.return_code, 64) or "FAIL" })
+  end
+  if fields.result_code ~= nil and fields.result_code ~= "SUCCESS" then
+    return fail("http", text(fields.err_code_des) or text(fields.err_code) or ("result_code %s from %s")
+      :format(text(fields.result_code, 32), where), res, fields, { code = text(fields.err_code, 64) or "FAIL" })
+  end
+  res[FIELDS] = fields
+  return setmetatable(res, v2_mt)
+end
+
+return answer

@@ -1,0 +1,80 @@
+--- APIv2 callbacks: payment results verified by their `sign`, refund
+-- notifications' `req_info` decrypted (AES-256-ECB, key = the lower-hex
+-- MD5 of the APIv2 key), and the XML answer WeChat Pay expects.
+--
+--   local notice, err = client:parse_v2_notification(raw_body)
+--   -- payment: notice.out_trade_no, notice.transaction_id, notice.total_fee, ... (strings)
+--   -- refund:  notice.req_info = { out_refund_no =, refund_id =, refund_status =, ... }
+--   ngx.say(v2notification.answer())            -- SUCCESS / OK
+--   ngx.say(v2notification.answer(false, "..."))  -- FAIL: WeChat Pay delivers again
+--
+-- Errors (never raised, never quoting the key or the decrypted text):
+--   "malformed"  not a flat <xml>, or a refund notification without req_info
+--   "verify"     a payment result without a sign, or whose sign does not
+--                verify, or addressed to another merchant
+--   "decrypt"    a req_info that does not decrypt with this APIv2 key
+local aes = require("wechatpay.aes")
+local errors = require("wechatpay.errors")
+local sign = require("wechatpay.v2.sign")
+local xml = require("wechatpay.v2.xml")
+
+local notification = {}
+
+--- The most a callback body may hold.
+notification.MAX_BYTES = 64 * 1024
+
+local function fail(kind, message)
+  return nil, errors.new(kind, message)
+end
+
+local function refund(apiv2_key, fields)
+  if fields.return_code ~= "SUCCESS" then
+    return fail("malformed", "refund notification with return_code " .. tostring(fields.return_code):sub(1, 32))
+  end
+  local plain, why = aes.decrypt_refund_notification(apiv2_key, fields.req_info)
+  if not plain then
+    return fail("decrypt", "req_info does not decrypt with the APIv2 key (" .. tostring(why) .. "): check apiv2_key")
+  end
+  local info, err = xml.decode(plain, notification.MAX_BYTES, "root")
+  if not info then
+    return fail("decrypt", "req_info decrypted to something that is not a flat <root> (" .. err .. "): check apiv2_key")
+  end
+  local notice = {}
+  for k, v in pairs(fields) do notice[k] = v end
+  notice.req_info = info
+  return notice
+end
+
+--- parse(apiv2_key, mchid, body) -> notice | nil, err
+function notification.parse(apiv2_key, mchid, body)
+  if type(body) ~= "string" then return fail("malformed", "the body must be the raw bytes received, got " .. type(body)) end
+  local fields, why = xml.decode(body, notification.MAX_BYTES)
+  if not fields then return fail("malformed", "not an APIv2 notification: " .. why) end
+  if fields.mch_id ~= nil and fields.mch_id ~= mchid then
+    return fail("verify", ("notification for merchant %s, not this client's %s"):format(fields.mch_id:sub(1, 32), mchid))
+  end
+  if fields.req_info ~= nil then return refund(apiv2_key, fields) end
+  if type(fields.sign) ~= "string" then
+    return fail("verify", "unsigned notification: a payment result carries a sign")
+  end
+  -- the sign type is the order's; the notification may not say it, but an
+  -- MD5 sign has 32 hex digits and an HMAC-SHA256 one 64
+  local sign_type = fields.sign_type
+  if not sign.is_type(sign_type) then sign_type = #fields.sign == 64 and sign.HMAC_SHA256 or sign.MD5 end
+  if not sign.verify(fields, apiv2_key, sign_type) then
+    return fail("verify", ("the notification's sign does not verify with the APIv2 key (%s): altered, "
+      .. "or not from WeChat Pay"):format(sign_type))
+  end
+  return fields
+end
+
+--- answer([ok [, message]]) -> the XML body to answer a notification with.
+function notification.answer(ok, message)
+  if ok == nil or ok then
+    return xml.encode{ return_code = "SUCCESS", return_msg = message or "OK" }
+  end
+  if message ~= nil and type(message) ~= "string" then errors.raise("answer: message must be a string") end
+  return xml.encode(xml.fields{ return_code = "FAIL", return_msg = message or "FAIL" }, "answer")
+end
+
+return notification

@@ -1,0 +1,179 @@
+--- APIv2 XML: a flat <xml> of name -> text, out and in.
+--
+--   local xml = require("wechatpay.v2.xml")
+--   local fields = xml.fields{ appid = "wx...", total_fee = 1 }   -- checked, every value a string
+--   xml.encode(fields)   --> "<xml><appid><![CDATA[wx...]]></appid>...</xml>"
+--   xml.decode(text)     --> { return_code = "SUCCESS", ... } | nil, why
+--
+-- Out: names are [A-Za-z0-9_]; values are strings or integers (written
+-- exactly, as WeChat Pay's amounts in fen are integers); anything else is
+-- a programmer error.  Every value is CDATA, a "]]>" inside it split over
+-- two sections.  In: parsed by expat (Debian's lua-expat, `lxp`), with no
+-- DOCTYPE (so no entity of ours is ever declared or expanded), at most
+-- MAX_BYTES, one level of elements under <xml>.
+local lxp = require("lxp")
+local errors = require("wechatpay.errors")
+
+local xml = {}
+
+--- The most an answer or a callback may hold: WeChat Pay's are a few KB.
+xml.MAX_BYTES = 256 * 1024
+
+local NAME = "^[A-Za-z0-9_]+$"
+
+-- Well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF):
+-- what an XML parser at the other end accepts.
+local function is_utf8(value)
+  if not value:find("[\128-\255]") then return true end
+  local i, n = 1, #value
+  while i <= n do
+    local c = value:byte(i)
+    local size, low, high = 1, 0x80, 0xBF
+    if c < 0x80 then
+      size = 0
+    elseif c >= 0xC2 and c <= 0xDF then
+      size = 1
+    elseif c >= 0xE0 and c <= 0xEF then
+      size = 2
+      if c == 0xE0 then low = 0xA0 elseif c == 0xED then high = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      size = 3
+      if c == 0xF0 then low = 0x90 elseif c == 0xF4 then high = 0x8F end
+    else
+      return false
+    end
+    for k = 1, size do
+      local b = value:byte(i + k)
+      if not b then return false end
+      if k == 1 then
+        if b < low or b > high then return false end
+      elseif b < 0x80 or b > 0xBF then
+        return false
+      end
+    end
+    i = i + size + 1
+  end
+  return true
+end
+
+local function show_name(name)
+  if type(name) ~= "string" then return type(name) end
+  return ("%q"):format(name:sub(1, 40))
+end
+
+--- fields(params) -> a new table of name -> string; raises on a name that
+-- is not [A-Za-z0-9_], or a value that is neither a string nor an integer.
+function xml.fields(params, where)
+  where = where or "xml"
+  if type(params) ~= "table" then errors.raise(("%s must be a table of name -> value"):format(where)) end
+  local out = {}
+  for name, value in pairs(params) do
+    if type(name) ~= "string" or not name:find(NAME) then
+      errors.raise(("%s: field name %s must be letters, digits and _ only"):format(where, show_name(name)))
+    end
+    local tv = type(value)
+    if tv == "number" then
+      if value ~= value or value % 1 ~= 0 or math.abs(value) >= 2 ^ 53 then
+        errors.raise(("%s.%s = %s: a number must be an integer (amounts are in fen); give other values as strings")
+          :format(where, name, tostring(value)))
+      end
+      value = ("%.0f"):format(value)
+    elseif tv ~= "string" then
+      errors.raise(("%s.%s must be a string or an integer, got %s"):format(where, name, tv))
+    elseif value:find("[%z\1-\8\11\12\14-\31]") then
+      errors.raise(("%s.%s holds a control character, which XML cannot carry"):format(where, name))
+    elseif not is_utf8(value) then
+      errors.raise(("%s.%s is not UTF-8 text: WeChat Pay's XML is UTF-8"):format(where, name))
+    end
+    out[name] = value
+  end
+  return out
+end
+
+-- Byte order whatever the locale, so the same fields give the same bytes.
+local function bytewise(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+--- encode(fields) -> "<xml>...</xml>"; fields as xml.fields returns them.
+function xml.encode(fields)
+  local names = {}
+  for name in pairs(fields) do names[#names + 1] = name end
+  table.sort(names, bytewise)
+  local out = { "<xml>" }
+  for _, name in ipairs(names) do
+    local value = fields[name]
+    if type(name) ~= "string" or not name:find(NAME) or type(value) ~= "string" then
+      errors.raise("xml.encode: give it what xml.fields returns (string names and values)")
+    end
+    out[#out + 1] = "<" .. name .. "><![CDATA[" .. value:gsub("%]%]>", "]]]]><![CDATA[>") .. "]]></" .. name .. ">"
+  end
+  out[#out + 1] = "</xml>"
+  return table.concat(out)
+end
+
+--- decode(text [, max_bytes [, root]]) -> flat table | nil, why (never
+-- raises on what arrives from the network).  root: the root element's name
+-- ("xml"; a refund notification's req_info decrypts to a <root>).
+function xml.decode(text, max_bytes, root)
+  root = root or "xml"
+  if type(text) ~= "string" then return nil, "XML expected, got " .. type(text) end
+  max_bytes = max_bytes or xml.MAX_BYTES
+  if #text > max_bytes then return nil, ("XML of %d bytes, more than the %d allowed"):format(#text, max_bytes) end
+  if text:find("<!DOCTYPE", 1, true) or text:find("<!ENTITY", 1, true) then
+    return nil, "XML with a DOCTYPE or ENTITY declaration is refused"
+  end
+  local result, depth, current, seen_root, problem = {}, 0, nil, false, nil
+  local parts
+  local function refuse(why)
+    problem = problem or why
+    error(why, 0)
+  end
+  local parser = lxp.new({
+    StartDoctypeDecl = function() refuse("XML with a DOCTYPE is refused") end,
+    EntityDecl = function() refuse("XML with an ENTITY declaration is refused") end,
+    StartElement = function(_, name)
+      depth = depth + 1
+      if depth == 1 then
+        if name ~= root then refuse(("the root element is <%s>, not <%s>"):format(name:sub(1, 40), root)) end
+        seen_root = true
+      elseif depth == 2 then
+        if result[name] ~= nil then refuse(("<%s> appears twice"):format(name:sub(1, 40))) end
+        current, parts = name, {}
+      else
+        refuse(("<%s> is nested: an APIv2 answer is a flat <xml>"):format(name:sub(1, 40)))
+      end
+    end,
+    EndElement = function()
+      if depth == 2 then
+        result[current] = table.concat(parts)
+        current, parts = nil, nil
+      end
+      depth = depth - 1
+    end,
+    CharacterData = function(_, data)
+      if depth == 2 then
+        parts[#parts + 1] = data
+      elseif data:find("%S") then
+        refuse("text outside the fields of <xml>")
+      end
+    end,
+  })
+  local ok, err = pcall(function()
+    local r1, msg, line = parser:parse(text)
+    if not r1 then error(("not well-formed XML (%s, line %s)"):format(tostring(msg), tostring(line)), 0) end
+    r1, msg, line = parser:parse()
+    if not r1 then error(("not well-formed XML (%s, line %s)"):format(tostring(msg), tostring(line)), 0) end
+  end)
+  pcall(parser.close, parser)   -- raises on an unfinished document, already reported
+  if not ok then return nil, problem or tostring(err) end
+  if not seen_root then return nil, ("no <%s> element"):format(root) end
+  return result
+end
+
+return xml

@@ -1,0 +1,134 @@
+-- APIv2 callbacks, made by implementations that are not ours: payment
+-- results written and signed by the Node SDK's v2 helpers, refund
+-- notifications' req_info sealed by its AES-256-ECB with the key's MD5
+-- taken by `openssl dgst`.
+local wechatpay = require("wechatpay")
+local merchant = require("support.merchant")
+local node = require("support.v2_node")
+local ossl = require("support.openssl")
+
+local APIV2_KEY = "3a9cd17ef8bb4e0e8c2f7a614d5e90b1"
+
+local function md5_hex_by_openssl(text)
+  local path = os.tmpname()
+  ossl.write(path, text)
+  local out = ossl.run("openssl dgst -md5 -r " .. ossl.quote(path))
+  os.remove(path)
+  return out:match("^(%x+)")
+end
+
+-- the payment result of WeChat Pay's documentation ("支付结果通知"), for this merchant
+local function payment_fields()
+  return { appid = "wx2421b1c4370ec43b", attach = "支付测试", bank_type = "CFT", fee_type = "CNY", is_subscribe = "Y",
+    mch_id = "1900000001", nonce_str = "5d2b6c2a8db53831f7eda20af46e531c", openid = "oUpF8uMEb4qRXf22hE3X68TekukE",
+    out_trade_no = "1409811653", result_code = "SUCCESS", return_code = "SUCCESS", time_end = "20140903131540",
+    total_fee = "1", coupon_fee = "10", coupon_count = "1", coupon_type = "CASH", coupon_id = "10000",
+    trade_type = "JSAPI", transaction_id = "1004400740201409030005092168" }
+end
+
+local function signed_body(fields, sign_type)
+  fields.sign = node.sign(sign_type or "MD5", fields, APIV2_KEY)
+  return node.to_xml(fields)
+end
+
+describe("APIv2 notifications", function()
+  local client = wechatpay.new(merchant.options{ apiv2_key = APIV2_KEY, transport = merchant.recording_transport() })
+
+  it("a payment result signed in MD5 or HMAC-SHA256 (said or not) verifies", function()
+    for _, case in ipairs{ { "MD5" }, { "HMAC-SHA256" }, { "HMAC-SHA256", true }, { "MD5", true } } do
+      local fields = payment_fields()
+      if case[2] then fields.sign_type = case[1] end
+      local body = signed_body(fields, case[1])
+      local notice, err = client:parse_v2_notification(body)
+      assert.is_truthy(notice, case[1] .. ": " .. tostring(err))
+      assert.same(fields, notice)
+    end
+  end)
+
+  it("refuses an altered field, a missing sign, another merchant, and what is not XML", function()
+    local fields = payment_fields()
+    local body = signed_body(fields)
+    local altered = body:gsub("<total_fee>1</total_fee>", "<total_fee>100</total_fee>")
+    assert.are_not.equal(body, altered)
+    local notice, err = client:parse_v2_notification(altered)
+    assert.is_nil(notice)
+    assert.equal("verify", err.kind)
+    fields = payment_fields()
+    _, err = client:parse_v2_notification(node.to_xml(fields))
+    assert.equal("verify", err.kind)
+    assert.matches("unsigned", err.message)
+    fields = payment_fields()
+    fields.mch_id = "1230000109"
+    _, err = client:parse_v2_notification(signed_body(fields))
+    assert.equal("verify", err.kind)
+    assert.matches("1230000109", err.message)
+    for _, bad in ipairs{ "", "{}", '<!DOCTYPE xml [<!ENTITY a "b">]><xml><a>&a;</a></xml>', "<xml><a>1</a>" } do
+      _, err = client:parse_v2_notification(bad)
+      assert.equal("malformed", err.kind)
+    end
+    _, err = client:parse_v2_notification(nil)
+    assert.equal("malformed", err.kind)
+  end)
+
+  describe("refunds", function()
+    local plain = "<root><out_refund_no><![CDATA[131811191610442717309]]></out_refund_no>"
+      .. "<out_trade_no><![CDATA[71106718111915575302817]]></out_trade_no>"
+      .. "<refund_account><![CDATA[REFUND_SOURCE_RECHARGE_FUNDS]]></refund_account>"
+      .. "<refund_fee><![CDATA[3960]]></refund_fee><refund_id><![CDATA[50000408942018111907145868882]]></refund_id>"
+      .. "<refund_recv_accout><![CDATA[支付用户零钱]]></refund_recv_accout>"
+      .. "<refund_request_source><![CDATA[API]]></refund_request_source>"
+      .. "<refund_status><![CDATA[SUCCESS]]></refund_status><settlement_refund_fee><![CDATA[3960]]></settlement_refund_fee>"
+      .. "<settlement_total_fee><![CDATA[3960]]></settlement_total_fee><success_time><![CDATA[2018-11-19 16:24:13]]></success_time>"
+      .. "<total_fee><![CDATA[3960]]></total_fee><transaction_id><![CDATA[4200000215201811190261405420]]></transaction_id></root>"
+
+    local function refund_body()
+      local req_info = node.ecb_encrypt(md5_hex_by_openssl(APIV2_KEY), plain)
+      return node.to_xml{ return_code = "SUCCESS", appid = "wx2421b1c4370ec43b", mch_id = "1900000001",
+        nonce_str = "TeqClE3i0mvn3DrK", req_info = req_info }, req_info
+    end
+
+    it("decrypts req_info with the MD5 of the APIv2 key", function()
+      local body, req_info = refund_body()
+      local notice, err = client:parse_v2_notification(body)
+      assert.is_truthy(notice, tostring(err))
+      assert.equal("SUCCESS", notice.return_code)
+      assert.equal("131811191610442717309", notice.req_info.out_refund_no)
+      assert.equal("支付用户零钱", notice.req_info.refund_recv_accout)
+      assert.equal("SUCCESS", notice.req_info.refund_status)
+      assert.equal("3960", notice.req_info.refund_fee)
+      assert.is_string(req_info)
+    end)
+
+    it("another key is a decrypt error that quotes neither key nor plaintext", function()
+      local other = wechatpay.new(merchant.options{ apiv2_key = ("Q"):rep(32), transport = merchant.recording_transport() })
+      local notice, err = other:parse_v2_notification((refund_body()))
+      assert.is_nil(notice)
+      assert.equal("decrypt", err.kind)
+      local text = tostring(err)
+      assert.is_nil(text:find("131811191610442717309", 1, true))
+      assert.is_nil(text:find(APIV2_KEY, 1, true))
+      assert.is_nil(text:find(("Q"):rep(32), 1, true))
+    end)
+
+    it("a refund notification whose req_info is not base64 is a decrypt error", function()
+      local _, err = client:parse_v2_notification(node.to_xml{ return_code = "SUCCESS", mch_id = "1900000001",
+        req_info = "%%%not base64%%%" })
+      assert.equal("decrypt", err.kind)
+    end)
+  end)
+
+  it("answers in the XML WeChat Pay expects", function()
+    local answer = wechatpay.v2.notification.answer
+    assert.equal("<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>",
+      answer())
+    assert.equal("<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[busy]]></return_msg></xml>",
+      answer(false, "busy"))
+    assert.same({ return_code = "SUCCESS", return_msg = "OK" }, node.to_object(answer()))
+  end)
+
+  it("raises without apiv2_key", function()
+    local plain_client = wechatpay.new(merchant.options{ transport = merchant.recording_transport() })
+    assert.has_error(function() plain_client:parse_v2_notification("<xml/>") end,
+      "parse_v2_notification: the client was made without apiv2_key")
+  end)
+end)
