@@ -67,6 +67,7 @@ build = {
     ["wechatpay.config"] = "lua/wechatpay/config.lua",
     ["wechatpay.dedupe"] = "lua/wechatpay/dedupe.lua",
     ["wechatpay.dispatcher"] = "lua/wechatpay/dispatcher.lua",
+    ["wechatpay.download"] = "lua/wechatpay/download.lua",
     ["wechatpay.errors"] = "lua/wechatpay/errors.lua",
     ["wechatpay.hash"] = "lua/wechatpay/hash.lua",
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",

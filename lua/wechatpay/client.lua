@@ -13,6 +13,7 @@ local config = require("wechatpay.config")
 local curl_transport = require("wechatpay.transport.curl")
 local dedupe = require("wechatpay.dedupe")
 local dispatcher = require("wechatpay.dispatcher")
+local download = require("wechatpay.download")
 local errors = require("wechatpay.errors")
 local nginx = require("wechatpay.nginx")
 local notification = require("wechatpay.notification")
@@ -20,6 +21,7 @@ local ngx_transport = require("wechatpay.transport.ngx")
 local promise = require("wechatpay.promise")
 local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
+local response = require("wechatpay.response")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
 
@@ -197,13 +199,15 @@ local function transport_error(failure, target)
     { sent = failure.sent, retry = failure.retry })
 end
 
--- send_async(method, path, options, check) -> promise: the one path of
--- every call; check(raw, target) -> response | nil, err judges an answer
--- (verify.response for API calls, the download's own check for certificates).
-send_async = function(self, method, path, opts, check)
+-- send_async(method, path, options, check [, on_chunk]) -> promise: the one
+-- path of every call; check(raw, target) -> response | nil, err judges an
+-- answer (verify.response for API calls, the download's own check for
+-- certificates and bills).  on_chunk: a 2xx body streamed to it (bills).
+send_async = function(self, method, path, opts, check, on_chunk)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
   local prepared = request.prepare(settings, method, path, opts)
+  prepared.on_chunk = on_chunk
   local queue, own = dispatcher_for_call(state)
   if opts == nil or opts.timeout == nil then
     local override = nginx.mode() == "cosocket" and nginx.context()[state.timeout_key] or state.timeout
@@ -426,6 +430,51 @@ function methods.certificate_stats(self)
   local certs = self[STATE].certs
   if not certs then return { downloads = 0 } end
   return { downloads = certs.downloads, public_key_only = certs.public_key_only or false, last_error = certs.last_error }
+end
+
+-- A bill's whole transfer, not one API call: 10 minutes unless given.
+local DOWNLOAD_TIMEOUT = 600
+local DOWNLOAD_OPTIONS = { to = true, timeout = true }
+
+-- The download URL's answer is the one response WeChat Pay does not sign:
+-- its bytes are checked against the hash of the (signed) first call.
+local function check_bill(keys)
+  return function(raw, target)
+    if raw.status >= 200 and raw.status < 300 then return response.new(raw) end
+    return verify.response(keys, raw, target)   -- the "http" error, with WeChat Pay's code
+  end
+end
+
+--- client:download(bill, { to = path | function(bytes), timeout = s }) -> info | nil, err
+-- bill: the response of a bill call (tradebill, fundflowbill, a stock's
+-- use-flow...), its decoded table, or { download_url | url, hash_type,
+-- hash_value }.  The file streams through: gzip inflated, hashed, written
+-- (to a temporary name renamed over `to` once the hash matches).
+-- info = { bytes, hash_type, hash_value, path, gzip, received }.  Errors:
+-- "integrity" (hash mismatch, truncated or corrupt gzip), "http", "network",
+-- "timeout"; a transfer that handed bytes on is never retried.
+function methods.download(self, bill, opts)
+  if type(opts) ~= "table" then errors.raise("download: options must be a table such as { to = \"bill.csv\" }") end
+  for name in pairs(opts) do
+    if not DOWNLOAD_OPTIONS[name] then
+      errors.raise(("download: unknown option '%s' (the options are to and timeout)"):format(tostring(name)))
+    end
+  end
+  local settings = self[STATE].settings
+  local source, err = download.source(bill)
+  if not source then return nil, err end
+  local path, query = download.split(download.target(source.url, settings.base_url))
+  local consumer, cerr = download.consumer(source, opts.to)
+  if not consumer then return nil, cerr end
+  local sent, p = pcall(send_async, self, "GET", path, { query = query, timeout = opts.timeout or DOWNLOAD_TIMEOUT },
+    check_bill(settings.platform_keys), consumer.on_chunk)
+  if not sent then
+    consumer.abort()
+    error(p, 0)
+  end
+  local res, failure = p:wait()
+  if not res then return consumer.abort(failure) end
+  return consumer.finish()
 end
 
 --- client:close(): calls queued or in flight reject with kind "closed";
