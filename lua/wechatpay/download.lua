@@ -207,7 +207,13 @@ function download.consumer(source, to)
   function self.on_chunk(bytes)
     if self.err then return false end
     self.received = self.received + #bytes
-    return take(bytes)
+    local before = self.bytes
+    local more = take(bytes)
+    -- Each piece becomes garbage at once; LuaJIT's collector, paced by
+    -- object counts, would let hundreds of MB of them pile up on a large
+    -- bill.  A step as large as what this piece allocated keeps pace.
+    collectgarbage("step", math.ceil((#bytes + self.bytes - before) / 1024))
+    return more
   end
 
   function self.finish()

@@ -125,7 +125,8 @@ end
 -- file handler sends it (internal location /_bills/); a fault sends it
 -- from here: reset (half, then the connection closed), truncate
 -- (Content-Length opts.missing bytes longer than what is sent, then
--- closed), cut (only opts.keep of it, default half, as a complete answer).
+-- closed), cut (only opts.keep of it, default half, as a complete answer),
+-- chunked (all of it, in chunked encoding rather than with a Content-Length).
 function bills.send(path, fault)
   local size = assert(io.open(path, "rb"))
   local total = size:seek("end")
@@ -138,6 +139,10 @@ function bills.send(path, fault)
     ngx.send_headers()
     send_bytes(path, name == "reset" and math.floor(total / 2) or total)
     return ngx.exit(444)   -- closes the connection with nothing more
+  elseif name == "chunked" then   -- not a fault: the whole file, in chunked encoding
+    ngx.status = 200
+    send_bytes(path, total)
+    return ngx.exit(ngx.HTTP_OK)
   elseif name == "cut" then
     local keep = math.floor(total * (fault.opts.keep or 0.5))
     ngx.status = 200

@@ -59,6 +59,7 @@
 --   status_after_grant  process the request, then reply opts.status (default 500)
 --   wrong_hash       a bill call answers a hash the file does not have
 --   cut              a bill download answers only opts.keep (default 0.5) of the file
+--   chunked          a bill download answers the whole file in chunked encoding
 --   (reset and truncate apply to bill downloads too)
 --
 --   server:bill(name, { rows =, hash_type = "SHA1" | "SHA256" }) --> meta
