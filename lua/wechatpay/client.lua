@@ -452,7 +452,8 @@ end
 -- (to a temporary name renamed over `to` once the hash matches).
 -- info = { bytes, hash_type, hash_value, path, gzip, received }.  Errors:
 -- "integrity" (hash mismatch, truncated or corrupt gzip), "http", "network",
--- "timeout"; a transfer that handed bytes on is never retried.
+-- "timeout", "io" (the file cannot be written); a transfer that handed
+-- bytes on is never retried.
 function methods.download(self, bill, opts)
   if type(opts) ~= "table" then errors.raise("download: options must be a table such as { to = \"bill.csv\" }") end
   for name in pairs(opts) do
@@ -472,7 +473,11 @@ function methods.download(self, bill, opts)
     consumer.abort()
     error(p, 0)
   end
-  local res, failure = p:wait()
+  local waited, res, failure = pcall(p.wait, p)
+  if not waited then   -- an interrupt: the temporary file goes, the error goes on up
+    consumer.abort()
+    error(res, 0)
+  end
   if not res then return consumer.abort(failure) end
   return consumer.finish()
 end

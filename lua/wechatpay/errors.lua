@@ -30,6 +30,8 @@ errors.KINDS = {
     .. "apiv3_key: check the APIv3 key (32 characters, set in the merchant platform; not the APIv2 key)",
   integrity = "a downloaded file (a bill) whose bytes do not match the hash WeChat Pay gave, or whose gzip "
     .. "stream is corrupt or ends early: nothing was kept",
+  io = "a downloaded bill could not be written to its file (the temporary file beside it, or the rename): "
+    .. "nothing was kept",
   malformed = "a callback or certificate download that verified but is not what WeChat Pay sends "
     .. "(not JSON, or without its id, resource or certificates)",
 }
