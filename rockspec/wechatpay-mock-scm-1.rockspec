@@ -51,6 +51,7 @@ build = {
       ["wechatpay.mock.faults"] = "mock/wechatpay/mock/faults.lua",
       ["wechatpay.mock.gcm"] = "mock/wechatpay/mock/gcm.lua",
       ["wechatpay.mock.handler"] = "mock/wechatpay/mock/handler.lua",
+      ["wechatpay.mock.media"] = "mock/wechatpay/mock/media.lua",
       ["wechatpay.mock.nginx_conf"] = "mock/wechatpay/mock/nginx_conf.lua",
       ["wechatpay.mock.notify"] = "mock/wechatpay/mock/notify.lua",
       ["wechatpay.mock.pki"] = "mock/wechatpay/mock/pki.lua",

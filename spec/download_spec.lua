@@ -223,7 +223,7 @@ describe("client:download", function()
     local missing_dir = dir .. "/no/such/dir/bill.csv"
     info, err = client:download(bill, { to = missing_dir })
     assert.is_nil(info)
-    assert.equal("io", err.kind)
+    assert.equal("file", err.kind)
     assert.matches("cannot write the bill", err.message)
   end)
 

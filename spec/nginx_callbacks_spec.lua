@@ -104,6 +104,41 @@ describe("inside nginx, four workers: callbacks and shared certificates", functi
     end
     assert.are.equal(2, s204, cjson.encode(statuses))
     assert.is_true(s503 >= 1, cjson.encode(statuses))
+    -- the log says why in words
+    local log = app:error_log()
+    assert.truthy(log:find("answered 503: event " .. id .. " is being handled by another delivery", 1, true), log)
+  end)
+
+  it("a handler failure answers 500 FAIL, releases the claim, and the redelivery is handled", function()
+    local record, statuses, id = deliver{ resource = { out_trade_no = "NGX-FAIL", fail_times = 2 },
+      schedule = { 0.05, 0.05, 0.05 } }
+    assert.same({ 500, 500, 204 }, statuses)
+    assert.are.equal(3, handled(id))   -- each redelivery reached the handler: no claim was left behind
+    assert.are.equal("FAIL", cjson.decode(record.attempts[1].answer).code)
+  end)
+
+  it("a rotation mid-traffic: callbacks at once in four workers, all handled first time, one download", function()
+    local downloads = server:stats().certificate_downloads
+    server:rotate_certificates()
+    local pending = {}
+    for i = 1, 12 do
+      local n, id = server:notify(url, { resource = { out_trade_no = "NGX-ROT-" .. i }, schedule = {} })
+      pending[#pending + 1] = { n = n, id = id }
+    end
+    local deadline = socket.gettime() + 15
+    for _, p in ipairs(pending) do
+      local record
+      repeat
+        record = server:notification(p.n)
+        if not (record and record.done) then socket.sleep(0.05) end
+      until (record and record.done) or socket.gettime() > deadline
+      assert(record and record.done, "the mock did not finish notification " .. p.n)
+      assert.are.equal(1, #record.attempts, p.id)
+      assert.are.equal(204, record.attempts[1].status, p.id .. ": " .. tostring(record.attempts[1].answer)
+        .. "\n" .. app:error_log())
+      assert.are.equal(1, handled(p.id))
+    end
+    assert.are.equal(downloads + 1, server:stats().certificate_downloads)
   end)
 
   it("a callback that nginx spooled to a temp file (over client_body_buffer_size 1k) is read and verified", function()
@@ -125,5 +160,52 @@ describe("inside nginx, four workers: callbacks and shared certificates", functi
     assert.truthy(ok)
     assert.are.equal(413, status)
     assert.are.equal("FAIL", cjson.decode(table.concat(chunks)).code)
+  end)
+end)
+
+-- A mock of its own: its one rotation is used above by the callbacks.
+describe("inside nginx, four workers: calls during a certificate rotation", function()
+  local server2, app2
+
+  setup(function()
+    server2 = assert(mock.start{ latency = 0, rate_limit = false, sign_with = "certificate" })
+    app2 = nginx.start(server2, { workers = 4, callbacks = true })
+    -- the workers' first download (init_worker) is done before the rotation
+    local deadline = socket.gettime() + 10
+    while server2:stats().certificate_downloads < 1 and socket.gettime() < deadline do socket.sleep(0.05) end
+  end)
+  teardown(function()
+    if app2 then app2:stop() end
+    if server2 then server2:stop() end
+  end)
+
+  it("a rotation mid-traffic: calls at once in four workers all verify, after one download", function()
+    local downloads = server2:stats().certificate_downloads
+    server2:rotate_certificates()
+    local urls = {}
+    for i = 1, 16 do urls[i] = "'" .. app2:url("/cb_echo?n=" .. i) .. "'" end
+    local pipe = assert(io.popen("curl -s --parallel --parallel-max 16 -w '\\n' " .. table.concat(urls, " ") .. " 2>/dev/null"))
+    local output = pipe:read("*a")
+    pipe:close()
+    local answers, pids = 0, {}
+    for line in output:gmatch("[^\n]+") do
+      local answer = cjson.decode(line)
+      assert.are.equal(200, answer.status, tostring(answer.error))
+      answers = answers + 1
+      pids[answer.pid] = true
+    end
+    assert.are.equal(16, answers)
+    local workers = 0
+    for _ in pairs(pids) do workers = workers + 1 end
+    assert.is_true(workers >= 2, "the calls reached one worker only")
+    assert.are.equal(downloads + 1, server2:stats().certificate_downloads)
+  end)
+
+  it("a call from a request names the HTTP stack that sent it (ngx_lua, not curl) in its User-Agent", function()
+    local status, answer = app2:get("/cb_echo")
+    assert.are.equal(200, status)
+    assert.are.equal(200, answer.status, tostring(answer.error))
+    assert.truthy(answer.user_agent:find("^wechatpay%-lua/[%d.]+ %(.*; ngx_lua/%d+%.%d+%.%d+; "), answer.user_agent)
+    assert.falsy(answer.user_agent:find("curl", 1, true), answer.user_agent)
   end)
 end)

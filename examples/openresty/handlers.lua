@@ -15,6 +15,7 @@ function handlers.init()
     private_key = "file://" .. os.getenv("WECHATPAY_KEY_FILE"),
     certs = { [os.getenv("WECHATPAY_PUB_KEY_ID")] = "file://" .. os.getenv("WECHATPAY_PUB_KEY_FILE") },
     apiv3_key = os.getenv("WECHATPAY_APIV3_KEY"),
+    base_url = os.getenv("WECHATPAY_BASE_URL"),   -- unset: https://api.mch.weixin.qq.com
     timeout = 10,
     -- one limit for every worker of this server
     rate_limit = { calls = 1000, per = 60, shared_dict = "wechatpay" },
@@ -81,21 +82,18 @@ function handlers.grant_later()
   reply(202, { accepted = req.out_request_no })
 end
 
---- POST /wechatpay/notify: verify the raw body, decrypt the resource.
--- (A stub for the callbacks helper: redeliveries carry the same id.)
+--- POST /wechatpay/notify: WeChat Pay's notifications, one line: the raw
+-- body verified, the resource decrypted, each event id handled once across
+-- the workers (the shared dict), and the answer WeChat Pay expects (204, or
+-- a FAIL body so that it delivers again).
 function handlers.notify()
-  ngx.req.read_body()
-  local body = ngx.req.get_body_data() or ""
-  local ok, err = client:verify(ngx.req.get_headers(), body)
-  if not ok then
-    ngx.log(ngx.WARN, "callback refused: ", tostring(err))
-    return reply(401, { code = "FAIL", message = "signature" })
-  end
-  local event = cjson.decode(body)
-  local plaintext = event and event.resource and client:decrypt_resource(event.resource)
-  if not plaintext then return reply(400, { code = "FAIL", message = "resource" }) end
-  -- handle cjson.decode(plaintext) here, idempotently on event.id
-  ngx.status = 204
+  wechatpay.ngx.notification(client, function(event)
+    -- mark the order paid, grant...: true when done; false or an error to be
+    -- delivered again
+    ngx.log(ngx.INFO, "notification ", event.id, " ", event.event_type)
+    ngx.shared.wechatpay_handled:incr(event.id, 1, 0)
+    return true
+  end, { dedupe = wechatpay.dedupe.shared_dict(ngx.shared.wechatpay_events) })
 end
 
 return handlers

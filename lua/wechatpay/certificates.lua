@@ -262,6 +262,7 @@ function certificates.manager(opts)
     interval = opts.interval == nil and certificates.REFRESH_INTERVAL or opts.interval,
     clock = opts.clock or core.monotonic,
     downloads = 0,
+    awaiting = 0,   -- requests of this process waiting for another's download
   }, Manager)
   self.last_refresh = self.clock()
   if self.store then self:load_store() end
@@ -327,7 +328,9 @@ function Manager:wants(err)
     end
   end
   if not self:enabled() then return false end
-  if self.inflight then return true end
+  -- joining a download, or waiting for another worker's, costs no download
+  if self.inflight or self.awaiting > 0 then return true end
+  if self.store and self.store.locked and self.store:locked() then return true end
   return not self.last_auto or self.clock() - self.last_auto >= certificates.MIN_INTERVAL
 end
 
@@ -372,6 +375,9 @@ function Manager:refresh_async(driver, auto, max_age)
   if auto then self.last_auto = self.clock() end
   if self.store then
     local loaded = self:load_store()
+    -- another worker or process brought new certificates since this one
+    -- last looked: what an automatic refresh is for, without a download
+    if auto and loaded > 0 then return promise.resolved(loaded, driver) end
     local age = max_age and self.store.age and self.store:age()
     if age and age < max_age then
       self.last_refresh = self.clock()
@@ -380,7 +386,11 @@ function Manager:refresh_async(driver, auto, max_age)
     if self.store.lock and not self.store:lock(certificates.MIN_INTERVAL) then
       -- another worker downloads; its certificates arrive through the store
       self.last_attempt = self.clock()
-      return promise.resolved(loaded + self:await_store(), driver)
+      self.awaiting = self.awaiting + 1
+      local ok, added = pcall(self.await_store, self)
+      self.awaiting = self.awaiting - 1
+      if not ok then error(added, 0) end
+      return promise.resolved(loaded + added, driver)
     end
   end
   self.last_attempt = self.clock()

@@ -15,9 +15,11 @@ local dedupe = require("wechatpay.dedupe")
 local dispatcher = require("wechatpay.dispatcher")
 local download = require("wechatpay.download")
 local errors = require("wechatpay.errors")
+local hosts = require("wechatpay.hosts")
 local nginx = require("wechatpay.nginx")
 local notification = require("wechatpay.notification")
 local ngx_transport = require("wechatpay.transport.ngx")
+local observe = require("wechatpay.observe")
 local promise = require("wechatpay.promise")
 local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
@@ -36,8 +38,9 @@ local STATE = {}
 
 local send_async   -- the one path of every call, below
 
--- Settings a caller may read (never write) as fields.
-local READABLE = { mchid = true, serial = true, base_url = true, platform_key_id = true }
+-- Settings a caller may read (never write) as fields.  base_url is the
+-- primary; base_urls a copy of the whole list, backups included.
+local READABLE = { mchid = true, serial = true, base_url = true, base_urls = true, platform_key_id = true }
 
 local client_mt = {}
 
@@ -46,6 +49,11 @@ function client_mt.__index(self, name)
   if method ~= nil then return method end
   local settings = rawget(self, STATE).settings
   if READABLE[name] then
+    if name == "base_urls" then
+      local copy = {}
+      for i, url in ipairs(settings.base_urls) do copy[i] = url end
+      return copy
+    end
     return name == "platform_key_id" and settings.encryption_key_id or settings[name]
   end
   if type(name) == "string" and name:find("/", 1, true) then
@@ -64,12 +72,19 @@ function client_mt.__tostring(self)
   local n = 0
   for _ in pairs(settings.platform_keys) do n = n + 1 end
   return ("wechatpay.client (mchid %s, serial %s, %d platform key%s, %s)")
-    :format(settings.mchid, settings.serial, n, n == 1 and "" or "s", settings.base_url)
+    :format(settings.mchid, settings.serial, n, n == 1 and "" or "s", table.concat(settings.base_urls, " then "))
 end
 
+-- Names the HTTP stack that sends: cosockets inside nginx (calls made in
+-- init phases still go through curl, but they are few), libcurl elsewhere.
 local function user_agent()
   local runtime = jit and jit.version or _VERSION
-  return ("wechatpay-lua/%s (%s; curl/%s; %s)"):format(VERSION, runtime, core.curl_version, core.crypto_backend)
+  local stack = "curl/" .. core.curl_version
+  if nginx.ACTIVE and type(ngx.config) == "table" and ngx.config.ngx_lua_version then
+    local v = ngx.config.ngx_lua_version
+    stack = ("ngx_lua/%d.%d.%d"):format(math.floor(v / 1000000), math.floor(v / 1000) % 1000, v % 1000)
+  end
+  return ("wechatpay-lua/%s (%s; %s; %s)"):format(VERSION, runtime, stack, core.crypto_backend)
 end
 
 local function new_curl(settings)
@@ -88,7 +103,13 @@ function client.new(opts)
   settings.transport = nil
   local ok, limiter = pcall(ratelimit.new, settings.rate_limit, settings.mchid)
   if not ok then errors.raise(limiter) end
-  local state = { settings = settings, limiter = limiter, timeout_key = {} }
+  local state = {
+    settings = settings, limiter = limiter, timeout_key = {},
+    on_call = settings.on_call,
+    host_name = settings.base_url:match("^https://(.*)$"),
+    -- only with backups: a client with one base_url sends as it always did
+    hosts = #settings.base_urls > 1 and hosts.new(settings.base_urls, settings.failover_cooldown) or nil,
+  }
   if choice == "ngx" and not nginx.ACTIVE then
     errors.raise("wechatpay.new: transport = \"ngx\" needs nginx's Lua module (OpenResty); outside nginx use \"curl\"")
   end
@@ -153,8 +174,10 @@ local function dispatcher_for_call(state)
   local ctx = nginx.context()
   local own = ctx[state.per_context]
   if own then return own end
-  local host = ngx_transport.parse_url(settings.base_url .. "/")
-  if ngx_transport.is_ip_literal(host) then errors.raise(nginx.ip_literal_error(settings.base_url)) end
+  for _, base_url in ipairs(settings.base_urls) do
+    local host = ngx_transport.parse_url(base_url .. "/")
+    if ngx_transport.is_ip_literal(host) then errors.raise(nginx.ip_literal_error(base_url)) end
+  end
   own = dispatcher.new(ngx_transport.new{ resolve = settings.resolve, pool_size = settings.max_concurrency }, {
     max_concurrency = settings.max_concurrency, limiter = state.limiter,
   })
@@ -199,14 +222,36 @@ local function transport_error(failure, target)
     { sent = failure.sent, retry = failure.retry })
 end
 
+-- Whether an error may move a call to the next base_url: "unreached" when
+-- nothing of it reached the host (connect, DNS, TLS), "sent" when the host
+-- may have acted on it (a timeout or reset after sending, a 5xx), else nil.
+local function failover_reason(err)
+  if err.kind == "network" or err.kind == "timeout" then
+    if err.retry == "safe" then return "unreached" end
+    if err.retry == "idempotent" then return "sent" end
+  elseif err.kind == "http" and type(err.status) == "number" and err.status >= 500 then
+    return "sent"
+  end
+  return nil
+end
+
 -- send_async(method, path, options, check [, on_chunk]) -> promise: the one
 -- path of every call; check(raw, target) -> response | nil, err judges an
 -- answer (verify.response for API calls, the download's own check for
 -- certificates and bills).  on_chunk: a 2xx body streamed to it (bills).
+--
+-- With backups (base_url a list), a round of attempts visits each host at
+-- most once: one that was not reached hands the call to the next at once;
+-- one that timed out or answered 5xx does too when a replay is harmless (a
+-- GET, or what the retry policy judges idempotent).  Every attempt is
+-- signed anew, within the call's deadline (the longer of its timeout and
+-- the retry deadline).  Retries (retry.lua) count rounds, not failovers.
 send_async = function(self, method, path, opts, check, on_chunk)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
-  local prepared = request.prepare(settings, method, path, opts)
+  local prepared, refused = request.prepare(settings, method, path, opts)
+  -- a file to upload that cannot be sent: the call fails, nothing is queued
+  if not prepared then return promise.rejected(refused) end
   prepared.on_chunk = on_chunk
   local queue, own = dispatcher_for_call(state)
   if opts == nil or opts.timeout == nil then
@@ -216,22 +261,66 @@ send_async = function(self, method, path, opts, check, on_chunk)
   local p = promise.new(queue)
   if own then p:next(function() queue:close() end, function() queue:close() end) end
   local attempts, started = 0, core.monotonic()
-  local attempt, finish
+  -- the on_call record, also the dispatcher's `times` (nil: no clock is read)
+  local record = state.on_call and observe.start(method, path, started)
+  local backups = state.hosts
+  local host, tried, failovers = nil, 0, 0
+  local attempt, finish, settled
+
+  local function settle(res, err)
+    if settled then return end
+    settled = true
+    if record then
+      record.attempts, record.failovers = attempts, failovers
+      local name = backups and backups.names[host] or state.host_name
+      state.hook_warned = observe.deliver(state.on_call,
+        observe.finish(record, res, err, name, core.monotonic()), state.hook_warned)
+    end
+    if res then p:resolve(res) else p:reject(err) end
+  end
 
   -- an answer signed by an unknown certificate: one refresh, then once more
   local function after_refresh(raw)
     local function again() finish(raw, nil, true) end
     local function guarded()
       local ok, raised = pcall(again)
-      if not ok then p:reject(errors.from_raise(raised, "after refreshing certificates")) end
+      if not ok then settle(nil, errors.from_raise(raised, "after refreshing certificates")) end
     end
     certs:refresh_async(queue, true):next(guarded, guarded)
+  end
+
+  -- Sends the call to the next host of this round, if err allows it and
+  -- one is left; -> true when it did.
+  local function fail_over(err)
+    local reason = failover_reason(err)
+    if reason == nil then
+      if err.kind ~= "closed" then backups:answered(host) end
+      return false
+    end
+    local now = core.monotonic()
+    if reason == "unreached" then backups:unreachable(host, now) else backups:answered(host) end
+    if tried == 2 ^ backups.count - 1 then return false end
+    if reason == "sent" and not (method == "GET" or (prepared.retry.idempotent and prepared.idempotent)) then
+      err.message = ("%s; not sent to the next base_url: %s may have acted on it, and a %s is sent again only "
+        .. "with retry = { idempotent = true } and a merchant number such as out_request_no in its body")
+        :format(tostring(err.message), backups.names[host], method)
+      return false
+    end
+    local left = started + math.max(prepared.timeout, prepared.retry.deadline) - now
+    if left < 0.001 then return false end
+    host = backups:pick(tried, now)
+    tried = hosts.with(tried, host)
+    failovers = failovers + 1
+    attempt(math.min(prepared.timeout, left))
+    return true
   end
 
   finish = function(raw, failure, refreshed)
     local res, err
     if raw then
+      local checking = record and core.monotonic()
       res, err = check(raw, prepared.target)
+      if record then record.verify_time = record.verify_time + (core.monotonic() - checking) end
       if not res and not refreshed and certs then
         local wanted = certs:wants(err)
         if wanted == "reloaded" then return finish(raw, nil, true) end
@@ -240,21 +329,42 @@ send_async = function(self, method, path, opts, check, on_chunk)
     else
       err = transport_error(failure, prepared.target)
     end
-    if res then return p:resolve(res) end
+    if res then
+      if backups then backups:answered(host) end
+      return settle(res)
+    end
     err.attempts = attempts
-    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts, core.monotonic() - started, jitter)
-    if delay then queue:after(delay, attempt) else p:reject(err) end
+    if backups then
+      if fail_over(err) then return end
+      err.failovers = failovers
+    end
+    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
+      core.monotonic() - started, jitter)
+    if delay then queue:after(delay, attempt) else settle(nil, err) end
   end
 
-  attempt = function()
+  -- timeout: what is left of the call's deadline, for a failover
+  attempt = function(timeout)
     attempts = attempts + 1
+    if backups and not timeout then   -- a new round: from the first host not remembered as down
+      host = backups:pick(0, core.monotonic())
+      tried = hosts.with(0, host)
+    end
+    local url = backups and backups.urls[host]
     queue:submit{
-      make = function() return request.sign(settings, prepared) end,
+      times = record,
+      make = function()
+        local req = request.sign(settings, prepared)
+        -- the host is not signed: the Authorization covers method, target, time, nonce and body
+        if url then req.url = url .. prepared.target end
+        if timeout then req.timeout = timeout end
+        return req
+      end,
       -- whatever raises here settles this call's promise, never another's
       done = function(raw, failure)
         local ok, raised = pcall(finish, raw, failure)
         if not ok then
-          p:reject(errors.from_raise(raised, "while finishing " .. method .. " " .. prepared.target:match("^[^?]*")))
+          settle(nil, errors.from_raise(raised, "while finishing " .. method .. " " .. prepared.target:match("^[^?]*")))
           if errors.is_interrupt(raised) then error(raised, 0) end
         end
       end,
@@ -452,7 +562,7 @@ end
 -- (to a temporary name renamed over `to` once the hash matches).
 -- info = { bytes, hash_type, hash_value, path, gzip, received }.  Errors:
 -- "integrity" (hash mismatch, truncated or corrupt gzip), "http", "network",
--- "timeout", "io" (the file cannot be written); a transfer that handed
+-- "timeout", "file" (the file cannot be written); a transfer that handed
 -- bytes on is never retried.
 function methods.download(self, bill, opts)
   if type(opts) ~= "table" then errors.raise("download: options must be a table such as { to = \"bill.csv\" }") end
@@ -464,7 +574,7 @@ function methods.download(self, bill, opts)
   local settings = self[STATE].settings
   local source, err = download.source(bill)
   if not source then return nil, err end
-  local path, query = download.split(download.target(source.url, settings.base_url))
+  local path, query = download.split(download.target(source.url, settings.base_urls))
   local consumer, cerr = download.consumer(source, opts.to)
   if not consumer then return nil, cerr end
   local sent, p = pcall(send_async, self, "GET", path, { query = query, timeout = opts.timeout or DOWNLOAD_TIMEOUT },

@@ -18,7 +18,11 @@ local OPTIONS = {
   base_url = true, cafile = true, capath = true, timeout = true, connect_timeout = true, proxy = true,
   user_agent = true, apiv3_key = true, transport = true, max_concurrency = true,
   retry = true, rate_limit = true, resolve = true, cert_dir = true, cert_store = true, refresh_interval = true,
+  failover_cooldown = true, on_call = true,
 }
+
+--- The most base URLs a client takes: the primary and its backups.
+config.MAX_BASE_URLS = 4
 
 --- Ranges of the numeric options.  A timeout under 1 ms would reach curl as
 -- 0, which means "no timeout".
@@ -27,6 +31,7 @@ config.RANGES = {
   connect_timeout = { min = 0.001, max = 86400, what = "number of seconds" },
   max_concurrency = { min = 1, max = 1000, integer = true, what = "integer (calls in flight at once)" },
   refresh_interval = { min = 60, max = 30 * 86400, what = "number of seconds (or false)" },
+  failover_cooldown = { min = 0, max = 3600, what = "number of seconds" },
 }
 
 local function fail(message)
@@ -170,24 +175,50 @@ end
 -- ---- where to connect ----------------------------------------------------------
 
 -- https://host[:port][/] and nothing else: a path would be sent but not
--- signed, http:// would carry the Authorization header in clear.
-local function check_base_url(base_url)
-  if type(base_url) ~= "string" then fail("base_url must be a string such as \"https://api.mch.weixin.qq.com/\"") end
-  if base_url:find("[%s%c]") then fail("base_url holds a space, line break or control character") end
+-- signed, http:// would carry the Authorization header in clear.  name is
+-- how messages call it ("base_url", or "base_url[2]" in a list).
+local function check_base_url(base_url, name)
+  if type(base_url) ~= "string" then fail(name .. " must be a string such as \"https://api.mch.weixin.qq.com/\"") end
+  if base_url:find("[%s%c]") then fail(name .. " holds a space, line break or control character") end
   local scheme, authority, rest = base_url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
-  if not scheme then fail("base_url must be an https URL such as \"https://api.mch.weixin.qq.com/\"") end
+  if not scheme then fail(name .. " must be an https URL such as \"https://api.mch.weixin.qq.com/\"") end
   if scheme:lower() ~= "https" then
-    fail(("base_url must use https, not %s: the Authorization header would go out in clear and the answer "
-      .. "could not be trusted"):format(scheme))
+    fail(("%s must use https, not %s: the Authorization header would go out in clear and the answer "
+      .. "could not be trusted"):format(name, scheme))
   end
   local host_ok = authority:match("^[%w.-]+$") or authority:match("^[%w.-]+:%d+$")
     or authority:match("^%[[%x:.]+%]$") or authority:match("^%[[%x:.]+%]:%d+$")
-  if not host_ok then fail("base_url must name a host (and port), without user info: https://host[:port]/") end
+  if not host_ok then fail(name .. " must name a host (and port), without user info: https://host[:port]/") end
   if rest:find("[^/]") then
-    fail("base_url must be https://host[:port]/ without a path, query or fragment: "
+    fail(name .. " must be https://host[:port]/ without a path, query or fragment: "
       .. "the path of each call is what gets signed")
   end
   return "https://" .. authority
+end
+
+-- base_url: one URL, or a list tried in order (the primary, then backups
+-- such as https://api2.mch.weixin.qq.com/) -> the list, each normalized.
+local function check_base_urls(base_url)
+  if type(base_url) ~= "table" then return { check_base_url(base_url, "base_url") } end
+  local n, count = #base_url, 0
+  for i in pairs(base_url) do
+    if type(i) ~= "number" or i % 1 ~= 0 or i < 1 or i > n then
+      fail("base_url must be a URL or a list of URLs { \"https://primary/\", \"https://backup/\" }")
+    end
+    count = count + 1
+  end
+  if count ~= n or n == 0 or n > config.MAX_BASE_URLS then
+    fail(("base_url as a list holds 1 to %d URLs without holes, got %d"):format(config.MAX_BASE_URLS, count))
+  end
+  local list, seen = {}, {}
+  for i = 1, n do
+    local url = check_base_url(base_url[i], ("base_url[%d]"):format(i))
+    local same = url:lower():gsub(":443$", "")
+    if seen[same] then fail(("base_url[%d] repeats base_url[%d]: each host is tried once"):format(i, seen[same])) end
+    seen[same] = i
+    list[i] = url
+  end
+  return list
 end
 
 -- "file" or "directory" for a readable path, or nil and why not.
@@ -376,6 +407,10 @@ function config.check(opts, default_user_agent)
     private_key, may_be_empty)
   check_ca(opts)
   local cert_store = check_cert_store(opts)
+  if opts.on_call ~= nil and type(opts.on_call) ~= "function" then
+    fail("on_call must be a function(record), called once per call when it settles")
+  end
+  local base_urls = check_base_urls(opts.base_url or DEFAULT_BASE_URL)
   local refresh_interval = false
   if opts.refresh_interval ~= false then refresh_interval = optional_number(opts, "refresh_interval", 12 * 3600) end
   return {
@@ -386,7 +421,11 @@ function config.check(opts, default_user_agent)
     apiv3_key = apiv3_key and function() return apiv3_key end,
     platform_keys = platform_keys,
     encryption_key_id = config.pick_encryption_key(platform_keys),
-    base_url = check_base_url(opts.base_url or DEFAULT_BASE_URL),
+    base_url = base_urls[1],
+    -- the primary and its backups, in order (client.lua's failover)
+    base_urls = base_urls,
+    failover_cooldown = optional_number(opts, "failover_cooldown", 30),
+    on_call = opts.on_call,
     cafile = opts.cafile,
     ca_pem = read_ca(opts.cafile),
     resolve = check_resolve(opts.resolve),

@@ -7,7 +7,10 @@
 --            done = function(raw, failure) end }; done is called exactly
 -- once: with the transport's outcome, or with a failure of kind "closed"
 -- when the dispatcher is closed first, or "interrupted"/"internal" when
--- make raises.
+-- make raises.  A job may carry `times`, a table to which the dispatcher
+-- adds the seconds it spent queued (a slot, the rate limit), signing and
+-- on the network (sent to answered), in queue_time, sign_time and
+-- network_time; times.since is its scratch.  Without it, no clock is read.
 local core = require("wechatpay.core")
 local errors = require("wechatpay.errors")
 
@@ -69,6 +72,8 @@ end
 --- submit(job): queues a job; on a closed dispatcher it fails at once.
 function dispatcher:submit(job)
   if self.closed then return job.done(nil, CLOSED) end
+  local times = job.times
+  if times then times.since = monotonic() end
   self.tail = self.tail + 1
   self.queue[self.tail] = job
   self:pump()
@@ -113,6 +118,8 @@ function dispatcher:pump()
 end
 
 function dispatcher:send(job)
+  local times = job.times
+  local began = times and monotonic()
   local ok, request = pcall(job.make)
   if not ok then
     -- Signing does not fail on its own: this is a closed key, a bug, or an
@@ -121,12 +128,19 @@ function dispatcher:send(job)
     job.done(nil, errors.from_raise(request, "while signing"))
     error(request, 0)
   end
+  if times then
+    local signed = monotonic()
+    times.queue_time = times.queue_time + (began - times.since)
+    times.sign_time = times.sign_time + (signed - began)
+    times.since = signed
+  end
   self.in_flight = self.in_flight + 1
   self.sent[job] = true
   local submitted, err = pcall(self.transport.submit, self.transport, request, function(raw, failure)
     if not self.sent[job] then return end   -- already failed by close()
     self.sent[job] = nil
     self.in_flight = self.in_flight - 1
+    if times then times.network_time = times.network_time + (monotonic() - times.since) end
     job.done(raw, failure)
     self:pump()
   end)

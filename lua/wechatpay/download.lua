@@ -104,7 +104,7 @@ local function file_sink(to)
   local temp = dir .. "." .. name .. "." .. suffix .. ".part"
   local file, err = io.open(temp, "wb")
   if not file then
-    return nil, errors.new("io", "cannot write the bill next to " .. to .. ": " .. tostring(err))
+    return nil, errors.new("file", "cannot write the bill next to " .. to .. ": " .. tostring(err))
   end
   local sink = { path = to, temp = temp }
   function sink.write(bytes)
@@ -176,7 +176,7 @@ function download.consumer(source, to)
     hasher:update(bytes)
     self.bytes = self.bytes + #bytes
     local ok, why, raised = sink.write(bytes)
-    if not ok then return fail("io", tostring(why), raised and why) end
+    if not ok then return fail("file", tostring(why), raised and why) end
     return true
   end
 
@@ -233,7 +233,7 @@ function download.consumer(source, to)
     end
     if not self.err then
       local ok, why = sink.commit()
-      if not ok then fail("io", why) end
+      if not ok then fail("file", why) end
     end
     if self.err then return self.abort() end
     hasher:close()

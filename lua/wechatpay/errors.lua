@@ -12,6 +12,8 @@
 --   err.response    the response, when one arrived (a 2xx that failed
 --                   verification may still have been acted on)
 --   err.attempts    how many times the call was sent
+--   err.failovers   with backup hosts (base_url a list): how many times the
+--                   call moved to the next host
 -- tostring(err) is one line of at most MAX_LINE bytes with control
 -- characters escaped: a server's message cannot forge log lines.
 local errors = {}
@@ -30,10 +32,11 @@ errors.KINDS = {
     .. "apiv3_key: check the APIv3 key (32 characters, set in the merchant platform; not the APIv2 key)",
   integrity = "a downloaded file (a bill) whose bytes do not match the hash WeChat Pay gave, or whose gzip "
     .. "stream is corrupt or ends early: nothing was kept",
-  io = "a downloaded bill could not be written to its file (the temporary file beside it, or the rename): "
-    .. "nothing was kept",
   malformed = "a callback or certificate download that verified but is not what WeChat Pay sends "
     .. "(not JSON, or without its id, resource or certificates)",
+  file = "a media upload's file that cannot be read, is empty, is not of a type the endpoint takes "
+    .. "(judged by its bytes) or is over its size limit: nothing was sent; or a downloaded bill that cannot "
+    .. "be written to its file (the temporary file beside it, or the rename): nothing was kept",
 }
 
 errors.MAX_LINE = 1024

@@ -19,6 +19,7 @@ local wechatpay = {
   notification = require("wechatpay.notification"),
   dedupe = require("wechatpay.dedupe"),
   certificates = require("wechatpay.certificates"),
+  media = require("wechatpay.media"),
 }
 
 --- wechatpay.all{ p1, p2 }:wait() -> { res1, res2 } | nil, first error

@@ -106,7 +106,11 @@ function M.notification(client, handler, opts)
   local headers = ngx.req.get_headers(100, true)
   local status, text, detail = notification.handle(client, headers, body, handler, handle_opts)
   if status >= 400 and opts.log ~= false then
-    local message = type(detail) == "table" and detail.message or tostring(detail)
+    local message = type(detail) == "table" and detail.message
+    if not message and status == 503 and type(detail) == "table" and type(detail.id) == "string" then
+      message = "event " .. detail.id:sub(1, 64) .. " is being handled by another delivery; WeChat Pay delivers it again"
+    end
+    message = message or tostring(detail)
     ngx.log(ngx.WARN, "wechatpay: notification answered ", status, ": ", message)
   end
   return answer(status, text)

@@ -2,7 +2,9 @@
 -- encoded once (prepare), then signed at each attempt (sign).  The bytes
 -- signed are the bytes sent: whatever the transport or a server would
 -- rewrite (dot segments, a fragment, a bare %, a 15-digit JSON number) is
--- encoded or refused here, before anything is queued.
+-- encoded or refused here, before anything is queued.  The one exception is
+-- a media upload (`file =`, wechatpay.media): its multipart body is sent and
+-- its meta part alone is signed, as WeChat Pay wants.
 --
 --   local prepared = request.prepare(settings, "POST", "v3/multiuse/users/{openid}/coupons", opts)
 --   local transport_request = request.sign(settings, prepared)
@@ -11,6 +13,7 @@ local core = require("wechatpay.core")
 local config = require("wechatpay.config")
 local errors = require("wechatpay.errors")
 local headers = require("wechatpay.headers")
+local media = require("wechatpay.media")
 local retry = require("wechatpay.retry")
 
 local request = {}
@@ -229,12 +232,15 @@ local OWNED = {
   ["proxy-authorization"] = "belongs in the proxy URL",
 }
 
-local function header_lines(settings, given, has_body)
+-- content_type: the default Content-Type of the body (nil without one);
+-- multipart: the body is a media upload, whose Content-Type names its
+-- boundary and cannot be given.
+local function header_lines(settings, given, content_type, multipart)
   local defaults = {
     { "Accept", "application/json" },
     { "User-Agent", settings.user_agent },
   }
-  if has_body then defaults[#defaults + 1] = { "Content-Type", "application/json" } end
+  if content_type then defaults[#defaults + 1] = { "Content-Type", content_type } end
   if settings.encryption_key_id then defaults[#defaults + 1] = { "Wechatpay-Serial", settings.encryption_key_id } end
   local seen, lines = {}, {}
   if given ~= nil then
@@ -248,6 +254,9 @@ local function header_lines(settings, given, has_body)
       end
       local lower = name:lower()
       if OWNED[lower] then raise(("headers.%s %s"):format(name, OWNED[lower])) end
+      if multipart and lower == "content-type" then
+        raise(("headers.%s is set by the client for a file upload: it names the multipart boundary"):format(name))
+      end
       if seen[lower] then raise(("headers.%s is given twice (names are case-insensitive)"):format(name)) end
       if type(value) == "number" then value = query_value(name, value) end
       if not headers.valid_value(value) then
@@ -265,7 +274,7 @@ end
 
 -- ---- prepare and sign -------------------------------------------------------------
 
-local CALL_OPTIONS = { json = true, body = true, query = true, headers = true, timeout = true, retry = true }
+local CALL_OPTIONS = { json = true, body = true, file = true, query = true, headers = true, timeout = true, retry = true }
 
 local function check_options(path, opts)
   local variables
@@ -273,15 +282,16 @@ local function check_options(path, opts)
     if not CALL_OPTIONS[name] then
       variables = variables or request.template_names(path)
       if not variables[name] then
-        raise(("unknown request option '%s' for %s: the options are json, body, query, headers, timeout "
-          .. "and retry, plus the path's {variables}"):format(tostring(name), path))
+        raise(("unknown request option '%s' for %s: the options are json, body, file, query, headers, "
+          .. "timeout and retry, plus the path's {variables}"):format(tostring(name), path))
       end
     end
   end
 end
 
---- prepare(settings, method, path, opts) -> prepared: everything that does
--- not depend on the moment of sending.  Raises on a programmer error.
+--- prepare(settings, method, path, opts) -> prepared | nil, err: everything
+-- that does not depend on the moment of sending.  Raises on a programmer
+-- error; err (kind "file") for a file to upload that cannot be sent.
 function request.prepare(settings, method, path, opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then raise("request options must be a table") end
@@ -289,9 +299,22 @@ function request.prepare(settings, method, path, opts)
   local target = request.expand(path, opts)
   local query = request.encode_query(opts.query)
   if query then target = target .. "?" .. query end
-  local body
+  local body, signed_body, content_type, idempotent
   if opts.json ~= nil and opts.body ~= nil then raise("give json or body, not both") end
-  if opts.json ~= nil then
+  if opts.file ~= nil then
+    if opts.json ~= nil or opts.body ~= nil then
+      raise("give file, or json or body, not both: an upload's body is the multipart form made from file")
+    end
+    if method ~= "POST" then raise(("file is uploaded with POST, not %s"):format(method)) end
+    local upload, err = media.prepare(path, opts.file)
+    if not upload then return nil, err end
+    -- upload.meta is the meta part's body, byte for byte (media.multipart
+    -- builds the part from this very string): it is what is signed
+    body, signed_body, content_type = upload.body, upload.meta, upload.content_type
+    -- WeChat Pay answers the same media_id for the same bytes: a replay
+    -- duplicates nothing.
+    idempotent = true
+  elseif opts.json ~= nil then
     if type(opts.json) ~= "table" then raise("json must be a table") end
     body = request.encode_json(opts.json)
   elseif opts.body ~= nil then
@@ -300,26 +323,29 @@ function request.prepare(settings, method, path, opts)
   else
     body = ""
   end
+  if not content_type and body ~= "" then content_type = "application/json" end
   local timeout = settings.timeout
   if opts.timeout ~= nil then timeout = config.number(opts.timeout, "timeout", config.RANGES.timeout, "request") end
   return {
     method = method,
     target = target,
     body = body,
-    headers = header_lines(settings, opts.headers, body ~= ""),
+    signed_body = signed_body,   -- nil: the body itself is signed
+    headers = header_lines(settings, opts.headers, content_type, signed_body ~= nil),
     timeout = timeout,
-    idempotent = retry.is_idempotent(method, type(opts.json) == "table" and opts.json or nil, body),
+    idempotent = idempotent or retry.is_idempotent(method, type(opts.json) == "table" and opts.json or nil, body),
     retry = config.retry_policy(opts.retry, settings.retry, "request"),
   }
 end
 
 --- sign(settings, prepared) -> the transport request, signed now with a
 -- fresh timestamp and nonce: every attempt of a retried call is signed anew.
+-- The body is signed, or, for an upload, the meta part it holds.
 function request.sign(settings, prepared)
   local lines = {}
   for i = 1, #prepared.headers do lines[i] = prepared.headers[i] end
   lines[#lines + 1] = "Authorization: " .. core.authorization(settings.private_key,
-    settings.mchid, settings.serial, prepared.method, prepared.target, prepared.body)
+    settings.mchid, settings.serial, prepared.method, prepared.target, prepared.signed_body or prepared.body)
   return {
     method = prepared.method,
     url = settings.base_url .. prepared.target,

@@ -293,20 +293,117 @@ function handlers.crypto()
   say_json{ coupon_id = "none", no = "CRYPTO" }
 end
 
+-- /cb_echo: a signed call with the callbacks client (certificates from the
+-- shared dict), as a handler that also calls WeChat Pay makes one
+function handlers.cb_echo()
+  local res, err = app.cb_client.v3.mock.echo:get()
+  local echoed = res and res:json()
+  say_json{ status = res and res.status, error = err and tostring(err), pid = ngx.worker.pid(),
+    user_agent = echoed and echoed.headers["user-agent"] }
+end
+
+-- /upload?size=&tag=&filename=: a PNG-typed file of size bytes (made as
+-- spec/support/media_samples.lua makes it) uploaded with file = { content = }.
+function handlers.upload(args)
+  local samples = require("support.media_samples")
+  local res, err = client.v3.merchant.media.upload:post{
+    file = { content = samples.bytes("png", tonumber(args.size), args.tag), filename = args.filename },
+  }
+  if not res then
+    ngx.status = 502
+    return say_json{ error = tostring(err), kind = err and err.kind }
+  end
+  say_json{ media_id = res:json().media_id }
+end
+
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }
 end
 
+-- ---- on_call and backup hosts (spec/observe_spec.lua) ----------------------
+
+-- The hook of the observed clients: a line in the error log, a counter per
+-- method, path template and status in a shared dict (what /metrics shows),
+-- and the records of the current request (ngx.ctx: its light threads share it).
+local function count_call(record)
+  ngx.log(ngx.WARN, "wechatpay call ", cjson.encode(record))
+  local key = ('wechatpay_calls_total{method="%s",path="%s",status="%s"}')
+    :format(record.method, record.path, record.status or record.error)
+  results():incr(key, 1, 0)
+  local list = ngx.ctx.observed
+  if list then list[#list + 1] = record end
+end
+
+-- One client per worker and kind, made at its first use: a primary on a
+-- closed port (dead=), then the mock; its memory of the dead host lasts as
+-- long as the worker.
+local observed = {}
+local function observed_client(dead, raising)
+  local kind = raising and "raising" or "counting"
+  if observed[kind] then return observed[kind] end
+  local port = config.base_url:match(":(%d+)/$")
+  observed[kind] = require("wechatpay").new{
+    mchid = config.mchid, serial = config.merchant_serial,
+    private_key = config.merchant_pem,
+    certs = { [config.platform_key_id] = config.platform_pem },
+    base_url = { "https://localhost:" .. dead .. "/", config.base_url },
+    resolve = { ["localhost:" .. dead] = "127.0.0.1", ["localhost:" .. port] = "127.0.0.1" },
+    timeout = 5,
+    on_call = raising and function() error("the hook broke") end or count_call,
+  }
+  return observed[kind]
+end
+
+-- /observed?dead=&n=&raise=: n echo GETs and a grant addressed with the
+-- openid in the path; -> { records = the records of this request, errors = }
+function handlers.observed(args)
+  local c = observed_client(args.dead, args.raise == "1")
+  ngx.ctx.observed = {}
+  local failures = {}
+  for _ = 1, tonumber(args.n) or 1 do
+    local res, err = c.v3.mock.echo:get{ query = { card = "SecretQuery" } }
+    if not res then failures[#failures + 1] = tostring(err) end
+  end
+  local user = users[1]
+  local json = grant_json(user, args.no)
+  local res, err = c.v3.multiuse.users[user.openid].coupons:post{ json = json }
+  if not res then failures[#failures + 1] = tostring(err) end
+  say_json{ records = ngx.ctx.observed, errors = failures }
+end
+
+-- /backup_ip_literal: a backup naming 127.0.0.1 is refused like a primary would be.
+function handlers.backup_ip_literal()
+  local c = require("wechatpay").new{
+    mchid = config.mchid, serial = config.merchant_serial,
+    private_key = config.merchant_pem,
+    certs = { [config.platform_key_id] = config.platform_pem },
+    base_url = { config.base_url, config.ip_base_url }, resolve = config.resolve,
+  }
+  local ok, err = pcall(function() return c.v3.mock.echo:get() end)
+  say_json{ ok = ok, error = tostring(err) }
+end
+
+-- /metrics: the counters in Prometheus' text format.
+function handlers.metrics()
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+  ngx.say("# TYPE wechatpay_calls_total counter")
+  for _, key in ipairs(results():get_keys(0)) do
+    if key:find("^wechatpay_calls_total{") then ngx.say(key, " ", results():get(key)) end
+  end
+end
+
 --- /notify: the notify_url, one line of wechatpay.ngx.  The handler counts
 -- its calls per event id in app_results (all workers), sleeps for
--- resource.sleep seconds, and fails when resource.fail is set.
+-- resource.sleep seconds, and fails when resource.fail is set, or for its
+-- first resource.fail_times calls.
 function app.notify()
   local wechatpay = require("wechatpay")
   wechatpay.ngx.notification(app.cb_client, function(event)
     if event.resource.sleep then ngx.sleep(event.resource.sleep) end
-    results():incr("handled:" .. event.id, 1, 0)
+    local calls = results():incr("handled:" .. event.id, 1, 0)
     results():set("event:" .. event.id, cjson.encode{ resource = event.resource, pid = ngx.worker.pid() })
+    if event.resource.fail_times and calls <= event.resource.fail_times then return false end
     return not event.resource.fail
   end, { dedupe = wechatpay.dedupe.shared_dict(ngx.shared.wechatpay_events) })
 end

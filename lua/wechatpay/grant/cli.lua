@@ -7,6 +7,7 @@ local batch = require("wechatpay.grant.batch")
 local results = require("wechatpay.grant.results")
 local progress = require("wechatpay.grant.progress")
 local errors = require("wechatpay.errors")
+local shared_config = require("wechatpay.cli.config")
 
 local cli = {}
 
@@ -28,6 +29,7 @@ RSA-OAEP encrypted for WeChat Pay.
                         -- base_url =, cafile =, timeout =, proxy = (optional)
                       }
                     It runs as Lua, so secrets may come from os.getenv(...).
+                    The same file serves `wechatpay call` and `wechatpay doctor`.
                     max_concurrency, rate_limit and retry are set from the flags below.
   --mock            start the built-in mock WeChat Pay instead (users seeded from
                     the CSV, its rate limit set to --rate); for demos and tests
@@ -198,66 +200,6 @@ local function scan(path, want_users)
   return columns, count, users
 end
 
--- Lua's words for what is wrong, without the text it was found in: the
--- file holds the private key and the APIv3 key, and Lua's messages quote
--- it ("near '...'", "(constant '...')"). Only Lua's own tokens stay quoted.
-local LUA_WORDS = {}
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat return "
-          .. "then true until while string number boolean table userdata thread"):gmatch("%a+") do
-  LUA_WORDS[w] = true
-end
-
-local function without_text(message)
-  message = message:gsub(" near .*$", "")
-  message = message:gsub("'([^']*)'", function(token)
-    if LUA_WORDS[token] or (#token <= 3 and token:find("^%p+$")) or token:find("^<%a+>$") then return nil end
-    return "'...'"
-  end)
-  if #message > 200 then message = message:sub(1, 200) .. "..." end
-  return message
-end
-
--- "path:LINE: message" -> LINE, message (nil when it is not in the file)
-local function config_position(err, path)
-  err = tostring(err)
-  local at = err:find(path .. ":", 1, true)
-  if at then
-    local line, message = err:sub(at + #path + 1):match("^(%d+):%s*(.*)$")
-    if line then return tonumber(line), message end
-  end
-  return nil, err:gsub("^[^:]*:%d+:%s*", "")
-end
-
--- Loads the --config file: Lua returning the wechatpay.new options.
-local function load_config(path)
-  local probe, perr = io.open(path, "rb")
-  if not probe then config_error("cannot load --config: %s", perr) end
-  local start = probe:read(10) or ""
-  probe:close()
-  if start == "-----BEGIN" then
-    config_error("--config %s is a PEM file, not Lua: give its path in the config file as "
-      .. "private_key = \"file:///...\" (or certs)", path)
-  end
-  local chunk, err = loadfile(path)
-  if not chunk then
-    local line, message = config_position(err, path)
-    config_error("cannot load --config %s: it is not valid Lua%s: %s (its text is not shown: it holds keys)",
-      path, line and (" at line " .. line) or "", without_text(message))
-  end
-  local ok, options = pcall(chunk)
-  if not ok then
-    local line, message = config_position(options, path)
-    config_error("--config %s raised an error%s: %s (its text is not shown: it holds keys)",
-      path, line and (" at line " .. line) or "", without_text(message))
-  end
-  if type(options) ~= "table" then
-    config_error("--config %s must return a table of wechatpay.new options, it returned %s", path, type(options))
-  end
-  local copy = {}
-  for k, v in pairs(options) do copy[k] = v end
-  return copy
-end
-
 -- The tool's settings over the configured ones: every grant carries an
 -- out_request_no, so timeouts, 429 and 5xx can be retried safely.
 local function client_options(options, opts)
@@ -288,7 +230,9 @@ local function make_client(opts, users)
     end
     return client, server
   end
-  local options = client_options(load_config(opts.config), opts)
+  local profile, perr = shared_config.load(opts.config)
+  if not profile then config_error("%s", perr) end
+  local options = client_options(shared_config.client_options(profile), opts)
   local ok, client = pcall(wechatpay.new, options)
   if not ok then config_error("--config %s: %s", opts.config, tostring(client)) end
   return client

@@ -13,9 +13,12 @@
 --   POST   /rotate          -> {"serial": the certificate that signs from now on}
 --   POST   /notify          {"url":..., "resource":{...}, ...} -> {"n":..., "id":...}
 --   GET    /notify/{n}      -> the deliveries and attempts of notification n
+--   GET    /uploads         -> {"uploads":[...]}: the media upload requests seen, oldest first
+--   GET    /media/{id}      -> the record of an uploaded file, or 404
 local cjson = require("cjson.safe")
 local coupons = require("wechatpay.mock.coupons")
 local faults = require("wechatpay.mock.faults")
+local media = require("wechatpay.mock.media")
 local notify = require("wechatpay.mock.notify")
 local state = require("wechatpay.mock.state")
 
@@ -129,6 +132,14 @@ function admin.handle()
       return reply(404, { error = "no such notification" })
     end
     record.spec = nil
+    return reply(200, record)
+  elseif uri == "/uploads" and method == "GET" then
+    return reply(200, { uploads = media.uploads() })
+  elseif method == "GET" and uri:match("^/media/[^/]+$") then
+    local record = media.get(ngx.unescape_uri(uri:match("^/media/([^/]+)$")))
+    if not record then
+      return reply(404, { error = "no such media" })
+    end
     return reply(200, record)
   elseif method == "GET" then
     local coupon_id = uri:match("^/coupons/([^/]+)$")

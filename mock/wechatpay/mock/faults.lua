@@ -53,6 +53,9 @@ local CHECKS = {
   timestamp = function(opts)
     return number_opt(opts, "offset", true)
   end,
+  date = function(opts)
+    return number_opt(opts, "offset", true)
+  end,
   missing_headers = function(opts)
     local names = opts.headers
     if names == nil then

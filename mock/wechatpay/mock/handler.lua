@@ -3,6 +3,8 @@
 -- Order for a /v3/ request: count it, take the next armed fault, add the
 -- configured latency, apply "before" faults (status, delay), check the
 -- Authorization header, run the endpoint, apply "after" faults while sending.
+-- An upload's form is parsed before the Authorization check: its signature
+-- covers the meta part only (media.lua).
 local cjson = require("cjson.safe")
 local digest = require("openssl.digest")
 local auth = require("wechatpay.mock.auth")
@@ -10,6 +12,7 @@ local bills = require("wechatpay.mock.bills")
 local certs = require("wechatpay.mock.certs")
 local coupons = require("wechatpay.mock.coupons")
 local faults = require("wechatpay.mock.faults")
+local media = require("wechatpay.mock.media")
 local response = require("wechatpay.mock.response")
 local state = require("wechatpay.mock.state")
 local util = require("wechatpay.mock.util")
@@ -161,6 +164,9 @@ local function route(method, segments)
   if n == 3 and s[2] == "billdownload" and s[3] == "file" and method == "GET" then
     return bill_download, {}
   end
+  if method == "POST" and media.ENDPOINTS["/" .. table.concat(s, "/")] then
+    return media.upload, { multipart = true }
+  end
   return nil
 end
 
@@ -204,8 +210,18 @@ local function handle_api(dicts, request_uri)
     req.query = query
     req.body = read_body()
     req.headers = ngx.req.get_headers(200)
+    req.signed_body = req.body
     req.fault = fault
-    resp = auth.verify(method, request_uri, req.body) or endpoint(req)
+    if req.multipart then
+      local form, err = media.parse(req.headers["content-type"], req.body)
+      if form then
+        req.form, req.signed_body = form, form.meta.body
+      else
+        resp = response.error(400, "PARAM_ERROR", "malformed multipart/form-data: " .. err)
+      end
+    end
+    resp = resp or auth.verify(method, request_uri, req.signed_body) or endpoint(req)
+    if req.multipart then media.record(req, resp) end
   end
   if resp.file then
     -- nginx's static handler may take over (ngx.exec), which clears ngx.ctx:

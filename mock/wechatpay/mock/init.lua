@@ -28,6 +28,10 @@
 --   server:stats()    --> { connections, requests, grants, in_flight_max, in_flight }
 --   server:reset()    -- zero counters, forget grants, faults and rate counters
 --   server:coupon(coupon_id)   --> { coupon_id, stock_id, openid, appid, out_request_no, amount, ... } or nil
+--   server:uploads()   --> the media upload requests seen, oldest first: { path, status, code, media_id,
+--                          content_type, content_length, body_length, signed, meta,
+--                          file = { filename, content_type, size, sha256 } }
+--   server:media(media_id)     --> { media_id, sha256, size, path, filename, content_type, uploads } or nil
 --   server:configure{ latency = 0.05, rate_limit = 3 }
 --   server:client{ timeout = 2 }   --> wechatpay.new{...} configured for this server
 --   server:stop()     -- idempotent; also on __gc / __close
@@ -43,12 +47,19 @@
 --        use-flow|send-flow|refund-flow  ->  hash_type, hash_value, url
 --   GET  /v3/billdownload/file?token=              unsigned bytes (the CSV, or its gzip)
 --   GET  /v3/certificates    two overlapping platform certificates, sealed with the APIv3 key
+--   POST /v3/merchant/media/upload, /v3/marketing/favor/media/image-upload,
+--        /v3/merchant-service/images/upload (JPEG/PNG/BMP, 2 MB),
+--        /v3/merchant/media/video_upload (MP4, MOV, AVI, ..., 5 MB)
+--        multipart meta + file, signed over meta; 400 PARAM_ERROR on a sha256 mismatch,
+--        a type other than the bytes say or the endpoint takes, a file over the limit
 --
 -- Faults, each for the next opts.count (default 1) /v3/ requests whose URI
 -- matches opts.path (a Lua pattern, optional), in the order armed:
 --   tamper_body      signed, then one character of the body changed
 --   signtest         Wechatpay-Signature = "WECHATPAY/SIGNTEST/" .. base64 junk
 --   timestamp        Wechatpay-Timestamp = now + opts.offset, correctly signed
+--   date             the HTTP Date header = now + opts.offset (a skewed server clock;
+--                    the signature and Wechatpay-Timestamp are unchanged)
 --   unknown_serial   Wechatpay-Serial = opts.serial or PUB_KEY_ID_999..., real signature
 --   missing_headers  2xx without opts.headers (default: all four Wechatpay-* headers)
 --   status           unsigned WeChat-shaped error opts.status (default 500), not processed
@@ -430,6 +441,21 @@ end
 
 function Server:coupon(coupon_id)
   local record, status = admin_or_raise(self, "GET", "/coupons/" .. tostring(coupon_id):gsub(
+    "[^%w_%-]", function(c) return string.format("%%%02X", c:byte()) end))
+  if status ~= 200 then
+    return nil
+  end
+  return record
+end
+
+--- The media upload requests the server saw (accepted or refused), oldest first.
+function Server:uploads()
+  return admin_or_raise(self, "GET", "/uploads").uploads
+end
+
+--- The record of an uploaded file by its media_id, or nil.
+function Server:media(media_id)
+  local record, status = admin_or_raise(self, "GET", "/media/" .. tostring(media_id):gsub(
     "[^%w_%-]", function(c) return string.format("%%%02X", c:byte()) end))
   if status ~= 200 then
     return nil

@@ -175,6 +175,10 @@ function response.send(resp, fault)
   local body = resp.body or ""
   local status = resp.status
   local headers = { { "Request-ID", request_id() } }
+  if fault and fault.name == "date" then
+    -- a server whose clock is off: only the HTTP Date header moves
+    headers[#headers + 1] = { "Date", ngx.http_time(ngx.time() + fault.opts.offset) }
+  end
   if resp.content_type then
     headers[#headers + 1] = { "Content-Type", resp.content_type }
   elseif body ~= "" then

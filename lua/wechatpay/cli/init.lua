@@ -1,0 +1,80 @@
+--- `wechatpay SUBCOMMAND ...`: the one command of the library, dispatching
+-- to call, doctor, certs and grant.  main(argv) -> exit status.
+local args = require("wechatpay.cli.args")
+local config = require("wechatpay.cli.config")
+local exit = require("wechatpay.cli.exit")
+
+local cli = {}
+
+local SUBCOMMANDS = {
+  call = { module = "wechatpay.cli.call", what = "one signed request, its answer verified (like curl)" },
+  doctor = { module = "wechatpay.cli.doctor", what = "check a configuration, piece by piece, with fixes" },
+  certs = { module = "wechatpay.cli.certs", what = "download the platform certificates into a directory" },
+  grant = { module = "wechatpay.grant.cli", what = "grant a stock to the users of a CSV file" },
+}
+local ORDER = { "call", "doctor", "certs", "grant" }
+
+function cli.usage()
+  local lines = { "usage: wechatpay SUBCOMMAND [options]   (wechatpay SUBCOMMAND --help for its options)", "" }
+  for _, name in ipairs(ORDER) do
+    lines[#lines + 1] = ("  %-8s %s"):format(name, SUBCOMMANDS[name].what)
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "Configuration (call, doctor, certs; grant takes --config only): --config FILE, a Lua file"
+  lines[#lines + 1] = "returning the wechatpay.new options (plus merchant_cert and apiv3_key_file), or else"
+  lines[#lines + 1] = "these environment variables:"
+  for _, pair in ipairs(config.ENV) do
+    lines[#lines + 1] = ("  %-25s %s"):format(pair[1], pair[2])
+  end
+  lines[#lines + 1] = "The APIv3 key and the key passphrase are never taken from the command line."
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "Exit status:"
+  return table.concat(lines, "\n") .. "\n" .. exit.TABLE
+end
+
+local function run(argv)
+  local name = argv[1]
+  if name == nil then
+    io.stderr:write(cli.usage())
+    return exit.USAGE
+  end
+  if name == "-h" or name == "--help" or name == "help" then
+    io.stdout:write(cli.usage())
+    return exit.OK
+  end
+  local sub = SUBCOMMANDS[name]
+  if not sub then
+    io.stderr:write(("wechatpay: unknown subcommand %q: call, doctor, certs or grant (--help)\n"):format(name:sub(1, 40)))
+    return exit.USAGE
+  end
+  local refused = args.refuse_secrets(argv)
+  if refused then
+    io.stderr:write("wechatpay ", name, ": ", refused, "\n")
+    return exit.USAGE
+  end
+  local rest = {}
+  for i = 2, #argv do rest[#rest + 1] = argv[i] end
+  if name == "grant" then return require(sub.module).main(rest) end
+  return require(sub.module).main(argv)
+end
+
+--- main(argv) -> exit status; a raised error is reported as a bug, an
+-- interrupt as 130.
+function cli.main(argv)
+  local list = {}
+  for i = 1, #argv do list[i] = argv[i] end
+  local ok, code = xpcall(run, function(e)
+    if require("wechatpay.errors").is_interrupt(e) then return exit.INTERRUPTED end
+    return debug.traceback(tostring(e), 2)
+  end, list)
+  io.stdout:flush()
+  if ok then return code end
+  if code == exit.INTERRUPTED then
+    io.stderr:write("wechatpay: interrupted\n")
+    return code
+  end
+  io.stderr:write("wechatpay: internal error: ", tostring(code), "\n")
+  return exit.INTERNAL
+end
+
+return cli
