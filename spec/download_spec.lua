@@ -247,6 +247,20 @@ describe("client:download", function()
       { "https://api2.mch.weixin.qq.com", "https://api.mch.weixin.qq.com" }))
   end)
 
+  it("with backups in base_url, a URL on any of them is taken, and a dead primary is passed over", function()
+    local listener = assert(require("socket").bind("127.0.0.1", 0))
+    local _, port = listener:getsockname()
+    listener:close()   -- nothing listens there now: connecting is refused
+    local backed = server:client{ timeout = 5, retry = false,
+      base_url = { "https://127.0.0.1:" .. port .. "/", server.base_url } }
+    local bill = apply("2026-11-26", true)   -- its URL names the backup's host
+    local to = dir .. "/bill.csv"
+    local info = assert(backed:download(bill, { to = to }))
+    ossl.run("cmp " .. q(to) .. " " .. q(csv_of("trade-20261126")))
+    assert.equal(info.hash_value, bill:json().hash_value)
+    backed:close()
+  end)
+
   it("refuses what is not a bill, and unknown options; an unknown hash type is an integrity error", function()
     assert.has_error(function() client:download("https://x/", { to = "a" }) end)
     assert.has_error(function() client:download({ download_url = "u" }, { to = "a" }) end)
