@@ -16,6 +16,8 @@ OPENSSL_LIBS  ?= $(shell pkg-config --libs libcrypto 2>/dev/null || echo -lcrypt
 # mbedTLS 2.28 on Debian 12 ships no .pc file
 MBEDTLS_INCDIR ?=
 MBEDTLS_LIBS  ?= -lmbedtls -lmbedx509 -lmbedcrypto
+# zlib inflates gzip bills as they download (libcurl depends on it already)
+ZLIB_LIBS     ?= $(shell pkg-config --libs zlib 2>/dev/null || echo -lz)
 CC            ?= cc
 CFLAGS        ?= -O2 -g
 LIBFLAG       ?= -shared
@@ -70,7 +72,7 @@ $$(DIR_$(1))/obj/$(2)/%.o: csrc/%.c $$(HDRS)
 # Never -llua: the interpreter that loads the module provides the Lua API.
 $$(DIR_$(1))/$(2)/wechatpay/core.so: $$(patsubst csrc/%.c,$$(DIR_$(1))/obj/$(2)/%.o,$$(COMMON_SRCS) csrc/crypto_$(1).c)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LIBFLAG) -o $$@ $$^ $$(CURL_LIBS) $$(LIBS_$(1)) -lpthread
+	$$(CC) $$(LIBFLAG) -o $$@ $$^ $$(CURL_LIBS) $$(LIBS_$(1)) $$(ZLIB_LIBS) -lpthread
 endef
 $(eval $(call module,openssl,lua5.4,$(LUA54_INCDIR)))
 $(eval $(call module,openssl,luajit,$(LUAJIT_INCDIR)))

@@ -81,6 +81,16 @@ int wp_digest(wp_md md, const unsigned char *in, size_t len, unsigned char *out)
 int wp_hmac_sha256(const unsigned char *key, size_t keylen,
                    const unsigned char *in, size_t len, unsigned char out[32]);
 
+/* Incremental digests, for data that never sits whole in memory (a bill
+ * download).  wp_md_new returns NULL when out of memory; wp_md_final writes
+ * wp_md_size(md) bytes once, after which the context only takes wp_md_free
+ * (which accepts NULL). */
+typedef struct wp_md_ctx wp_md_ctx;
+wp_md_ctx *wp_md_new(wp_md md);
+int  wp_md_update(wp_md_ctx *ctx, const unsigned char *in, size_t len);
+int  wp_md_final(wp_md_ctx *ctx, unsigned char *out);
+void wp_md_free(wp_md_ctx *ctx);
+
 /* CSPRNG: seeded once per process, reseeded in a forked child. */
 int wp_random(unsigned char *out, size_t len, char *err);
 

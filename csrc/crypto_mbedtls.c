@@ -628,6 +628,38 @@ int wp_digest(wp_md md, const unsigned char *in, size_t len, unsigned char *out)
   return mbedtls_md(md_info(md), in, len, out) == 0 ? 0 : -1;
 }
 
+struct wp_md_ctx {
+  mbedtls_md_context_t md;
+};
+
+wp_md_ctx *wp_md_new(wp_md md) {
+  const mbedtls_md_info_t *info = md_info(md);
+  wp_md_ctx *ctx;
+  if (!info) return NULL;
+  ctx = (wp_md_ctx *)calloc(1, sizeof *ctx);
+  if (!ctx) return NULL;
+  mbedtls_md_init(&ctx->md);
+  if (mbedtls_md_setup(&ctx->md, info, 0) != 0 || mbedtls_md_starts(&ctx->md) != 0) {
+    wp_md_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+int wp_md_update(wp_md_ctx *ctx, const unsigned char *in, size_t len) {
+  return mbedtls_md_update(&ctx->md, in, len) == 0 ? 0 : -1;
+}
+
+int wp_md_final(wp_md_ctx *ctx, unsigned char *out) {
+  return mbedtls_md_finish(&ctx->md, out) == 0 ? 0 : -1;
+}
+
+void wp_md_free(wp_md_ctx *ctx) {
+  if (!ctx) return;
+  mbedtls_md_free(&ctx->md);
+  free(ctx);
+}
+
 int wp_hmac_sha256(const unsigned char *key, size_t keylen,
                    const unsigned char *in, size_t len, unsigned char out[32]) {
   return mbedtls_md_hmac(md_info(WP_MD_SHA256), key, keylen, in, len, out) == 0 ? 0 : -1;

@@ -840,6 +840,42 @@ int wp_digest(wp_md md, const unsigned char *in, size_t len, unsigned char *out)
   return 0;
 }
 
+struct wp_md_ctx {
+  EVP_MD_CTX *evp;
+};
+
+wp_md_ctx *wp_md_new(wp_md md) {
+  const EVP_MD *type = md_of(md);
+  wp_md_ctx *ctx;
+  if (!type) return NULL;
+  ctx = (wp_md_ctx *)calloc(1, sizeof *ctx);
+  if (!ctx) return NULL;
+  ctx->evp = EVP_MD_CTX_new();
+  if (!ctx->evp || EVP_DigestInit_ex2(ctx->evp, type, NULL) != 1) {
+    ERR_clear_error();
+    wp_md_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+int wp_md_update(wp_md_ctx *ctx, const unsigned char *in, size_t len) {
+  if (EVP_DigestUpdate(ctx->evp, in, len) != 1) { ERR_clear_error(); return -1; }
+  return 0;
+}
+
+int wp_md_final(wp_md_ctx *ctx, unsigned char *out) {
+  unsigned int n = 0;
+  if (EVP_DigestFinal_ex(ctx->evp, out, &n) != 1) { ERR_clear_error(); return -1; }
+  return 0;
+}
+
+void wp_md_free(wp_md_ctx *ctx) {
+  if (!ctx) return;
+  EVP_MD_CTX_free(ctx->evp);
+  free(ctx);
+}
+
 int wp_hmac_sha256(const unsigned char *key, size_t keylen,
                    const unsigned char *in, size_t len, unsigned char out[32]) {
   static const unsigned char empty[1] = { 0 };

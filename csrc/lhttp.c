@@ -10,10 +10,20 @@
  *                                client_cert =, client_key =, client_key_type =, client_key_passphrase = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout =,   -- seconds, at least 0.001
- *                        client_cert = true }   -- present the session's client certificate (mutual TLS)
+ *                        client_cert = true,   -- present the session's client certificate (mutual TLS)
+ *                        stream = false }       -- hand a 2xx body to Lua in pieces (perform)
  *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
  *     { id =, status =, headers = { lower_name = value }, body = }            or
  *     { id =, error =, message =, sent =, retry =, curl_code = }
+ *   and, for streamed transfers still running, what arrived since the last perform:
+ *     { id =, status =, chunk = }
+ *
+ * Streaming (stream = true): a 2xx body is not kept whole.  The write
+ * callback buffers up to WP_STREAM_CHUNK bytes and then pauses the transfer
+ * (CURL_WRITEFUNC_PAUSE); perform() hands the buffered bytes to Lua as a
+ * chunk entry and resumes it, so memory stays flat whatever the size.  The
+ * finished entry's body holds the last bytes.  A non-2xx answer is read
+ * whole, as WP_STREAM_ERROR_BODY bytes at most (WeChat Pay's JSON error).
  *   s:cancel(id); s:pending(); s:close()
  *
  * A failure's fields:
@@ -51,6 +61,8 @@
 #define WP_MAX_MS 2147483647.0              /* curl_multi_poll takes an int */
 #define WP_MAX_IDLE 86400.0
 #define WP_MAX_CONNECTIONS 10000.0
+#define WP_STREAM_CHUNK (256 * 1024)        /* buffered before a streamed transfer pauses */
+#define WP_STREAM_ERROR_BODY (64 * 1024)    /* a streamed transfer's non-2xx body */
 
 typedef struct {
   char *data;
@@ -68,6 +80,9 @@ typedef struct transfer {
   int too_large;
   int head_ended;   /* the last header line was the blank one closing a block */
   int inherited;    /* made before a fork: the easy handle is the parent's */
+  int stream;       /* submitted with stream = true */
+  int streaming;    /* its answer is a 2xx: the body goes out in chunks */
+  int paused;       /* the write callback paused it: perform() resumes it */
   int forked;       /* was in flight at the fork: reported as a failure */
   long sent_at_fork;
   CURLcode result;
@@ -136,6 +151,16 @@ static void buffer_free(buffer *b) {
 static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
   transfer *t = (transfer *)userdata;
   size_t len = size * n;
+  if (t->stream && !t->streaming) {
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    t->streaming = status >= 200 && status < 300;
+  }
+  if (t->streaming) {
+    /* curl delivers these same bytes again once resumed: keep none now */
+    if (t->body.len >= WP_STREAM_CHUNK) { t->paused = 1; return CURL_WRITEFUNC_PAUSE; }
+    return buffer_append(&t->body, data, len) == 0 ? len : 0;
+  }
   if (t->body.len + len > t->max_body) { t->too_large = 1; return 0; }
   return buffer_append(&t->body, data, len) == 0 ? len : 0;
 }
@@ -210,6 +235,7 @@ static void transfer_release(session *s, transfer *t) {
   t->too_large = 0;
   t->head_ended = 0;
   t->forked = 0;
+  t->stream = t->streaming = t->paused = 0;
   t->id = 0;
   if (t->inherited) {
     unlink_transfer(s, t);
@@ -452,6 +478,10 @@ static int l_submit(lua_State *L) {
   t->headers = headers;
   t->max_body = s->max_body;
   t->errbuf[0] = '\0';
+  lua_getfield(L, 2, "stream");
+  t->stream = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (t->stream && t->max_body > WP_STREAM_ERROR_BODY) t->max_body = WP_STREAM_ERROR_BODY;
   is_get = strcmp(method, "GET") == 0;
   is_head = strcmp(method, "HEAD") == 0;
   curl_easy_setopt(t->easy, CURLOPT_URL, url);
@@ -655,9 +685,34 @@ static void push_result(lua_State *L, transfer *t) {
   }
 }
 
-/* s:perform([wait_seconds = 0]) -> list of finished transfers (maybe empty).
- * Runs every transfer; waits up to wait_seconds for activity when none has
- * finished yet (callers with timers pass the time to their next one). */
+/* Hands a streamed transfer's buffered bytes to Lua and resumes it if the
+ * write callback paused it: curl may call on_body again from
+ * curl_easy_pause, into the buffer just emptied. */
+static void push_chunk(lua_State *L, transfer *t) {
+  long status = 0;
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, t->id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, status);
+  lua_setfield(L, -2, "status");
+  lua_pushlstring(L, t->body.data, t->body.len);
+  lua_setfield(L, -2, "chunk");
+  t->body.len = 0;
+  if (t->paused) {
+    t->paused = 0;
+    curl_easy_pause(t->easy, CURLPAUSE_CONT);
+  }
+}
+
+static int has_chunk(const transfer *t) {
+  return t->streaming && !t->finished && t->id != 0 && t->body.len > 0;
+}
+
+/* s:perform([wait_seconds = 0]) -> list of finished transfers and of
+ * streamed transfers' chunks (maybe empty).  Runs every transfer; waits up
+ * to wait_seconds for activity when nothing is ready yet (callers with
+ * timers pass the time to their next one). */
 static int l_perform(lua_State *L) {
   session *s = check_session(L);
   lua_Number wait = luaL_optnumber(L, 2, 0);
@@ -668,7 +723,7 @@ static int l_perform(lua_State *L) {
   if (wait * 1000 > WP_MAX_MS) wait = WP_MAX_MS / 1000;
   mc = curl_multi_perform(s->multi, &running);
   collect_finished(s);
-  for (t = s->transfers; t; t = t->next) n += t->finished;
+  for (t = s->transfers; t; t = t->next) n += t->finished || has_chunk(t);
   if (mc == CURLM_OK && n == 0 && wait > 0) {   /* with nothing running it just sleeps */
     curl_multi_poll(s->multi, NULL, 0, (int)(wait * 1000), NULL);
     mc = curl_multi_perform(s->multi, &running);
@@ -679,6 +734,11 @@ static int l_perform(lua_State *L) {
   n = 0;
   for (t = s->transfers; t; t = next) {
     next = t->next;   /* an inherited transfer leaves the list when released */
+    if (has_chunk(t)) {
+      push_chunk(L, t);
+      lua_rawseti(L, -2, ++n);
+      continue;
+    }
     if (!t->finished) continue;
     push_result(L, t);
     lua_rawseti(L, -2, ++n);

@@ -44,5 +44,6 @@ void wp_open_keys(lua_State *L);     /* adds key functions to the table on top *
 void wp_open_crypto(lua_State *L);   /* rsa, aes, digests, base64, random */
 void wp_open_protocol(lua_State *L); /* the v3 signature scheme */
 void wp_open_http(lua_State *L);     /* the libcurl transport */
+void wp_open_stream(lua_State *L);   /* gzip inflater and incremental digests (downloads) */
 
 #endif

@@ -44,6 +44,7 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
+  ZLIB = { header = "zlib.h", library = "z" },
   MBEDTLS = { header = "mbedtls/pk.h", library = "mbedcrypto" },
 }
 build = {
@@ -51,12 +52,12 @@ build = {
   modules = {
     ["wechatpay.core"] = {
       sources = {
-        "csrc/core.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c",
+        "csrc/core.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c", "csrc/lstream.c",
         "csrc/crypto_mbedtls.c", "csrc/base64.c",
       },
-      libraries = { "curl", "mbedtls", "mbedx509", "mbedcrypto", "pthread" },
-      incdirs = { "$(CURL_INCDIR)", "$(MBEDTLS_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(MBEDTLS_LIBDIR)" },
+      libraries = { "curl", "z", "mbedtls", "mbedx509", "mbedcrypto", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(ZLIB_INCDIR)", "$(MBEDTLS_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(ZLIB_LIBDIR)", "$(MBEDTLS_LIBDIR)" },
     },
     ["wechatpay"] = "lua/wechatpay/init.lua",
     ["wechatpay.aes"] = "lua/wechatpay/aes.lua",
@@ -67,6 +68,7 @@ build = {
     ["wechatpay.config"] = "lua/wechatpay/config.lua",
     ["wechatpay.dedupe"] = "lua/wechatpay/dedupe.lua",
     ["wechatpay.dispatcher"] = "lua/wechatpay/dispatcher.lua",
+    ["wechatpay.download"] = "lua/wechatpay/download.lua",
     ["wechatpay.errors"] = "lua/wechatpay/errors.lua",
     ["wechatpay.hash"] = "lua/wechatpay/hash.lua",
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",

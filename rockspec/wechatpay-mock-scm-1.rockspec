@@ -46,6 +46,7 @@ build = {
       ["wechatpay.mock"] = "mock/wechatpay/mock/init.lua",
       ["wechatpay.mock.admin"] = "mock/wechatpay/mock/admin.lua",
       ["wechatpay.mock.auth"] = "mock/wechatpay/mock/auth.lua",
+      ["wechatpay.mock.bills"] = "mock/wechatpay/mock/bills.lua",
       ["wechatpay.mock.certs"] = "mock/wechatpay/mock/certs.lua",
       ["wechatpay.mock.coupons"] = "mock/wechatpay/mock/coupons.lua",
       ["wechatpay.mock.faults"] = "mock/wechatpay/mock/faults.lua",

@@ -42,6 +42,7 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
+  ZLIB = { header = "zlib.h", library = "z" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {
@@ -49,12 +50,12 @@ build = {
   modules = {
     ["wechatpay.core"] = {
       sources = {
-        "csrc/core.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c",
+        "csrc/core.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c", "csrc/lstream.c",
         "csrc/crypto_openssl.c", "csrc/base64.c",
       },
-      libraries = { "curl", "crypto", "pthread" },
-      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      libraries = { "curl", "z", "crypto", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(ZLIB_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(ZLIB_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
     ["wechatpay"] = "lua/wechatpay/init.lua",
     ["wechatpay.aes"] = "lua/wechatpay/aes.lua",
@@ -65,6 +66,7 @@ build = {
     ["wechatpay.config"] = "lua/wechatpay/config.lua",
     ["wechatpay.dedupe"] = "lua/wechatpay/dedupe.lua",
     ["wechatpay.dispatcher"] = "lua/wechatpay/dispatcher.lua",
+    ["wechatpay.download"] = "lua/wechatpay/download.lua",
     ["wechatpay.errors"] = "lua/wechatpay/errors.lua",
     ["wechatpay.hash"] = "lua/wechatpay/hash.lua",
     ["wechatpay.headers"] = "lua/wechatpay/headers.lua",

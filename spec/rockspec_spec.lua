@@ -121,7 +121,12 @@ describe("rockspec", function()
     assert.same(main.dependencies, mbedtls.dependencies)
     assert.equal("wechatpay-mbedtls", mbedtls.package)
     assert.equal(main.version, mbedtls.version)
-    assert.same({ "curl", "crypto", "pthread" }, main.build.modules["wechatpay.core"].libraries)
+    -- zlib inflates gzip bills (csrc/lstream.c) in both
+    assert.same({ "curl", "z", "crypto", "pthread" }, main.build.modules["wechatpay.core"].libraries)
+    assert.same({ "curl", "z", "mbedtls", "mbedx509", "mbedcrypto", "pthread" },
+      mbedtls.build.modules["wechatpay.core"].libraries)
+    assert.same(main.external_dependencies.ZLIB, mbedtls.external_dependencies.ZLIB)
+    assert.is_table(main.external_dependencies.ZLIB)
     assert.is_table(main.external_dependencies.OPENSSL)
     assert.is_nil(main.external_dependencies.MBEDTLS)
     assert.is_table(mbedtls.external_dependencies.MBEDTLS)

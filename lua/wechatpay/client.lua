@@ -13,6 +13,7 @@ local config = require("wechatpay.config")
 local curl_transport = require("wechatpay.transport.curl")
 local dedupe = require("wechatpay.dedupe")
 local dispatcher = require("wechatpay.dispatcher")
+local download = require("wechatpay.download")
 local errors = require("wechatpay.errors")
 local hosts = require("wechatpay.hosts")
 local nginx = require("wechatpay.nginx")
@@ -22,6 +23,7 @@ local observe = require("wechatpay.observe")
 local promise = require("wechatpay.promise")
 local ratelimit = require("wechatpay.ratelimit")
 local request = require("wechatpay.request")
+local response = require("wechatpay.response")
 local retry = require("wechatpay.retry")
 local verify = require("wechatpay.verify")
 local v2answer = require("wechatpay.v2.answer")
@@ -242,11 +244,12 @@ local function failover_reason(err)
   return nil
 end
 
--- send_async(method, path, options, check [, protocol]) -> promise: the one
--- path of every call; check(raw, target, prepared) -> response | nil, err
--- judges an answer (verify.response for API calls, the download's own check
--- for certificates, v2.answer for APIv2).  protocol: the prepare/sign pair,
--- wechatpay.request (v3) or wechatpay.v2.request.
+-- send_async(method, path, options, check [, protocol [, on_chunk]]) ->
+-- promise: the one path of every call; check(raw, target, prepared) ->
+-- response | nil, err judges an answer (verify.response for API calls, the
+-- download's own check for certificates and bills, v2.answer for APIv2).
+-- protocol: the prepare/sign pair, wechatpay.request (v3, the default) or
+-- wechatpay.v2.request.  on_chunk: a 2xx body streamed to it (bills).
 --
 -- With backups (base_url a list), a round of attempts visits each host at
 -- most once: one that was not reached hands the call to the next at once;
@@ -254,13 +257,14 @@ end
 -- GET, or what the retry policy judges idempotent).  Every attempt is
 -- signed anew, within the call's deadline (the longer of its timeout and
 -- the retry deadline).  Retries (retry.lua) count rounds, not failovers.
-send_async = function(self, method, path, opts, check, protocol)
+send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
   protocol = protocol or request
   local prepared, refused = protocol.prepare(settings, method, path, opts)
   -- a file to upload that cannot be sent: the call fails, nothing is queued
   if not prepared then return promise.rejected(refused) end
+  prepared.on_chunk = on_chunk
   local queue, own = dispatcher_for_call(state)
   if opts == nil or opts.timeout == nil then
     local override = nginx.mode() == "cosocket" and nginx.context()[state.timeout_key] or state.timeout
@@ -565,6 +569,56 @@ function methods.certificate_stats(self)
   local certs = self[STATE].certs
   if not certs then return { downloads = 0 } end
   return { downloads = certs.downloads, public_key_only = certs.public_key_only or false, last_error = certs.last_error }
+end
+
+-- A bill's whole transfer, not one API call: 10 minutes unless given.
+local DOWNLOAD_TIMEOUT = 600
+local DOWNLOAD_OPTIONS = { to = true, timeout = true }
+
+-- The download URL's answer is the one response WeChat Pay does not sign:
+-- its bytes are checked against the hash of the (signed) first call.
+local function check_bill(keys)
+  return function(raw, target)
+    if raw.status >= 200 and raw.status < 300 then return response.new(raw) end
+    return verify.response(keys, raw, target)   -- the "http" error, with WeChat Pay's code
+  end
+end
+
+--- client:download(bill, { to = path | function(bytes), timeout = s }) -> info | nil, err
+-- bill: the response of a bill call (tradebill, fundflowbill, a stock's
+-- use-flow...), its decoded table, or { download_url | url, hash_type,
+-- hash_value }.  The file streams through: gzip inflated, hashed, written
+-- (to a temporary name renamed over `to` once the hash matches).
+-- info = { bytes, hash_type, hash_value, path, gzip, received }.  Errors:
+-- "integrity" (hash mismatch, truncated or corrupt gzip), "http", "network",
+-- "timeout", "file" (the file cannot be written); a transfer that handed
+-- bytes on is never retried.
+function methods.download(self, bill, opts)
+  if type(opts) ~= "table" then errors.raise("download: options must be a table such as { to = \"bill.csv\" }") end
+  for name in pairs(opts) do
+    if not DOWNLOAD_OPTIONS[name] then
+      errors.raise(("download: unknown option '%s' (the options are to and timeout)"):format(tostring(name)))
+    end
+  end
+  local settings = self[STATE].settings
+  local source, err = download.source(bill)
+  if not source then return nil, err end
+  local path, query = download.split(download.target(source.url, settings.base_urls))
+  local consumer, cerr = download.consumer(source, opts.to)
+  if not consumer then return nil, cerr end
+  local sent, p = pcall(send_async, self, "GET", path, { query = query, timeout = opts.timeout or DOWNLOAD_TIMEOUT },
+    check_bill(settings.platform_keys), nil, consumer.on_chunk)
+  if not sent then
+    consumer.abort()
+    error(p, 0)
+  end
+  local waited, res, failure = pcall(p.wait, p)
+  if not waited then   -- an interrupt: the temporary file goes, the error goes on up
+    consumer.abort()
+    error(res, 0)
+  end
+  if not res then return consumer.abort(failure) end
+  return consumer.finish()
 end
 
 --- client:close(): calls queued or in flight reject with kind "closed";

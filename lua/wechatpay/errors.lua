@@ -30,10 +30,13 @@ errors.KINDS = {
   internal = "the client or a handler raised while finishing the call: a bug, with the raised error as message",
   decrypt = "a callback or certificate download that verified but does not decrypt with the client's "
     .. "apiv3_key: check the APIv3 key (32 characters, set in the merchant platform; not the APIv2 key)",
+  integrity = "a downloaded file (a bill) whose bytes do not match the hash WeChat Pay gave, or whose gzip "
+    .. "stream is corrupt or ends early: nothing was kept",
   malformed = "a callback or certificate download that verified but is not what WeChat Pay sends "
     .. "(not JSON, or without its id, resource or certificates)",
   file = "a media upload's file that cannot be read, is empty, is not of a type the endpoint takes "
-    .. "(judged by its bytes) or is over its size limit: nothing was sent",
+    .. "(judged by its bytes) or is over its size limit: nothing was sent; or a downloaded bill that cannot "
+    .. "be written to its file (the temporary file beside it, or the rename): nothing was kept",
 }
 
 errors.MAX_LINE = 1024

@@ -353,6 +353,7 @@ function request.sign(settings, prepared)
     body = prepared.body ~= "" and prepared.body or nil,
     timeout = prepared.timeout,
     connect_timeout = settings.connect_timeout,
+    on_chunk = prepared.on_chunk,   -- a streamed download's consumer (client:download)
   }
 end
 

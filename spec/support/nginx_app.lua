@@ -162,6 +162,26 @@ function handlers.ping()
 end
 
 -- /grant?style=&openid=&no=
+-- /download?date=&gzip=1&fault_bytes=: a bill streamed through the cosocket
+-- transport to a function sink; answers its size, hash and the Lua heap's
+-- peak while it ran.
+function handlers.download(args)
+  local bill, err = client.v3.bill.tradebill:get{ query = { bill_date = args.date,
+    tar_type = args.gzip and "GZIP" or nil } }
+  if not bill then ngx.status = 502 return say_json{ error = tostring(err), kind = err.kind } end
+  local received, heap_peak = 0, 0
+  local info, derr = client:download(bill, { to = function(bytes)
+    received = received + #bytes
+    heap_peak = math.max(heap_peak, collectgarbage("count"))
+  end })
+  if not info then
+    ngx.status = 502
+    return say_json{ error = tostring(derr), kind = derr.kind, received = received }
+  end
+  say_json{ bytes = info.bytes, received = received, hash_value = info.hash_value, gzip = info.gzip,
+            heap_peak_kb = heap_peak }
+end
+
 function handlers.grant(args)
   if args.timeout_ms then client:set_timeout(tonumber(args.timeout_ms)) end
   local coupon, err = grant(args.style or "sync", user_for(args.openid), args.no)

@@ -5,7 +5,14 @@
 --   transport:step(wait_seconds) -> n            runs transfers, calls callbacks of finished ones
 --   transport:request(request) -> response | nil, err   one request, to completion
 -- request  = { method, url, headers = { "Name: value", ... }, body, timeout, connect_timeout,
---              client_cert = true (present new{client_tls}'s certificate: APIv2 mutual TLS) }
+--              client_cert = true (present new{client_tls}'s certificate: APIv2 mutual TLS),
+--              on_chunk }
+-- on_chunk(bytes) -> true: optional; a 2xx body is then streamed to it in
+--   pieces (between performs, never from a curl callback) and the response's
+--   body is ""; any other return (or a raise) stops the transfer, which fails
+--   with { kind = "network", stopped = true, retry = false }.  A streamed
+--   transfer that fails after handing bytes on says retry = false: a replay
+--   would hand them again.
 -- response = { status, headers = { lower_name = value }, body }
 -- err      = { kind = "timeout" | "network", message, sent = bytes of request sent,
 --              retry = "safe" (nothing reached the server) | "idempotent" (it may have) | false (permanent) }
@@ -50,14 +57,51 @@ function curl_transport.new(opts)
       client_key_passphrase = opts.client_tls and opts.client_tls.passphrase,
     },
     callbacks = {},
+    chunk_handlers = {},
+    handed = {},   -- id -> true once a streamed transfer handed bytes on
   }, curl_transport)
   return self
 end
 
+-- The session's request: the same fields, and stream = true when the
+-- caller takes the body in pieces.
+local function session_request(request)
+  if not request.on_chunk then return request end
+  local copy = {}
+  for k, v in pairs(request) do if k ~= "on_chunk" then copy[k] = v end end
+  copy.stream = true
+  return copy
+end
+
 function curl_transport:submit(request, callback)
-  local id = self.session:submit(request)
+  local id = self.session:submit(session_request(request))
   self.callbacks[id] = callback
+  self.chunk_handlers[id] = request.on_chunk
   return id
+end
+
+local STOPPED = "the response's consumer stopped the transfer"
+
+-- Bytes of a streamed 2xx body to its handler: true when it wants more.
+local function hand_chunk(on_chunk, bytes)
+  if bytes == "" then return true end
+  local ok, more = pcall(on_chunk, bytes)
+  return ok and more == true
+end
+
+-- What a finished transfer's callback is called with; a streamed 2xx body's
+-- last bytes go to its handler first.
+local function outcome(r, on_chunk, handed)
+  if r.error then
+    return nil, { kind = r.error, message = r.message, sent = r.sent, retry = not handed and r.retry }
+  end
+  if on_chunk and r.status >= 200 and r.status < 300 then
+    if not hand_chunk(on_chunk, r.body) then
+      return nil, { kind = "network", message = STOPPED, sent = 0, retry = false, stopped = true }
+    end
+    return { status = r.status, headers = r.headers, body = "" }
+  end
+  return { status = r.status, headers = r.headers, body = r.body }
 end
 
 function curl_transport:pending()
@@ -72,16 +116,23 @@ function curl_transport:step(wait)
   local first_error
   for i = 1, #done do
     local r = done[i]
-    local callback = self.callbacks[r.id]
-    self.callbacks[r.id] = nil
-    if callback then
-      local ok, err
-      if r.error then
-        ok, err = pcall(callback, nil, { kind = r.error, message = r.message, sent = r.sent, retry = r.retry })
-      else
-        ok, err = pcall(callback, { status = r.status, headers = r.headers, body = r.body })
+    local callback, on_chunk = self.callbacks[r.id], self.chunk_handlers[r.id]
+    local res, failure
+    if r.chunk then   -- a streamed transfer goes on, unless its handler says stop
+      self.handed[r.id] = true
+      if on_chunk and not hand_chunk(on_chunk, r.chunk) then
+        self.session:cancel(r.id)
+        failure = { kind = "network", message = STOPPED, sent = 0, retry = false, stopped = true }
       end
-      if not ok and first_error == nil then first_error = err end
+    else
+      res, failure = outcome(r, on_chunk, self.handed[r.id])
+    end
+    if res or failure then
+      self.callbacks[r.id], self.chunk_handlers[r.id], self.handed[r.id] = nil, nil, nil
+      if callback then
+        local ok, err = pcall(callback, res, failure)
+        if not ok and first_error == nil then first_error = err end
+      end
     end
   end
   if first_error ~= nil then error(first_error, 0) end
@@ -101,6 +152,8 @@ end
 -- called) and the pooled connections.
 function curl_transport:close()
   self.callbacks = {}
+  self.chunk_handlers = {}
+  self.handed = {}
   self.session:close()
 end
 

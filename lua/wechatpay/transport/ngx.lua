@@ -5,6 +5,9 @@
 -- The same interface as transport/curl.lua (submit/step/close); a request
 -- table in, { status, headers = { lower_name = value }, body } or a failure
 -- { kind = "network" | "timeout", message, sent, retry = "safe" | "idempotent" | false } out.
+-- request.on_chunk(bytes) -> true streams a 2xx body to it in pieces of at
+-- most STREAM_PIECE bytes (Content-Length, chunked or to the end of the
+-- connection), from the call's light thread; the response's body is then "".
 --
 -- One transport belongs to one request context (a request or a timer: its
 -- light threads and semaphore cannot serve another).  Connections outlive
@@ -29,6 +32,9 @@ ngx_transport.nonblocking = true
 
 local DEFAULT_MAX_BODY = 64 * 1024 * 1024
 local MAX_HEADER_BYTES = 64 * 1024
+local STREAM_PIECE = 256 * 1024
+local STREAM_ERROR_BODY = 64 * 1024   -- a streamed request's non-2xx body: WeChat Pay's JSON error
+local STOPPED = "the response's consumer stopped the transfer"
 local monotonic = core.monotonic
 
 --- new{ resolve = { ["host:port"] = address }, pool_size, idle_timeout (s), max_body, client_tls }
@@ -273,6 +279,76 @@ local function read_body(self, sock, method, status, headers, deadline, sent)
   end
 end
 
+-- A 2xx body handed to on_chunk as it arrives: -> "", reusable | nil, failure.
+-- A failure after bytes were handed on is never retried (retry = false).
+local function stream_body(sock, status, headers, deadline, sent, on_chunk)
+  local handed = false
+  local function hand(bytes)
+    if bytes == "" then return true end
+    handed = true
+    local ok, more = pcall(on_chunk, bytes)
+    return ok and more == true
+  end
+  local function broken(err, what)
+    local _, f = read_failure(err, what, sent)
+    if handed then f.retry = false end
+    return nil, f
+  end
+  local function stopped()
+    return nil, { kind = "network", message = STOPPED, sent = sent, retry = false, stopped = true }
+  end
+  -- `length` bytes in pieces
+  local function pass(length, what)
+    while length > 0 do
+      local piece, err = receive(sock, math.min(length, STREAM_PIECE), deadline)
+      if not piece then return broken(err, what) end
+      length = length - #piece
+      if not hand(piece) then return stopped() end
+    end
+    return true
+  end
+  if status == 204 or status == 304 then return "", true end
+  local te = headers["transfer-encoding"]
+  if te and te:lower():find("chunked", 1, true) then
+    while true do
+      local line, err = receive(sock, "*l", deadline)
+      if not line then return broken(err, "a chunk size") end
+      local size = tonumber(line:match("^%s*(%x+)") or "", 16)
+      if not size then
+        local _, f = failure("network", "malformed chunk size in the response", sent, handed == false and "idempotent" or false)
+        return nil, f
+      end
+      if size == 0 then
+        repeat
+          local t, terr = receive(sock, "*l", deadline)
+          if not t then return broken(terr, "the chunked trailer") end
+        until t == ""
+        return "", true
+      end
+      local ok, f = pass(size, "a chunk")
+      if not ok then return nil, f end
+      local crlf, cerr = receive(sock, 2, deadline)
+      if not crlf then return broken(cerr, "a chunk") end
+    end
+  end
+  local length = headers["content-length"]
+  if length then
+    length = tonumber(length:match("^%d+$"))
+    if not length then return failure("network", "malformed Content-Length in the response", sent, "idempotent") end
+    local ok, f = pass(length, "the response body")
+    if not ok then return nil, f end
+    return "", true
+  end
+  while true do   -- to the end of the connection
+    local data, err, partial = receive(sock, STREAM_PIECE, deadline)
+    if not hand(data or partial or "") then return stopped() end
+    if not data then
+      if err == "closed" then return "", false end
+      return broken(err, "the response body")
+    end
+  end
+end
+
 local function keep_alive(headers, version, reusable)
   if not reusable then return false end
   local connection = (headers.connection or ""):lower()
@@ -313,7 +389,15 @@ local function perform(self, request)
     else
       local status, headers, version = read_head(sock, deadline, #bytes)
       if not status then sock:close() return nil, headers end
-      local body, reusable = read_body(self, sock, request.method, status, headers, deadline, #bytes)
+      local body, reusable
+      if request.on_chunk and status >= 200 and status < 300 and request.method ~= "HEAD" then
+        body, reusable = stream_body(sock, status, headers, deadline, #bytes, request.on_chunk)
+      elseif request.on_chunk then
+        body, reusable = read_body({ max_body = math.min(self.max_body, STREAM_ERROR_BODY) }, sock,
+          request.method, status, headers, deadline, #bytes)
+      else
+        body, reusable = read_body(self, sock, request.method, status, headers, deadline, #bytes)
+      end
       if not body then sock:close() return nil, reusable end
       if keep_alive(headers, version, reusable) then
         sock:setkeepalive(self.idle_ms, self.pool_size)

@@ -8,6 +8,7 @@
 local cjson = require("cjson.safe")
 local digest = require("openssl.digest")
 local auth = require("wechatpay.mock.auth")
+local bills = require("wechatpay.mock.bills")
 local certs = require("wechatpay.mock.certs")
 local coupons = require("wechatpay.mock.coupons")
 local faults = require("wechatpay.mock.faults")
@@ -71,18 +72,31 @@ local function echo(req)
   })
 end
 
--- A small deterministic bill per token, so the hash given by the "apply"
--- call can be checked against the downloaded bytes.
-local function bill_content(token)
-  local lines = {
-    "交易时间,公众账号ID,商户号,微信订单号,商户订单号,用户标识,交易状态,应结订单金额",
-    "`2024-01-01 10:00:00,`wx0000000000000000,`" .. state.config.mchid
-      .. ",`4200000000202401010000000001,`order-1,`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o,`SUCCESS,`1.00",
-    "总交易单数,应结订单总金额",
-    "`1,`1.00",
-    "token," .. token,
-  }
-  return table.concat(lines, "\r\n") .. "\r\n"
+-- Bills: the first call answers the hash and the download URL of a CSV
+-- made on disk (bills.lua; its hash by sha1sum/sha256sum), the download
+-- URL serves the file, gzipped when the first call asked tar_type=GZIP.
+local function bill_url(name, gzip)
+  return "https://" .. (ngx.var.http_host or ngx.var.server_addr) .. "/v3/billdownload/file?token="
+    .. name .. (gzip and ".gz" or "")
+end
+
+-- The bill's meta, made on first use with a few rows.
+local function bill_meta(name)
+  local dir = state.config.dir
+  return bills.meta(dir, name) or bills.generate(dir, name, { mchid = state.config.mchid })
+end
+
+local function bill_answer(req, name, url_field)
+  local meta = bill_meta(name)
+  local hash = meta[meta.hash_type:lower()]
+  if req.fault and req.fault.name == "wrong_hash" then
+    hash = (hash:sub(1, 1) == "0" and "1" or "0") .. hash:sub(2)
+  end
+  return response.ok({
+    hash_type = meta.hash_type,
+    hash_value = hash,
+    [url_field] = bill_url(name, ngx.var.arg_tar_type == "GZIP"),
+  })
 end
 
 local function bill_apply(req)
@@ -91,15 +105,15 @@ local function bill_apply(req)
     return response.error(400, "PARAM_ERROR", "bill_date must be YYYY-MM-DD",
       { field = "bill_date", location = "query" })
   end
-  local token = "bill" .. bill_date:gsub("%-", "")
-  local md = digest.new("sha1")
-  md:update(bill_content(token))
-  return response.ok({
-    hash_type = "SHA1",
-    hash_value = hex(md:final()),
-    download_url = "https://" .. (ngx.var.http_host or ngx.var.server_addr)
-      .. "/v3/billdownload/file?token=" .. token,
-  })
+  return bill_answer(req, req.kind .. "-" .. bill_date:gsub("%-", ""), "download_url")
+end
+
+-- A stock's use/refund/send flow: the same answer, its URL named "url".
+local function stock_flow(req)
+  if not req.stock_id:match("^[%w_%-]+$") then
+    return response.error(400, "PARAM_ERROR", "stock_id is malformed", { field = "stock_id", location = "path" })
+  end
+  return bill_answer(req, "stock-" .. req.stock_id .. "-" .. req.flow, "url")
 end
 
 local function bill_download(req)
@@ -108,9 +122,12 @@ local function bill_download(req)
     return response.error(400, "PARAM_ERROR", "token is required",
       { field = "token", location = "query" })
   end
-  -- Download endpoints are not signed (PROTOCOL.md section 2).
-  return { status = 200, body = bill_content(ngx.unescape_uri(token)), signed = false,
-           content_type = "application/octet-stream" }
+  local name, gz = token:match("^([%w_%-]+)(%.?g?z?)$")
+  if not name or (gz ~= "" and gz ~= ".gz") or not bills.meta(state.config.dir, name) then
+    return response.error(404, "RESOURCE_NOT_EXISTS", "no bill for this token")
+  end
+  -- Download endpoints are not signed (PROTOCOL.md section 8).
+  return { file = bills.file(state.config.dir, name, gz == ".gz") }
 end
 
 -- Returns the endpoint function and its request fields, or nil.
@@ -137,8 +154,13 @@ local function route(method, segments)
   if n == 3 and s[2] == "mock" and s[3] == "no_content" then
     return response.no_content, {}
   end
-  if n == 3 and s[2] == "bill" and s[3] == "tradebill" and method == "GET" then
-    return bill_apply, {}
+  if n == 3 and s[2] == "bill" and (s[3] == "tradebill" or s[3] == "fundflowbill") and method == "GET" then
+    return bill_apply, { kind = s[3] == "tradebill" and "trade" or "fundflow" }
+  end
+  if method == "GET" and ((n == 6 and s[2] == "marketing" and s[3] == "favor" and s[4] == "stocks")
+      or (n == 5 and s[2] == "multiuse" and s[3] == "stocks"))
+      and (s[n] == "use-flow" or s[n] == "refund-flow" or s[n] == "send-flow") then
+    return stock_flow, { stock_id = ngx.unescape_uri(s[n - 1]), flow = s[n]:match("^(%a+)") }
   end
   if n == 3 and s[2] == "billdownload" and s[3] == "file" and method == "GET" then
     return bill_download, {}
@@ -190,6 +212,7 @@ local function handle_api(dicts, request_uri)
     req.body = read_body()
     req.headers = ngx.req.get_headers(200)
     req.signed_body = req.body
+    req.fault = fault
     if req.multipart then
       local form, err = media.parse(req.headers["content-type"], req.body)
       if form then
@@ -200,6 +223,13 @@ local function handle_api(dicts, request_uri)
     end
     resp = resp or auth.verify(method, request_uri, req.signed_body) or endpoint(req)
     if req.multipart then media.record(req, resp) end
+  end
+  if resp.file then
+    -- nginx's static handler may take over (ngx.exec), which clears ngx.ctx:
+    -- the in-flight count is settled here, not in the log phase
+    dicts.stats:incr("in_flight", -1, 0)
+    ngx.ctx.wechatpay_mock_in_flight = nil
+    return bills.send(resp.file, fault)
   end
 
   if name == "status_after_grant" then

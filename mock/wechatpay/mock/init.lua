@@ -45,8 +45,11 @@
 --   GET  /v3/marketing/favor/users/{openid}/coupons/{coupon_id}?appid=
 --   ANY  /v3/mock/echo/...   signed JSON echo of method, uri, query, body, headers; DELETE -> 204
 --   ANY  /v3/mock/no_content signed 204
---   GET  /v3/bill/tradebill?bill_date=YYYY-MM-DD  ->  hash + download_url
---   GET  /v3/billdownload/file?token=              unsigned bytes
+--   GET  /v3/bill/tradebill?bill_date=YYYY-MM-DD[&tar_type=GZIP]  ->  hash_type, hash_value, download_url
+--   GET  /v3/bill/fundflowbill?bill_date=YYYY-MM-DD[&tar_type=GZIP]  (the same)
+--   GET  /v3/marketing/favor/stocks/{stock_id}/use-flow|refund-flow, /v3/multiuse/stocks/{stock_id}/
+--        use-flow|send-flow|refund-flow  ->  hash_type, hash_value, url
+--   GET  /v3/billdownload/file?token=              unsigned bytes (the CSV, or its gzip)
 --   GET  /v3/certificates    two overlapping platform certificates, sealed with the APIv3 key
 --   POST /v3/merchant/media/upload, /v3/marketing/favor/media/image-upload,
 --        /v3/merchant-service/images/upload (JPEG/PNG/BMP, 2 MB),
@@ -71,11 +74,21 @@
 --   reset            headers + half the body, then the connection is closed
 --   truncate         Content-Length = body + opts.missing (default 16), whole body, close
 --   status_after_grant  process the request, then reply opts.status (default 500)
+--   wrong_hash       a bill call answers a hash the file does not have
+--   cut              a bill download answers only opts.keep (default 0.5) of the file
+--   chunked          a bill download answers the whole file in chunked encoding
+--   (reset and truncate apply to bill downloads too)
+--
+--   server:bill(name, { rows =, hash_type = "SHA1" | "SHA256" }) --> meta
+--       makes (or remakes) a bill before its first call: name "trade-YYYYMMDD",
+--       "fundflow-YYYYMMDD" or "stock-<stock_id>-<use|refund|send>"; meta = { size,
+--       gzip_size, sha1, sha256, rows } (the hashes by sha1sum/sha256sum)
 local socket = require("socket")
 local http = require("socket.http")
 local ltn12 = require("ltn12")
 local cjson = require("cjson")
 local rand = require("openssl.rand")
+local bills = require("wechatpay.mock.bills")
 local faults = require("wechatpay.mock.faults")
 local nginx_conf = require("wechatpay.mock.nginx_conf")
 local pki = require("wechatpay.mock.pki")
@@ -406,6 +419,16 @@ function Server:notification(n)
   local record, status = admin_or_raise(self, "GET", ("/notify/%d"):format(n))
   if status ~= 200 then return nil end
   return record
+end
+
+--- Makes the bill `name` on disk (see the header), served from its first call on.
+function Server:bill(name, opts)
+  if not bills.valid_name(name) then error("wechatpay.mock: bill name must be letters, digits, - and _", 2) end
+  opts = opts or {}
+  if opts.hash_type ~= nil and opts.hash_type ~= "SHA1" and opts.hash_type ~= "SHA256" then
+    error("wechatpay.mock: bill hash_type must be \"SHA1\" or \"SHA256\"", 2)
+  end
+  return bills.generate(self.dir, name, { rows = opts.rows, hash_type = opts.hash_type, mchid = self.mchid })
 end
 
 function Server:clear_faults()
