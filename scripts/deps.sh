@@ -10,6 +10,9 @@ PACKAGES="gcc make pkg-config openssl curl \
 # the AES-GCM spec checks associated data against Node's crypto (luaossl
 # cannot set it); the image may already ship its own node
 command -v node >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs"
+# the APIv2 specs check signs and XML against the Node SDK, which npm
+# installs from bench/peer/package-lock.json
+command -v npm >/dev/null 2>&1 || PACKAGES="$PACKAGES npm"
 [ -n "$WECHATPAY_EXTRA_PACKAGES" ] && PACKAGES="$PACKAGES $WECHATPAY_EXTRA_PACKAGES"
 
 missing=""

@@ -215,6 +215,11 @@ describe("bin/wechatpay", function()
       assert.equal("/v3/mock/echo/file", cjson.decode(out).uri)
       rc, out, err = run({ "call", "GET", "/v3/mock/echo/file" }, { WECHATPAY_CONFIG = file })
       assert.equal(0, rc, err)
+      -- a dead first host: the call fails over to the next, as the client does
+      rc, out, err = run({ "call", "GET", "/v3/mock/echo/failover" }, good_env(server,
+        { WECHATPAY_BASE_URL = "https://127.0.0.1:1/," .. server.base_url }))
+      assert.equal(0, rc, err)
+      assert.equal("/v3/mock/echo/failover", cjson.decode(out).uri)
     end)
   end)
 

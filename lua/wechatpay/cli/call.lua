@@ -29,7 +29,7 @@ failing integration is the code or the configuration.
                       the other headers the client owns are refused
   --config FILE       the configuration (see `wechatpay --help`); default:
                       WECHATPAY_CONFIG, else the WECHATPAY_* variables
-  --timeout SECONDS   default 30 (with several base_url hosts, the first is called)
+  --timeout SECONDS   default 30 (with several base_url hosts, failover as the client does)
   --raw               print the body as it came, even on a terminal
 
 stderr gets "HTTP <status>  Request-ID <id>" (quote the Request-ID to WeChat

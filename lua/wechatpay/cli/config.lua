@@ -238,15 +238,21 @@ function config.profile(options, source, getenv)
 end
 
 --- client_options(profile [, overrides]) -> options for wechatpay.new:
--- without the tools' own options, with the APIv3 key resolved and the
--- first of the configured hosts (overrides.base_url picks another).
+-- without the tools' own options, with the APIv3 key resolved and every
+-- configured host (the client fails over from the first to the next;
+-- overrides.base_url picks one, as doctor does to check each).
 function config.client_options(profile, overrides)
   local options = {}
   for k, v in pairs(profile.options) do
     if not config.TOOL_OPTIONS[k] then options[k] = v end
   end
   options.apiv3_key = profile.apiv3_key
-  options.base_url = profile.base_urls[1]
+  if #profile.base_urls == 1 then
+    options.base_url = profile.base_urls[1]
+  else
+    options.base_url = {}
+    for i, url in ipairs(profile.base_urls) do options.base_url[i] = url end
+  end
   for k, v in pairs(overrides or {}) do options[k] = v end
   return options
 end

@@ -23,6 +23,7 @@ function sign.is_type(value)
 end
 
 -- Byte order whatever the locale: Lua 5.4 compares strings with strcoll.
+-- (xml.lua writes fields in the same order.)
 local function bytewise(a, b)
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -31,6 +32,7 @@ local function bytewise(a, b)
   end
   return #a < #b
 end
+sign.bytewise = bytewise
 
 --- string_to_sign(fields) -> "a=1&b=2" (without the key): fields maps
 -- names to strings; empty values and `sign` are left out.

@@ -13,6 +13,7 @@
 -- MAX_BYTES, one level of elements under <xml>.
 local lxp = require("lxp")
 local errors = require("wechatpay.errors")
+local sign = require("wechatpay.v2.sign")
 
 local xml = {}
 
@@ -91,14 +92,7 @@ function xml.fields(params, where)
 end
 
 -- Byte order whatever the locale, so the same fields give the same bytes.
-local function bytewise(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = a:byte(i), b:byte(i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
+local bytewise = sign.bytewise
 
 --- encode(fields) -> "<xml>...</xml>"; fields as xml.fields returns them.
 function xml.encode(fields)
