@@ -11,12 +11,7 @@ local ltn12 = require("ltn12")
 local mock = require("wechatpay.mock")
 local ossl = require("support.openssl")
 local dns_support = require("support.dns")
-
-local function build_dir()
-  local build = os.getenv("WECHATPAY_BUILD") or "./build"
-  if build:sub(1, 1) ~= "/" then build = ossl.repo_root() .. "/" .. build:gsub("^%./", "") end
-  return build
-end
+local nginx_support = require("support.nginx")
 
 local function free_port()
   local s = assert(socket.bind("127.0.0.1", 0))
@@ -84,7 +79,7 @@ describe("examples/openresty (the README's nginx.conf and handlers.lua) in a rea
       local name = m:match("[^/]+$")
       conf = replace(conf, "/usr/lib/nginx/modules/" .. name, m)
     end
-    conf = replace(conf, "/opt/wechatpay-lua/build/luajit/", build_dir() .. "/luajit/")
+    conf = replace(conf, "/opt/wechatpay-lua/build/luajit/", nginx_support.build_dir() .. "/luajit/")
     conf = replace(conf, "/opt/wechatpay-lua/", root .. "/")
     conf = replace(conf, "/etc/ssl/certs/ca-certificates.crt", dir .. "/ca.pem")
     conf = replace(conf, "resolver 127.0.0.53", "resolver 127.0.0.1:" .. dns.port)
@@ -100,7 +95,8 @@ describe("examples/openresty (the README's nginx.conf and handlers.lua) in a rea
     }
     local assignments = {}
     for name, value in pairs(env) do assignments[#assignments + 1] = name .. "=" .. ossl.quote(value) end
-    ossl.run("env -u LUA_PATH -u LUA_CPATH " .. table.concat(assignments, " ") .. " " .. ossl.quote(nginx_bin)
+    ossl.run("env -u LUA_PATH -u LUA_CPATH " .. table.concat(assignments, " ") .. " "
+      .. nginx_support.sanitizer_preload() .. ossl.quote(nginx_bin)
       .. " -p " .. ossl.quote(dir .. "/") .. " -c nginx.conf")
     for _ = 1, 250 do
       local f = io.open(dir .. "/logs/nginx.pid")

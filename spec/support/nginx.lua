@@ -40,11 +40,13 @@ end
 
 local function quote(s) return '"' .. s:gsub("\\", "\\\\"):gsub('"', '\\"') .. '"' end
 
+--- build_dir() -> the absolute folder of the core.so builds under test (WECHATPAY_BUILD).
 local function build_dir()
   local build = os.getenv("WECHATPAY_BUILD") or "./build"
   if build:sub(1, 1) ~= "/" then build = ossl.repo_root() .. "/" .. build:gsub("^%./", "") end
   return build
 end
+M.build_dir = build_dir
 
 local function render(p)
   local l = {}
@@ -110,6 +112,15 @@ local function render(p)
   line("  }")
   line("}")
   return table.concat(l, "\n") .. "\n"
+end
+
+--- sanitizer_preload() -> the environment assignments (shell words) an nginx
+-- needs before its command when core.so is the sanitizer build (make DEV=1):
+-- the runtime must be loaded first; "" otherwise.
+function M.sanitizer_preload()
+  if not build_dir():find("/dev", 1, true) then return "" end
+  return "ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=\"$(cc -print-file-name=libasan.so) "
+    .. "$(cc -print-file-name=libubsan.so)\" "
 end
 
 local App = {}
@@ -240,12 +251,7 @@ function M.start(server, opts)
       lua_path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;;",
       lua_cpath = build .. "/luajit/?.so;;",
     })
-    -- A sanitizer build of core.so needs its runtime loaded first.
-    local preload = ""
-    if build:find("/dev", 1, true) then
-      preload = "ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=\"$(cc -print-file-name=libasan.so) "
-        .. "$(cc -print-file-name=libubsan.so)\" "
-    end
+    local preload = M.sanitizer_preload()
     local ok, err = pcall(ossl.run, "env -u LUA_PATH -u LUA_CPATH " .. preload .. ossl.quote(nginx_bin)
       .. " -p " .. ossl.quote(dir .. "/") .. " -c " .. ossl.quote(dir .. "/nginx.conf")
       .. " -e " .. ossl.quote(dir .. "/error.log"))
