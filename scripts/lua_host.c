@@ -28,6 +28,19 @@ static void on_sigint(int sig) {
   lua_sethook(running, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
+/* The error as lua.c shows it: a string, what __tostring makes of an
+ * error object, or its type; never a NULL for printf. */
+static const char *error_text(lua_State *L) {
+  const char *text = lua_tostring(L, -1);
+  int type = lua_type(L, -1);
+  if (text) return text;
+  if (luaL_callmeta(L, -1, "__tostring")) {
+    if (lua_type(L, -1) == LUA_TSTRING) return lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  return lua_pushfstring(L, "(error object is a %s value)", lua_typename(L, type));
+}
+
 int main(int argc, char **argv) {
   lua_State *L;
   int i, status;
@@ -53,7 +66,7 @@ int main(int argc, char **argv) {
     signal(SIGINT, SIG_DFL);
   }
   if (status != 0) {
-    fprintf(stderr, "%s: %s\n", argv[0], lua_tostring(L, -1));
+    fprintf(stderr, "%s: %s\n", argv[0], error_text(L));
   }
   lua_close(L);
   return status == 0 ? 0 : 1;
