@@ -41,8 +41,27 @@ describe("APIv2 notifications", function()
       local body = signed_body(fields, case[1])
       local notice, err = client:parse_v2_notification(body)
       assert.is_truthy(notice, case[1] .. ": " .. tostring(err))
+      fields.type, fields.paid = "payment", true
       assert.same(fields, notice)
     end
+  end)
+
+  it("a signed payment result that failed is a notice with paid = false, not a paid one", function()
+    local fields = payment_fields()
+    fields.result_code, fields.err_code, fields.err_code_des = "FAIL", "SYSTEMERROR", "系统错误"
+    local notice, err = client:parse_v2_notification(signed_body(fields))
+    assert.is_truthy(notice, tostring(err))
+    assert.equal("payment", notice.type)
+    assert.is_false(notice.paid)
+    fields = payment_fields()
+    fields.return_code, fields.return_msg = "FAIL", "签名失败"
+    notice, err = client:parse_v2_notification(signed_body(fields, "HMAC-SHA256"))
+    assert.is_truthy(notice, tostring(err))
+    assert.is_false(notice.paid)
+    fields = payment_fields()
+    fields.result_code = nil
+    notice = client:parse_v2_notification(signed_body(fields))
+    assert.is_false(notice.paid)
   end)
 
   it("refuses an altered field, a missing sign, another merchant, and what is not XML", function()
@@ -91,12 +110,42 @@ describe("APIv2 notifications", function()
       local body, req_info = refund_body()
       local notice, err = client:parse_v2_notification(body)
       assert.is_truthy(notice, tostring(err))
+      assert.equal("refund", notice.type)
+      assert.is_nil(notice.paid)
       assert.equal("SUCCESS", notice.return_code)
+      assert.equal("1900000001", notice.mch_id)
+      assert.equal("TeqClE3i0mvn3DrK", notice.nonce_str)
       assert.equal("131811191610442717309", notice.req_info.out_refund_no)
       assert.equal("支付用户零钱", notice.req_info.refund_recv_accout)
       assert.equal("SUCCESS", notice.req_info.refund_status)
       assert.equal("3960", notice.req_info.refund_fee)
       assert.is_string(req_info)
+    end)
+
+    it("refuses a replayed req_info dressed with unsigned payment-result fields", function()
+      local _, req_info = refund_body()
+      local forged = "<xml><return_code>SUCCESS</return_code><req_info>" .. req_info .. "</req_info>"
+        .. "<result_code>SUCCESS</result_code><out_trade_no>FAKE</out_trade_no><total_fee>1</total_fee></xml>"
+      local notice, err = client:parse_v2_notification(forged)
+      assert.is_nil(notice)
+      assert.equal("malformed", err.kind)
+      assert.matches("out_trade_no", err.message)
+      assert.matches("forged", err.message)
+      assert.is_nil(tostring(err):find("71106718111915575302817", 1, true))
+      -- each such field alone, a sign too, and a req_info field copied outside it
+      for _, extra in ipairs{ "<sign>ABC</sign>", "<transaction_id>1</transaction_id>", "<coupon_fee_0>1</coupon_fee_0>",
+          "<refund_status>SUCCESS</refund_status>" } do
+        notice, err = client:parse_v2_notification("<xml><return_code>SUCCESS</return_code><mch_id>1900000001</mch_id>"
+          .. "<req_info>" .. req_info .. "</req_info>" .. extra .. "</xml>")
+        assert.is_nil(notice, extra)
+        assert.equal("malformed", err.kind)
+      end
+      -- return_msg and a service provider's sub_* are a refund notification's own
+      notice, err = client:parse_v2_notification("<xml><return_code>SUCCESS</return_code><return_msg>OK</return_msg>"
+        .. "<sub_mch_id>1900000109</sub_mch_id><req_info>" .. req_info .. "</req_info></xml>")
+      assert.is_truthy(notice, tostring(err))
+      assert.same({ type = "refund", return_code = "SUCCESS", req_info = notice.req_info }, notice)
+      assert.equal("131811191610442717309", notice.req_info.out_refund_no)
     end)
 
     it("another key is a decrypt error that quotes neither key nor plaintext", function()

@@ -3,13 +3,19 @@
 -- MD5 of the APIv2 key), and the XML answer WeChat Pay expects.
 --
 --   local notice, err = client:parse_v2_notification(raw_body)
---   -- payment: notice.out_trade_no, notice.transaction_id, notice.total_fee, ... (strings)
---   -- refund:  notice.req_info = { out_refund_no =, refund_id =, refund_status =, ... }
+--   -- notice.type == "payment": the signed fields (strings), and notice.paid,
+--   --   true only when return_code and result_code are both SUCCESS
+--   -- notice.type == "refund": notice.req_info = { out_refund_no =, refund_id =, refund_status =, ... }
+--   --   (decrypted, so authenticated) beside appid, mch_id, nonce_str and return_code;
+--   --   no other outer field, since nothing signs them
 --   ngx.say(v2notification.answer())            -- SUCCESS / OK
 --   ngx.say(v2notification.answer(false, "..."))  -- FAIL: WeChat Pay delivers again
 --
 -- Errors (never raised, never quoting the key or the decrypted text):
---   "malformed"  not a flat <xml>, or a refund notification without req_info
+--   "malformed"  not a flat <xml>, a refund notification without req_info, or
+--                one that also carries a payment result's fields (sign,
+--                result_code, out_trade_no, total_fee, ...): a forgery
+--                dressing a replayed req_info as a payment
 --   "verify"     a payment result without a sign, or whose sign does not
 --                verify, or addressed to another merchant
 --   "decrypt"    a req_info that does not decrypt with this APIv2 key
@@ -27,10 +33,34 @@ local function fail(kind, message)
   return nil, errors.new(kind, message)
 end
 
+-- the fields of a payment result ("支付结果通知"), which a refund notification
+-- (return_code, return_msg, appid, mch_id, nonce_str, req_info, and a
+-- service provider's sub_appid/sub_mch_id) never carries: beside a replayed
+-- req_info they can only be a forgery, as nothing signs them
+local PAYMENT_FIELDS = {}
+for name in ([[sign sign_type result_code err_code err_code_des openid is_subscribe trade_type bank_type
+    total_fee settlement_total_fee fee_type cash_fee cash_fee_type coupon_fee coupon_count transaction_id
+    out_trade_no attach time_end device_info]]):gmatch("%S+") do
+  PAYMENT_FIELDS[name] = true
+end
+
+local function refused(fields, info)
+  local extra = {}
+  for k in pairs(fields) do
+    if PAYMENT_FIELDS[k] or k:find("^coupon_") or (info and info[k] ~= nil) then extra[#extra + 1] = k end
+  end
+  if #extra == 0 then return nil end
+  table.sort(extra)
+  return fail("malformed", "a refund notification (req_info) that also carries " .. table.concat(extra, ", ", 1,
+    math.min(#extra, 8)) .. " outside it: unsigned fields no refund notification has; refused as forged")
+end
+
 local function refund(apiv2_key, fields)
   if fields.return_code ~= "SUCCESS" then
     return fail("malformed", "refund notification with return_code " .. tostring(fields.return_code):sub(1, 32))
   end
+  local _, forged = refused(fields)
+  if forged then return nil, forged end
   local plain, why = aes.decrypt_refund_notification(apiv2_key, fields.req_info)
   if not plain then
     return fail("decrypt", "req_info does not decrypt with the APIv2 key (" .. tostring(why) .. "): check apiv2_key")
@@ -39,10 +69,10 @@ local function refund(apiv2_key, fields)
   if not info then
     return fail("decrypt", "req_info decrypted to something that is not a flat <root> (" .. err .. "): check apiv2_key")
   end
-  local notice = {}
-  for k, v in pairs(fields) do notice[k] = v end
-  notice.req_info = info
-  return notice
+  _, forged = refused(fields, info)
+  if forged then return nil, forged end
+  return { type = "refund", appid = fields.appid, mch_id = fields.mch_id, nonce_str = fields.nonce_str,
+    return_code = fields.return_code, req_info = info }
 end
 
 --- parse(apiv2_key, mchid, body) -> notice | nil, err
@@ -65,6 +95,10 @@ function notification.parse(apiv2_key, mchid, body)
     return fail("verify", ("the notification's sign does not verify with the APIv2 key (%s): altered, "
       .. "or not from WeChat Pay"):format(sign_type))
   end
+  -- a genuine, signed notice of a payment that failed is still answered
+  -- SUCCESS (else WeChat Pay delivers it again), so it is not an error
+  fields.type = "payment"
+  fields.paid = fields.return_code == "SUCCESS" and fields.result_code == "SUCCESS"
   return fields
 end
 
