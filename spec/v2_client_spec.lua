@@ -130,6 +130,31 @@ describe("APIv2 client against the mock", function()
       assert.is_truthy(server:v2_record("order", xml.out_trade_no))
     end)
 
+    it("a SUCCESS answer without its sign is a verify error off the unsigned endpoints", function()
+      server:fault("v2_unsigned", { path = "^/pay/micropay" })
+      local res, err = client.v2.pay.micropay:post{ xml = micropay_xml() }
+      assert.is_nil(res)
+      assert.equal("verify", err.kind)
+      assert.matches("SUCCESS without a sign", err.message)
+      assert.equal(200, err.response.status)
+      assert.is_nil(err.xml.sign)
+      -- the list of endpoints WeChat Pay answers unsigned is the mock's too
+      assert.is_true(require("wechatpay.v2.answer").UNSIGNED["/mmpaymkttransfers/sendredpack"])
+    end)
+
+    it("the answer's sign is checked with the request's sign_type, not the one the answer says", function()
+      server:fault("v2_answer_sign_type", { sign_type = "HMAC-SHA256", path = "^/pay/micropay" })
+      local res, err = client.v2.pay.micropay:post{ xml = micropay_xml() }   -- MD5
+      assert.is_nil(res)
+      assert.equal("verify", err.kind)
+      assert.matches("(MD5)", err.message, 1, true)
+      assert.equal("HMAC-SHA256", err.xml.sign_type)
+      -- said and used alike, it passes
+      server:fault("v2_answer_sign_type", { sign_type = "HMAC-SHA256", path = "^/pay/micropay" })
+      res, err = client.v2.pay.micropay:post{ xml = micropay_xml{ sign_type = "HMAC-SHA256" } }
+      assert.is_truthy(res, tostring(err))
+    end)
+
     it("a gateway 5xx is an http error with the status", function()
       server:fault("status", { status = 503, path = "^/pay/" })
       local _, err = client.v2.pay.micropay:post{ xml = micropay_xml() }
@@ -199,15 +224,28 @@ describe("APIv2 requests as sent", function()
     assert.is_nil(fields.mch_id)
   end)
 
-  it("an answer without sign passes; a non-XML 2xx is a verify error", function()
+  it("an unsigned SUCCESS answer passes only from an endpoint WeChat Pay answers unsigned; a non-XML 2xx "
+    .. "is a verify error", function()
+    local unsigned = "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code></xml>"
     local answers = {
-      { status = 200, headers = {}, body = "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code></xml>" },
+      { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = "<xml><return_code>FAIL</return_code><return_msg>签名错误</return_msg></xml>" },
       { status = 200, headers = {}, body = '{"code":"SUCCESS"}' },
     }
     local client = recording(function() return table.remove(answers, 1) end)
-    local res = assert(client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } })
-    assert.equal("SUCCESS", res:xml().result_code)
     local _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
+    assert.equal("verify", err.kind)
+    assert.matches("without a sign", err.message)
+    local res = assert(client.v2.mmpaymkttransfers.promotion.transfers:post{ xml = { partner_trade_no = "x" } })
+    assert.equal("SUCCESS", res:xml().result_code)
+    assert(client.v2.mmpaymkttransfers.gethbinfo:post{ xml = { mch_billno = "x" } })
+    -- a FAIL answer comes unsigned from every endpoint: its words are kept
+    _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
+    assert.equal("http", err.kind)
+    assert.equal("签名错误", err.message)
+    _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
     assert.equal("verify", err.kind)
     assert.matches("not APIv2 XML", err.message)
   end)
@@ -223,6 +261,10 @@ describe("APIv2 requests as sent", function()
       { function() client.v2.mmpaymkttransfers.sendredpack:post{ xml = {}, security = true } end,
         "security = true presents the merchant certificate" },
       { function() client.v2.pay.micropay:post{ xml = {}, headers = { Authorization = "x" } } end, "set by the client" },
+      { function() client.v2.pay.downloadbill:post{ xml = { bill_date = "20261126", bill_type = "ALL" } } end,
+        "not supported yet" },
+      { function() client:chain("v2/pay/downloadfundflow"):post{ xml = { bill_date = "20261126" } } end,
+        "not supported yet" },
     }
     for _, case in ipairs(cases) do
       local ok, err = pcall(case[1])

@@ -1,8 +1,10 @@
 --- APIv2 answers: the XML of a response judged, and `res:xml()`.
 --
--- A 2xx body is parsed (lua-expat); a `sign` in it is verified with the
--- APIv2 key and the request's sign_type (mismatch: kind "verify"; an
--- answer without `sign`, such as a red packet's, passes); then
+-- A 2xx body is parsed (lua-expat); its `sign` is verified with the
+-- APIv2 key and the request's sign_type, whatever sign_type the answer
+-- says (mismatch: kind "verify").  A SUCCESS answer without `sign` is kind
+-- "verify" too, except from the endpoints of answer.UNSIGNED, which WeChat
+-- Pay answers unsigned (red packets, transfers to change); then
 --   return_code ~= SUCCESS  -> kind "http", code = return_code, message = return_msg
 --   result_code ~= SUCCESS  -> kind "http", code = err_code, message = err_code_des
 -- Every error keeps the response (err.response, and err.xml the fields).
@@ -13,6 +15,17 @@ local sign = require("wechatpay.v2.sign")
 local xml = require("wechatpay.v2.xml")
 
 local answer = {}
+
+--- The endpoints whose SUCCESS answers WeChat Pay documents without `sign`
+-- (现金红包, 小程序红包, 企业付款到零钱 and their queries): path -> true.
+answer.UNSIGNED = {
+  ["/mmpaymkttransfers/sendredpack"] = true,
+  ["/mmpaymkttransfers/sendgroupredpack"] = true,
+  ["/mmpaymkttransfers/sendminiprogramhb"] = true,
+  ["/mmpaymkttransfers/gethbinfo"] = true,
+  ["/mmpaymkttransfers/promotion/transfers"] = true,
+  ["/mmpaymkttransfers/gettransferinfo"] = true,
+}
 
 -- A v2 response is a v3 response plus xml(): the same fields and methods.
 local FIELDS = {}   -- private key of the parsed fields on the response
@@ -55,12 +68,16 @@ function answer.check(apiv2_key, sign_type, raw, target)
   if not fields then
     return fail("verify", ("the answer of %s is not APIv2 XML: %s"):format(where, why), res)
   end
+  -- the answer is signed as the request was: a sign_type in the answer is
+  -- no more authenticated than the rest, so it cannot choose the check
   if fields.sign ~= nil then
-    local answer_type = sign.is_type(fields.sign_type) and fields.sign_type or sign_type
-    if not sign.verify(fields, apiv2_key, answer_type) then
+    if not sign.verify(fields, apiv2_key, sign_type) then
       return fail("verify", ("the answer of %s has a sign that does not verify with the APIv2 key (%s): "
-        .. "body altered, or another key"):format(where, answer_type), res, fields)
+        .. "body altered, or another key"):format(where, sign_type), res, fields)
     end
+  elseif fields.return_code == "SUCCESS" and not answer.UNSIGNED[where:gsub("/+$", "")] then
+    return fail("verify", ("the answer of %s is SUCCESS without a sign: WeChat Pay signs it, so it was "
+      .. "altered or is not from WeChat Pay"):format(where), res, fields)
   end
   if fields.return_code ~= "SUCCESS" then
     return fail("http", text(fields.return_msg) or ("return_code %s from %s"):format(

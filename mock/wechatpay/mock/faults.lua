@@ -98,6 +98,13 @@ local CHECKS = {
   -- APIv2 (wechatpay.mock.v2)
   v2_bad_sign = function() return true end,
   v2_tamper_sign = function() return true end,
+  v2_unsigned = function() return true end,
+  v2_answer_sign_type = function(opts)
+    if opts.sign_type ~= "MD5" and opts.sign_type ~= "HMAC-SHA256" then
+      return nil, "opts.sign_type must be MD5 or HMAC-SHA256"
+    end
+    return true
+  end,
   v2_return_fail = function(opts)
     if opts.message ~= nil and type(opts.message) ~= "string" then return nil, "opts.message must be a string" end
     return true

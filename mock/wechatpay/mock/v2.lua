@@ -14,7 +14,9 @@
 -- Faults (server:fault(name, { path =, count = })): v2_bad_sign (the
 -- request's sign is judged wrong), v2_return_fail (return_code FAIL,
 -- opts.message), v2_result_fail (result_code FAIL, opts.code/opts.message),
--- v2_tamper_sign (the answer's sign altered after signing); status, delay,
+-- v2_tamper_sign (the answer's sign altered after signing), v2_unsigned (a
+-- SUCCESS answer without its sign), v2_answer_sign_type (the answer signed
+-- with opts.sign_type and saying so, whatever the request's); status, delay,
 -- status_after_grant, reset and truncate act as on /v3/.
 local cjson = require("cjson.safe")
 local digest = require("openssl.digest")
@@ -258,15 +260,22 @@ local function process(endpoint, fault)
     if problem then return fail(problem) end
   end
   if name == "v2_return_fail" then return fail(fault.opts.message or "SYSTEMERROR") end
+  local out
   if name == "v2_result_fail" then
-    return { return_code = "SUCCESS", return_msg = "OK", result_code = "FAIL",
+    -- return_code SUCCESS: signed like any other such answer
+    out = { return_code = "SUCCESS", return_msg = "OK", result_code = "FAIL",
       err_code = fault.opts.code or "SYSTEMERROR", err_code_des = fault.opts.message or "系统超时" }
+  else
+    out = endpoint.run(f)
   end
-  local out = endpoint.run(f)
   if out.return_code == nil then out.return_code, out.return_msg = "SUCCESS", "OK" end
   -- FAIL answers and the red packet's come unsigned, as WeChat Pay's do
-  if out.return_code == "SUCCESS" and not endpoint.unsigned then
+  if out.return_code == "SUCCESS" and not endpoint.unsigned and name ~= "v2_unsigned" then
     out.nonce_str = response.random_alnum(32)
+    if name == "v2_answer_sign_type" then
+      sign_type = fault.opts.sign_type
+      out.sign_type = sign_type
+    end
     out.sign = v2.sign(out, config.apiv2_key, sign_type)
     if name == "v2_tamper_sign" then
       out.sign = (out.sign:sub(1, 1) == "A" and "B" or "A") .. out.sign:sub(2)
