@@ -224,6 +224,22 @@ describe("APIv2 requests as sent", function()
     assert.is_nil(fields.mch_id)
   end)
 
+  it("fills mchid, not mch_id, for the endpoints that name the merchant so", function()
+    local client, transport = recording(function()
+      return { status = 200, headers = {}, body = "<xml><return_code>SUCCESS</return_code></xml>" }
+    end)
+    client.v2.mmpaymkttransfers.promotion.transfers:post{ xml = { mch_appid = APPID, partner_trade_no = "t1" } }
+    local fields = node.to_object(transport.requests[1].body)
+    assert.equal("1900000001", fields.mchid)
+    assert.is_nil(fields.mch_id)
+    assert.equal(node.sign("MD5", fields, apiv2_key), fields.sign)
+    -- and mch_id for the others, the red packet's query among them
+    client.v2.mmpaymkttransfers.gettransferinfo:post{ xml = { appid = APPID, partner_trade_no = "t1" } }
+    fields = node.to_object(transport.requests[2].body)
+    assert.equal("1900000001", fields.mch_id)
+    assert.is_nil(fields.mchid)
+  end)
+
   it("an unsigned SUCCESS answer passes only from an endpoint WeChat Pay answers unsigned; a non-XML 2xx "
     .. "is a verify error", function()
     local unsigned = "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code></xml>"

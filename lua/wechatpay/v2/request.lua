@@ -34,6 +34,12 @@ local NOT_XML = {
   ["pay/downloadfundflow"] = "a CSV (or gzip) fund flow",
 }
 
+-- Endpoints that name the merchant `mchid` (with mch_appid), not mch_id:
+-- 企业付款到零钱.  The client fills that name for them.
+local MCHID_ENDPOINTS = {
+  ["mmpaymkttransfers/promotion/transfers"] = true,
+}
+
 local CALL_OPTIONS = { xml = true, security = true, headers = true, timeout = true, retry = true }
 
 -- Headers a caller may not give: the client writes them from the request.
@@ -103,9 +109,12 @@ function v2request.prepare(settings, method, path, opts)
   if not sign.is_type(sign_type) then
     raise(("xml.sign_type must be \"MD5\" or \"HMAC-SHA256\", got %q"):format(sign_type:sub(1, 32)))
   end
-  -- filled when absent, never overriding a given value (some endpoints
-  -- name the merchant `mchid`: then no mch_id is added)
-  if fields.mch_id == nil and fields.mchid == nil then fields.mch_id = settings.mchid end
+  -- filled when absent, never overriding a given value, nor adding one
+  -- name beside the other
+  if fields.mch_id == nil and fields.mchid == nil then
+    if MCHID_ENDPOINTS[v2path:gsub("/+$", "")] then fields.mchid = settings.mchid
+    else fields.mch_id = settings.mchid end
+  end
   if fields.nonce_str == nil then fields.nonce_str = core.nonce() end
   fields.sign = sign.sign(fields, v2.apiv2_key(), sign_type)
   local idempotent = false
