@@ -22,10 +22,11 @@ describe("bin/wechatpay-certs", function()
 
   -- run(server, output, apiv3 key file contents | false, env) -> exit code, stdout, stderr
   local counter = 0
-  local function run(s, output, key_text, env)
+  local function run(s, output, key_text, env, extra)
     counter = counter + 1
     local args = { "--mchid", s.mchid, "--serial", s.merchant_serial, "--private-key", s.merchant_key_file,
       "--output", output, "--base-url", s.base_url, "--cafile", s.cafile, "--timeout", "5" }
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
     if key_text then
       local key_file = ("%s/apiv3_%d.txt"):format(dir, counter)
       ossl.write(key_file, key_text)
@@ -68,12 +69,12 @@ describe("bin/wechatpay-certs", function()
     assert.equal(0, rc, err)
   end)
 
-  it("exit 2 without an APIv3 key or with a short one, 6 with a wrong one, 7 when the output cannot be written", function()
+  it("exit 8 without an APIv3 key or with a short one, 6 with a wrong one, 7 when the output cannot be written", function()
     local rc, _, err = run(server, fresh_dir("nokey"), false, "env -u WECHATPAY_APIV3_KEY")
-    assert.equal(2, rc)
+    assert.equal(8, rc)
     assert.matches("APIv3 key is needed", err)
     rc, _, err = run(server, fresh_dir("short"), "short")
-    assert.equal(2, rc)
+    assert.equal(8, rc)
     assert.matches("32 characters", err)
     rc, _, err = run(server, fresh_dir("wrong"), ("0"):rep(32))
     assert.equal(6, rc)
@@ -81,6 +82,55 @@ describe("bin/wechatpay-certs", function()
     assert.is_nil(err:find(("0"):rep(32), 1, true))
     rc = run(server, dir .. "/does/not/exist", server.apiv3_key)
     assert.equal(7, rc)
+  end)
+
+  it("exit 8 for a configuration that makes no client, 2 for a usage error; nothing is sent", function()
+    local before = server:stats().requests
+    local rc, _, err = run(server, fresh_dir("nokeyfile"), false, "WECHATPAY_APIV3_KEY_FILE=" .. dir .. "/absent.txt "
+      .. "env -u WECHATPAY_APIV3_KEY")
+    assert.equal(8, rc, err)
+    -- wechatpay.new refuses it: a private key file that is not there
+    local args = { "--mchid", server.mchid, "--serial", server.merchant_serial, "--private-key", dir .. "/missing.pem",
+      "--output", fresh_dir("nopem"), "--base-url", server.base_url, "--apiv3-key-file",
+      ossl.write(dir .. "/k.txt", server.apiv3_key) }
+    local parts = { LUA, "bin/wechatpay-certs" }
+    for _, a in ipairs(args) do parts[#parts + 1] = ossl.quote(a) end
+    local pipe = io.popen(table.concat(parts, " ") .. " 2>&1; echo rc=$?")
+    local text = pipe:read("*a")
+    pipe:close()
+    assert.equal("8", text:match("rc=(%d+)"), text)
+    assert.matches("missing.pem", text)
+    rc, _, err = run(server, fresh_dir("usage"), server.apiv3_key, "", { "--timeout", "soon" })
+    assert.equal(2, rc, err)
+    assert.matches("%-%-timeout", err)
+    assert.equal(before, server:stats().requests)
+  end)
+
+  it("exit 130 on Ctrl-C while WeChat Pay has not answered", function()
+    local socket = require("socket")
+    server:fault("delay", { seconds = 8, path = "^/v3/certificates" })
+    local key_file = ossl.write(dir .. "/k130.txt", server.apiv3_key)
+    local parts = { "exec", LUA, "bin/wechatpay-certs" }
+    for _, a in ipairs{ "--mchid", server.mchid, "--serial", server.merchant_serial, "--private-key",
+        server.merchant_key_file, "--output", fresh_dir("int"), "--base-url", server.base_url, "--cafile", server.cafile,
+        "--apiv3-key-file", key_file, "--timeout", "20" } do
+      parts[#parts + 1] = ossl.quote(a)
+    end
+    local log = dir .. "/int.log"
+    local before = server:stats().requests
+    local p = assert(io.popen("sh -c " .. ossl.quote("(" .. table.concat(parts, " ") .. ") </dev/null >" .. ossl.quote(log)
+      .. " 2>&1 & echo $!; wait $!; echo rc=$?")))
+    local pid = assert(tonumber(p:read("*l")))
+    local deadline = socket.gettime() + 10
+    repeat socket.sleep(0.05) until server:stats().requests > before or socket.gettime() > deadline
+    socket.sleep(0.2)
+    os.execute("kill -INT " .. pid)
+    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
+    p:close()
+    server:clear_faults()
+    local text = ossl.read(log) or ""
+    assert.equal(130, rc, text)
+    assert.matches("interrupted", text)
   end)
 
   it("exit 5 for a merchant with only a WeChat Pay public key (WeChat Pay's 404)", function()

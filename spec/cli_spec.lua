@@ -99,6 +99,32 @@ describe("bin/wechatpay", function()
     return rc, stdout, stderr
   end
 
+  -- interrupted(argv, env) -> exit status, output: the command started in the
+  -- background, sent SIGINT (a Ctrl-C) once the mock has its request
+  local function interrupted(argv, env, s)
+    s = s or server
+    local socket = require("socket")
+    local parts = { "exec env" }
+    for _, name in ipairs(CONFIG_VARIABLES) do parts[#parts + 1] = "-u " .. name end
+    for name, value in pairs(env or {}) do parts[#parts + 1] = ossl.quote(name .. "=" .. value) end
+    parts[#parts + 1] = LUA .. " bin/wechatpay"
+    for _, a in ipairs(argv) do parts[#parts + 1] = ossl.quote(a) end
+    local log = dir .. "/interrupted.log"
+    local before = s:stats().requests
+    local p = assert(io.popen("sh -c " .. ossl.quote("(" .. table.concat(parts, " ") .. ") </dev/null >" .. ossl.quote(log)
+      .. " 2>&1 & echo $!; wait $!; echo rc=$?")))
+    local pid = assert(tonumber(p:read("*l")))
+    local deadline = socket.gettime() + 10
+    repeat socket.sleep(0.05) until s:stats().requests > before or socket.gettime() > deadline
+    socket.sleep(0.2)
+    os.execute("kill -INT " .. pid)
+    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
+    p:close()
+    local text = ossl.read(log) or ""
+    for _, secret in ipairs(secrets) do assert(not text:find(secret, 1, true), "a secret in the output") end
+    return rc, text
+  end
+
   -- the doctor's line for a topic: "[tag ] topic  message", and the fix under it
   local function line_of(out, topic)
     for line, rest in out:gmatch("(%[[^\n]*%] " .. topic:gsub("%p", "%%%0") .. "[^\n]*)\n?([^\n]*)") do
@@ -198,6 +224,14 @@ describe("bin/wechatpay", function()
       assert.equal(8, rc)
       assert.matches("missing.pem", err)
       assert.equal(before, server:stats().requests)
+    end)
+
+    it("exit 130 on Ctrl-C while WeChat Pay has not answered, not a usage error", function()
+      server:fault("delay", { seconds = 8, path = "^/v3/mock/echo/" })
+      local rc, text = interrupted({ "call", "GET", "/v3/mock/echo/slow", "--timeout", "20" }, good_env(server))
+      assert.equal(130, rc, text)
+      assert.matches("interrupted", text)
+      assert.is_nil(text:find("usage", 1, true))
     end)
 
     it("reads a Lua config file, whose base_url may be a list of hosts", function()

@@ -3,6 +3,7 @@
 -- stdout (indented JSON on a terminal, the bytes as sent otherwise).
 local args = require("wechatpay.cli.args")
 local config = require("wechatpay.cli.config")
+local errors = require("wechatpay.errors")
 local exit = require("wechatpay.cli.exit")
 local output = require("wechatpay.cli.output")
 
@@ -169,12 +170,19 @@ function call.main(argv)
     return exit.CONFIG
   end
 
-  local called, res, err = pcall(client.request, client, method, path, request)
-  client:close()
-  if not called then
-    io.stderr:write("wechatpay call: ", config.message(res), "\n")
+  -- request_async raises only while it checks the options (a bad header,
+  -- a missing {variable}): a usage error, nothing sent.  What the wait
+  -- raises (Ctrl-C, a bug) goes on up to cli.main: 130, or 70.
+  local queued, promise = pcall(client.request_async, client, method, path, request)
+  if not queued then
+    client:close()
+    if errors.is_interrupt(promise) then error(promise, 0) end
+    io.stderr:write("wechatpay call: ", config.message(promise), "\n")
     return exit.USAGE
   end
+  local waited, res, err = pcall(promise.wait, promise)
+  client:close()
+  if not waited then error(res, 0) end
   if res then
     status_line(res.status, res:header("Request-ID"))
     print_body(res.body, opts.raw)

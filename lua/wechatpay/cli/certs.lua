@@ -2,6 +2,7 @@
 -- platform certificates into a directory, for cron jobs and cert_dir.
 local args = require("wechatpay.cli.args")
 local config = require("wechatpay.cli.config")
+local errors = require("wechatpay.errors")
 local exit = require("wechatpay.cli.exit")
 
 local certs = {}
@@ -35,15 +36,19 @@ from cron and give the directory to wechatpay.new{ cert_dir = DIR }.
   --cafile FILE          CA bundle for the TLS connection
   --timeout SECONDS      default 30
 
-Exit status:
-  0  certificates written
-  2  usage or configuration (a flag, the key file, the APIv3 key)
-  3  no answer (network, timeout)
-  4  WeChat Pay refused the request (status, code and message printed)
-  5  this merchant has no platform certificates: it verifies with its WeChat
-     Pay public key (PUB_KEY_ID_...), which the merchant platform gives
-  6  the download did not decrypt or verify (check the APIv3 key)
-  7  the output directory cannot be written
+Exit status (the table of `wechatpay --help`):
+  0    certificates written
+  2    usage: an unknown or malformed flag, no --output (nothing was sent)
+  3    no answer (network, timeout)
+  4    WeChat Pay refused the request (status, code and message printed)
+  5    this merchant has no platform certificates: it verifies with its WeChat
+       Pay public key (PUB_KEY_ID_...), which the merchant platform gives
+  6    the download did not decrypt or verify (check the APIv3 key)
+  7    the output directory cannot be written
+  8    configuration: the config file, the key file or the APIv3 key, the
+       WECHATPAY_* variables or the flags do not make a client
+  70   internal error (a bug)
+  130  interrupted (Ctrl-C)
 ]]
 
 local SPEC = { mchid = "value", serial = "value", ["private-key"] = "value", ["apiv3-key-file"] = "value",
@@ -81,8 +86,7 @@ local function client_options(opts)
   options.apiv3_key = apiv3_key
   options.certs = {}
   options.cert_dir, options.cert_store = nil, nil
-  options.timeout = opts.timeout and tonumber(opts.timeout) or options.timeout
-  if opts.timeout and not options.timeout then return nil, "--timeout must be a number of seconds" end
+  if opts.timeout then options.timeout = tonumber(opts.timeout) end
   options.retry = { idempotent = true }
   return options
 end
@@ -95,34 +99,41 @@ end
 --- main(argv) -> exit status; argv[1] is "certs" (the subcommand's name).
 function certs.main(argv)
   local opts, positional = args.parse(argv, SPEC, 2)
-  if not opts then return fail(2, positional .. " (--help for usage)") end
+  if not opts then return fail(exit.USAGE, positional .. " (--help for usage)") end
   if opts.help then
     io.stdout:write(certs.USAGE)
     return exit.OK
   end
-  if #positional > 0 then return fail(2, "unexpected argument (--help for usage)") end
-  if not opts.output then return fail(2, "--output is required (--help for usage)") end
+  if #positional > 0 then return fail(exit.USAGE, "unexpected argument (--help for usage)") end
+  if not opts.output then return fail(exit.USAGE, "--output is required (--help for usage)") end
+  if opts.timeout then
+    local t = tonumber(opts.timeout)
+    if not t or t <= 0 or t > 86400 then return fail(exit.USAGE, "--timeout must be a number of seconds") end
+  end
   local options, oerr = client_options(opts)
-  if not options then return fail(2, oerr) end
+  if not options then return fail(exit.CONFIG, oerr) end
 
   local wechatpay = require("wechatpay")
   local certificates = require("wechatpay.certificates")
   local ok, client = pcall(wechatpay.new, options)
-  if not ok then return fail(2, config.message(client)) end
+  if not ok then
+    if errors.is_interrupt(client) then error(client, 0) end
+    return fail(exit.CONFIG, config.message(client))
+  end
 
+  -- an interrupt raised here goes on up to cli.main (130)
   local list, err = client:certificates()
   client:close()
-  if not list then
-    local codes = { network = 3, timeout = 3, http = 4, verify = 6, decrypt = 6, malformed = 6 }
-    return fail(codes[err.kind] or 1, tostring(err))
-  end
-  if #list == 0 then return fail(5, err or "no platform certificates were delivered") end
+  -- network 3, http 4, verify/decrypt/malformed 6, interrupted 130, else 70
+  if not list then return fail(exit.of_kind(err.kind), tostring(err)) end
+  -- a public-key-only merchant: certificates() gives {} and why (not dead)
+  if #list == 0 then return fail(exit.PUBLIC_KEY_ONLY, err or "no platform certificates were delivered") end
 
   local store = certificates.dir_store(opts.output)
   local function utc(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
   for _, cert in ipairs(list) do
     local saved, why = store:save(cert.serial, cert.pem)
-    if not saved then return fail(7, why) end
+    if not saved then return fail(exit.OUTPUT, why) end
     io.stdout:write(("%s  %s .. %s  %s\n"):format(cert.serial, utc(cert.not_before), utc(cert.not_after),
       store:file(cert.serial)))
   end
