@@ -277,6 +277,28 @@ describe("bin/wechatpay", function()
       assert.equal(2, rc)
       assert.matches("passphrase is never taken from the command line", err)
       assert.matches("WECHATPAY_PASSPHRASE", err)
+      -- the APIv2 key too, in every spelling
+      local v2key = "V2k3yTh4tMustN0tBePr1nted0000zq"
+      secrets[#secrets + 1] = v2key
+      for _, argv in ipairs{
+        { "call", "GET", "/v3/x", "--apiv2_key=" .. v2key },
+        { "call", "GET", "/v3/x", "--apiv2-key", v2key },
+        { "doctor", "--APIV2KEY=" .. v2key },
+        { "certs", "--output", dir, "--apiv2_key=" .. v2key },
+        { "grant", "--apiv2-key=" .. v2key },
+      } do
+        rc, _, err = run(argv, good_env(server))   -- run asserts the key is in no output
+        assert.equal(2, rc, table.concat(argv, " "))
+        assert.matches("APIv2 key is never taken from the command line", err)
+        assert.matches("apiv2_key", err)
+      end
+      -- an unknown option's value after "=" is never printed, whatever its name
+      for _, argv in ipairs{ { "call", "GET", "/v3/x", "--my_secret=" .. v2key }, { "doctor", "--x.y=" .. v2key },
+          { "certs", "--output", dir, "--weird_opt=" .. v2key } } do
+        rc, _, err = run(argv, good_env(server))
+        assert.equal(2, rc, table.concat(argv, " "))
+        assert.matches("unknown option", err)
+      end
       -- the old executables are the same commands
       rc, _, err = run({ "--apiv3-key=" .. key }, good_env(server), nil, "bin/wechatpay-certs")
       assert.equal(2, rc)

@@ -11,6 +11,7 @@ local function secret_option(name)
   local plain = name:lower():gsub("[_-]", "")
   if plain:find("file$") then return nil end
   if plain:find("apiv3") then return "the APIv3 key" end
+  if plain:find("apiv2") then return "the APIv2 key" end
   if plain:find("passphrase") or plain:find("password") then return "the private key's passphrase" end
   return nil
 end
@@ -18,12 +19,14 @@ end
 local WHERE = {
   ["the APIv3 key"] = "put it in a file named by WECHATPAY_APIV3_KEY_FILE (or apiv3_key_file in the "
     .. "config file), or in the environment variable WECHATPAY_APIV3_KEY",
+  ["the APIv2 key"] = "put it in the config file (apiv2_key = ...)",
   ["the private key's passphrase"] = "put it in the config file (passphrase = ...) or in the "
     .. "environment variable WECHATPAY_PASSPHRASE",
 }
 
 --- refuse_secrets(argv) -> nil | message: an option that would carry the
--- APIv3 key or a passphrase on the command line.  Its value is not shown.
+-- APIv3 or APIv2 key or a passphrase on the command line.  Its value is
+-- not shown.
 function args.refuse_secrets(argv)
   for i = 1, #argv do
     local name = tostring(argv[i]):match("^%-%-?([%w_%-]+)")
@@ -57,8 +60,10 @@ function args.parse(argv, spec, first)
       if a == "-h" then name = "help" end
       local kind = name and spec[name]
       if not kind then
-        -- the name only: a value glued on with = is not repeated
-        return nil, ("unknown option %s"):format(name and ("--" .. name) or ("%q"):format(a:sub(1, 40)))
+        -- the name only: nothing after an "=" is repeated, whatever the
+        -- name holds (--apiv2_key=... would otherwise print the key)
+        local shown = name and ("--" .. name) or ("%q"):format((a:match("^[^=]*")):sub(1, 40))
+        return nil, ("unknown option %s"):format(shown)
       end
       if kind == "flag" then
         if value then return nil, ("--%s takes no value"):format(name) end

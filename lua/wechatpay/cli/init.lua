@@ -26,7 +26,7 @@ function cli.usage()
   for _, pair in ipairs(config.ENV) do
     lines[#lines + 1] = ("  %-25s %s"):format(pair[1], pair[2])
   end
-  lines[#lines + 1] = "The APIv3 key and the key passphrase are never taken from the command line."
+  lines[#lines + 1] = "The APIv3 and APIv2 keys and the key passphrase are never taken from the command line."
   lines[#lines + 1] = ""
   lines[#lines + 1] = "Exit status:"
   return table.concat(lines, "\n") .. "\n" .. exit.TABLE
