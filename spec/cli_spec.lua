@@ -523,6 +523,66 @@ describe("bin/wechatpay", function()
       assert.matches("WECHATPAY_PASSPHRASE", fix)
     end)
 
+    it("with a config file reads no WECHATPAY_* variable: neither the passphrase nor the APIv3 key", function()
+      local passphrase = "pass-phrase-from-the-env-only"
+      secrets[#secrets + 1] = passphrase
+      local encrypted = dir .. "/encrypted_key_env.pem"
+      ossl.run("openssl pkcs8 -topk8 -v2 aes256 -in " .. ossl.quote(server.merchant_key_file) .. " -passout pass:"
+        .. passphrase .. " -out " .. ossl.quote(encrypted))
+      local file = write("no_env.lua", ([[
+        return { mchid = %q, serial = %q, private_key = %q, certs = { [%q] = %q }, base_url = %q, cafile = %q }
+      ]]):format(server.mchid, server.merchant_serial, "file://" .. encrypted, server.platform_key_id,
+        "file://" .. server.platform_public_key_file, server.base_url, server.cafile))
+      local env = { WECHATPAY_PASSPHRASE = passphrase, WECHATPAY_APIV3_KEY = server.apiv3_key,
+        WECHATPAY_APIV3_KEY_FILE = write("apiv3_env", server.apiv3_key) }
+      local rc, out = run({ "doctor", "--config", file }, env)
+      assert.equal(1, rc, out)
+      assert.matches("^%[FAIL%] private key +.*cannot be loaded", line_of(out, "private key"))
+      assert.matches("^%[skip%] APIv3 key +not configured", line_of(out, "APIv3 key"))
+      -- call too: the key does not load without the passphrase the file leaves out
+      local err
+      rc, _, err = run({ "call", "GET", "/v3/mock/echo/x", "--config", file }, env)
+      assert.equal(8, rc, err)
+      -- the same through WECHATPAY_CONFIG, and the variables still work without a file
+      rc, out = run({ "doctor" }, { WECHATPAY_CONFIG = file, WECHATPAY_PASSPHRASE = passphrase })
+      assert.equal(1, rc, out)
+      assert.matches("^%[FAIL%] private key", line_of(out, "private key"))
+      rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_PRIVATE_KEY = encrypted, WECHATPAY_PASSPHRASE = passphrase }))
+      assert.equal(0, rc, out)
+    end)
+
+    it("checks apiv2_key on its own line, never failing a host for it", function()
+      local function config_with(apiv2_key)
+        return write("v2.lua", ([[
+          return { mchid = %q, serial = %q, private_key = %q, merchant_cert = %q, certs = { [%q] = %q },
+            base_url = %q, cafile = %q, apiv3_key_file = %q, apiv2_key = %q }
+        ]]):format(server.mchid, server.merchant_serial, "file://" .. server.merchant_key_file,
+          "file://" .. server.merchant_cert_file, server.platform_key_id, "file://" .. server.platform_public_key_file,
+          server.base_url, server.cafile, write("k3", server.apiv3_key), apiv2_key))
+      end
+      local short = "Sh0rtV2KeyNeverPr1ntedXXXXXXXX"   -- 30
+      secrets[#secrets + 1] = short
+      local rc, out = run({ "doctor", "--config", config_with(short) }, {})
+      assert.equal(1, rc, out)
+      local line, fix = line_of(out, "APIv2 key")
+      assert.matches("^%[FAIL%] APIv2 key +30 bytes", line)
+      assert.matches("API安全", fix)
+      assert.matches("^%[ok  %] host", line_of(out, "host"))
+      assert.matches("^%[ok  %] key pair", line_of(out, "key pair"))
+      rc, out = run({ "doctor", "--config", config_with(server.apiv3_key) }, {})
+      assert.equal(1, rc, out)
+      assert.matches("is the APIv3 key", line_of(out, "APIv2 key"))
+      local good = "G00dV2KeyNeverPr1ntedXXXXXXXXXXX"
+      secrets[#secrets + 1] = good
+      rc, out = run({ "doctor", "--config", config_with(good) }, {})
+      assert.equal(0, rc, out)
+      assert.matches("^%[ok  %] APIv2 key +32 characters", line_of(out, "APIv2 key"))
+      -- not configured: skipped, saying why
+      rc, out = run({ "doctor" }, good_env(server))
+      assert.equal(0, rc, out)
+      assert.matches("^%[skip%] APIv2 key", line_of(out, "APIv2 key"))
+    end)
+
     it("checks the certificates of a cert_dir, and fails one that is not a directory", function()
       local cert_dir = dir .. "/cert_dir"
       ossl.run("mkdir -p " .. ossl.quote(cert_dir))

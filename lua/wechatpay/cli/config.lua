@@ -160,8 +160,8 @@ end
 
 -- ---- the profile: what the tools work from -------------------------------------
 
--- The APIv3 key: the file's apiv3_key, its apiv3_key_file, else the
--- environment's.  Trailing white space (a newline an editor adds) is dropped.
+-- The APIv3 key: the file's apiv3_key, its apiv3_key_file, else (no
+-- config file) the environment's.  Trailing white space (a newline an editor adds) is dropped.
 local function resolve_apiv3_key(options, getenv)
   local from_file = options.apiv3_key_file
   if options.apiv3_key ~= nil then
@@ -197,9 +197,12 @@ function config.load(path, getenv)
   end
   local options, err, source
   if path then
+    -- the file is the whole configuration, as --help says: no WECHATPAY_*
+    -- variable fills what it leaves out (a passphrase or APIv3 key meant
+    -- for another merchant would otherwise slip in)
     options, err = config.load_file(path)
     source = "config file " .. path
-    if options and options.passphrase == nil then options.passphrase = getenv("WECHATPAY_PASSPHRASE") end
+    getenv = function() return nil end
   else
     options, err = config.from_env(getenv)
     source = "environment (WECHATPAY_*)"

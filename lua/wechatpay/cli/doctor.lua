@@ -24,6 +24,8 @@ Checks a configuration and says what is wrong, each check on one line
   serial             the configured serial is the merchant certificate's
   key pair           the private key is the key of the merchant certificate
   APIv3 key          32 bytes (never shown)
+  APIv2 key          when configured (apiv2_key): 32 letters and digits, not the
+                     APIv3 key (never shown)
   platform keys      each certs entry: a WeChat Pay public key (PUB_KEY_ID_...) or
                      a platform certificate named by its own serial, not expired
                      nor expiring within 30 days, not the merchant's own certificate
@@ -113,7 +115,8 @@ local function check_private_key(report, options)
   local loaded, err = key.load(source, passphrase)
   if not loaded then
     report.add("fail", "private key", ("%s cannot be loaded: %s"):format(where(source), err),
-      err:find("passphrase") and "set the passphrase in the config file or WECHATPAY_PASSPHRASE" or KEY_FIX)
+      err:find("passphrase") and "set the passphrase in the config file (passphrase = ...), or WECHATPAY_PASSPHRASE "
+        .. "when configured by variables" or KEY_FIX)
     return nil
   end
   if loaded:kind() ~= "private" then
@@ -229,6 +232,29 @@ local function check_apiv3_key(report, profile)
   end
   report.add("ok", "APIv3 key", ("32 bytes (from %s)"):format(profile.apiv3_key_from))
   return value
+end
+
+-- The APIv2 key, when configured: wechatpay.new refuses a bad one, and
+-- the host checks would otherwise fail on it, naming the host.
+local function check_apiv2_key(report, options)
+  local value = options.apiv2_key
+  if value == nil then
+    report.add("skip", "APIv2 key", "not configured: needed for APIv2 calls (client.v2) and their callbacks only")
+    return nil
+  end
+  local fix = "copy the APIv2 key again from 商户平台 → 账户中心 → API安全 (API密钥, not the APIv3 key)"
+  if type(value) ~= "string" then
+    report.add("fail", "APIv2 key", "must be a string", fix)
+  elseif #value ~= 32 or value:find("[^%w]") then
+    report.add("fail", "APIv2 key", ("%d bytes%s: the APIv2 key is 32 letters and digits"):format(#value,
+      value:find("[^%w]") and ", holding other characters" or ""), fix)
+  elseif value == options.apiv3_key then
+    report.add("fail", "APIv2 key", "is the APIv3 key: they are two different keys", fix)
+  else
+    report.add("ok", "APIv2 key", "32 characters")
+    return value
+  end
+  return nil
 end
 
 local CERTS_FIX = "download the current ones: wechatpay certs --config FILE --output DIR, then cert_dir = DIR "
@@ -519,6 +545,9 @@ local function check_network(report, profile, parts, timeout)
       passphrase = false, certs = parts.certs, apiv3_key = parts.apiv3_key, timeout = timeout, connect_timeout = math.min(timeout, 5), retry = false,
     })
     options.passphrase, options.cert_dir, options.cafile = nil, parts.cert_dir, parts.cafile
+    -- the APIv2 options have their own checks above: a bad one must not
+    -- read as a failing host (merchant_cert is a tool option, never here)
+    options.apiv2_key, options.merchant_cert = nil, nil
     local ok, client = pcall(wechatpay.new, options)
     if not ok then
       report.add("fail", "host", ("%s: %s"):format(tostring(host), config.message(client)),
@@ -628,6 +657,7 @@ function doctor.main(argv)
   local serial = check_serial(report, options, profile, cert_info)
   check_key_pair(report, private_key, cert, cert_info)
   local apiv3_key = check_apiv3_key(report, profile)
+  check_apiv2_key(report, { apiv2_key = options.apiv2_key, apiv3_key = apiv3_key })
   local merchant = { serial = serial, cert_serial = cert_info and cert_info.serial, private_key = private_key }
   local certs, cert_dir = check_platform_keys(report, options, merchant, apiv3_key ~= nil, now)
   local ca_ok = check_ca(report, options)
