@@ -501,9 +501,10 @@ function methods.parse_notification(self, headers, body)
 end
 
 --- client:parse_v2_notification(raw_body) -> notice | nil, err: an APIv2
--- callback, a payment result verified by its sign, or a refund with its
--- req_info decrypted (wechatpay.v2.notification; kinds "verify",
--- "malformed", "decrypt").  Answer it with wechatpay.v2.notification.answer().
+-- callback, a payment result verified by its sign (type "payment", paid
+-- true only for return_code and result_code SUCCESS), or a refund with its
+-- req_info decrypted (type "refund") (wechatpay.v2.notification; kinds
+-- "verify", "malformed", "decrypt").  Answer it with wechatpay.v2.notification.answer().
 function methods.parse_v2_notification(self, body)
   local settings = self[STATE].settings
   if not (settings.v2 and settings.v2.apiv2_key) then
