@@ -17,7 +17,8 @@ local xml = require("wechatpay.v2.xml")
 local answer = {}
 
 --- The endpoints whose SUCCESS answers WeChat Pay documents without `sign`
--- (现金红包, 小程序红包, 企业付款到零钱 and their queries): path -> true.
+-- (现金红包, 小程序红包, 企业付款到零钱 and their queries, the 付款到银行卡
+-- public key): path -> true.
 answer.UNSIGNED = {
   ["/mmpaymkttransfers/sendredpack"] = true,
   ["/mmpaymkttransfers/sendgroupredpack"] = true,
@@ -25,6 +26,7 @@ answer.UNSIGNED = {
   ["/mmpaymkttransfers/gethbinfo"] = true,
   ["/mmpaymkttransfers/promotion/transfers"] = true,
   ["/mmpaymkttransfers/gettransferinfo"] = true,
+  ["/risk/getpublickey"] = true,   -- the RSA key of 付款到银行卡 (served by fraud.mch.weixin.qq.com)
 }
 
 -- A v2 response is a v3 response plus xml(): the same fields and methods.
