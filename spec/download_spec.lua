@@ -227,6 +227,39 @@ describe("client:download", function()
     assert.matches("cannot write the bill", err.message)
   end)
 
+  it("an interrupt in the sink cancels the transfer, removes the temp file and goes on up", function()
+    local errors = require("wechatpay.errors")
+    server:bill("trade-20261107", { rows = 20000 })
+    local bill = apply("2026-11-07", true)
+    -- a function sink interrupted (as a Ctrl-C caught and passed on as kind "interrupted")
+    local calls = 0
+    local ok, raised = pcall(client.download, client, bill, { to = function()
+      calls = calls + 1
+      error(errors.new("interrupted", "interrupted by the user (test)"))
+    end })
+    assert.is_false(ok)
+    assert.is_true(errors.is_interrupt(raised), tostring(raised))
+    assert.equal(1, calls)
+    -- a file sink whose write is interrupted as lua.c's SIGINT hook does
+    local to = dir .. "/bill.csv"
+    local unchanged = existing(to)
+    local open = io.open
+    io.open = function(name, mode)   -- luacheck: ignore
+      local file, err = open(name, mode)
+      if not file or not name:find("%.part$") then return file, err end
+      return { write = function() error("interrupted!", 0) end, close = function() return file:close() end }
+    end
+    ok, raised = pcall(client.download, client, bill, { to = to })
+    io.open = open   -- luacheck: ignore
+    assert.is_false(ok)
+    assert.is_true(errors.is_interrupt(raised), tostring(raised))
+    unchanged()
+    -- the client goes on: the next download on the same session completes
+    local info = assert(client:download(bill, { to = to }))
+    ossl.run("cmp " .. q(to) .. " " .. q(csv_of("trade-20261107")))
+    assert.is_true(info.gzip)
+  end)
+
   it("never sends the Authorization header to another host, nor shows the token", function()
     local bill = apply("2026-11-26", false):json()
     for _, url in ipairs{

@@ -226,6 +226,10 @@ end
 local function transport_error(failure, target)
   if errors.is_error(failure) then return failure end
   if type(failure) ~= "table" then failure = { message = tostring(failure) } end
+  -- a streamed body's consumer interrupted (Ctrl-C): the transport raises it again
+  if failure.kind == "interrupted" then
+    return errors.from_raise(failure.raised, "while receiving " .. target:match("^[^?]*"))
+  end
   local kind = (failure.kind == "timeout" or failure.kind == "closed") and failure.kind or "network"
   return errors.new(kind, tostring(failure.message or "no response") .. " (" .. target:match("^[^?]*") .. ")",
     { sent = failure.sent, retry = failure.retry })

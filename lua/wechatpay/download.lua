@@ -128,11 +128,14 @@ local function file_sink(to)
 end
 
 -- A function sink: every inflated piece, in order, before the hash is
--- known (the caller discards what it got when download fails).
+-- known (the caller discards what it got when download fails).  What it
+-- raises ends the download as "internal", except an interrupt (Ctrl-C),
+-- which goes on up: the transport cancels the transfer and raises it again.
 local function function_sink(fn)
   local sink = {}
   function sink.write(bytes)
     local ok, raised = pcall(fn, bytes)
+    if not ok and errors.is_interrupt(raised) then error(raised, 0) end
     if not ok then return nil, raised, true end
     return true
   end

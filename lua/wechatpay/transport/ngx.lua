@@ -8,6 +8,9 @@
 -- request.on_chunk(bytes) -> true streams a 2xx body to it in pieces of at
 -- most STREAM_PIECE bytes (Content-Length, chunked or to the end of the
 -- connection), from the call's light thread; the response's body is then "".
+-- An interrupt (errors.is_interrupt) raised by on_chunk closes the
+-- connection, fails the call with { kind = "interrupted", raised } and is
+-- raised again from step, in the thread that waits.
 --
 -- One transport belongs to one request context (a request or a timer: its
 -- light threads and semaphore cannot serve another).  Connections outlive
@@ -23,6 +26,7 @@
 -- the client gives, presented with tcpsock:setclientcert, and such
 -- connections pool apart from the others.
 local core = require("wechatpay.core")
+local errors = require("wechatpay.errors")
 
 local ngx_transport = {}
 ngx_transport.__index = ngx_transport
@@ -282,11 +286,12 @@ end
 -- A 2xx body handed to on_chunk as it arrives: -> "", reusable | nil, failure.
 -- A failure after bytes were handed on is never retried (retry = false).
 local function stream_body(sock, status, headers, deadline, sent, on_chunk)
-  local handed = false
+  local handed, interrupt = false, nil
   local function hand(bytes)
     if bytes == "" then return true end
     handed = true
     local ok, more = pcall(on_chunk, bytes)
+    if not ok and errors.is_interrupt(more) then interrupt = more end
     return ok and more == true
   end
   local function broken(err, what)
@@ -295,6 +300,10 @@ local function stream_body(sock, status, headers, deadline, sent, on_chunk)
     return nil, f
   end
   local function stopped()
+    if interrupt ~= nil then
+      return nil, { kind = "interrupted", message = "interrupted while taking the response's body", sent = sent,
+                    retry = false, raised = interrupt }
+    end
     return nil, { kind = "network", message = STOPPED, sent = sent, retry = false, stopped = true }
   end
   -- `length` bytes in pieces
@@ -420,6 +429,7 @@ local function run(self, request, callback)
   if self.closed then return end
   local called, err = pcall(callback, res, fail)
   if not called and self.first_error == nil then self.first_error = err end
+  if fail and fail.kind == "interrupted" and fail.raised ~= nil then self.first_error = fail.raised end
   if self.semaphore then self.semaphore:post(1) end
 end
 
