@@ -72,6 +72,27 @@ describe("on_call", function()
     assert.is_true(r.sign_time > 0 and r.network_time > 0 and r.verify_time > 0)
   end)
 
+  it("a bill download whose hash does not match is recorded with its integrity error, not as a 200", function()
+    local records = {}
+    local c = client({ timeout = 5, retry = false }, records)
+    server:fault("wrong_hash", { path = "^/v3/bill/tradebill" })
+    local bill = assert(c.v3.bill.tradebill:get{ query = { bill_date = "2026-11-26", tar_type = "GZIP" } })
+    local info, err = c:download(bill, { to = function() end })
+    assert.is_nil(info)
+    assert.equal("integrity", err.kind)
+    assert.equal(2, #records)
+    local r = records[2]
+    check_record(r)
+    assert.equal("v3/billdownload/file", r.path)
+    assert.equal("integrity", r.error)
+    assert.equal(200, r.status)
+    -- and a good one is recorded as the 200 it is
+    assert(c:download(assert(c.v3.bill.tradebill:get{ query = { bill_date = "2026-11-26" } }), { to = function() end }))
+    assert.equal(4, #records)
+    assert.is_nil(records[4].error)
+    assert.equal(200, records[4].status)
+  end)
+
   it("gets one record after the retries, with WeChat Pay's code and the error kind", function()
     local records = {}
     local c = client({ timeout = 2, retry = { idempotent = true, backoff = 0.01 } }, records)

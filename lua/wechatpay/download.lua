@@ -247,9 +247,12 @@ function download.consumer(source, to)
   --- abort([err]) -> nil, err: removes the temporary file; the first error wins.
   function self.abort(failure)
     if failure and not self.err then self.err = failure end
-    sink.abort()
-    if inflater then inflater:close() end
-    hasher:close()
+    if not self.aborted then   -- once: finish() aborts itself on a failure, the caller may again
+      self.aborted = true
+      sink.abort()
+      if inflater then inflater:close() end
+      hasher:close()
+    end
     return nil, self.err
   end
 
