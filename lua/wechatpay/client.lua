@@ -620,7 +620,9 @@ function methods.download(self, bill, opts)
   local settings = self[STATE].settings
   local source, err = download.source(bill)
   if not source then return nil, err end
-  local path, query = download.split(download.target(source.url, settings.base_urls))
+  local target, terr = download.target(source.url, settings.base_urls)
+  if not target then return nil, terr end
+  local path, query = download.split(target)
   local consumer, cerr = download.consumer(source, opts.to)
   if not consumer then return nil, cerr end
   local check, finished = check_bill(settings.platform_keys, consumer)

@@ -3,7 +3,7 @@
 -- bytes as they arrive, so a bill never sits whole in memory.
 --
 --   local source = download.source(bill)                 -- url, hash_type, hash_value
---   local target = download.target(source.url, base_url) -- "/v3/billdownload/file?token=..."
+--   local target = download.target(source.url, base_url) -- "/v3/billdownload/file?token=..." | nil, err
 --   local consumer = download.consumer(source, to)       -- to: a path or function(bytes)
 --   transport request.on_chunk = consumer.on_chunk; then consumer:finish() or consumer:abort(err)
 --
@@ -68,23 +68,55 @@ local function origin(url)
   return scheme .. "://" .. host:lower() .. ":" .. tostring(port), rest
 end
 
+-- What a download URL's path and query may hold to be sent exactly as it
+-- reads and signed as sent (request.lua's rules for literal segments and a
+-- raw query): no braces (path variables), spaces, controls or non-ASCII.
+local PATH_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@%%/]"
+local QUERY_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
+
+-- Why a target cannot be requested as it is, or nil.
+local function unsendable(path, query)
+  if path:find(PATH_CHARS) or (query and query:find(QUERY_CHARS)) then
+    return "holds a byte that would not be sent as it reads"
+  end
+  local text = path .. "?" .. (query or "")
+  local at = text:find("%", 1, true)
+  while at do
+    if not text:find("^%%%x%x", at) then return "holds a % that starts no %XX escape" end
+    at = text:find("%", at + 1, true)
+  end
+  if path:find("//", 1, true) then return "holds an empty path segment" end
+  for piece in (path .. "/"):gmatch("([^/]*)/") do
+    if piece == "." or piece == ".." then return "holds a '" .. piece .. "' path segment" end
+  end
+  return nil
+end
+
 --- target(url, base_url) -> "/path?query" to request on the client's own
--- origin.  base_url is a string or a list of them.  Raises on a URL of
--- another scheme, host or port: the signed GET carries the merchant's
--- Authorization header, which goes nowhere but to the API.
+-- origin | nil, err (kind "malformed").  base_url is a string or a list of
+-- them.  The URL comes from WeChat Pay's answer, so one of another scheme,
+-- host or port (the signed GET carries the merchant's Authorization
+-- header, which goes nowhere but to the API), or one whose path could not
+-- be sent exactly as it reads, is an error, shown without its token.
 function download.target(url, base_url)
   local own, rest = origin(url)
   local allowed = type(base_url) == "table" and base_url or { base_url }
   for _, base in ipairs(allowed) do
-    if own and own == origin(base) then
-      if not rest:find("^/") then break end
-      return (rest:gsub("#.*$", ""))
+    if own and own == origin(base) and rest:find("^/") then
+      local target = rest:gsub("#.*$", "")
+      local path, query = target:match("^([^?]*)%??(.*)$")
+      local why = unsendable(path, query ~= "" and query or nil)
+      if why then
+        return nil, errors.new("malformed", ("the bill's download URL %s %s: it is not requested"):format(shown(url), why))
+      end
+      return target
     end
   end
   local names = {}
   for i, base in ipairs(allowed) do names[i] = shown(base) end
-  errors.raise(("download: %s is not on the client's API origin (%s): the download is signed, and the "
-    .. "Authorization header is never sent to another host"):format(shown(url), table.concat(names, ", ")))
+  return nil, errors.new("malformed", ("the bill's download URL %s is not on the client's API origin (%s): the "
+    .. "download is signed, and the Authorization header is never sent to another host"):format(shown(url),
+    table.concat(names, ", ")))
 end
 
 --- split(target) -> path without its leading "/", query string | nil
