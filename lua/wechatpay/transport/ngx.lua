@@ -93,10 +93,27 @@ local function connect_failure(host, port, err)
   return failure("network", "connect to " .. where .. " failed: " .. err, 0, "safe")
 end
 
+-- lua-nginx-module reports a certificate that does not verify as "NN: why"
+-- (X509_verify_cert_error_string), a name mismatch as "certificate host
+-- mismatch" or "certificate does not match host ..."; Debian's
+-- lua-resty-core raises "assertion failed!" on the mismatch.
+local function verification_failed(err)
+  return err:find("^%d+: ") ~= nil or err:find("certificate", 1, true) ~= nil
+    or err:find("mismatch", 1, true) ~= nil or err:find("assertion failed", 1, true) ~= nil
+end
+
+-- A handshake that failed before any byte of the request was sent: "safe"
+-- (another host may be tried, as curl classes CURLE_SSL_CONNECT_ERROR),
+-- except a certificate that does not verify or name the host, which no
+-- retry mends (false).
 local function handshake_failure(host, port, err)
   err = tostring(err)
   if err == "timeout" then
     return failure("timeout", "TLS handshake with " .. host .. ":" .. port .. " timed out", 0, "safe")
+  end
+  if not verification_failed(err) then
+    return failure("network", ("TLS handshake with %s:%d failed (%s); nothing was sent"):format(host, port, err),
+      0, "safe")
   end
   return failure("network", ("TLS handshake with %s:%d failed (%s): nginx verifies the server's certificate "
     .. "against lua_ssl_trusted_certificate, up to lua_ssl_verify_depth (3 or more for WeChat Pay's chain): "
