@@ -260,6 +260,48 @@ describe("client:download", function()
     assert.is_true(info.gzip)
   end)
 
+  it("syncs the file to disk before renaming it over `to`", function()
+    local core = require("wechatpay.core")
+    assert.is_true(core.fsync(server.dir))   -- a directory too
+    local none, why = core.fsync(dir .. "/no-such-file")
+    assert.is_nil(none)
+    assert.matches("no%-such%-file", why)
+    local to = dir .. "/bill.csv"
+    local fsync, synced = core.fsync, {}
+    core.fsync = function(path)
+      -- the temp file, whole and not yet renamed; then the directory
+      synced[#synced + 1] = { path = path, renamed = io.open(to, "rb") ~= nil, size = #(ossl.read(path) or "") }
+      return fsync(path)
+    end
+    local ok, info = pcall(client.download, client, apply("2026-11-26", true), { to = to })
+    core.fsync = fsync
+    assert.is_true(ok, tostring(info))
+    assert.truthy(info)
+    assert.matches("%.part$", synced[1].path)
+    assert.is_false(synced[1].renamed)
+    assert.equal(info.bytes, synced[1].size)
+    assert.equal(dir .. "/", synced[2].path)
+  end)
+
+  it("a consumer aborted without an error refuses every later piece at once", function()
+    local download = require("wechatpay.download")
+    local got = {}
+    local source = assert(download.source{ url = server.base_url .. "v3/x", hash_type = "SHA1", hash_value = "00" })
+    local consumer = assert(download.consumer(source, function(bytes) got[#got + 1] = bytes end))
+    assert.is_true(consumer.on_chunk("ab"))
+    consumer.abort()
+    assert.is_false(consumer.on_chunk("cd"))
+    assert.same({ "ab" }, got)
+    local info, err = consumer.finish()
+    assert.is_nil(info)
+    assert.equal("internal", err.kind)
+    assert.matches("aborted", err.message)
+    local file_consumer = assert(download.consumer(source, dir .. "/bill.csv"))
+    file_consumer.abort()
+    assert.is_false(file_consumer.on_chunk("ef"))
+    assert.equal("", listing(dir))
+  end)
+
   it("never sends the Authorization header to another host, nor shows the token: nil, err, not a raise", function()
     local bill = apply("2026-11-26", false):json()
     local before = server:stats().requests

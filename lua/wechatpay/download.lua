@@ -144,12 +144,19 @@ local function file_sink(to)
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(werr) end
     return true
   end
+  -- The bytes reach the disk before the rename: after a crash `to` holds
+  -- the old bill or the whole new one, never a renamed file still empty.
+  -- The directory is synced after it (best effort: some file systems
+  -- refuse fsync on a directory), so the rename itself lasts.
   function sink.commit()
     local ok, cerr = file:close()
     file = nil
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(cerr) end
+    local synced, serr = core.fsync(temp)
+    if not synced then return nil, serr end
     local renamed, rerr = os.rename(temp, to)
     if not renamed then return nil, "cannot rename the bill to " .. to .. ": " .. tostring(rerr) end
+    core.fsync(dir ~= "" and dir or ".")
     return true
   end
   function sink.abort()
@@ -183,7 +190,8 @@ local GZIP_MAGIC = "\31\139"
 --- consumer(source, to) -> consumer | nil, err
 -- consumer.on_chunk(bytes) -> true to go on (the transport's callback);
 -- consumer:finish() -> info | nil, err once the transfer succeeded;
--- consumer:abort() after any failure.  Nothing is left on disk by a failure.
+-- consumer:abort() after any failure.  Nothing is left on disk by a failure;
+-- a file is synced to disk (core.fsync) before it is renamed over `to`.
 function download.consumer(source, to)
   local sink, err
   if type(to) == "string" and to ~= "" then
@@ -276,9 +284,13 @@ function download.consumer(source, to)
              gzip = inflater ~= nil, received = self.received }
   end
 
-  --- abort([err]) -> nil, err: removes the temporary file; the first error wins.
+  --- abort([err]) -> nil, err: removes the temporary file; the first error
+  -- wins.  Without one (an interrupt, a raise) a sentinel is set, so a
+  -- piece that still arrives is refused at once, never written.
   function self.abort(failure)
-    if failure and not self.err then self.err = failure end
+    if not self.err then
+      self.err = failure or errors.new("internal", "the download was aborted (" .. shown(source.url) .. ")")
+    end
     if not self.aborted then   -- once: finish() aborts itself on a failure, the caller may again
       self.aborted = true
       sink.abort()
