@@ -109,7 +109,12 @@ typedef struct {
   pid_t pid;               /* the process that owns multi and the easy handles */
   socket_list sockets;     /* open connections' sockets, to drop in a fork child */
   /* mutual TLS (APIv2 security = true): the merchant certificate and key,
-   * held in memory so nothing is read again per call; wiped when freed */
+   * held in memory so nothing is read again per call.  Easy handles point
+   * at these bytes (CURL_BLOB_NOCOPY) rather than keep copies; the key and
+   * passphrase are wiped when freed, after every easy handle of this
+   * process is cleaned up.  curl strdup()s the passphrase given with
+   * CURLOPT_KEYPASSWD and frees that copy unwiped (curl_easy_reset or
+   * cleanup); the TLS library holds the parsed key per connection. */
   char *client_cert, *client_key, *client_key_pass;
   size_t client_cert_len, client_key_len;
   int client_key_der;      /* the key's bytes are DER, not PEM */
@@ -506,16 +511,21 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_RESOLVE, s->resolve);
   if (s->capath) curl_easy_setopt(t->easy, CURLOPT_CAPATH, s->capath);
   if (client_cert) {
-    /* curl copies the blobs into the handle; curl_easy_reset drops them.
-     * A pooled connection is reused only by transfers with the same
-     * certificate (curl compares the blobs when matching connections). */
+    /* NOCOPY: the handle points at the session's buffers, which outlive
+     * it: session_destroy cleans up every easy handle before it wipes and
+     * frees them, and curl_easy_reset drops the pointers at the next use.
+     * Handles inherited through fork() are set aside and never run or
+     * cleaned up again, so their stale pointers are never followed.  (A
+     * copy would be freed by curl without being wiped.)  A pooled
+     * connection is reused only by transfers with the same certificate
+     * (curl compares the certificate blobs when matching connections). */
     struct curl_blob cert, key;
     cert.data = s->client_cert;
     cert.len = s->client_cert_len;
-    cert.flags = CURL_BLOB_COPY;
+    cert.flags = CURL_BLOB_NOCOPY;
     key.data = s->client_key;
     key.len = s->client_key_len;
-    key.flags = CURL_BLOB_COPY;
+    key.flags = CURL_BLOB_NOCOPY;
     if (curl_easy_setopt(t->easy, CURLOPT_SSLCERT_BLOB, &cert) != CURLE_OK ||
         curl_easy_setopt(t->easy, CURLOPT_SSLKEY_BLOB, &key) != CURLE_OK) {
       transfer_release(s, t);
