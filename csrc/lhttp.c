@@ -83,6 +83,7 @@ typedef struct transfer {
   int stream;       /* submitted with stream = true */
   int streaming;    /* its answer is a 2xx: the body goes out in chunks */
   int paused;       /* the write callback paused it: perform() resumes it */
+  int dropping;     /* being released: the write callback refuses what comes */
   int forked;       /* was in flight at the fork: reported as a failure */
   long sent_at_fork;
   CURLcode result;
@@ -161,6 +162,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     t->streaming = status >= 200 && status < 300;
   }
+  if (t->dropping) return 0;   /* a write error: the transfer is being removed */
   if (t->streaming) {
     /* curl delivers these same bytes again once resumed: keep none now */
     if (t->body.len >= WP_STREAM_CHUNK) { t->paused = 1; return CURL_WRITEFUNC_PAUSE; }
@@ -229,6 +231,13 @@ static void unlink_transfer(session *s, transfer *t) {
  * sets its easy handle aside for good. */
 static void transfer_release(session *s, transfer *t) {
   if (t->active) {
+    /* A streamed transfer cancelled while its write callback had paused it
+     * is resumed first, or its easy handle would go back to the idle pool
+     * still paused.  What curl delivers on resuming is refused. */
+    if (t->paused) {
+      t->dropping = 1;
+      curl_easy_pause(t->easy, CURLPAUSE_CONT);
+    }
     curl_multi_remove_handle(s->multi, t->easy);
     t->active = 0;
   }
@@ -240,7 +249,7 @@ static void transfer_release(session *s, transfer *t) {
   t->too_large = 0;
   t->head_ended = 0;
   t->forked = 0;
-  t->stream = t->streaming = t->paused = 0;
+  t->stream = t->streaming = t->paused = t->dropping = 0;
   t->id = 0;
   if (t->inherited) {
     unlink_transfer(s, t);
