@@ -138,6 +138,23 @@ describe("the cosocket transport's connections", function()
     end
   end)
 
+  it("an interrupt in on_chunk closes the connection, fails the call as interrupted and is raised by step", function()
+    local log = with_ngx({ {} }, function()
+      local t = ngx_transport.new()
+      local res, fail = call(t, { method = "GET", url = "https://api.example.test/v3/billdownload/file",
+        on_chunk = function() error("interrupted!", 0) end })
+      assert.is_nil(res)
+      assert.are.equal("interrupted", fail.kind)
+      assert.is_false(fail.retry)
+      assert.are.equal("interrupted!", fail.raised)
+      local ok, raised = pcall(t.step, t, 0)
+      assert.is_false(ok)
+      assert.are.equal("interrupted!", raised)
+      assert.is_true(pcall(t.step, t, 0))   -- raised once
+    end)
+    assert.are.equal("close", log[#log])
+  end)
+
   it("closes a connection the server marks Connection: close, and an HTTP/1.0 one", function()
     local log = with_ngx({ { response = { "HTTP/1.1 200 OK", "Connection: close", "Content-Length: 0", "" } },
         { response = { "HTTP/1.0 200 OK", "Content-Length: 0", "" } } }, function()
