@@ -83,6 +83,7 @@ typedef struct transfer {
   int stream;       /* submitted with stream = true */
   int streaming;    /* its answer is a 2xx: the body goes out in chunks */
   int paused;       /* the write callback paused it: perform() resumes it */
+  int dropping;     /* being released: the write callback refuses what comes */
   int forked;       /* was in flight at the fork: reported as a failure */
   long sent_at_fork;
   CURLcode result;
@@ -109,7 +110,12 @@ typedef struct {
   pid_t pid;               /* the process that owns multi and the easy handles */
   socket_list sockets;     /* open connections' sockets, to drop in a fork child */
   /* mutual TLS (APIv2 security = true): the merchant certificate and key,
-   * held in memory so nothing is read again per call; wiped when freed */
+   * held in memory so nothing is read again per call.  Easy handles point
+   * at these bytes (CURL_BLOB_NOCOPY) rather than keep copies; the key and
+   * passphrase are wiped when freed, after every easy handle of this
+   * process is cleaned up.  curl strdup()s the passphrase given with
+   * CURLOPT_KEYPASSWD and frees that copy unwiped (curl_easy_reset or
+   * cleanup); the TLS library holds the parsed key per connection. */
   char *client_cert, *client_key, *client_key_pass;
   size_t client_cert_len, client_key_len;
   int client_key_der;      /* the key's bytes are DER, not PEM */
@@ -156,6 +162,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     t->streaming = status >= 200 && status < 300;
   }
+  if (t->dropping) return 0;   /* a write error: the transfer is being removed */
   if (t->streaming) {
     /* curl delivers these same bytes again once resumed: keep none now */
     if (t->body.len >= WP_STREAM_CHUNK) { t->paused = 1; return CURL_WRITEFUNC_PAUSE; }
@@ -224,6 +231,13 @@ static void unlink_transfer(session *s, transfer *t) {
  * sets its easy handle aside for good. */
 static void transfer_release(session *s, transfer *t) {
   if (t->active) {
+    /* A streamed transfer cancelled while its write callback had paused it
+     * is resumed first, or its easy handle would go back to the idle pool
+     * still paused.  What curl delivers on resuming is refused. */
+    if (t->paused) {
+      t->dropping = 1;
+      curl_easy_pause(t->easy, CURLPAUSE_CONT);
+    }
     curl_multi_remove_handle(s->multi, t->easy);
     t->active = 0;
   }
@@ -235,7 +249,7 @@ static void transfer_release(session *s, transfer *t) {
   t->too_large = 0;
   t->head_ended = 0;
   t->forked = 0;
-  t->stream = t->streaming = t->paused = 0;
+  t->stream = t->streaming = t->paused = t->dropping = 0;
   t->id = 0;
   if (t->inherited) {
     unlink_transfer(s, t);
@@ -506,16 +520,21 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_RESOLVE, s->resolve);
   if (s->capath) curl_easy_setopt(t->easy, CURLOPT_CAPATH, s->capath);
   if (client_cert) {
-    /* curl copies the blobs into the handle; curl_easy_reset drops them.
-     * A pooled connection is reused only by transfers with the same
-     * certificate (curl compares the blobs when matching connections). */
+    /* NOCOPY: the handle points at the session's buffers, which outlive
+     * it: session_destroy cleans up every easy handle before it wipes and
+     * frees them, and curl_easy_reset drops the pointers at the next use.
+     * Handles inherited through fork() are set aside and never run or
+     * cleaned up again, so their stale pointers are never followed.  (A
+     * copy would be freed by curl without being wiped.)  A pooled
+     * connection is reused only by transfers with the same certificate
+     * (curl compares the certificate blobs when matching connections). */
     struct curl_blob cert, key;
     cert.data = s->client_cert;
     cert.len = s->client_cert_len;
-    cert.flags = CURL_BLOB_COPY;
+    cert.flags = CURL_BLOB_NOCOPY;
     key.data = s->client_key;
     key.len = s->client_key_len;
-    key.flags = CURL_BLOB_COPY;
+    key.flags = CURL_BLOB_NOCOPY;
     if (curl_easy_setopt(t->easy, CURLOPT_SSLCERT_BLOB, &cert) != CURLE_OK ||
         curl_easy_setopt(t->easy, CURLOPT_SSLKEY_BLOB, &key) != CURLE_OK) {
       transfer_release(s, t);

@@ -227,21 +227,108 @@ describe("client:download", function()
     assert.matches("cannot write the bill", err.message)
   end)
 
-  it("never sends the Authorization header to another host, nor shows the token", function()
-    local bill = apply("2026-11-26", false):json()
-    for _, url in ipairs{
-      "https://evil.example/v3/billdownload/file?token=SECRET",
-      (bill.download_url:gsub("^https://127%.0%.0%.1:%d+", "https://127.0.0.1:1")),
-      (bill.download_url:gsub("^https:", "http:")),
-      (bill.download_url:gsub("^https://127%.0%.0%.1", "https://127.0.0.1@evil.example")),
-    } do
-      local ok, err = pcall(client.download, client, { download_url = url, hash_type = "SHA1",
-        hash_value = bill.hash_value }, { to = function() end })
-      assert.is_false(ok)
-      assert.matches("not on the client's API origin", err)
-      assert.not_matches("SECRET", err)
-      assert.not_matches("token", err)
+  it("an interrupt in the sink cancels the transfer, removes the temp file and goes on up", function()
+    local errors = require("wechatpay.errors")
+    server:bill("trade-20261107", { rows = 20000 })
+    local bill = apply("2026-11-07", true)
+    -- a function sink interrupted (as a Ctrl-C caught and passed on as kind "interrupted")
+    local calls = 0
+    local ok, raised = pcall(client.download, client, bill, { to = function()
+      calls = calls + 1
+      error(errors.new("interrupted", "interrupted by the user (test)"))
+    end })
+    assert.is_false(ok)
+    assert.is_true(errors.is_interrupt(raised), tostring(raised))
+    assert.equal(1, calls)
+    -- a file sink whose write is interrupted as lua.c's SIGINT hook does
+    local to = dir .. "/bill.csv"
+    local unchanged = existing(to)
+    local open = io.open
+    io.open = function(name, mode)   -- luacheck: ignore
+      local file, err = open(name, mode)
+      if not file or not name:find("%.part$") then return file, err end
+      return { write = function() error("interrupted!", 0) end, close = function() return file:close() end }
     end
+    ok, raised = pcall(client.download, client, bill, { to = to })
+    io.open = open   -- luacheck: ignore
+    assert.is_false(ok)
+    assert.is_true(errors.is_interrupt(raised), tostring(raised))
+    unchanged()
+    -- the client goes on: the next download on the same session completes
+    local info = assert(client:download(bill, { to = to }))
+    ossl.run("cmp " .. q(to) .. " " .. q(csv_of("trade-20261107")))
+    assert.is_true(info.gzip)
+  end)
+
+  it("syncs the file to disk before renaming it over `to`", function()
+    local core = require("wechatpay.core")
+    assert.is_true(core.fsync(server.dir))   -- a directory too
+    local none, why = core.fsync(dir .. "/no-such-file")
+    assert.is_nil(none)
+    assert.matches("no%-such%-file", why)
+    local to = dir .. "/bill.csv"
+    local fsync, synced = core.fsync, {}
+    core.fsync = function(path)
+      -- the temp file, whole and not yet renamed; then the directory
+      synced[#synced + 1] = { path = path, renamed = io.open(to, "rb") ~= nil, size = #(ossl.read(path) or "") }
+      return fsync(path)
+    end
+    local ok, info = pcall(client.download, client, apply("2026-11-26", true), { to = to })
+    core.fsync = fsync
+    assert.is_true(ok, tostring(info))
+    assert.truthy(info)
+    assert.matches("%.part$", synced[1].path)
+    assert.is_false(synced[1].renamed)
+    assert.equal(info.bytes, synced[1].size)
+    assert.equal(dir .. "/", synced[2].path)
+  end)
+
+  it("a consumer aborted without an error refuses every later piece at once", function()
+    local download = require("wechatpay.download")
+    local got = {}
+    local source = assert(download.source{ url = server.base_url .. "v3/x", hash_type = "SHA1", hash_value = "00" })
+    local consumer = assert(download.consumer(source, function(bytes) got[#got + 1] = bytes end))
+    assert.is_true(consumer.on_chunk("ab"))
+    consumer.abort()
+    assert.is_false(consumer.on_chunk("cd"))
+    assert.same({ "ab" }, got)
+    local info, err = consumer.finish()
+    assert.is_nil(info)
+    assert.equal("internal", err.kind)
+    assert.matches("aborted", err.message)
+    local file_consumer = assert(download.consumer(source, dir .. "/bill.csv"))
+    file_consumer.abort()
+    assert.is_false(file_consumer.on_chunk("ef"))
+    assert.equal("", listing(dir))
+  end)
+
+  it("never sends the Authorization header to another host, nor shows the token: nil, err, not a raise", function()
+    local bill = apply("2026-11-26", false):json()
+    local before = server:stats().requests
+    local own = bill.download_url:match("^https://[^/]+")
+    for _, case in ipairs{
+      { "https://evil.example/v3/billdownload/file?token=SECRET", "not on the client's API origin" },
+      { (bill.download_url:gsub("^https://127%.0%.0%.1:%d+", "https://127.0.0.1:1")), "not on the client's API origin" },
+      { (bill.download_url:gsub("^https:", "http:")), "not on the client's API origin" },
+      { (bill.download_url:gsub("^https://127%.0%.0%.1", "https://127.0.0.1@evil.example")), "not on the client's API origin" },
+      { "not a URL?token=SECRET", "not on the client's API origin" },
+      -- on the right host, but not requestable as it reads (request.prepare would raise on these)
+      { own .. "/v3/billdownload/{timeout}?token=SECRET", "would not be sent as it reads" },
+      { own .. "/v3/billdownload/../certificates?token=SECRET", "'%.%.' path segment" },
+      { own .. "/v3/billdownload/file?token=SEC RET", "would not be sent as it reads" },
+      { own .. "/v3/billdownload/file?token=SECRET%zz", "starts no %%XX escape" },
+    } do
+      local ok, info, err = pcall(client.download, client, { download_url = case[1], hash_type = "SHA1",
+        hash_value = bill.hash_value }, { to = dir .. "/bill.csv" })
+      assert.is_true(ok, tostring(info))
+      assert.is_nil(info)
+      assert.equal("malformed", err.kind)
+      assert.matches(case[2], err.message)
+      assert.not_matches("SECRET", tostring(err))
+      assert.not_matches("token", tostring(err))
+    end
+    assert.equal(before, server:stats().requests)
+    assert.equal("", listing(dir))
     local download = require("wechatpay.download")
     assert.equal("/v3/billdownload/file?token=x", download.target("https://API.mch.weixin.qq.com:443/v3/billdownload/file?token=x",
       { "https://api2.mch.weixin.qq.com", "https://api.mch.weixin.qq.com" }))

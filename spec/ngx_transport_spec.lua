@@ -21,6 +21,7 @@ local function fake_socket(script, log)
     sslhandshake = function(_, _, name, verify)
       log[#log + 1] = ("handshake %s verify=%s"):format(name, tostring(verify))
       if script.handshake_raises then error("assertion failed!") end
+      if script.handshake_error then return nil, script.handshake_error end
       return {}
     end,
     send = function(_, bytes)
@@ -114,6 +115,44 @@ describe("the cosocket transport's connections", function()
       assert.matches("assertion failed!", fail.message, 1, true)
       assert.matches("lua_ssl_verify_depth", fail.message, 1, true)
     end)
+  end)
+
+  it("classes a handshake that failed before anything was sent as safe, a certificate refused as final", function()
+    for _, case in ipairs{
+      { "handshake failed", "safe" },
+      { "closed", "safe" },
+      { "connection reset by peer", "safe" },
+      { "18: self-signed certificate", false },
+      { "20: unable to get local issuer certificate", false },
+      { "certificate host mismatch", false },
+      { 'certificate does not match host "api.example.test"', false },
+    } do
+      with_ngx({ { handshake_error = case[1] } }, function()
+        local _, fail = call(ngx_transport.new())
+        assert.are.equal("network", fail.kind)
+        assert.are.equal(case[2], fail.retry, case[1])
+        assert.are.equal(0, fail.sent)
+        assert.matches(case[1], fail.message, 1, true)
+        if case[2] == false then assert.matches("lua_ssl_trusted_certificate", fail.message, 1, true) end
+      end)
+    end
+  end)
+
+  it("an interrupt in on_chunk closes the connection, fails the call as interrupted and is raised by step", function()
+    local log = with_ngx({ {} }, function()
+      local t = ngx_transport.new()
+      local res, fail = call(t, { method = "GET", url = "https://api.example.test/v3/billdownload/file",
+        on_chunk = function() error("interrupted!", 0) end })
+      assert.is_nil(res)
+      assert.are.equal("interrupted", fail.kind)
+      assert.is_false(fail.retry)
+      assert.are.equal("interrupted!", fail.raised)
+      local ok, raised = pcall(t.step, t, 0)
+      assert.is_false(ok)
+      assert.are.equal("interrupted!", raised)
+      assert.is_true(pcall(t.step, t, 0))   -- raised once
+    end)
+    assert.are.equal("close", log[#log])
   end)
 
   it("closes a connection the server marks Connection: close, and an HTTP/1.0 one", function()

@@ -226,6 +226,10 @@ end
 local function transport_error(failure, target)
   if errors.is_error(failure) then return failure end
   if type(failure) ~= "table" then failure = { message = tostring(failure) } end
+  -- a streamed body's consumer interrupted (Ctrl-C): the transport raises it again
+  if failure.kind == "interrupted" then
+    return errors.from_raise(failure.raised, "while receiving " .. target:match("^[^?]*"))
+  end
   local kind = (failure.kind == "timeout" or failure.kind == "closed") and failure.kind or "network"
   return errors.new(kind, tostring(failure.message or "no response") .. " (" .. target:match("^[^?]*") .. ")",
     { sent = failure.sent, retry = failure.retry })
@@ -577,12 +581,25 @@ local DOWNLOAD_TIMEOUT = 600
 local DOWNLOAD_OPTIONS = { to = true, timeout = true }
 
 -- The download URL's answer is the one response WeChat Pay does not sign:
--- its bytes are checked against the hash of the (signed) first call.
-local function check_bill(keys)
+-- its bytes are checked against the hash of the (signed) first call.  A 2xx
+-- is settled only once the consumer finished (inflater ended, hash equal,
+-- file renamed), so the call's result and its on_call record carry an
+-- "integrity" or "file" error, not the 200.  -> check, function() -> info
+local function check_bill(keys, consumer)
+  local info
   return function(raw, target)
-    if raw.status >= 200 and raw.status < 300 then return response.new(raw) end
+    if raw.status >= 200 and raw.status < 300 then
+      local err
+      info, err = consumer.finish()
+      if not info then
+        err.status = err.status or raw.status
+        err.request_id = err.request_id or (raw.headers and raw.headers["request-id"])
+        return nil, err
+      end
+      return response.new(raw)
+    end
     return verify.response(keys, raw, target)   -- the "http" error, with WeChat Pay's code
-  end
+  end, function() return info end
 end
 
 --- client:download(bill, { to = path | function(bytes), timeout = s }) -> info | nil, err
@@ -604,11 +621,14 @@ function methods.download(self, bill, opts)
   local settings = self[STATE].settings
   local source, err = download.source(bill)
   if not source then return nil, err end
-  local path, query = download.split(download.target(source.url, settings.base_urls))
+  local target, terr = download.target(source.url, settings.base_urls)
+  if not target then return nil, terr end
+  local path, query = download.split(target)
   local consumer, cerr = download.consumer(source, opts.to)
   if not consumer then return nil, cerr end
+  local check, finished = check_bill(settings.platform_keys, consumer)
   local sent, p = pcall(send_async, self, "GET", path, { query = query, timeout = opts.timeout or DOWNLOAD_TIMEOUT },
-    check_bill(settings.platform_keys), nil, consumer.on_chunk)
+    check, nil, consumer.on_chunk)
   if not sent then
     consumer.abort()
     error(p, 0)
@@ -619,7 +639,7 @@ function methods.download(self, bill, opts)
     error(res, 0)
   end
   if not res then return consumer.abort(failure) end
-  return consumer.finish()
+  return finished()
 end
 
 --- client:close(): calls queued or in flight reject with kind "closed";

@@ -3,7 +3,7 @@
 -- bytes as they arrive, so a bill never sits whole in memory.
 --
 --   local source = download.source(bill)                 -- url, hash_type, hash_value
---   local target = download.target(source.url, base_url) -- "/v3/billdownload/file?token=..."
+--   local target = download.target(source.url, base_url) -- "/v3/billdownload/file?token=..." | nil, err
 --   local consumer = download.consumer(source, to)       -- to: a path or function(bytes)
 --   transport request.on_chunk = consumer.on_chunk; then consumer:finish() or consumer:abort(err)
 --
@@ -68,23 +68,55 @@ local function origin(url)
   return scheme .. "://" .. host:lower() .. ":" .. tostring(port), rest
 end
 
+-- What a download URL's path and query may hold to be sent exactly as it
+-- reads and signed as sent (request.lua's rules for literal segments and a
+-- raw query): no braces (path variables), spaces, controls or non-ASCII.
+local PATH_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@%%/]"
+local QUERY_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
+
+-- Why a target cannot be requested as it is, or nil.
+local function unsendable(path, query)
+  if path:find(PATH_CHARS) or (query and query:find(QUERY_CHARS)) then
+    return "holds a byte that would not be sent as it reads"
+  end
+  local text = path .. "?" .. (query or "")
+  local at = text:find("%", 1, true)
+  while at do
+    if not text:find("^%%%x%x", at) then return "holds a % that starts no %XX escape" end
+    at = text:find("%", at + 1, true)
+  end
+  if path:find("//", 1, true) then return "holds an empty path segment" end
+  for piece in (path .. "/"):gmatch("([^/]*)/") do
+    if piece == "." or piece == ".." then return "holds a '" .. piece .. "' path segment" end
+  end
+  return nil
+end
+
 --- target(url, base_url) -> "/path?query" to request on the client's own
--- origin.  base_url is a string or a list of them.  Raises on a URL of
--- another scheme, host or port: the signed GET carries the merchant's
--- Authorization header, which goes nowhere but to the API.
+-- origin | nil, err (kind "malformed").  base_url is a string or a list of
+-- them.  The URL comes from WeChat Pay's answer, so one of another scheme,
+-- host or port (the signed GET carries the merchant's Authorization
+-- header, which goes nowhere but to the API), or one whose path could not
+-- be sent exactly as it reads, is an error, shown without its token.
 function download.target(url, base_url)
   local own, rest = origin(url)
   local allowed = type(base_url) == "table" and base_url or { base_url }
   for _, base in ipairs(allowed) do
-    if own and own == origin(base) then
-      if not rest:find("^/") then break end
-      return (rest:gsub("#.*$", ""))
+    if own and own == origin(base) and rest:find("^/") then
+      local target = rest:gsub("#.*$", "")
+      local path, query = target:match("^([^?]*)%??(.*)$")
+      local why = unsendable(path, query ~= "" and query or nil)
+      if why then
+        return nil, errors.new("malformed", ("the bill's download URL %s %s: it is not requested"):format(shown(url), why))
+      end
+      return target
     end
   end
   local names = {}
   for i, base in ipairs(allowed) do names[i] = shown(base) end
-  errors.raise(("download: %s is not on the client's API origin (%s): the download is signed, and the "
-    .. "Authorization header is never sent to another host"):format(shown(url), table.concat(names, ", ")))
+  return nil, errors.new("malformed", ("the bill's download URL %s is not on the client's API origin (%s): the "
+    .. "download is signed, and the Authorization header is never sent to another host"):format(shown(url),
+    table.concat(names, ", ")))
 end
 
 --- split(target) -> path without its leading "/", query string | nil
@@ -112,12 +144,19 @@ local function file_sink(to)
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(werr) end
     return true
   end
+  -- The bytes reach the disk before the rename: after a crash `to` holds
+  -- the old bill or the whole new one, never a renamed file still empty.
+  -- The directory is synced after it (best effort: some file systems
+  -- refuse fsync on a directory), so the rename itself lasts.
   function sink.commit()
     local ok, cerr = file:close()
     file = nil
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(cerr) end
+    local synced, serr = core.fsync(temp)
+    if not synced then return nil, serr end
     local renamed, rerr = os.rename(temp, to)
     if not renamed then return nil, "cannot rename the bill to " .. to .. ": " .. tostring(rerr) end
+    core.fsync(dir ~= "" and dir or ".")
     return true
   end
   function sink.abort()
@@ -128,11 +167,14 @@ local function file_sink(to)
 end
 
 -- A function sink: every inflated piece, in order, before the hash is
--- known (the caller discards what it got when download fails).
+-- known (the caller discards what it got when download fails).  What it
+-- raises ends the download as "internal", except an interrupt (Ctrl-C),
+-- which goes on up: the transport cancels the transfer and raises it again.
 local function function_sink(fn)
   local sink = {}
   function sink.write(bytes)
     local ok, raised = pcall(fn, bytes)
+    if not ok and errors.is_interrupt(raised) then error(raised, 0) end
     if not ok then return nil, raised, true end
     return true
   end
@@ -148,7 +190,8 @@ local GZIP_MAGIC = "\31\139"
 --- consumer(source, to) -> consumer | nil, err
 -- consumer.on_chunk(bytes) -> true to go on (the transport's callback);
 -- consumer:finish() -> info | nil, err once the transfer succeeded;
--- consumer:abort() after any failure.  Nothing is left on disk by a failure.
+-- consumer:abort() after any failure.  Nothing is left on disk by a failure;
+-- a file is synced to disk (core.fsync) before it is renamed over `to`.
 function download.consumer(source, to)
   local sink, err
   if type(to) == "string" and to ~= "" then
@@ -241,12 +284,19 @@ function download.consumer(source, to)
              gzip = inflater ~= nil, received = self.received }
   end
 
-  --- abort([err]) -> nil, err: removes the temporary file; the first error wins.
+  --- abort([err]) -> nil, err: removes the temporary file; the first error
+  -- wins.  Without one (an interrupt, a raise) a sentinel is set, so a
+  -- piece that still arrives is refused at once, never written.
   function self.abort(failure)
-    if failure and not self.err then self.err = failure end
-    sink.abort()
-    if inflater then inflater:close() end
-    hasher:close()
+    if not self.err then
+      self.err = failure or errors.new("internal", "the download was aborted (" .. shown(source.url) .. ")")
+    end
+    if not self.aborted then   -- once: finish() aborts itself on a failure, the caller may again
+      self.aborted = true
+      sink.abort()
+      if inflater then inflater:close() end
+      hasher:close()
+    end
     return nil, self.err
   end
 

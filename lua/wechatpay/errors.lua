@@ -33,7 +33,8 @@ errors.KINDS = {
   integrity = "a downloaded file (a bill) whose bytes do not match the hash WeChat Pay gave, or whose gzip "
     .. "stream is corrupt or ends early: nothing was kept",
   malformed = "a callback or certificate download that verified but is not what WeChat Pay sends "
-    .. "(not JSON, or without its id, resource or certificates)",
+    .. "(not JSON, or without its id, resource or certificates); or a bill whose download URL is not on the "
+    .. "client's base_url or cannot be requested as it reads: nothing was sent",
   file = "a media upload's file that cannot be read, is empty, is not of a type the endpoint takes "
     .. "(judged by its bytes) or is over its size limit: nothing was sent; or a downloaded bill that cannot "
     .. "be written to its file (the temporary file beside it, or the rename): nothing was kept",

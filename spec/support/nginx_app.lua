@@ -370,12 +370,12 @@ local function count_call(record)
   if list then list[#list + 1] = record end
 end
 
--- One client per worker and kind, made at its first use: a primary on a
--- closed port (dead=), then the mock; its memory of the dead host lasts as
+-- One client per worker, kind and primary, made at its first use: a
+-- primary on a closed port (dead=; or a port where no TLS is spoken), then the mock; its memory of the dead host lasts as
 -- long as the worker.
 local observed = {}
 local function observed_client(dead, raising)
-  local kind = raising and "raising" or "counting"
+  local kind = (raising and "raising" or "counting") .. ":" .. dead
   if observed[kind] then return observed[kind] end
   local port = config.base_url:match(":(%d+)/$")
   observed[kind] = require("wechatpay").new{

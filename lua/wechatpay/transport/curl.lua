@@ -10,7 +10,10 @@
 -- on_chunk(bytes) -> true: optional; a 2xx body is then streamed to it in
 --   pieces (between performs, never from a curl callback) and the response's
 --   body is ""; any other return (or a raise) stops the transfer, which fails
---   with { kind = "network", stopped = true, retry = false }.  A streamed
+--   with { kind = "network", stopped = true, retry = false }.  An interrupt
+--   (Ctrl-C, errors.is_interrupt) raised there cancels the transfer, fails it
+--   with { kind = "interrupted", raised = the error } and is raised again
+--   from step once every finished transfer is dispatched.  A streamed
 --   transfer that fails after handing bytes on says retry = false: a replay
 --   would hand them again.
 -- response = { status, headers = { lower_name = value }, body }
@@ -18,6 +21,7 @@
 --              retry = "safe" (nothing reached the server) | "idempotent" (it may have) | false (permanent) }
 -- Waiting on one request drives every other in flight on the same transport.
 local core = require("wechatpay.core")
+local errors = require("wechatpay.errors")
 
 local curl_transport = {}
 curl_transport.__index = curl_transport
@@ -82,11 +86,22 @@ end
 
 local STOPPED = "the response's consumer stopped the transfer"
 
--- Bytes of a streamed 2xx body to its handler: true when it wants more.
+-- Bytes of a streamed 2xx body to its handler: true when it wants more;
+-- false, raised when it raised an interrupt, which must go on up.
 local function hand_chunk(on_chunk, bytes)
   if bytes == "" then return true end
   local ok, more = pcall(on_chunk, bytes)
+  if not ok and errors.is_interrupt(more) then return false, more end
   return ok and more == true
+end
+
+-- The failure of a transfer its handler stopped (raised: an interrupt).
+local function stopped(raised, sent)
+  if raised ~= nil then
+    return { kind = "interrupted", message = "interrupted while taking the response's body", sent = sent or 0,
+             retry = false, raised = raised }
+  end
+  return { kind = "network", message = STOPPED, sent = sent or 0, retry = false, stopped = true }
 end
 
 -- What a finished transfer's callback is called with; a streamed 2xx body's
@@ -96,9 +111,8 @@ local function outcome(r, on_chunk, handed)
     return nil, { kind = r.error, message = r.message, sent = r.sent, retry = not handed and r.retry }
   end
   if on_chunk and r.status >= 200 and r.status < 300 then
-    if not hand_chunk(on_chunk, r.body) then
-      return nil, { kind = "network", message = STOPPED, sent = 0, retry = false, stopped = true }
-    end
+    local more, raised = hand_chunk(on_chunk, r.body)
+    if not more then return nil, stopped(raised) end
     return { status = r.status, headers = r.headers, body = "" }
   end
   return { status = r.status, headers = r.headers, body = r.body }
@@ -110,23 +124,26 @@ end
 
 --- Runs transfers for up to `wait` seconds and dispatches what finished.
 -- A callback that raises does not lose the others' results: the first
--- error is raised again once all are dispatched.
+-- error is raised again once all are dispatched (an interrupt before any).
 function curl_transport:step(wait)
   local done = self.session:perform(wait or 0)
-  local first_error
+  local first_error, interrupt
   for i = 1, #done do
     local r = done[i]
     local callback, on_chunk = self.callbacks[r.id], self.chunk_handlers[r.id]
     local res, failure
     if r.chunk then   -- a streamed transfer goes on, unless its handler says stop
       self.handed[r.id] = true
-      if on_chunk and not hand_chunk(on_chunk, r.chunk) then
+      local more, raised = true, nil
+      if on_chunk then more, raised = hand_chunk(on_chunk, r.chunk) end
+      if not more then
         self.session:cancel(r.id)
-        failure = { kind = "network", message = STOPPED, sent = 0, retry = false, stopped = true }
+        failure = stopped(raised)
       end
     else
       res, failure = outcome(r, on_chunk, self.handed[r.id])
     end
+    if failure and failure.kind == "interrupted" and interrupt == nil then interrupt = failure.raised end
     if res or failure then
       self.callbacks[r.id], self.chunk_handlers[r.id], self.handed[r.id] = nil, nil, nil
       if callback then
@@ -135,6 +152,7 @@ function curl_transport:step(wait)
       end
     end
   end
+  if interrupt ~= nil then error(interrupt, 0) end
   if first_error ~= nil then error(first_error, 0) end
   return #done
 end

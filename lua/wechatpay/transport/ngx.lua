@@ -8,6 +8,9 @@
 -- request.on_chunk(bytes) -> true streams a 2xx body to it in pieces of at
 -- most STREAM_PIECE bytes (Content-Length, chunked or to the end of the
 -- connection), from the call's light thread; the response's body is then "".
+-- An interrupt (errors.is_interrupt) raised by on_chunk closes the
+-- connection, fails the call with { kind = "interrupted", raised } and is
+-- raised again from step, in the thread that waits.
 --
 -- One transport belongs to one request context (a request or a timer: its
 -- light threads and semaphore cannot serve another).  Connections outlive
@@ -23,6 +26,7 @@
 -- the client gives, presented with tcpsock:setclientcert, and such
 -- connections pool apart from the others.
 local core = require("wechatpay.core")
+local errors = require("wechatpay.errors")
 
 local ngx_transport = {}
 ngx_transport.__index = ngx_transport
@@ -89,10 +93,27 @@ local function connect_failure(host, port, err)
   return failure("network", "connect to " .. where .. " failed: " .. err, 0, "safe")
 end
 
+-- lua-nginx-module reports a certificate that does not verify as "NN: why"
+-- (X509_verify_cert_error_string), a name mismatch as "certificate host
+-- mismatch" or "certificate does not match host ..."; Debian's
+-- lua-resty-core raises "assertion failed!" on the mismatch.
+local function verification_failed(err)
+  return err:find("^%d+: ") ~= nil or err:find("certificate", 1, true) ~= nil
+    or err:find("mismatch", 1, true) ~= nil or err:find("assertion failed", 1, true) ~= nil
+end
+
+-- A handshake that failed before any byte of the request was sent: "safe"
+-- (another host may be tried, as curl classes CURLE_SSL_CONNECT_ERROR),
+-- except a certificate that does not verify or name the host, which no
+-- retry mends (false).
 local function handshake_failure(host, port, err)
   err = tostring(err)
   if err == "timeout" then
     return failure("timeout", "TLS handshake with " .. host .. ":" .. port .. " timed out", 0, "safe")
+  end
+  if not verification_failed(err) then
+    return failure("network", ("TLS handshake with %s:%d failed (%s); nothing was sent"):format(host, port, err),
+      0, "safe")
   end
   return failure("network", ("TLS handshake with %s:%d failed (%s): nginx verifies the server's certificate "
     .. "against lua_ssl_trusted_certificate, up to lua_ssl_verify_depth (3 or more for WeChat Pay's chain): "
@@ -282,11 +303,12 @@ end
 -- A 2xx body handed to on_chunk as it arrives: -> "", reusable | nil, failure.
 -- A failure after bytes were handed on is never retried (retry = false).
 local function stream_body(sock, status, headers, deadline, sent, on_chunk)
-  local handed = false
+  local handed, interrupt = false, nil
   local function hand(bytes)
     if bytes == "" then return true end
     handed = true
     local ok, more = pcall(on_chunk, bytes)
+    if not ok and errors.is_interrupt(more) then interrupt = more end
     return ok and more == true
   end
   local function broken(err, what)
@@ -295,6 +317,10 @@ local function stream_body(sock, status, headers, deadline, sent, on_chunk)
     return nil, f
   end
   local function stopped()
+    if interrupt ~= nil then
+      return nil, { kind = "interrupted", message = "interrupted while taking the response's body", sent = sent,
+                    retry = false, raised = interrupt }
+    end
     return nil, { kind = "network", message = STOPPED, sent = sent, retry = false, stopped = true }
   end
   -- `length` bytes in pieces
@@ -420,6 +446,7 @@ local function run(self, request, callback)
   if self.closed then return end
   local called, err = pcall(callback, res, fail)
   if not called and self.first_error == nil then self.first_error = err end
+  if fail and fail.kind == "interrupted" and fail.raised ~= nil then self.first_error = fail.raised end
   if self.semaphore then self.semaphore:post(1) end
 end
 
