@@ -258,6 +258,19 @@ static int parse_pbes2_aes(wp_key *key, const char *pem, const char *pass, size_
   return rc;
 }
 
+/* Whether buf holds an encrypted PEM key (PKCS#8 or the legacy Proc-Type header). */
+static int holds_text(const unsigned char *buf, size_t len, const char *text) {
+  size_t n = strlen(text), i;
+  for (i = 0; n <= len && i <= len - n; i++)
+    if (memcmp(buf + i, text, n) == 0) return 1;
+  return 0;
+}
+
+static int is_encrypted_pem(const unsigned char *buf, size_t len) {
+  return holds_text(buf, len, "-----BEGIN ENCRYPTED PRIVATE KEY-----") ||
+         holds_text(buf, len, "Proc-Type: 4,ENCRYPTED");
+}
+
 static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
                          const char *pass, size_t passlen, char *err) {
 #ifdef WP_MBEDTLS3
@@ -272,6 +285,13 @@ static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
     if (fallback == 0) { key->is_private = 1; return 0; }
     if (fallback == -2) rc = MBEDTLS_ERR_PK_PASSWORD_MISMATCH;
   }
+  /* A wrong passphrase usually fails the padding check (PASSWORD_MISMATCH), but
+   * about 1 time in 256 the last byte decrypts to valid padding and the garbage
+   * fails to parse instead: for an encrypted key given a passphrase that is a
+   * wrong passphrase all the same, as the OpenSSL backend reports it. */
+  if (pass && passlen > 0 && rc != MBEDTLS_ERR_PK_PASSWORD_MISMATCH && rc != MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE &&
+      rc != MBEDTLS_ERR_PK_UNKNOWN_PK_ALG && is_encrypted_pem(buf, len))
+    rc = MBEDTLS_ERR_PK_PASSWORD_MISMATCH;
   if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED)
     set_err(err, "the private key is encrypted: a passphrase is needed", 0);
   else if (rc == MBEDTLS_ERR_PK_PASSWORD_MISMATCH)

@@ -115,6 +115,25 @@ describe("crypto backends", function()
     end
   end)
 
+  -- About 1 wrong passphrase in 256 decrypts to valid padding and garbage
+  -- that fails to parse: it must still be called a wrong passphrase.  A
+  -- 1-iteration PBKDF2 keeps 1,500 tries quick; the chance that none of
+  -- them hits such a passphrase is (255/256)^1500, under 0.3%.
+  it("call every wrong passphrase a wrong passphrase, also those that decrypt to valid padding", function()
+    local enc = dir .. "/enc_des3_iter1.pem"
+    ossl.run("openssl pkcs8 -topk8 -in " .. q(k["pkcs8.pem"]) .. " -v2 des3 -iter 1 -passout pass:s3cret -out " .. q(enc))
+    local pem = ossl.read(enc)
+    for _, core in ipairs(cores) do
+      assert(core.key_from_pem(pem, "s3cret"), core.crypto_backend)
+      for i = 1, 1500 do
+        local loaded, err = core.key_from_pem(pem, "wrong-" .. i)
+        assert.is_nil(loaded, "wrong-" .. i .. " opened the key under " .. core.crypto_backend)
+        assert.matches("^wrong passphrase for the encrypted private key$", err, 1,
+          "wrong-" .. i .. " under " .. core.crypto_backend)
+      end
+    end
+  end)
+
   it("read every key form the same: kind, bits, and a certificate's serial and validity", function()
     local serial = ossl.run("openssl x509 -in " .. q(k["cert.pem"]) .. " -noout -serial"):match("=(%x+)")
     local not_before = ossl.cert_date(k["cert.pem"], "-startdate")
