@@ -445,13 +445,18 @@ function Server:reset()
   return self
 end
 
-function Server:coupon(coupon_id)
-  local record, status = admin_or_raise(self, "GET", "/coupons/" .. tostring(coupon_id):gsub(
+-- The admin record at prefix .. id (the id percent-encoded), or nil when there is none.
+local function admin_record(server, prefix, id)
+  local record, status = admin_or_raise(server, "GET", prefix .. tostring(id):gsub(
     "[^%w_%-]", function(c) return string.format("%%%02X", c:byte()) end))
   if status ~= 200 then
     return nil
   end
   return record
+end
+
+function Server:coupon(coupon_id)
+  return admin_record(self, "/coupons/", coupon_id)
 end
 
 --- The media upload requests the server saw (accepted or refused), oldest first.
@@ -461,12 +466,7 @@ end
 
 --- The record of an uploaded file by its media_id, or nil.
 function Server:media(media_id)
-  local record, status = admin_or_raise(self, "GET", "/media/" .. tostring(media_id):gsub(
-    "[^%w_%-]", function(c) return string.format("%%%02X", c:byte()) end))
-  if status ~= 200 then
-    return nil
-  end
-  return record
+  return admin_record(self, "/media/", media_id)
 end
 
 --- Changes latency and/or rate_limit (false = off) of a running server.
@@ -511,10 +511,7 @@ end
 --- What an APIv2 call stored: kind "order" (by out_trade_no), "redpack"
 -- (by mch_billno) or "refund" (by out_refund_no); nil when none.
 function Server:v2_record(kind, id)
-  local record, status = admin_or_raise(self, "GET", "/v2/" .. kind .. "/" .. tostring(id):gsub(
-    "[^%w_%-]", function(c) return string.format("%%%02X", c:byte()) end))
-  if status ~= 200 then return nil end
-  return record
+  return admin_record(self, "/v2/" .. kind .. "/", id)
 end
 
 function Server:v2_stats()
