@@ -182,21 +182,8 @@ local function handle_api(dicts, request_uri)
   local fault = faults.take(dicts.faults, cjson, request_uri)
   local name = fault and fault.name
 
-  local latency = state.setting("latency") or 0
-  if latency > 0 then
-    ngx.sleep(latency)
-  end
-
-  if name == "status" then
-    return response.send(response.from_fault(fault.opts, "mock fault: status"), nil)
-  end
-  if name == "delay" then
-    ngx.sleep(fault.opts.seconds)
-    if not fault.opts.then_process then
-      return response.send(response.from_fault(fault.opts,
-        "mock fault: delayed and not processed"), nil)
-    end
-  end
+  local early = response.before_processing(fault)
+  if early then return response.send(early, nil) end
 
   local method = ngx.req.get_method()
   local path, query = request_uri:match("^([^?]*)%??(.*)$")

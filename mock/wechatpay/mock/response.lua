@@ -212,4 +212,23 @@ function response.send(resp, fault)
   return ngx.exit(ngx.HTTP_OK)
 end
 
+--- Before a request is processed: the configured latency, then the faults
+-- that answer in its place.  -> the answer of a `status` fault, or of a
+-- `delay` fault without then_process (after its delay); nil to go on.
+function response.before_processing(fault)
+  local latency = state.setting("latency") or 0
+  if latency > 0 then ngx.sleep(latency) end
+  local name = fault and fault.name
+  if name == "status" then
+    return response.from_fault(fault.opts, "mock fault: status")
+  end
+  if name == "delay" then
+    ngx.sleep(fault.opts.seconds)
+    if not fault.opts.then_process then
+      return response.from_fault(fault.opts, "mock fault: delayed and not processed")
+    end
+  end
+  return nil
+end
+
 return response

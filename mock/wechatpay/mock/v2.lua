@@ -290,17 +290,8 @@ function v2.handle(dicts, request_uri)
   dicts.stats:incr("v2_requests", 1, 0)
   local fault = faults.take(dicts.faults, cjson, request_uri)
   local name = fault and fault.name
-  local latency = state.setting("latency") or 0
-  if latency > 0 then ngx.sleep(latency) end
-  if name == "status" then
-    return response.send(response.from_fault(fault.opts, "mock fault: status"), nil)
-  end
-  if name == "delay" then
-    ngx.sleep(fault.opts.seconds)
-    if not fault.opts.then_process then
-      return response.send(response.from_fault(fault.opts, "mock fault: delayed and not processed"), nil)
-    end
-  end
+  local early = response.before_processing(fault)
+  if early then return response.send(early, nil) end
   local path = request_uri:match("^[^?]*")
   local out = answer(process(ROUTES[path], fault))
   if name == "status_after_grant" then
