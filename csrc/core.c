@@ -25,6 +25,7 @@ WP_EXPORT int luaopen_wechatpay_core(lua_State *L) {
   wp_open_crypto(L);
   wp_open_protocol(L);
   wp_open_stream(L);
+  wp_open_json(L);
 #ifndef WP_NO_HTTP
   wp_open_http(L);
 #endif

@@ -40,10 +40,15 @@ void *wp_scratch(lua_State *L, size_t size);
 /* n characters of [0-9A-Za-z], unbiased, from the CSPRNG; -1 with err set on failure */
 int wp_nonce(char *out, size_t n, char *err);
 
+/* Pushes the value of a JSON text (json.h's rules) and returns 1, or
+ * returns 0 with err (WP_JSON_ERRLEN bytes) set and nothing pushed. */
+int wp_push_json(lua_State *L, const char *text, size_t len, char *err);
+
 void wp_open_keys(lua_State *L);     /* adds key functions to the table on top */
 void wp_open_crypto(lua_State *L);   /* rsa, aes, digests, base64, random */
 void wp_open_protocol(lua_State *L); /* the v3 signature scheme */
 void wp_open_http(lua_State *L);     /* the libcurl transport */
 void wp_open_stream(lua_State *L);   /* gzip inflater and incremental digests (downloads) */
+void wp_open_json(lua_State *L);     /* the strict JSON decoder (what WeChat Pay sends) */
 
 #endif

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the libFuzzer harnesses csrc/fuzz_*.c against each crypto backend
-# (crypto_openssl.c or crypto_mbedtls.c, base64.c; no Lua) into
+# (crypto_openssl.c or crypto_mbedtls.c, base64.c, json.c; no Lua) into
 # build/fuzz/<backend>/, replays the saved regression inputs in
 # spec/fixtures/fuzz/ on each, then fuzzes each harness on each backend for
 # FUZZ_SECONDS (default 60).  Any crash, leak, timeout or out-of-memory is
@@ -8,7 +8,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per harness (0: build and replay only)
-#   FUZZ_TARGETS   harnesses to run, default "pem base64 gcm"
+#   FUZZ_TARGETS   harnesses to run, default "pem base64 gcm json"
 #   FUZZ_BACKENDS  crypto backends, default "openssl mbedtls"
 #   FUZZ_TIMEOUT   seconds one input may take before it counts as a hang (25)
 #   FUZZ_CC        a clang with libFuzzer (clang; Debian: clang libclang-rt-14-dev)
@@ -19,7 +19,7 @@
 set -u
 
 seconds=${FUZZ_SECONDS:-60}
-targets=${FUZZ_TARGETS:-"pem base64 gcm"}
+targets=${FUZZ_TARGETS:-"pem base64 gcm json"}
 backends=${FUZZ_BACKENDS:-"openssl mbedtls"}
 hang=${FUZZ_TIMEOUT:-25}
 cc=${FUZZ_CC:-clang}
@@ -45,14 +45,14 @@ fi
 mkdir -p "$out/logs" "$fixtures"
 for b in $backends; do
   mkdir -p "$out/$b/obj"
-  for src in "crypto_$b" base64; do
+  for src in "crypto_$b" base64 json; do
     # coverage for our code only: the system library is not instrumented
     $cc $cflags $sanitize -fsanitize=fuzzer-no-link -c "csrc/$src.c" -o "$out/$b/obj/$src.o" || exit 2
   done
   for t in $targets; do
     if [ ! -f "csrc/fuzz_$t.c" ]; then echo "fuzz: no harness csrc/fuzz_$t.c" >&2; exit 2; fi
     $cc $cflags $sanitize -fsanitize=fuzzer "csrc/fuzz_$t.c" "$out/$b/obj/crypto_$b.o" \
-      "$out/$b/obj/base64.o" -o "$out/$b/fuzz_$t" $(libs_of "$b") || {
+      "$out/$b/obj/base64.o" "$out/$b/obj/json.o" -o "$out/$b/fuzz_$t" $(libs_of "$b") || {
       echo "fuzz: cannot build fuzz_$t on $b (is libFuzzer installed? Debian: libclang-rt-14-dev)" >&2
       exit 2
     }
@@ -136,6 +136,35 @@ make_gcm_seeds() {
   seed iv0 gcm '\002\000\000' "$tmp/kia"
 }
 
+make_json_seeds() {
+  n=0
+  for s in '{}' '[]' 'null' '-0.5e-3' '9223372036854775807' '-9223372036854775809' \
+      '"\u00e9\ud83d\ude00\/\n"' \
+      '{"id":"EV-1","resource":{"algorithm":"AEAD_AES_256_GCM","nonce":"n","ciphertext":"Zm9v","associated_data":null}}' \
+      '[1,[2,[3,{"a":[true,false,null]}]],"x"]' '{"amount":{"total":100,"currency":"CNY"},"attach":""}'; do
+    n=$((n + 1))
+    printf '%s' "$s" > "$tmp/json" && seed "doc$n" json '' "$tmp/json"
+  done
+}
+
+cat > "$out/json.dict" <<'EOF'
+"{"
+"}"
+"["
+"]"
+"\""
+"\\u"
+"\\ud800"
+"\\udc00"
+"true"
+"false"
+"null"
+"-0"
+"1e"
+"E+"
+".5"
+EOF
+
 cat > "$out/pem.dict" <<'EOF'
 "-----BEGIN "
 "-----END "
@@ -158,7 +187,7 @@ EOF
 
 for t in $targets; do
   case $t in
-    pem) make_pem_seeds ;; base64) make_base64_seeds ;; gcm) make_gcm_seeds ;;
+    pem) make_pem_seeds ;; base64) make_base64_seeds ;; gcm) make_gcm_seeds ;; json) make_json_seeds ;;
   esac
 done
 
