@@ -1,4 +1,5 @@
 /* RSA, AES, digests, base64 and randomness for Lua: bytes in, bytes out. */
+#include <stdio.h>
 #include <string.h>
 
 #include "wechatpay.h"
@@ -125,6 +126,46 @@ static int l_aes_gcm_encrypt(lua_State *L) {
   return 1;
 }
 
+/* Callback resources are about 1 KiB: those up to this size are decoded
+ * and decrypted on the C stack, with no scratch memory for the GC. */
+#define GCM_STACK_BYTES 4096
+
+int wp_push_gcm_plaintext(lua_State *L, const char *key, size_t keylen, const char *iv, size_t ivlen,
+                          const char *aad, size_t aadlen, const char *b64, size_t b64len, char *err) {
+  unsigned char ctbuf[GCM_STACK_BYTES], outbuf[GCM_STACK_BYTES], *ct, *out;
+  long ctlen;
+  int top = lua_gettop(L), on_stack = WP_BASE64_DECODED_MAX(b64len) <= GCM_STACK_BYTES, opened;
+  if (keylen != 16 && keylen != 24 && keylen != 32) {   /* before any work on the input */
+    snprintf(err, WP_ERRLEN, "AES key must be 16, 24 or 32 bytes, got %d", (int)keylen);
+    return -1;
+  }
+  ct = on_stack ? ctbuf : (unsigned char *)wp_scratch(L, WP_BASE64_DECODED_MAX(b64len));
+  ctlen = wp_base64_decode(b64, b64len, ct);
+  if (ctlen < 16) {
+    lua_settop(L, top);
+    snprintf(err, WP_ERRLEN, "%s", ctlen < 0 ? "AES-GCM ciphertext is not valid base64"
+                                             : "AES-GCM ciphertext is shorter than its 16-byte tag");
+    return -1;
+  }
+  out = on_stack ? outbuf : (unsigned char *)wp_scratch(L, (size_t)ctlen - 16);
+  opened = wp_aes_gcm_decrypt((const unsigned char *)key, keylen, (const unsigned char *)iv, ivlen,
+                              (const unsigned char *)aad, aadlen, ct, (size_t)ctlen - 16,
+                              ct + ctlen - 16, out, err) == 0;
+  /* the plaintext becomes a Lua string anyway; the copies here are wiped
+   * unless that push fails for memory */
+  if (opened) lua_pushlstring(L, (const char *)out, (size_t)ctlen - 16);
+  wp_wipe(out, (size_t)ctlen - 16);
+  if (!opened) {
+    lua_settop(L, top);
+    return 0;
+  }
+  if (!on_stack) {
+    lua_replace(L, top + 1);   /* the plaintext in place of the scratch */
+    lua_settop(L, top + 1);
+  }
+  return 1;
+}
+
 /* core.aes_gcm_decrypt(key, nonce, aad, base64(ciphertext .. tag)) -> plaintext | nil, err */
 static int l_aes_gcm_decrypt(lua_State *L) {
   size_t keylen, ivlen, aadlen, b64len;
@@ -132,25 +173,9 @@ static int l_aes_gcm_decrypt(lua_State *L) {
   const char *iv = luaL_checklstring(L, 2, &ivlen);
   const char *aad = luaL_optlstring(L, 3, "", &aadlen);
   const char *b64 = luaL_checklstring(L, 4, &b64len);
-  unsigned char *ct, *out;
   char err[WP_ERRLEN];
-  long ctlen;
-  if (keylen != 16 && keylen != 24 && keylen != 32) {   /* before any work on the input */
-    lua_pushnil(L);
-    lua_pushfstring(L, "AES key must be 16, 24 or 32 bytes, got %d", (int)keylen);
-    return 2;
-  }
-  ct = decode_base64(L, b64, b64len, &ctlen);
-  if (!ct) return push_error(L, "AES-GCM ciphertext is not valid base64");
-  if (ctlen < 16) return push_error(L, "AES-GCM ciphertext is shorter than its 16-byte tag");
-  out = (unsigned char *)wp_scratch(L, (size_t)ctlen - 16);
-  if (wp_aes_gcm_decrypt((const unsigned char *)key, keylen, (const unsigned char *)iv, ivlen,
-                         (const unsigned char *)aad, aadlen, ct, (size_t)ctlen - 16,
-                         ct + ctlen - 16, out, err) != 0)
-    return push_error(L, err);
-  lua_pushlstring(L, (const char *)out, (size_t)ctlen - 16);
-  wp_wipe(out, (size_t)ctlen - 16);
-  return 1;
+  if (wp_push_gcm_plaintext(L, key, keylen, iv, ivlen, aad, aadlen, b64, b64len, err) == 1) return 1;
+  return push_error(L, err);
 }
 
 /* core.aes_ecb_encrypt(key, plaintext) -> base64 (PKCS#7 padded) | nil, err */

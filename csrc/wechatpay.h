@@ -40,6 +40,13 @@ void *wp_scratch(lua_State *L, size_t size);
 /* n characters of [0-9A-Za-z], unbiased, from the CSPRNG; -1 with err set on failure */
 int wp_nonce(char *out, size_t n, char *err);
 
+/* AEAD_AES_256_GCM as WeChat Pay uses it (tag appended, base64): pushes the
+ * plaintext and returns 1; or, with err (WP_ERRLEN) set and the stack as it
+ * was, returns -1 when the input cannot be a sealed message (key size,
+ * base64, length) and 0 when it does not open (wrong key, altered data).
+ * Whatever was decrypted is wiped from scratch memory. */
+int wp_push_gcm_plaintext(lua_State *L, const char *key, size_t keylen, const char *iv, size_t ivlen,
+                          const char *aad, size_t aadlen, const char *b64, size_t b64len, char *err);
 /* Pushes the value of a JSON text (json.h's rules) and returns 1, or
  * returns 0 with err (WP_JSON_ERRLEN bytes) set and nothing pushed. */
 int wp_push_json(lua_State *L, const char *text, size_t len, char *err);

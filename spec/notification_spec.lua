@@ -24,7 +24,7 @@ local function callback(over)
   c:encrypt(over.key or APIV3_KEY, nonce)
   local plaintext = over.plaintext or '{"out_trade_no":"1217752501201407033233368018","trade_state":"SUCCESS"}'
   local sealed = c:final(plaintext) .. c:getTag(16)
-  local body = over.body or cjson.encode({
+  local body = over.body or over.envelope and over.envelope(base64.encode(sealed), nonce) or cjson.encode({
     id = over.id or "EV-2018022511223320873", create_time = "2015-05-20T13:29:35+08:00",
     resource_type = "encrypt-resource", event_type = "TRANSACTION.SUCCESS", summary = "支付成功",
     resource = { original_type = "transaction", algorithm = "AEAD_AES_256_GCM",
@@ -91,6 +91,60 @@ describe("client:parse_notification", function()
     refused("malformed", "no event id", callback{ body = '{"resource":{}}' })
     refused("malformed", "no resource", callback{ body = '{"id":"EV-1"}' })
     refused("malformed", "decrypted resource %(%d+ bytes%) is not a JSON object", callback{ plaintext = "trade_state" })
+  end)
+
+  -- bodies written by hand: what a JSON encoder other than lua-cjson may send
+  local function envelope(resource_members, extra)
+    return function(ciphertext, nonce)
+      return '{"id":"EV-7","create_time":"2015-05-20T13:29:35+08:00",' .. (extra or "") .. '"resource":{'
+        .. resource_members:gsub("CIPHERTEXT", ciphertext):gsub("NONCE", nonce) .. '},"event_type":"T.S"}'
+    end
+  end
+
+  it("reads the envelope from the bytes as any encoder writes it: escapes, order, unknown and repeated members", function()
+    -- "/" escaped as \/ (PHP's default), members in another order, unknown
+    -- members of every type, a null associated_data, and over 4 KiB of it
+    local escaped = envelope('"original_type":"transaction","nonce":"NONCE","associated_data":null,'
+      .. '"ciphertext":"CIPHERTEXT","algorithm":"AEAD_AES_256_GCM","x":[1,{"y":null}]',
+      '"summary":"\\u652f\\u4ed8 \\/ ok","extra":{"deep":[[[]]],"n":-1.5e3,"t":true},"pad":"' .. ("z"):rep(5000) .. '",')
+    local event = assert(client:parse_notification(callback{ envelope = function(ciphertext, nonce)
+      return escaped(ciphertext:gsub("/", "\\/"), nonce)
+    end }))
+    assert.equal("EV-7", event.id)
+    assert.equal("支付 / ok", event.summary)
+    assert.equal("T.S", event.event_type)
+    assert.is_nil(event.resource_type)
+    assert.equal("SUCCESS", event.resource.trade_state)
+    -- a repeated member: the last one counts, as lua-cjson decodes it
+    local repeated = envelope('"nonce":"NONCE","ciphertext":"not base64!","ciphertext":"CIPHERTEXT","associated_data":""')
+    assert.equal("SUCCESS", assert(client:parse_notification(callback{ envelope = repeated })).resource.trade_state)
+  end)
+
+  it("a resource that cannot be a sealed message: malformed (400, no redelivery); one that does not open: decrypt (500)", function()
+    local function bad(members) return callback{ envelope = envelope(members) } end
+    refused("malformed", "unsupported resource algorithm", bad('"algorithm":"AEAD_SM4","nonce":"NONCE","ciphertext":"CIPHERTEXT"'))
+    refused("malformed", "nonce is missing", bad('"ciphertext":"CIPHERTEXT"'))
+    refused("malformed", "nonce is empty", bad('"nonce":"","ciphertext":"CIPHERTEXT"'))
+    refused("malformed", "ciphertext is number", bad('"nonce":"NONCE","ciphertext":12'))
+    refused("malformed", "associated_data must be a string, got object", bad('"nonce":"NONCE","ciphertext":"CIPHERTEXT","associated_data":{}'))
+    refused("malformed", "not valid base64", bad('"nonce":"NONCE","ciphertext":"@@@@"'))
+    refused("malformed", "shorter than its 16%-byte tag", bad('"nonce":"NONCE","ciphertext":"AAAA"'))
+    refused("malformed", "not a JSON object: invalid JSON: expected ',' or '}' at offset", callback{ body = '{"id":"EV-1" "x":1}' })
+    local err = refused("decrypt", "APIv3 key", bad('"nonce":"NONCE","ciphertext":"CIPHERTEXT","associated_data":"transaction"'))
+    assert.equal("EV-7", err.event_id)
+    local headers, body = bad('"nonce":"NONCE","ciphertext":"@@@@"')
+    local called = false
+    assert.equal(400, (wechatpay.notification.handle(client, headers, body, function() called = true end)))
+    assert.is_false(called)
+  end)
+
+  it("amounts are integers, as the JSON has them (Lua 5.4: math.type integer)", function()
+    local event = assert(client:parse_notification(callback{ plaintext = '{"trade_state":"SUCCESS","amount":{"total":100,"payer_total":90}}' }))
+    assert.equal(100, event.resource.amount.total)
+    if math.type then
+      assert.equal("integer", math.type(event.resource.amount.payer_total))
+      assert.equal("100", tostring(event.resource.amount.total))
+    end
   end)
 end)
 

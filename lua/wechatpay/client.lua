@@ -498,6 +498,19 @@ function methods.verify(self, headers, body)
   return ok, err
 end
 
+--- client:open_notification(raw_body) -> event | nil, err: the part of
+-- parse_notification after client:verify, for a body already verified:
+-- decode, decrypt the resource with the apiv3_key, decode it (kinds
+-- "malformed", "decrypt"; wechatpay.notification.open).
+function methods.open_notification(self, body)
+  if type(body) ~= "string" then
+    errors.raise(("open_notification: the body must be the raw bytes received, got %s"):format(type(body)))
+  end
+  local apiv3_key = self[STATE].settings.apiv3_key
+  if not apiv3_key then errors.raise("open_notification: the client was made without apiv3_key") end
+  return notification.open(apiv3_key(), body)
+end
+
 --- client:parse_notification(headers, raw_body) -> event | nil, err
 -- (wechatpay.notification.parse: kinds "verify", "malformed", "decrypt").
 function methods.parse_notification(self, headers, body)

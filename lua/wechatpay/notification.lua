@@ -9,8 +9,9 @@
 -- Order (PROTOCOL.md section 5): verify the raw body bytes as a response is
 -- verified, then decode the JSON, then decrypt the resource with the
 -- APIv3 key.  Uses only the client's public methods (verify,
--- decrypt_resource).
+-- open_notification).
 local cjson = require("cjson.safe")
+local core = require("wechatpay.core")
 local dedupe = require("wechatpay.dedupe")
 local errors = require("wechatpay.errors")
 
@@ -19,8 +20,20 @@ local notification = {}
 local VERIFY_HINT = " (check that the body is the raw bytes received, not re-encoded JSON; that the headers"
   .. " are those received; and that the local clock is right)"
 
-local function text(value)
-  return type(value) == "string" and value or nil
+--- open(apiv3_key, body) -> event | nil, err: a body that has been verified,
+-- decoded and its resource decrypted and decoded, in one pass of the core
+-- (the envelope is read from the bytes; its ciphertext never becomes a Lua
+-- string).  err.kind: "decrypt" when the APIv3 key does not open the
+-- resource, "malformed" for any other fault of the body or the resource.
+function notification.open(apiv3_key, body)
+  local event, kind, message, id = core.open_notification(body, apiv3_key)
+  if event then return event end
+  local where = id and "callback " .. id:sub(1, 64) or "callback"
+  if kind == "decrypt" then
+    message = "the resource does not decrypt with the client's apiv3_key (check the APIv3 key: 32 characters "
+      .. "from the merchant platform, not the APIv2 key): " .. message
+  end
+  return nil, errors.new(kind, where .. ": " .. message, id and { event_id = id } or nil)
 end
 
 --- parse(client, headers, body) -> event | nil, err
@@ -33,38 +46,7 @@ function notification.parse(client, headers, body)
     err.message = "callback: " .. err.message .. VERIFY_HINT
     return nil, err
   end
-  local decoded = cjson.decode(body)
-  if type(decoded) ~= "table" then
-    return nil, errors.new("malformed", ("callback: the body (%d bytes) verified but is not a JSON object"):format(#body))
-  end
-  local id = text(decoded.id)
-  if not id or id == "" then
-    return nil, errors.new("malformed", "callback: the body verified but has no event id")
-  end
-  local resource = decoded.resource
-  if type(resource) ~= "table" then
-    return nil, errors.new("malformed", ("callback %s: the body verified but has no resource object"):format(id:sub(1, 64)))
-  end
-  local plaintext, why = client:decrypt_resource(resource)
-  if not plaintext then
-    return nil, errors.new("decrypt", ("callback %s: the resource does not decrypt with the client's apiv3_key "
-      .. "(check the APIv3 key: 32 characters from the merchant platform, not the APIv2 key): %s")
-      :format(id:sub(1, 64), tostring(why)), { event_id = id })
-  end
-  local value = cjson.decode(plaintext)
-  if type(value) ~= "table" then
-    return nil, errors.new("malformed", ("callback %s: the decrypted resource (%d bytes) is not a JSON object")
-      :format(id:sub(1, 64), #plaintext), { event_id = id })
-  end
-  return {
-    id = id,
-    create_time = text(decoded.create_time),
-    event_type = text(decoded.event_type),
-    resource_type = text(decoded.resource_type),
-    summary = text(decoded.summary),
-    resource = value,
-    plaintext = plaintext,
-  }
+  return client:open_notification(body)
 end
 
 -- WeChat Pay's answer to a callback it must deliver again.
