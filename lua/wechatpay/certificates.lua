@@ -17,7 +17,6 @@
 --   certificates.shared_dict_store(ngx.shared.NAME)   every nginx worker of one server
 -- Without a store the certificates are kept in the client only.
 local aes = require("wechatpay.aes")
-local cjson = require("cjson.safe")
 local core = require("wechatpay.core")
 local errors = require("wechatpay.errors")
 local key = require("wechatpay.key")
@@ -91,7 +90,7 @@ function certificates.check_download(apiv3_key, known, raw, target, merchant_ser
     return verify.response(known, raw, target)   -- the API error, unverified
   end
   local res = response.new(raw)
-  local decoded = cjson.decode(res.body)
+  local decoded = res:json()
   if type(decoded) ~= "table" or type(decoded.data) ~= "table" then
     return nil, errors.new("malformed", "certificate download: the body is not {\"data\":[...]}", { response = res })
   end

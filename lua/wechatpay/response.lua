@@ -1,5 +1,5 @@
 --- Responses: status, headers with case-insensitive lookup, the raw body.
-local cjson = require("cjson.safe")
+local core = require("wechatpay.core")
 local headers = require("wechatpay.headers")
 
 local response = {}
@@ -8,9 +8,11 @@ local response_mt = {}
 response_mt.__index = response_mt
 
 --- res:json() -> decoded body | nil, err
+-- Strict JSON (core.json_decode, as callbacks): integers stay integers on
+-- Lua 5.4 (amounts are in fen), null is cjson.null.
 function response_mt:json()
   if self.body == nil or self.body == "" then return nil, "response has no body" end
-  local value, err = cjson.decode(self.body)
+  local value, err = core.json_decode(self.body)
   if value == nil then return nil, "response body is not JSON: " .. tostring(err) end
   return value
 end
