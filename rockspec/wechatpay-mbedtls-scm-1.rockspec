@@ -53,6 +53,7 @@ build = {
     ["wechatpay.core"] = {
       sources = {
         "csrc/core.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c", "csrc/lstream.c",
+        "csrc/ljson.c", "csrc/json.c",
         "csrc/crypto_mbedtls.c", "csrc/base64.c",
       },
       libraries = { "curl", "z", "mbedtls", "mbedx509", "mbedcrypto", "pthread" },
