@@ -71,6 +71,22 @@ describe("core.json_decode", function()
     assert.is_true(big >= 12)
   end)
 
+  it("containers around the size where a table is made early (63, 64, 65, 200 members, nested after it)", function()
+    for _, n in ipairs{ 0, 1, 63, 64, 65, 200 } do
+      local list, map = {}, {}
+      for i = 1, n do
+        list[i] = i % 7 == 0 and { i, { k = i } } or i
+        map["k" .. i] = i % 5 == 0 and { i, "s" .. i } or "v" .. i
+      end
+      for _, doc in ipairs{ list, map, { list, map }, { a = list, b = map } } do
+        local text = cjson.encode(doc)
+        local ours = assert(decode(text))
+        assert.is_true(same(cjson.decode(text), ours), text)
+        if doc == list then assert.equal(n, #ours) end
+      end
+    end
+  end)
+
   it("keeps integers integers (Lua 5.4), exact to 64 bits; the rest are floats; null is cjson.null", function()
     local v = assert(decode('{"total":100,"neg":-7,"max":9223372036854775807,"min":-9223372036854775808,'
       .. '"over":9223372036854775808,"frac":1.5,"exp":1e2,"zero":-0,"n":null,"t":true,"f":false,"o":{},"a":[]}'))
