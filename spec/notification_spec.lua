@@ -138,6 +138,36 @@ describe("client:parse_notification", function()
     assert.is_false(called)
   end)
 
+  it("open_notification on 2,000 seeded mutations of a body: an event or nil, err (malformed | decrypt), never a raise", function()
+    local _, body = callback{ envelope = envelope('"nonce":"NONCE","ciphertext":"CIPHERTEXT","associated_data":""') }
+    local state, kinds = 4242, {}
+    local function rand(n)
+      state = (state * 1103515245 + 12345) % 2147483648
+      return state % n + 1
+    end
+    local alphabet = '{}[]",:0123456789-eE \\/untrfalsebAZ=+\0\1\255'
+    for _ = 1, 2000 do
+      local text = body
+      for _ = 1, rand(4) do
+        local at, k = rand(#text), rand(#alphabet)
+        local op = rand(3)
+        if op == 1 then text = text:sub(1, at - 1) .. alphabet:sub(k, k) .. text:sub(at)
+        elseif op == 2 then text = text:sub(1, at - 1) .. text:sub(at + 1)
+        else text = text:sub(1, at - 1) .. alphabet:sub(k, k) .. text:sub(at + 1) end
+      end
+      local ok, event, err = pcall(client.open_notification, client, text)
+      assert(ok, event)
+      if event then
+        assert.is_string(event.id)
+        assert.is_table(event.resource)
+      else
+        kinds[err.kind] = (kinds[err.kind] or 0) + 1
+        assert.is_truthy(err.kind == "malformed" or err.kind == "decrypt", err.kind)
+      end
+    end
+    assert.is_true((kinds.malformed or 0) > 100 and (kinds.decrypt or 0) > 10)
+  end)
+
   it("amounts are integers, as the JSON has them (Lua 5.4: math.type integer)", function()
     local event = assert(client:parse_notification(callback{ plaintext = '{"trade_state":"SUCCESS","amount":{"total":100,"payer_total":90}}' }))
     assert.equal(100, event.resource.amount.total)
