@@ -13,6 +13,7 @@
 -- and renames it over `to` only once the hash matches.
 local core = require("wechatpay.core")
 local errors = require("wechatpay.errors")
+local request = require("wechatpay.request")
 
 local download = {}
 
@@ -68,27 +69,20 @@ local function origin(url)
   return scheme .. "://" .. host:lower() .. ":" .. tostring(port), rest
 end
 
--- What a download URL's path and query may hold to be sent exactly as it
--- reads and signed as sent (request.lua's rules for literal segments and a
--- raw query): no braces (path variables), spaces, controls or non-ASCII.
+-- What a download URL's path may hold to be sent exactly as it reads and
+-- signed as sent: no braces (path variables), spaces, controls or non-ASCII.
+-- Its query is held to request.lua's rules for a raw query.
 local PATH_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@%%/]"
-local QUERY_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
 
 -- Why a target cannot be requested as it is, or nil.
 local function unsendable(path, query)
-  if path:find(PATH_CHARS) or (query and query:find(QUERY_CHARS)) then
+  if path:find(PATH_CHARS) or (query and query:find(request.QUERY_CHARS)) then
     return "holds a byte that would not be sent as it reads"
   end
-  local text = path .. "?" .. (query or "")
-  local at = text:find("%", 1, true)
-  while at do
-    if not text:find("^%%%x%x", at) then return "holds a % that starts no %XX escape" end
-    at = text:find("%", at + 1, true)
-  end
+  if request.bare_percent(path .. "?" .. (query or "")) then return "holds a % that starts no %XX escape" end
   if path:find("//", 1, true) then return "holds an empty path segment" end
-  for piece in (path .. "/"):gmatch("([^/]*)/") do
-    if piece == "." or piece == ".." then return "holds a '" .. piece .. "' path segment" end
-  end
+  local piece = request.dot_segment(path)
+  if piece then return "holds a '" .. piece .. "' path segment" end
   return nil
 end
 

@@ -61,13 +61,20 @@ local function literal(path, piece)
   return encode_bare_percent(percent_encode(piece, ENCODE_LITERAL))
 end
 
--- "." and ".." are steps in a path, not names: a server (or curl) resolves
+--- dot_segment(path) -> "." or ".." when the path has one as a segment, else
+-- nil.  They are steps in a path, not names: a server (or curl) resolves
 -- them, and the call would reach another resource than the one signed.
+function request.dot_segment(path)
+  for piece in (path .. "/"):gmatch("([^/]*)/") do
+    if piece == "." or piece == ".." then return piece end
+  end
+  return nil
+end
+
 local function refuse_dot_segments(path, expanded, origin)
-  for piece in (expanded .. "/"):gmatch("([^/]*)/") do
-    if piece == "." or piece == ".." then
-      raise(("%s of %s is the segment '%s', which a server resolves as a directory step"):format(origin, path, piece))
-    end
+  local piece = request.dot_segment(expanded)
+  if piece then
+    raise(("%s of %s is the segment '%s', which a server resolves as a directory step"):format(origin, path, piece))
   end
 end
 
@@ -108,21 +115,30 @@ function request.expand(path, opts)
   return "/" .. table.concat(out, "/")
 end
 
--- What a raw query string may hold as it is (RFC 3986 query characters).
-local QUERY_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
+-- A byte a raw query string may not hold as it is (outside RFC 3986's
+-- query characters): a pattern for string.find.
+request.QUERY_CHARS = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
+
+--- bare_percent(text) -> the byte of the first "%" that starts no %XX
+-- escape, else nil (a server would decode something else than was signed).
+function request.bare_percent(text)
+  local at = text:find("%", 1, true)
+  while at do
+    if not text:find("^%%%x%x", at) then return at end
+    at = text:find("%", at + 1, true)
+  end
+  return nil
+end
 
 local function query_string(query)
-  local bad = query:find(QUERY_CHARS)
+  local bad = query:find(request.QUERY_CHARS)
   if bad then
     raise(("query string holds %q at byte %d, which would not be sent as signed: "
       .. "percent-encode it, or give query as a table"):format(query:sub(bad, bad), bad))
   end
-  local escape = query:find("%%%x?%x?")
-  while escape do
-    if not query:find("^%%%x%x", escape) then
-      raise(("query string holds a %% at byte %d that starts no %%XX escape"):format(escape))
-    end
-    escape = query:find("%%", escape + 1)
+  local escape = request.bare_percent(query)
+  if escape then
+    raise(("query string holds a %% at byte %d that starts no %%XX escape"):format(escape))
   end
   return query ~= "" and query or nil
 end
