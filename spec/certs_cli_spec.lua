@@ -107,7 +107,6 @@ describe("bin/wechatpay-certs", function()
   end)
 
   it("exit 130 on Ctrl-C while WeChat Pay has not answered", function()
-    local socket = require("socket")
     server:fault("delay", { seconds = 8, path = "^/v3/certificates" })
     local key_file = ossl.write(dir .. "/k130.txt", server.apiv3_key)
     local parts = { "exec", LUA, "bin/wechatpay-certs" }
@@ -116,19 +115,8 @@ describe("bin/wechatpay-certs", function()
         "--apiv3-key-file", key_file, "--timeout", "20" } do
       parts[#parts + 1] = ossl.quote(a)
     end
-    local log = dir .. "/int.log"
-    local before = server:stats().requests
-    local p = assert(io.popen("sh -c " .. ossl.quote("(" .. table.concat(parts, " ") .. ") </dev/null >" .. ossl.quote(log)
-      .. " 2>&1 & echo $!; wait $!; echo rc=$?")))
-    local pid = assert(tonumber(p:read("*l")))
-    local deadline = socket.gettime() + 10
-    repeat socket.sleep(0.05) until server:stats().requests > before or socket.gettime() > deadline
-    socket.sleep(0.2)
-    os.execute("kill -INT " .. pid)
-    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
-    p:close()
+    local rc, text = require("support.process").interrupt(table.concat(parts, " "), server, dir .. "/int.log")
     server:clear_faults()
-    local text = ossl.read(log) or ""
     assert.equal(130, rc, text)
     assert.matches("interrupted", text)
   end)

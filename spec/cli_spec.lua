@@ -102,25 +102,13 @@ describe("bin/wechatpay", function()
   -- interrupted(argv, env) -> exit status, output: the command started in the
   -- background, sent SIGINT (a Ctrl-C) once the mock has its request
   local function interrupted(argv, env, s)
-    s = s or server
-    local socket = require("socket")
     local parts = { "exec env" }
     for _, name in ipairs(CONFIG_VARIABLES) do parts[#parts + 1] = "-u " .. name end
     for name, value in pairs(env or {}) do parts[#parts + 1] = ossl.quote(name .. "=" .. value) end
     parts[#parts + 1] = LUA .. " bin/wechatpay"
     for _, a in ipairs(argv) do parts[#parts + 1] = ossl.quote(a) end
-    local log = dir .. "/interrupted.log"
-    local before = s:stats().requests
-    local p = assert(io.popen("sh -c " .. ossl.quote("(" .. table.concat(parts, " ") .. ") </dev/null >" .. ossl.quote(log)
-      .. " 2>&1 & echo $!; wait $!; echo rc=$?")))
-    local pid = assert(tonumber(p:read("*l")))
-    local deadline = socket.gettime() + 10
-    repeat socket.sleep(0.05) until s:stats().requests > before or socket.gettime() > deadline
-    socket.sleep(0.2)
-    os.execute("kill -INT " .. pid)
-    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
-    p:close()
-    local text = ossl.read(log) or ""
+    local rc, text = require("support.process").interrupt(table.concat(parts, " "), s or server,
+      dir .. "/interrupted.log")
     for _, secret in ipairs(secrets) do assert(not text:find(secret, 1, true), "a secret in the output") end
     return rc, text
   end

@@ -6,6 +6,7 @@
 --   local proc = process.api(dir)
 --   local child = proc.spawn(function() return "x" end)   -- the child sends the result, then _exits
 --   proc.collect(child) --> "x" (and the child's exit status checked)
+--   process.interrupt(command, server, log) --> exit status, output (a Ctrl-C mid-call)
 local ossl = require("support.openssl")
 
 local M = {}
@@ -74,6 +75,25 @@ function M.api(dir)
   end
 
   return proc
+end
+
+--- interrupt(command, server, log) -> exit status, output: runs the shell
+-- command in the background (stdin empty, stdout and stderr to the file
+-- `log`) and sends it SIGINT, a Ctrl-C, once the mock `server` has counted
+-- a request more (or after 10 s), then waits for it.
+function M.interrupt(command, server, log)
+  local socket = require("socket")
+  local before = server:stats().requests
+  local p = assert(io.popen("sh -c " .. ossl.quote("(" .. command .. ") </dev/null >" .. ossl.quote(log)
+    .. " 2>&1 & echo $!; wait $!; echo rc=$?")))
+  local pid = assert(tonumber(p:read("*l")))
+  local deadline = socket.gettime() + 10
+  repeat socket.sleep(0.05) until server:stats().requests > before or socket.gettime() > deadline
+  socket.sleep(0.2)
+  os.execute("kill -INT " .. pid)
+  local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
+  p:close()
+  return rc, ossl.read(log) or ""
 end
 
 return M
