@@ -54,6 +54,14 @@ describe("bin/wechatpay", function()
   end)
 
   local counter = 0
+  -- The mock's merchant key, encrypted by openssl with passphrase, as dir/name.
+  local function encrypted_key(name, passphrase)
+    local path = dir .. "/" .. name
+    ossl.run("openssl pkcs8 -topk8 -v2 aes256 -in " .. ossl.quote(server.merchant_key_file) .. " -passout pass:"
+      .. passphrase .. " -out " .. ossl.quote(path))
+    return path
+  end
+
   local function write(name, text)
     counter = counter + 1
     return ossl.write(("%s/%d_%s"):format(dir, counter, name), text)
@@ -498,9 +506,7 @@ describe("bin/wechatpay", function()
     it("reads an encrypted private key with WECHATPAY_PASSPHRASE, and says where the passphrase goes without it", function()
       local passphrase = "pass-phrase-not-for-output"
       secrets[#secrets + 1] = passphrase
-      local encrypted = dir .. "/encrypted_key.pem"
-      ossl.run("openssl pkcs8 -topk8 -v2 aes256 -in " .. ossl.quote(server.merchant_key_file) .. " -passout pass:"
-        .. passphrase .. " -out " .. ossl.quote(encrypted))
+      local encrypted = encrypted_key("encrypted_key.pem", passphrase)
       local rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_PRIVATE_KEY = encrypted, WECHATPAY_PASSPHRASE = passphrase }))
       assert.equal(0, rc, out)
       assert.matches("^%[ok  %] private key +RSA%-2048", line_of(out, "private key"))
@@ -514,9 +520,7 @@ describe("bin/wechatpay", function()
     it("with a config file reads no WECHATPAY_* variable: neither the passphrase nor the APIv3 key", function()
       local passphrase = "pass-phrase-from-the-env-only"
       secrets[#secrets + 1] = passphrase
-      local encrypted = dir .. "/encrypted_key_env.pem"
-      ossl.run("openssl pkcs8 -topk8 -v2 aes256 -in " .. ossl.quote(server.merchant_key_file) .. " -passout pass:"
-        .. passphrase .. " -out " .. ossl.quote(encrypted))
+      local encrypted = encrypted_key("encrypted_key_env.pem", passphrase)
       local file = write("no_env.lua", ([[
         return { mchid = %q, serial = %q, private_key = %q, certs = { [%q] = %q }, base_url = %q, cafile = %q }
       ]]):format(server.mchid, server.merchant_serial, "file://" .. encrypted, server.platform_key_id,
