@@ -247,6 +247,8 @@ describe("APIv2 requests as sent", function()
       { status = 200, headers = {}, body = unsigned },
       { status = 200, headers = {}, body = unsigned },
       { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = unsigned },
       { status = 200, headers = {}, body = "<xml><return_code>FAIL</return_code><return_msg>签名错误</return_msg></xml>" },
       { status = 200, headers = {}, body = '{"code":"SUCCESS"}' },
     }
@@ -257,6 +259,9 @@ describe("APIv2 requests as sent", function()
     local res = assert(client.v2.mmpaymkttransfers.promotion.transfers:post{ xml = { partner_trade_no = "x" } })
     assert.equal("SUCCESS", res:xml().result_code)
     assert(client.v2.mmpaymkttransfers.gethbinfo:post{ xml = { mch_billno = "x" } })
+    -- a transfer to a bank card that went through must not read as a failure
+    assert(client.v2.mmpaymkttransfers.pay_bank:post{ xml = { partner_trade_no = "x" } })
+    assert(client["v2/mmpaymkttransfers/query_bank/"]:post{ xml = { partner_trade_no = "x" } })
     -- a FAIL answer comes unsigned from every endpoint: its words are kept
     _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
     assert.equal("http", err.kind)

@@ -4,7 +4,7 @@
 -- APIv2 key and the request's sign_type, whatever sign_type the answer
 -- says (mismatch: kind "verify").  A SUCCESS answer without `sign` is kind
 -- "verify" too, except from the endpoints of answer.UNSIGNED, which WeChat
--- Pay answers unsigned (red packets, transfers to change); then
+-- Pay answers unsigned (red packets, transfers, bank cards...); then
 --   return_code ~= SUCCESS  -> kind "http", code = return_code, message = return_msg
 --   result_code ~= SUCCESS  -> kind "http", code = err_code, message = err_code_des
 -- Every error keeps the response (err.response, and err.xml the fields).
@@ -16,17 +16,43 @@ local xml = require("wechatpay.v2.xml")
 
 local answer = {}
 
---- The endpoints whose SUCCESS answers WeChat Pay documents without `sign`
--- (现金红包, 小程序红包, 企业付款到零钱 and their queries, the 付款到银行卡
--- public key): path -> true.
+--- The endpoints whose SUCCESS answers WeChat Pay sends without `sign`:
+-- path -> true.  A sign that is there is still checked; only its absence
+-- is let pass.  The same list as wechatpay-php's (its
+-- noneSignatureRespond), so a merchant moving from it sees the same answers.
 answer.UNSIGNED = {
+  -- 现金红包 and 小程序红包, and their query
   ["/mmpaymkttransfers/sendredpack"] = true,
   ["/mmpaymkttransfers/sendgroupredpack"] = true,
   ["/mmpaymkttransfers/sendminiprogramhb"] = true,
   ["/mmpaymkttransfers/gethbinfo"] = true,
+  -- 企业付款到零钱, to 企业微信 members, to a bank card, and their queries
   ["/mmpaymkttransfers/promotion/transfers"] = true,
   ["/mmpaymkttransfers/gettransferinfo"] = true,
+  ["/mmpaymkttransfers/promotion/paywwsptrans2pocket"] = true,
+  ["/mmpaymkttransfers/promotion/querywwsptrans2pocket"] = true,
+  ["/mmpaymkttransfers/pay_bank"] = true,
+  ["/mmpaymkttransfers/query_bank"] = true,
   ["/risk/getpublickey"] = true,   -- the RSA key of 付款到银行卡 (served by fraud.mch.weixin.qq.com)
+  -- merchant risk and violation notices
+  ["/mchrisk/querymchrisk"] = true,
+  ["/mchrisk/setmchriskcallback"] = true,
+  ["/mchrisk/syncmchriskresult"] = true,
+  ["/risk/getviolation"] = true,
+  -- 委托代扣 sign-up pages, the 交易保障 report, sub-merchant management
+  ["/papay/entrustweb"] = true,
+  ["/papay/h5entrustweb"] = true,
+  ["/papay/partner/entrustweb"] = true,
+  ["/papay/partner/h5entrustweb"] = true,
+  ["/payitil/report"] = true,
+  ["/secapi/mch/submchmanage"] = true,
+  -- the sandbox's and the signing key's own endpoints, and the bills (whose
+  -- errors come as unsigned XML; client.v2 refuses them before sending)
+  ["/sandboxnew/pay/getsignkey"] = true,
+  ["/xdc/apiv2getsignkey/sign/getsignkey"] = true,
+  ["/pay/downloadbill"] = true,
+  ["/pay/downloadfundflow"] = true,
+  ["/sandboxnew/pay/downloadbill"] = true,
 }
 
 -- A v2 response is a v3 response plus xml(): the same fields and methods.
