@@ -31,6 +31,7 @@ typedef struct {
   z_stream z;
   int ready;          /* inflateInit2 succeeded: inflateEnd is owed */
   int ended;          /* the last member's trailer was read */
+  int padded;         /* zero bytes followed it: nothing else may now */
   int failed;         /* a corrupt stream: every later call fails too */
   unsigned char *out;
   size_t out_size;
@@ -50,7 +51,8 @@ static inflater *check_inflater(lua_State *L) {
 }
 
 /* core.inflater([max_output]) -> inflater of a gzip stream (one member or
- * several back to back, as `gzip` writes them), at most max_output bytes
+ * several back to back, as `gzip` writes them, perhaps padded with zero
+ * bytes at the end), at most max_output bytes
  * of output per update. */
 static int l_inflater(lua_State *L) {
   lua_Integer max_out = luaL_optinteger(L, 1, WP_INFLATE_OUT_DEFAULT);
@@ -80,6 +82,7 @@ static int l_inflater_update(lua_State *L) {
   const char *data = luaL_checklstring(L, 2, &len);
   lua_Integer start = luaL_optinteger(L, 3, 1);
   int rc = Z_OK;
+  const char *why = NULL;
   luaL_argcheck(L, start >= 1 && (size_t)start <= len + 1, 3, "position out of the data's range");
   if (inf->failed) { lua_pushnil(L); lua_pushliteral(L, "corrupt gzip stream"); return 2; }
   pos = (size_t)start - 1;
@@ -89,6 +92,17 @@ static int l_inflater_update(lua_State *L) {
     size_t left = len - pos;
     if (inf->ended) {
       if (left == 0) break;
+      /* zeros after a member pad the file to a block (tape archives,
+       * some servers); gzip -d ignores them, and so does this, but only
+       * at the end: nothing else may follow them */
+      if (inf->padded || data[pos] == 0) {
+        while (pos < len && data[pos] == 0) pos++;
+        inf->padded = 1;
+        if (pos == len) break;
+        rc = Z_DATA_ERROR;
+        why = "bytes after its zero padding";
+        break;
+      }
       /* another member follows (gzip writes concatenated files this way) */
       if (inflateReset(&inf->z) != Z_OK) { rc = Z_STREAM_ERROR; break; }
       inf->ended = 0;
@@ -110,7 +124,7 @@ static int l_inflater_update(lua_State *L) {
   if (rc != Z_OK) {
     inf->failed = 1;
     lua_pushnil(L);
-    lua_pushfstring(L, "corrupt gzip stream (%s)", inf->z.msg ? inf->z.msg : "zlib error");
+    lua_pushfstring(L, "corrupt gzip stream (%s)", why ? why : inf->z.msg ? inf->z.msg : "zlib error");
     return 2;
   }
   produced = inf->out_size - inf->z.avail_out;

@@ -73,6 +73,23 @@ describe("core.inflater and core.hasher against gzip and openssl", function()
     assert.equal(ossl.run("gzip -d -c " .. q(tmp("both.gz"))), out)
   end)
 
+  it("ignores zero bytes padding the end, as gzip -d does, and nothing else after them", function()
+    local gz = ossl.read(tmp("text.csv.gz"))
+    local padded = gz .. string.rep("\0", 700)
+    ossl.write(tmp("padded.gz"), padded)
+    local expected = ossl.run("gzip -d -c " .. q(tmp("padded.gz")))   -- gzip -d fails on anything it refuses
+    assert.equal(ossl.read(tmp("text.csv")), expected)
+    for _, piece in ipairs{ 1, 333, #gz, #padded } do
+      assert.equal(expected, assert(inflate(padded, piece)))
+    end
+    -- gzip -d calls what follows padding "trailing garbage"; here it is corrupt
+    for _, after in ipairs{ "\1", ossl.read(tmp("noise.bin.gz")) } do
+      local out, err = inflate(padded .. after, 4096)
+      assert.is_nil(out)
+      assert.equal("corrupt gzip stream (bytes after its zero padding)", err)
+    end
+  end)
+
   it("says a gzip stream cut short is truncated, at any cut", function()
     local gz = ossl.read(tmp("text.csv.gz"))
     for _, keep in ipairs{ 1, 10, math.floor(#gz / 2), #gz - 4, #gz - 1 } do
