@@ -187,21 +187,14 @@ int wp_random(unsigned char *out, size_t len, char *err) {
 
 /* ---- keys --------------------------------------------------------------- */
 
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = (unsigned)(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + (int64_t)doe - 719468;
-}
-
+/* Seconds since the epoch, by OpenSSL's own calendar arithmetic; 0 when
+ * the time cannot be read. */
 static int64_t asn1_time_to_unix(const ASN1_TIME *t) {
-  struct tm tm;
-  memset(&tm, 0, sizeof tm);
-  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
-  return days_from_civil((int64_t)tm.tm_year + 1900, (unsigned)tm.tm_mon + 1, (unsigned)tm.tm_mday) * 86400 +
-         tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
+  int days = 0, seconds = 0;
+  ASN1_TIME *epoch = t ? ASN1_TIME_set(NULL, 0) : NULL;
+  int ok = epoch && ASN1_TIME_diff(&days, &seconds, epoch, t) == 1;
+  ASN1_TIME_free(epoch);
+  return ok ? (int64_t)days * 86400 + seconds : 0;
 }
 
 /* The serial's content octets as hex, as crypto_mbedtls.c and
