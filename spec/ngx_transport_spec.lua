@@ -155,6 +155,30 @@ describe("the cosocket transport's connections", function()
     assert.are.equal("close", log[#log])
   end)
 
+  it("retries a body cut short only if none of it was handed on to on_chunk", function()
+    local cut = { "HTTP/1.1 200 OK", "Content-Length: 10", "", "abc" }   -- then the connection closes
+    with_ngx({ { response = cut }, { response = cut }, { response = { "HTTP/1.1 200 OK", "Content-Length: 10", "" } } },
+      function()
+        local t = ngx_transport.new()
+        local res, fail = call(t)   -- read whole: nothing left the transport
+        assert.is_nil(res)
+        assert.are.equal("network", fail.kind)
+        assert.are.equal("idempotent", fail.retry)
+        local got = {}
+        local download = { method = "GET", url = "https://api.example.test/v3/billdownload/file",
+          on_chunk = function(bytes) got[#got + 1] = bytes return true end }
+        res, fail = call(t, download)   -- "abc" went to on_chunk: a retry would repeat it
+        assert.is_nil(res)
+        assert.are.same({ "abc" }, got)
+        assert.is_false(fail.retry)
+        got = {}
+        res, fail = call(t, download)   -- cut before any byte: safe to retry
+        assert.is_nil(res)
+        assert.are.same({}, got)
+        assert.are.equal("idempotent", fail.retry)
+      end)
+  end)
+
   it("closes a connection the server marks Connection: close, and an HTTP/1.0 one", function()
     local log = with_ngx({ { response = { "HTTP/1.1 200 OK", "Connection: close", "Content-Length: 0", "" } },
         { response = { "HTTP/1.0 200 OK", "Content-Length: 0", "" } } }, function()

@@ -244,112 +244,63 @@ local function read_head(sock, deadline, sent)
   end
 end
 
-local function read_body(self, sock, method, status, headers, deadline, sent)
-  if method == "HEAD" or status == 204 or status == 304 then return "", true end
-  local te = headers["transfer-encoding"]
-  local too_large = function()
-    return failure("network", "response body over max_body (" .. self.max_body .. " bytes)", sent, false)
-  end
-  if te and te:lower():find("chunked", 1, true) then
-    local parts, total = {}, 0
-    while true do
-      local line, err = receive(sock, "*l", deadline)
-      if not line then return read_failure(err, "a chunk size", sent) end
-      local size = tonumber(line:match("^%s*(%x+)") or "", 16)
-      if not size then return failure("network", "malformed chunk size in the response", sent, "idempotent") end
-      if size == 0 then
-        repeat   -- trailers, up to the blank line
-          local t, terr = receive(sock, "*l", deadline)
-          if not t then return read_failure(terr, "the chunked trailer", sent) end
-        until t == ""
-        return table.concat(parts), true
-      end
-      total = total + size
-      if total > self.max_body then return too_large() end
-      local data, derr = receive(sock, size, deadline)
-      if not data then return read_failure(derr, "a chunk", sent) end
-      parts[#parts + 1] = data
-      local crlf, cerr = receive(sock, 2, deadline)
-      if not crlf then return read_failure(cerr, "a chunk", sent) end
-    end
-  end
-  local length = headers["content-length"]
-  if length then
-    length = tonumber(length:match("^%d+$"))
-    if not length then return failure("network", "malformed Content-Length in the response", sent, "idempotent") end
-    if length > self.max_body then return too_large() end
-    if length == 0 then return "", true end
-    local data, err = receive(sock, length, deadline)
-    if not data then return read_failure(err, "the response body", sent) end
-    return data, true
-  end
-  -- Neither: the body runs to the end of the connection.
-  local parts, total = {}, 0
-  while true do
-    local data, err, partial = receive(sock, 8192, deadline)
-    local piece = data or partial
-    if piece and piece ~= "" then
-      total = total + #piece
-      if total > self.max_body then return too_large() end
-      parts[#parts + 1] = piece
-    end
-    if not data then
-      if err == "closed" then return table.concat(parts), false end
-      return read_failure(err, "the response body", sent)
-    end
-  end
-end
-
--- A 2xx body handed to on_chunk as it arrives: -> "", reusable | nil, failure.
--- A failure after bytes were handed on is never retried (retry = false).
-local function stream_body(sock, status, headers, deadline, sent, on_chunk)
-  local handed, interrupt = false, nil
-  local function hand(bytes)
-    if bytes == "" then return true end
-    handed = true
-    local ok, more = pcall(on_chunk, bytes)
-    if not ok and errors.is_interrupt(more) then interrupt = more end
-    return ok and more == true
-  end
+-- The bytes of a body as they arrive, by its framing (chunked,
+-- Content-Length, or up to the close), each piece to sink.take(piece) ->
+-- true to go on; -> true, reusable | nil, failure.
+--   sink.limit      a body declared or grown past it is refused
+--   sink.consumes   take passes bytes on for good (to a file, a function):
+--                   once it has, no failure may be retried
+--   sink.stopped()  the failure when take answers anything but true
+local function take_body(sock, headers, deadline, sent, sink)
+  local handed, total = false, 0
   local function broken(err, what)
     local _, f = read_failure(err, what, sent)
     if handed then f.retry = false end
     return nil, f
   end
-  local function stopped()
-    if interrupt ~= nil then
-      return nil, { kind = "interrupted", message = "interrupted while taking the response's body", sent = sent,
-                    retry = false, raised = interrupt }
+  local function malformed(what)
+    local _, f = failure("network", "malformed " .. what .. " in the response", sent, not handed and "idempotent" or false)
+    return nil, f
+  end
+  -- refuses n more bytes that would take the body past sink.limit
+  local function grows(n)
+    total = total + n
+    if sink.limit and total > sink.limit then
+      local _, f = failure("network", "response body over max_body (" .. sink.limit .. " bytes)", sent, false)
+      return nil, f
     end
-    return nil, { kind = "network", message = STOPPED, sent = sent, retry = false, stopped = true }
+    return true
+  end
+  local function hand(piece)
+    if piece == "" then return true end
+    if sink.consumes then handed = true end
+    return sink.take(piece) == true
   end
   -- `length` bytes in pieces
   local function pass(length, what)
+    local ok, f = grows(length)
+    if not ok then return nil, f end
     while length > 0 do
       local piece, err = receive(sock, math.min(length, STREAM_PIECE), deadline)
       if not piece then return broken(err, what) end
       length = length - #piece
-      if not hand(piece) then return stopped() end
+      if not hand(piece) then return nil, sink.stopped() end
     end
     return true
   end
-  if status == 204 or status == 304 then return "", true end
   local te = headers["transfer-encoding"]
   if te and te:lower():find("chunked", 1, true) then
     while true do
       local line, err = receive(sock, "*l", deadline)
       if not line then return broken(err, "a chunk size") end
       local size = tonumber(line:match("^%s*(%x+)") or "", 16)
-      if not size then
-        local _, f = failure("network", "malformed chunk size in the response", sent, handed == false and "idempotent" or false)
-        return nil, f
-      end
+      if not size then return malformed("chunk size") end
       if size == 0 then
-        repeat
+        repeat   -- trailers, up to the blank line
           local t, terr = receive(sock, "*l", deadline)
           if not t then return broken(terr, "the chunked trailer") end
         until t == ""
-        return "", true
+        return true, true
       end
       local ok, f = pass(size, "a chunk")
       if not ok then return nil, f end
@@ -360,19 +311,56 @@ local function stream_body(sock, status, headers, deadline, sent, on_chunk)
   local length = headers["content-length"]
   if length then
     length = tonumber(length:match("^%d+$"))
-    if not length then return failure("network", "malformed Content-Length in the response", sent, "idempotent") end
+    if not length then return malformed("Content-Length") end
     local ok, f = pass(length, "the response body")
     if not ok then return nil, f end
-    return "", true
+    return true, true
   end
   while true do   -- to the end of the connection
     local data, err, partial = receive(sock, STREAM_PIECE, deadline)
-    if not hand(data or partial or "") then return stopped() end
+    local piece = data or partial or ""
+    local ok, f = grows(#piece)
+    if not ok then return nil, f end
+    if not hand(piece) then return nil, sink.stopped() end
     if not data then
-      if err == "closed" then return "", false end
+      if err == "closed" then return true, false end
       return broken(err, "the response body")
     end
   end
+end
+
+-- The whole body, at most `limit` bytes: -> body, reusable | nil, failure.
+local function read_body(sock, method, status, headers, deadline, sent, limit)
+  if method == "HEAD" or status == 204 or status == 304 then return "", true end
+  local parts = {}
+  local ok, reusable = take_body(sock, headers, deadline, sent, { limit = limit,
+    take = function(piece) parts[#parts + 1] = piece return true end })
+  if not ok then return nil, reusable end
+  return table.concat(parts), reusable
+end
+
+-- A 2xx body handed to on_chunk as it arrives: -> "", reusable | nil, failure.
+-- A failure after bytes were handed on is never retried (retry = false).
+local function stream_body(sock, status, headers, deadline, sent, on_chunk)
+  if status == 204 or status == 304 then return "", true end
+  local interrupt
+  local ok, reusable = take_body(sock, headers, deadline, sent, {
+    consumes = true,
+    take = function(bytes)
+      local called, more = pcall(on_chunk, bytes)
+      if not called and errors.is_interrupt(more) then interrupt = more end
+      return called and more
+    end,
+    stopped = function()
+      if interrupt ~= nil then
+        return { kind = "interrupted", message = "interrupted while taking the response's body", sent = sent,
+                 retry = false, raised = interrupt }
+      end
+      return { kind = "network", message = STOPPED, sent = sent, retry = false, stopped = true }
+    end,
+  })
+  if not ok then return nil, reusable end
+  return "", reusable
 end
 
 local function keep_alive(headers, version, reusable)
@@ -418,11 +406,9 @@ local function perform(self, request)
       local body, reusable
       if request.on_chunk and status >= 200 and status < 300 and request.method ~= "HEAD" then
         body, reusable = stream_body(sock, status, headers, deadline, #bytes, request.on_chunk)
-      elseif request.on_chunk then
-        body, reusable = read_body({ max_body = math.min(self.max_body, STREAM_ERROR_BODY) }, sock,
-          request.method, status, headers, deadline, #bytes)
-      else
-        body, reusable = read_body(self, sock, request.method, status, headers, deadline, #bytes)
+      else   -- a streamed request's error answer is small: WeChat Pay's JSON
+        body, reusable = read_body(sock, request.method, status, headers, deadline, #bytes,
+          request.on_chunk and math.min(self.max_body, STREAM_ERROR_BODY) or self.max_body)
       end
       if not body then sock:close() return nil, reusable end
       if keep_alive(headers, version, reusable) then
