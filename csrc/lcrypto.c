@@ -166,7 +166,10 @@ int wp_push_gcm_plaintext(lua_State *L, const char *key, size_t keylen, const ch
   return 1;
 }
 
-/* core.aes_gcm_decrypt(key, nonce, aad, base64(ciphertext .. tag)) -> plaintext | nil, err */
+/* core.aes_gcm_decrypt(key, nonce, aad, base64(ciphertext .. tag)) -> plaintext | nil, err, why
+ * why: "malformed" when the input cannot be a sealed message (key size,
+ * base64, shorter than the tag), "decrypt" when it does not open (another
+ * key, altered bytes): the error kinds core.open_notification gives. */
 static int l_aes_gcm_decrypt(lua_State *L) {
   size_t keylen, ivlen, aadlen, b64len;
   const char *key = luaL_checklstring(L, 1, &keylen);
@@ -174,8 +177,12 @@ static int l_aes_gcm_decrypt(lua_State *L) {
   const char *aad = luaL_optlstring(L, 3, "", &aadlen);
   const char *b64 = luaL_checklstring(L, 4, &b64len);
   char err[WP_ERRLEN];
-  if (wp_push_gcm_plaintext(L, key, keylen, iv, ivlen, aad, aadlen, b64, b64len, err) == 1) return 1;
-  return push_error(L, err);
+  int rc = wp_push_gcm_plaintext(L, key, keylen, iv, ivlen, aad, aadlen, b64, b64len, err);
+  if (rc == 1) return 1;
+  push_error(L, err);
+  if (rc == 0) lua_pushliteral(L, "decrypt");
+  else lua_pushliteral(L, "malformed");
+  return 3;
 }
 
 /* core.aes_ecb_encrypt(key, plaintext) -> base64 (PKCS#7 padded) | nil, err */

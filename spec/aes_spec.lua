@@ -123,18 +123,56 @@ describe("wechatpay.aes", function()
       -- without associated_data the AAD is empty: Node's no-AAD ciphertext decrypts
       local bare = assert(node_gcm("encrypt", apiv3_key, nonce, "", plaintext))
       assert.equal(plaintext, aes.decrypt_resource(apiv3_key, { nonce = nonce, ciphertext = base64.encode(bare) }))
-      local none, err = aes.decrypt_resource(apiv3_key, {
+      local none, err, why = aes.decrypt_resource(apiv3_key, {
         algorithm = "AEAD_AES_128_CBC", nonce = nonce, ciphertext = base64.encode(sealed) })
       assert.is_nil(none)
       assert.matches("algorithm", err)
+      assert.equal("malformed", why)
       -- fields from the network in the wrong type are reported, not raised
       local cjson = require("cjson")
       local from_null = cjson.decode(('{"nonce":"%s","associated_data":null,"ciphertext":"%s"}')
         :format(nonce, base64.encode(bare)))
       assert.equal(plaintext, aes.decrypt_resource(apiv3_key, from_null))
-      none, err = aes.decrypt_resource(apiv3_key, { nonce = nonce, associated_data = 5, ciphertext = base64.encode(bare) })
+      none, err, why = aes.decrypt_resource(apiv3_key, { nonce = nonce, associated_data = 5, ciphertext = base64.encode(bare) })
       assert.is_nil(none)
-      assert.matches("associated_data must be a string", err)
+      assert.equal("the resource's associated_data must be a string, got number", err)
+      assert.equal("malformed", why)
+    end)
+
+    it("decrypt_resource says why it failed as core.open_notification does: malformed, or the key", function()
+      local sealed = base64.encode(assert(node_gcm("encrypt", apiv3_key, nonce, "transaction", "{}")))
+      local function resource(fields)
+        local r = { algorithm = "AEAD_AES_256_GCM", nonce = nonce, associated_data = "transaction", ciphertext = sealed }
+        for k, v in pairs(fields) do r[k] = v end
+        return r
+      end
+      local cjson = require("cjson")
+      for _, case in ipairs{
+        { { nonce = "" }, "the resource's nonce is empty" },
+        { { nonce = cjson.null }, "the resource's nonce is null" },
+        { { ciphertext = 42 }, "the resource's ciphertext is number" },
+        { { ciphertext = "%%%%" }, "not valid base64" },
+        { { ciphertext = base64.encode("short") }, "shorter than its 16-byte tag" },
+        { { associated_data = false }, "associated_data must be a string, got boolean" },
+        { { algorithm = cjson.null }, "unsupported resource algorithm" },
+      } do
+        local none, err, why = aes.decrypt_resource(apiv3_key, resource(case[1]))
+        assert.is_nil(none)
+        assert.matches(case[2], err, 1, true)
+        assert.equal("malformed", why, case[2])
+      end
+      local plaintext, err, why = aes.decrypt_resource(("k"):rep(32), resource{})
+      assert.is_nil(plaintext)
+      assert.is_string(err)
+      assert.equal("decrypt", why)
+      plaintext, err, why = aes.decrypt_resource("short", resource{})
+      assert.is_nil(plaintext)
+      assert.matches("32 bytes", err, 1, true)
+      assert.equal("decrypt", why)
+      plaintext, err, why = aes.decrypt_resource(apiv3_key, resource{ associated_data = "certificate" })
+      assert.is_nil(plaintext)
+      assert.equal("decrypt", why)   -- altered associated data: it does not open
+      assert.equal("{}", aes.decrypt_resource(apiv3_key, resource{}))
     end)
 
     describe("refuses with nil and an error mentioning authentication", function()

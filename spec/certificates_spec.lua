@@ -55,6 +55,34 @@ describe("platform certificates", function()
     assert.matches("APIv3 key", err.message)
   end)
 
+  it("an encrypt_certificate no key could open is malformed; one the APIv3 key does not open is decrypt", function()
+    local certificates = require("wechatpay.certificates")
+    local cjson = require("cjson")
+    local key = ("k"):rep(32)
+    local sealed = assert(wechatpay.aes.gcm_encrypt(("x"):rep(32), "nonce1234567", "certificate", "PEM"))
+    local function download(encrypted)
+      return { status = 200, headers = {}, body = cjson.encode{ data = { {
+        serial_no = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1", effective_time = "2026-01-01T00:00:00+08:00",
+        expire_time = "2031-01-01T00:00:00+08:00", encrypt_certificate = encrypted } } } }
+    end
+    for _, bad in ipairs{
+      { algorithm = "AEAD_SM4", nonce = "nonce1234567", associated_data = "certificate", ciphertext = sealed },
+      { algorithm = "AEAD_AES_256_GCM", nonce = "", associated_data = "certificate", ciphertext = sealed },
+      { algorithm = "AEAD_AES_256_GCM", nonce = "nonce1234567", associated_data = "certificate", ciphertext = "%%" },
+    } do
+      local none, err = certificates.check_download(key, {}, download(bad), "/v3/certificates")
+      assert.is_nil(none)
+      assert.equal("malformed", err.kind)
+      assert.matches("encrypt_certificate is not a resource WeChat Pay sends", err.message, 1, true)
+      assert.is_nil(err.message:find("APIv3 key", 1, true))
+    end
+    local none, err = certificates.check_download(key, {}, download{ algorithm = "AEAD_AES_256_GCM",
+      nonce = "nonce1234567", associated_data = "certificate", ciphertext = sealed }, "/v3/certificates")
+    assert.is_nil(none)
+    assert.equal("decrypt", err.kind)
+    assert.matches("APIv3 key", err.message, 1, true)
+  end)
+
   it("a client that knows no certificate verifies the download with the one that signed it", function()
     local client = server:client{ timeout = 3, retry = false, certs = {} }
     assert.equal(2, client:refresh_certificates())

@@ -53,45 +53,58 @@ function aes.gcm_encrypt(apiv3_key, nonce, associated_data, plaintext, opts)
   return core.aes_gcm_encrypt(apiv3_key, nonce, associated_data or "", plaintext)
 end
 
---- gcm_decrypt(key, nonce, associated_data, ciphertext [, opts]) -> plaintext | nil, err
+--- gcm_decrypt(key, nonce, associated_data, ciphertext [, opts]) -> plaintext | nil, err, why
 -- nonce and ciphertext must be non-empty strings, associated_data a string
 -- or nil; anything else is nil, err, as all three come from the network.
+-- why: "decrypt" when the key is not one (wrong size) or does not open the
+-- ciphertext, "malformed" when the input cannot be a sealed message.
 function aes.gcm_decrypt(apiv3_key, nonce, associated_data, ciphertext, opts)
   local ok, err = check_key(apiv3_key, opts)
-  if not ok then return nil, err end
+  if not ok then return nil, err, "decrypt" end
   ok, err = received("gcm_decrypt", "nonce", nonce)
-  if not ok then return nil, err end
+  if not ok then return nil, err, "malformed" end
   if associated_data ~= nil and type(associated_data) ~= "string" then
-    return nil, "aes.gcm_decrypt: associated_data must be a string, got " .. type(associated_data)
+    return nil, "aes.gcm_decrypt: associated_data must be a string, got " .. type(associated_data), "malformed"
   end
   ok, err = received("gcm_decrypt", "ciphertext", ciphertext)
-  if not ok then return nil, err end
+  if not ok then return nil, err, "malformed" end
   return core.aes_gcm_decrypt(apiv3_key, nonce, associated_data or "", ciphertext)
 end
 
---- Decrypts a resource object of a callback or certificate download:
+--- decrypt_resource(key, resource [, opts]) -> plaintext | nil, err, why
+-- A resource object of a callback or certificate download:
 -- { algorithm = "AEAD_AES_256_GCM", nonce, associated_data, ciphertext }.
+-- The rules and the why of core.open_notification (which reads a
+-- callback's resource straight from its bytes): "malformed" for another
+-- algorithm, a missing or empty nonce or ciphertext, associated_data not a
+-- string (absent or JSON null reads as ""), bad base64; "decrypt" when the
+-- key does not open it.
+-- what a resource's field is when it is not a non-empty string
+local function shape(value)
+  if value == "" then return "empty" end
+  if value == nil then return "missing" end
+  if value == cjson.null then return "null" end
+  return type(value)
+end
+
 function aes.decrypt_resource(apiv3_key, resource, opts)
   if type(resource) ~= "table" then
-    return nil, "resource must be a table with nonce, associated_data and ciphertext"
+    return nil, "resource must be a table with nonce, associated_data and ciphertext", "malformed"
   end
-  if resource.algorithm and resource.algorithm ~= "AEAD_AES_256_GCM" then
-    return nil, "unsupported resource algorithm " .. tostring(resource.algorithm)
+  if resource.algorithm ~= nil and resource.algorithm ~= "AEAD_AES_256_GCM" then
+    return nil, "unsupported resource algorithm (AEAD_AES_256_GCM expected)", "malformed"
   end
-  if type(resource.nonce) ~= "string" or type(resource.ciphertext) ~= "string" then
-    return nil, "resource lacks its nonce or ciphertext"
+  for _, name in ipairs{ "ciphertext", "nonce" } do
+    local value = resource[name]
+    if type(value) ~= "string" or value == "" then
+      return nil, ("the resource's %s is %s"):format(name, shape(value)), "malformed"
+    end
   end
-  -- the resource comes from the network: a JSON null or a number here is
-  -- bad data to report, not a programmer error to raise
   local associated_data = resource.associated_data
-  if associated_data == nil or associated_data == false then
+  if associated_data == nil or associated_data == cjson.null then
     associated_data = ""
   elseif type(associated_data) ~= "string" then
-    if associated_data == cjson.null then
-      associated_data = ""
-    else
-      return nil, "resource associated_data must be a string, got " .. type(associated_data)
-    end
+    return nil, "the resource's associated_data must be a string, got " .. shape(associated_data), "malformed"
   end
   return aes.gcm_decrypt(apiv3_key, resource.nonce, associated_data, resource.ciphertext, opts)
 end

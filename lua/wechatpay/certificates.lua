@@ -56,8 +56,11 @@ local function open_certificate(apiv3_key, entry, merchant_serial)
   if not is_serial(serial) then
     return nil, errors.new("malformed", "certificate download: serial_no is not a hex serial")
   end
-  local pem, why = aes.decrypt_resource(apiv3_key, entry.encrypt_certificate)
-  if not pem then
+  local pem, why, kind = aes.decrypt_resource(apiv3_key, entry.encrypt_certificate)
+  if kind == "malformed" then   -- no key could open it: the APIv3 key is not to blame
+    return nil, errors.new("malformed", ("certificate %s: encrypt_certificate is not a resource WeChat Pay sends: %s")
+      :format(serial, why))
+  elseif not pem then
     return nil, errors.new("decrypt", ("certificate %s does not decrypt with the client's apiv3_key "
       .. "(check the APIv3 key: 32 characters from the merchant platform, not the APIv2 key): %s")
       :format(serial, tostring(why)))

@@ -474,9 +474,10 @@ function methods.decrypt(self, ciphertext)
   return core.rsa_decrypt(self[STATE].settings.private_key, ciphertext)
 end
 
---- client:decrypt_resource(resource) -> plaintext | nil, err
+--- client:decrypt_resource(resource) -> plaintext | nil, err, why
 -- The AEAD_AES_256_GCM resource of a callback or certificate download,
--- decrypted with the client's apiv3_key.
+-- decrypted with the client's apiv3_key (why: "malformed" | "decrypt",
+-- as aes.decrypt_resource).
 function methods.decrypt_resource(self, resource)
   local apiv3_key = self[STATE].settings.apiv3_key
   if not apiv3_key then errors.raise("decrypt_resource: the client was made without apiv3_key") end
