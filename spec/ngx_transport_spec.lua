@@ -34,7 +34,10 @@ local function fake_socket(script, log)
       local item = lines[pos]
       if item == nil then return nil, script.read_error or "closed", "" end
       pos = pos + 1
-      if type(pattern) == "number" then return item:sub(1, pattern) end
+      if type(pattern) == "number" then
+        script.largest_read = math.max(script.largest_read or 0, pattern)
+        return item:sub(1, pattern)
+      end
       return item
     end,
     setkeepalive = function() log[#log + 1] = "keepalive" return true end,
@@ -156,8 +159,9 @@ describe("the cosocket transport's connections", function()
   end)
 
   it("retries a body cut short only if none of it was handed on to on_chunk", function()
-    local cut = { "HTTP/1.1 200 OK", "Content-Length: 10", "", "abc" }   -- then the connection closes
-    with_ngx({ { response = cut }, { response = cut }, { response = { "HTTP/1.1 200 OK", "Content-Length: 10", "" } } },
+    -- one chunk, then the connection closes
+    local cut = { "HTTP/1.1 200 OK", "Transfer-Encoding: chunked", "", "3", "abc", "\r\n" }
+    with_ngx({ { response = cut }, { response = cut }, { response = { "HTTP/1.1 200 OK", "Transfer-Encoding: chunked", "" } } },
       function()
         local t = ngx_transport.new()
         local res, fail = call(t)   -- read whole: nothing left the transport
@@ -177,6 +181,18 @@ describe("the cosocket transport's connections", function()
         assert.are.same({}, got)
         assert.are.equal("idempotent", fail.retry)
       end)
+  end)
+
+  it("reads a body that runs to the close no further than one byte past max_body", function()
+    local script = { response = { "HTTP/1.1 200 OK", "", ("x"):rep(5000) } }
+    with_ngx({ script }, function()
+      local res, fail = call(ngx_transport.new{ max_body = 1000 })
+      assert.is_nil(res)
+      assert.matches("over max_body (1000 bytes)", fail.message, 1, true)
+      assert.is_false(fail.retry)
+    end)
+    -- a cosocket's receive(n) waits for n bytes: asking for more would wait on a slow close
+    assert.are.equal(1001, script.largest_read)
   end)
 
   it("closes a connection the server marks Connection: close, and an HTTP/1.0 one", function()

@@ -316,8 +316,10 @@ local function take_body(sock, headers, deadline, sent, sink)
     if not ok then return nil, f end
     return true, true
   end
-  while true do   -- to the end of the connection
-    local data, err, partial = receive(sock, STREAM_PIECE, deadline)
+  while true do   -- to the end of the connection; receive(n) waits for n bytes or
+    -- the close, so never for more than one byte past the limit
+    local want = sink.limit and math.min(STREAM_PIECE, sink.limit - total + 1) or STREAM_PIECE
+    local data, err, partial = receive(sock, want, deadline)
     local piece = data or partial or ""
     local ok, f = grows(#piece)
     if not ok then return nil, f end
