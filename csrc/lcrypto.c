@@ -167,9 +167,10 @@ int wp_push_gcm_plaintext(lua_State *L, const char *key, size_t keylen, const ch
 }
 
 /* core.aes_gcm_decrypt(key, nonce, aad, base64(ciphertext .. tag)) -> plaintext | nil, err, why
- * why: "malformed" when the input cannot be a sealed message (key size,
- * base64, shorter than the tag), "decrypt" when it does not open (another
- * key, altered bytes): the error kinds core.open_notification gives. */
+ * why: "decrypt" when the key is not an AES key (its size) or does not open
+ * the input (another key, altered bytes), "malformed" when the input cannot
+ * be a sealed message (base64, shorter than the tag): the error kinds
+ * core.open_notification gives. */
 static int l_aes_gcm_decrypt(lua_State *L) {
   size_t keylen, ivlen, aadlen, b64len;
   const char *key = luaL_checklstring(L, 1, &keylen);
@@ -180,7 +181,7 @@ static int l_aes_gcm_decrypt(lua_State *L) {
   int rc = wp_push_gcm_plaintext(L, key, keylen, iv, ivlen, aad, aadlen, b64, b64len, err);
   if (rc == 1) return 1;
   push_error(L, err);
-  if (rc == 0) lua_pushliteral(L, "decrypt");
+  if (rc == 0 || (keylen != 16 && keylen != 24 && keylen != 32)) lua_pushliteral(L, "decrypt");
   else lua_pushliteral(L, "malformed");
   return 3;
 }

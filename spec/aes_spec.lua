@@ -173,6 +173,11 @@ describe("wechatpay.aes", function()
       assert.is_nil(plaintext)
       assert.equal("decrypt", why)   -- altered associated data: it does not open
       assert.equal("{}", aes.decrypt_resource(apiv3_key, resource{}))
+      -- the core says the same without the Lua checks in front of it
+      local core = require("wechatpay.core")
+      assert.equal("decrypt", select(3, core.aes_gcm_decrypt("short", nonce, "", sealed)))
+      assert.equal("decrypt", select(3, core.aes_gcm_decrypt(("k"):rep(32), nonce, "transaction", sealed)))
+      assert.equal("malformed", select(3, core.aes_gcm_decrypt(apiv3_key, nonce, "transaction", "%%%%")))
     end)
 
     describe("refuses with nil and an error mentioning authentication", function()

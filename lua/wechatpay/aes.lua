@@ -71,14 +71,6 @@ function aes.gcm_decrypt(apiv3_key, nonce, associated_data, ciphertext, opts)
   return core.aes_gcm_decrypt(apiv3_key, nonce, associated_data or "", ciphertext)
 end
 
---- decrypt_resource(key, resource [, opts]) -> plaintext | nil, err, why
--- A resource object of a callback or certificate download:
--- { algorithm = "AEAD_AES_256_GCM", nonce, associated_data, ciphertext }.
--- The rules and the why of core.open_notification (which reads a
--- callback's resource straight from its bytes): "malformed" for another
--- algorithm, a missing or empty nonce or ciphertext, associated_data not a
--- string (absent or JSON null reads as ""), bad base64; "decrypt" when the
--- key does not open it.
 -- what a resource's field is when it is not a non-empty string
 local function shape(value)
   if value == "" then return "empty" end
@@ -87,6 +79,14 @@ local function shape(value)
   return type(value)
 end
 
+--- decrypt_resource(key, resource [, opts]) -> plaintext | nil, err, why
+-- A resource object of a callback or certificate download:
+-- { algorithm = "AEAD_AES_256_GCM", nonce, associated_data, ciphertext }.
+-- The rules and the why of core.open_notification (which reads a
+-- callback's resource straight from its bytes): "malformed" for another
+-- algorithm, a missing or empty nonce or ciphertext, associated_data not a
+-- string (absent or JSON null reads as ""), bad base64; "decrypt" when the
+-- key does not open it.
 function aes.decrypt_resource(apiv3_key, resource, opts)
   if type(resource) ~= "table" then
     return nil, "resource must be a table with nonce, associated_data and ciphertext", "malformed"
