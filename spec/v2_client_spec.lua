@@ -286,6 +286,8 @@ describe("APIv2 requests as sent", function()
         "not supported yet" },
       { function() client:chain("v2/pay/downloadfundflow"):post{ xml = { bill_date = "20261126" } } end,
         "not supported yet" },
+      { function() client:chain("v2/sandboxnew/pay/downloadbill/"):post{ xml = { bill_date = "20261126" } } end,
+        "not supported yet" },
     }
     for _, case in ipairs(cases) do
       local ok, err = pcall(case[1])

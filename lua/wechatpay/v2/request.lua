@@ -32,6 +32,7 @@ local IDEMPOTENCY_FIELDS = { "out_trade_no", "mch_billno", "out_refund_no" }
 local NOT_XML = {
   ["pay/downloadbill"] = "a CSV (or gzip) bill",
   ["pay/downloadfundflow"] = "a CSV (or gzip) fund flow",
+  ["sandboxnew/pay/downloadbill"] = "a CSV (or gzip) bill",
 }
 
 -- Endpoints that name the merchant `mchid` (with mch_appid), not mch_id:
