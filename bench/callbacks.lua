@@ -74,30 +74,25 @@ local function callback(resource, pad)
     signature_nonce = signature_nonce, signature = signature }
 end
 
--- A payment result shaped as WeChat Pay documents it (a promotion with two
--- goods: 50 members in 6 objects), its attach filled up to 1 KiB.
-local payment = callback({
-  mchid = "1230000109", appid = "wxd678efh567hg6787", out_trade_no = "1217752501201407033233368018",
-  transaction_id = "1217752501201407033233368018", trade_type = "JSAPI", trade_state = "SUCCESS",
-  trade_state_desc = "支付成功", bank_type = "CMC", success_time = "2018-06-08T10:34:56+08:00",
-  payer = { openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" },
-  amount = { total = 100, payer_total = 90, currency = "CNY", payer_currency = "CNY" },
-  scene_info = { device_id = "013467007045764" },
-  promotion_detail = { { coupon_id = "109519", name = "单品惠-6", scope = "SINGLE", type = "CASH",
-    stock_id = "931386", amount = 10, wechatpay_contribute = 0, merchant_contribute = 10, other_contribute = 0,
-    currency = "CNY", goods_detail = {
-      { goods_id = "M1006", quantity = 1, unit_price = 100, discount_amount = 10, goods_remark = "商品备注信息" },
-      { goods_id = "M1007", quantity = 2, unit_price = 50, discount_amount = 0, goods_remark = "" } } } },
-}, "attach")
+-- A payment result shaped as WeChat Pay documents it, paid `payer_total`
+-- of 100 fen; `promotion` adds its promotion_detail.
+local function payment_result(payer_total, promotion)
+  return { mchid = "1230000109", appid = "wxd678efh567hg6787", out_trade_no = "1217752501201407033233368018",
+    transaction_id = "1217752501201407033233368018", trade_type = "JSAPI", trade_state = "SUCCESS",
+    trade_state_desc = "支付成功", bank_type = "CMC", success_time = "2018-06-08T10:34:56+08:00",
+    payer = { openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" },
+    amount = { total = 100, payer_total = payer_total, currency = "CNY", payer_currency = "CNY" },
+    scene_info = { device_id = "013467007045764" }, promotion_detail = promotion }
+end
+-- With a coupon: a promotion with two goods, 50 members in 6 objects, its
+-- attach filled up to 1 KiB (the headline figure).
+local payment = callback(payment_result(90, { { coupon_id = "109519", name = "单品惠-6", scope = "SINGLE",
+  type = "CASH", stock_id = "931386", amount = 10, wechatpay_contribute = 0, merchant_contribute = 10,
+  other_contribute = 0, currency = "CNY", goods_detail = {
+    { goods_id = "M1006", quantity = 1, unit_price = 100, discount_amount = 10, goods_remark = "商品备注信息" },
+    { goods_id = "M1007", quantity = 2, unit_price = 50, discount_amount = 0, goods_remark = "" } } } }), "attach")
 -- The common payment result: no coupon, so no promotion_detail (17 members).
-local plain = callback({
-  mchid = "1230000109", appid = "wxd678efh567hg6787", out_trade_no = "1217752501201407033233368018",
-  transaction_id = "1217752501201407033233368018", trade_type = "JSAPI", trade_state = "SUCCESS",
-  trade_state_desc = "支付成功", bank_type = "CMC", success_time = "2018-06-08T10:34:56+08:00",
-  payer = { openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" },
-  amount = { total = 100, payer_total = 100, currency = "CNY", payer_currency = "CNY" },
-  scene_info = { device_id = "013467007045764" },
-}, "attach")
+local plain = callback(payment_result(100), "attach")
 -- The same 1 KiB as few members: one long attach (JSON work mostly scanning).
 local flat = callback({ out_trade_no = "1217752501201407033233368018", trade_state = "SUCCESS",
   amount = { total = 100, currency = "CNY" } }, "attach")
