@@ -234,6 +234,57 @@ describe("notification.handle", function()
     end
   end)
 
+  it("a handler's reason for failing reaches the log value, never the answer", function()
+    local headers, body = callback{ id = "EV-reason" }
+    local status, answer, err = handle(client, headers, body, function() return nil, "database down" end)
+    assert.equal(500, status)
+    assert.is_nil(answer:find("database", 1, true))
+    assert.matches("handler returned nil (database down) for event EV-reason", err.message, 1, true)
+  end)
+
+  it("a store that raises or fails never escapes the answer WeChat Pay expects", function()
+    local function store(fails)
+      local s = dedupe.lru()
+      local wrapped = {}
+      for _, method in ipairs{ "claim", "finish", "release" } do
+        wrapped[method] = function(_, ...)
+          local how = fails[method]
+          if how == "raise" then error("store " .. method .. " exploded") end
+          if how == "nil" then return nil, "store " .. method .. " unreachable" end
+          return s[method](s, ...)
+        end
+      end
+      return wrapped
+    end
+    local calls = 0
+    local function ok_handler() calls = calls + 1; return true end
+    for _, how in ipairs{ "raise", "nil" } do
+      -- claim: 500, the handler is not run
+      local headers, body = callback{ id = "EV-claim-" .. how }
+      local status, answer, err = handle(client, headers, body, ok_handler, { dedupe = store{ claim = how } })
+      assert.same({ 500, "the event store failed", 0 }, { status, cjson.decode(answer).message, calls })
+      assert.matches("store claim", err.message, 1, true)
+      -- finish: the work was done, so 204, with the store's failure as the fourth value
+      headers, body = callback{ id = "EV-finish-" .. how }
+      local event, store_err
+      status, answer, event, store_err = handle(client, headers, body, ok_handler, { dedupe = store{ finish = how } })
+      assert.same({ 204, "", 1 }, { status, answer, calls })
+      assert.equal("EV-finish-" .. how, event.id)
+      assert.matches("handled but not recorded as done (", store_err.message, 1, true)
+      assert.matches("store finish", store_err.message, 1, true)
+      calls = 0
+      -- release after a failing handler: still 500 FAIL, the handler's error kept and the store's added
+      headers, body = callback{ id = "EV-release-" .. how }
+      status, answer, err = handle(client, headers, body, function() error("database down") end,
+        { dedupe = store{ release = how } })
+      assert.equal(500, status)
+      assert.equal("the notification was not handled", cjson.decode(answer).message)
+      assert.matches("database down", err.message, 1, true)
+      assert.matches("failed to release the claim (", err.message, 1, true)
+      assert.matches("store release", err.message, 1, true)
+    end
+  end)
+
   it("a delivery that arrives while another of the same id is being handled gets 503 and no second call", function()
     local calls, inner = 0, nil
     local headers, body = callback{ id = "EV-at-once" }
@@ -285,6 +336,22 @@ describe("dedupe stores", function()
   it("the LRU: claim, busy, release, done, expiry", function()
     local clock = { now = 0 }
     claims(dedupe.lru{ clock = function() return clock.now end }, clock)
+  end)
+
+  it("the LRU never drops a claim whose handler still runs, only expired or done ids", function()
+    local clock = { now = 0 }
+    local store = dedupe.lru{ size = 2, clock = function() return clock.now end }
+    for _, id in ipairs{ "1", "2", "3" } do assert.equal("new", store:claim(id, 10)) end
+    assert.equal(3, store:entries())              -- over size while all three run
+    for _, id in ipairs{ "1", "2", "3" } do assert.equal("busy", store:claim(id, 10)) end
+    store:finish("2")
+    assert.equal("new", store:claim("4", 10))     -- "2", done, makes room; "1" and "3" still run
+    assert.equal(3, store:entries())
+    assert.equal("busy", store:claim("1", 10))
+    assert.equal("new", store:claim("2", 10))
+    clock.now = 11                                -- the claims expired: their handlers died
+    assert.equal("new", store:claim("5", 10))
+    assert.equal(2, store:entries())
   end)
 
   it("the LRU keeps at most size ids, dropping the least recently used", function()

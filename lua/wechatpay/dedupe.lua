@@ -74,10 +74,19 @@ function Lru:claim(id, claim_ttl)
   push_front(self.head, node)
   self.count = self.count + 1
   if self.count > self.size then
-    local last = self.head.prev
-    unlink(last)
-    self.map[last.id] = nil
-    self.count = self.count - 1
+    -- the least recently used ids that no handler is running for: dropping
+    -- a live claim would let a redelivery run the handler a second time (so
+    -- while every id is busy, the store holds more than size for a moment)
+    local now, last = self.clock(), self.head.prev
+    while self.count > self.size and last ~= self.head do
+      local newer = last.prev
+      if last.state ~= "busy" or last.expires <= now then
+        unlink(last)
+        self.map[last.id] = nil
+        self.count = self.count - 1
+      end
+      last = newer
+    end
   end
   return "new"
 end
@@ -123,9 +132,18 @@ function dedupe.shared_dict(dict, opts)
   return setmetatable({ dict = dict, prefix = (opts and opts.prefix) or "wechatpay:event:" }, Dict)
 end
 
+-- A full dict makes room by evicting other entries (forcible): a busy
+-- claim or a done id among them would let a redelivery run again.
+local function crowded(forcible)
+  if forcible and ngx and ngx.log then
+    ngx.log(ngx.WARN, "wechatpay: the dedupe shared dict is full and evicted entries: make it larger")
+  end
+end
+
 function Dict:claim(id, claim_ttl)
   local key = self.prefix .. id
-  local ok, err = self.dict:add(key, "busy", claim_ttl or dedupe.CLAIM_TTL)
+  local ok, err, forcible = self.dict:add(key, "busy", claim_ttl or dedupe.CLAIM_TTL)
+  crowded(forcible)
   if ok then return "new" end
   if err ~= "exists" then return nil, "shared dict: " .. tostring(err) end
   local state = self.dict:get(key)
@@ -138,7 +156,8 @@ function Dict:claim(id, claim_ttl)
 end
 
 function Dict:finish(id, done_ttl)
-  local ok, err = self.dict:set(self.prefix .. id, "done", done_ttl or dedupe.DONE_TTL)
+  local ok, err, forcible = self.dict:set(self.prefix .. id, "done", done_ttl or dedupe.DONE_TTL)
+  crowded(forcible)
   if not ok then return nil, "shared dict: " .. tostring(err) end
   return true
 end

@@ -68,13 +68,32 @@ local function store_of(client, opts)
   return client:event_store()
 end
 
---- handle(client, headers, raw_body, handler [, opts]) -> status, body, event | err
+-- A dedupe store's method, called so that neither its raise nor its nil, err
+-- escapes the answer WeChat Pay expects: -> true, result | false, why.
+local function ask(store, method, ...)
+  local ok, result, why = pcall(store[method], store, ...)
+  if not ok then
+    if errors.is_interrupt(result) then error(result, 0) end
+    return false, tostring(result)
+  end
+  if result == nil and why ~= nil then return false, tostring(why) end
+  return true, result
+end
+
+-- at most n bytes of a value a handler or store gave, for a message
+local function said(value, n)
+  return (tostring(value):sub(1, n or 200))
+end
+
+--- handle(client, headers, raw_body, handler [, opts]) -> status, body, event | err [, store_err]
 -- Answers: 204 and no body when handled (or handled before); 401 when the
 -- callback does not verify and 400 when it is malformed (a redelivery
 -- would not help); 500 {"code":"FAIL",...} when it does not decrypt, when
 -- the handler fails, or 503 while another delivery of the same id is being
 -- handled: WeChat Pay delivers it again.  The third value is the event,
--- or the error, for the caller's log.
+-- or the error, for the caller's log.  A store that fails to record a
+-- handled event as done still gets 204 (the work was done; a redelivery
+-- would do it again), with that failure as a fourth value, for the log.
 -- opts: dedupe = store | false (default: an LRU per client),
 --       claim_ttl (60 s), done_ttl (25 h).
 function notification.handle(client, headers, raw_body, handler, opts)
@@ -96,29 +115,44 @@ function notification.handle(client, headers, raw_body, handler, opts)
     local status, body = fail(500, "the notification could not be decrypted")
     return status, body, err
   end
+  local id = event.id
   local store = store_of(client, opts)
   if store then
-    local claim, why = store:claim(event.id, opts.claim_ttl or dedupe.CLAIM_TTL, opts.done_ttl or dedupe.DONE_TTL)
-    if claim == "done" then return 204, "", event end
-    if claim == "busy" then
+    local asked, claim = ask(store, "claim", id, opts.claim_ttl or dedupe.CLAIM_TTL, opts.done_ttl or dedupe.DONE_TTL)
+    if asked and claim == "done" then return 204, "", event end
+    if asked and claim == "busy" then
       local status, body = fail(503, "this event is being handled by another delivery")
       return status, body, event
     end
-    if claim ~= "new" then
+    if not asked or claim ~= "new" then
       local status, body = fail(500, "the event store failed")
-      return status, body, errors.new("internal", "dedupe store: " .. tostring(why))
+      return status, body, errors.new("internal", "dedupe store: claim " .. (asked and "answered " or "failed: ")
+        .. said(claim), { event_id = id })
     end
   end
-  local ok, handled = pcall(handler, event)
+  local ok, handled, reason = pcall(handler, event)
   if not (ok and handled) then
-    if store then store:release(event.id) end
+    local released, why = true, nil
+    if store then released, why = ask(store, "release", id) end
     if not ok and errors.is_interrupt(handled) then error(handled, 0) end
     local status, body = fail(500, "the notification was not handled")
-    return status, body, ok and errors.new("internal", ("handler returned %s for event %s")
-      :format(tostring(handled), event.id:sub(1, 64)), { event_id = event.id })
-      or errors.from_raise(handled, "in the handler of event " .. event.id:sub(1, 64))
+    local failure = ok and errors.new("internal", ("handler returned %s%s for event %s")
+      :format(tostring(handled), reason ~= nil and " (" .. said(reason) .. ")" or "", id:sub(1, 64)), { event_id = id })
+      or errors.from_raise(handled, "in the handler of event " .. id:sub(1, 64))
+    if not released then
+      failure.message = failure.message .. "; and the dedupe store failed to release the claim (" .. said(why)
+        .. "): redeliveries get 503 until claim_ttl ends"
+    end
+    return status, body, failure
   end
-  if store then store:finish(event.id, opts.done_ttl or dedupe.DONE_TTL) end
+  if store then
+    local finished, why = ask(store, "finish", id, opts.done_ttl or dedupe.DONE_TTL)
+    if not finished then
+      return 204, "", event, errors.new("internal", ("dedupe store: event %s was handled but not recorded as "
+        .. "done (%s): a redelivery after claim_ttl would run the handler again"):format(id:sub(1, 64), said(why)),
+        { event_id = id })
+    end
+  end
   return 204, "", event
 end
 
