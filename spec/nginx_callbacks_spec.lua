@@ -35,8 +35,8 @@ describe("inside nginx, four workers: callbacks and shared certificates", functi
   end
 
   -- Delivers a notification and waits until the mock is done with it.
-  local function deliver(spec)
-    local n, id = server:notify(url, spec)
+  local function deliver(spec, to)
+    local n, id = server:notify(to or url, spec)
     local deadline = socket.gettime() + 10
     local record
     repeat
@@ -107,6 +107,13 @@ describe("inside nginx, four workers: callbacks and shared certificates", functi
     -- the log says why in words
     local log = app:error_log()
     assert.truthy(log:find("answered 503: event " .. id .. " is being handled by another delivery", 1, true), log)
+  end)
+
+  it("without a dedupe store under four workers, the log says each worker remembers only its own events", function()
+    local _, statuses = deliver({ resource = { out_trade_no = "NGX-DEFAULT" } }, app:url("/notify?store=default"))
+    assert.same({ 204 }, statuses)
+    local log = app:error_log()
+    assert.truthy(log:find("notification without a dedupe store under 4 workers", 1, true), log)
   end)
 
   it("a handler failure answers 500 FAIL, releases the claim, and the redelivery is handled", function()

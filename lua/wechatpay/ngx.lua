@@ -70,6 +70,8 @@ local function answer(status, body)
   return ngx.exit(ngx.HTTP_OK)   -- the status is already sent
 end
 
+local warned_per_worker = false   -- the warning about a per-worker dedupe store, once
+
 local NOTIFICATION_OPTIONS = { dedupe = true, claim_ttl = true, done_ttl = true, max_body = true, log = true }
 
 --- notification(client, handler [, opts]): the whole content handler of a
@@ -103,8 +105,18 @@ function M.notification(client, handler, opts)
   end
   -- raw: the names as received; repeated headers arrive as tables, which
   -- verification refuses
+  if opts.dedupe == nil and not warned_per_worker and ngx.worker.count() > 1 then
+    -- the default store is one worker's memory: another worker would run a
+    -- redelivery of the same event again
+    warned_per_worker = true
+    ngx.log(ngx.WARN, "wechatpay: notification without a dedupe store under ", ngx.worker.count(), " workers: ",
+      "each worker remembers only its own events; give dedupe = wechatpay.dedupe.shared_dict(ngx.shared.NAME)")
+  end
   local headers = ngx.req.get_headers(100, true)
-  local status, text, detail = notification.handle(client, headers, body, handler, handle_opts)
+  local status, text, detail, store_err = notification.handle(client, headers, body, handler, handle_opts)
+  if store_err and opts.log ~= false then
+    ngx.log(ngx.WARN, "wechatpay: notification answered ", status, ": ", store_err.message)
+  end
   if status >= 400 and opts.log ~= false then
     local message = type(detail) == "table" and detail.message
     if not message and status == 503 and type(detail) == "table" and type(detail.id) == "string" then

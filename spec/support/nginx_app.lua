@@ -431,7 +431,7 @@ end
 --- /notify: the notify_url, one line of wechatpay.ngx.  The handler counts
 -- its calls per event id in app_results (all workers), sleeps for
 -- resource.sleep seconds, and fails when resource.fail is set, or for its
--- first resource.fail_times calls.
+-- first resource.fail_times calls.  ?store=default: no dedupe option.
 function app.notify()
   local wechatpay = require("wechatpay")
   wechatpay.ngx.notification(app.cb_client, function(event)
@@ -440,7 +440,7 @@ function app.notify()
     results():set("event:" .. event.id, cjson.encode{ resource = event.resource, pid = ngx.worker.pid() })
     if event.resource.fail_times and calls <= event.resource.fail_times then return false end
     return not event.resource.fail
-  end, { dedupe = wechatpay.dedupe.shared_dict(ngx.shared.wechatpay_events) })
+  end, { dedupe = ngx.var.arg_store ~= "default" and wechatpay.dedupe.shared_dict(ngx.shared.wechatpay_events) or nil })
 end
 
 --- The call a forbidden phase makes: -> the error message.
