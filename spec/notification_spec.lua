@@ -285,6 +285,30 @@ describe("notification.handle", function()
     end
   end)
 
+  it("a handler that outlives its claim and fails does not free the next delivery's claim", function()
+    local clock = { now = 0 }
+    local opts = { dedupe = dedupe.lru{ clock = function() return clock.now end }, claim_ttl = 60 }
+    local calls = 0
+    local h2, b2 = callback{ id = "EV-slow" }
+    local second = coroutine.create(function()
+      return handle(client, h2, b2, function() calls = calls + 1; coroutine.yield(); return true end, opts)
+    end)
+    local h1, b1 = callback{ id = "EV-slow" }
+    local status = handle(client, h1, b1, function()
+      calls = calls + 1
+      clock.now = clock.now + 61               -- past its claim: the redelivery takes the id
+      assert(coroutine.resume(second))         -- ... and its handler is running
+      return false
+    end, opts)
+    assert.equal(500, status)
+    local h3, b3 = callback{ id = "EV-slow" }
+    assert.equal(503, (handle(client, h3, b3, function() calls = calls + 1; return true end, opts)))
+    local resumed, second_status = coroutine.resume(second)
+    assert.is_true(resumed)
+    assert.equal(204, second_status)
+    assert.equal(2, calls)
+  end)
+
   it("a delivery that arrives while another of the same id is being handled gets 503 and no second call", function()
     local calls, inner = 0, nil
     local headers, body = callback{ id = "EV-at-once" }
@@ -331,6 +355,17 @@ describe("dedupe stores", function()
     assert.equal("new", store:claim("b", 10))
     clock.now = clock.now + 101
     assert.equal("new", store:claim("a", 10))
+    -- a handler that outlived its claim releases only its own: not the next delivery's
+    local first, second
+    first = select(2, store:claim("c", 10))
+    clock.now = clock.now + 11
+    second = select(2, store:claim("c", 10))
+    assert.is_not_nil(first)
+    assert.are_not.equal(first, second)
+    store:release("c", first)
+    assert.equal("busy", store:claim("c", 10))
+    store:release("c", second)
+    assert.equal("new", store:claim("c", 10))
   end
 
   it("the LRU: claim, busy, release, done, expiry", function()

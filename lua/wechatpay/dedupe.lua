@@ -3,12 +3,14 @@
 --
 -- A store is any object with three methods (wechatpay.notification.handle
 -- calls them; a Redis-backed one is in the README):
---   store:claim(id, claim_ttl, done_ttl) -> "new" | "busy" | "done" | nil, err
+--   store:claim(id, claim_ttl, done_ttl) -> "new" [, token] | "busy" | "done" | nil, err
 --       "new": the caller now holds a short in-progress claim (it expires
 --       after claim_ttl seconds, so a crashed handler cannot block the id for
 --       ever); "busy": another delivery holds the claim; "done": handled.
 --   store:finish(id, done_ttl)   the claim becomes "done" for done_ttl seconds
---   store:release(id)            the claim is dropped: a redelivery runs again
+--   store:release(id, token)     the claim is dropped: a redelivery runs again;
+--       only the claim `token` names, when the store gave one: a handler
+--       that outlived its claim must not drop the next delivery's
 -- Two deliveries of one id at once: only one claim returns "new".
 --
 --   dedupe.lru{ size = 10000 }          one process (the default)
@@ -38,7 +40,7 @@ function dedupe.lru(opts)
   end
   local head = {}
   head.prev, head.next = head, head
-  return setmetatable({ size = size, count = 0, map = {}, head = head,
+  return setmetatable({ size = size, count = 0, claims = 0, map = {}, head = head,
     clock = opts.clock or core.monotonic }, Lru)
 end
 
@@ -69,7 +71,8 @@ end
 function Lru:claim(id, claim_ttl)
   local node = self:get_live(id)
   if node then return node.state end
-  node = { id = id, state = "busy", expires = self.clock() + (claim_ttl or dedupe.CLAIM_TTL) }
+  self.claims = self.claims + 1
+  node = { id = id, state = "busy", token = self.claims, expires = self.clock() + (claim_ttl or dedupe.CLAIM_TTL) }
   self.map[id] = node
   push_front(self.head, node)
   self.count = self.count + 1
@@ -88,7 +91,7 @@ function Lru:claim(id, claim_ttl)
       last = newer
     end
   end
-  return "new"
+  return "new", node.token
 end
 
 function Lru:finish(id, done_ttl)
@@ -102,9 +105,9 @@ function Lru:finish(id, done_ttl)
   node.expires = self.clock() + (done_ttl or dedupe.DONE_TTL)
 end
 
-function Lru:release(id)
+function Lru:release(id, token)
   local node = self.map[id]
-  if node and node.state == "busy" then
+  if node and node.state == "busy" and (token == nil or node.token == token) then
     unlink(node)
     self.map[id] = nil
     self.count = self.count - 1
@@ -140,17 +143,20 @@ local function crowded(forcible)
   end
 end
 
+-- A claim's value names its holder ("busy " .. a random token), so that
+-- only its own delivery releases it; every value but "done" is busy.
 function Dict:claim(id, claim_ttl)
-  local key = self.prefix .. id
-  local ok, err, forcible = self.dict:add(key, "busy", claim_ttl or dedupe.CLAIM_TTL)
+  local key, busy = self.prefix .. id, "busy " .. core.nonce(16)
+  local ok, err, forcible = self.dict:add(key, busy, claim_ttl or dedupe.CLAIM_TTL)
   crowded(forcible)
-  if ok then return "new" end
+  if ok then return "new", busy end
   if err ~= "exists" then return nil, "shared dict: " .. tostring(err) end
   local state = self.dict:get(key)
   if state == nil then
     -- expired between add and get: try once more
-    ok = self.dict:add(key, "busy", claim_ttl or dedupe.CLAIM_TTL)
-    return ok and "new" or "busy"
+    ok = self.dict:add(key, busy, claim_ttl or dedupe.CLAIM_TTL)
+    if ok then return "new", busy end
+    return "busy"
   end
   return state == "done" and "done" or "busy"
 end
@@ -162,9 +168,10 @@ function Dict:finish(id, done_ttl)
   return true
 end
 
-function Dict:release(id)
+function Dict:release(id, token)
   local key = self.prefix .. id
-  if self.dict:get(key) == "busy" then self.dict:delete(key) end
+  local state = self.dict:get(key)
+  if state ~= nil and state ~= "done" and (token == nil or state == token) then self.dict:delete(key) end
 end
 
 --- true when value has the three methods of a store.

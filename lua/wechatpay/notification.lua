@@ -69,15 +69,15 @@ local function store_of(client, opts)
 end
 
 -- A dedupe store's method, called so that neither its raise nor its nil, err
--- escapes the answer WeChat Pay expects: -> true, result | false, why.
+-- escapes the answer WeChat Pay expects: -> true, result, second | false, why.
 local function ask(store, method, ...)
-  local ok, result, why = pcall(store[method], store, ...)
+  local ok, result, second = pcall(store[method], store, ...)
   if not ok then
     if errors.is_interrupt(result) then error(result, 0) end
     return false, tostring(result)
   end
-  if result == nil and why ~= nil then return false, tostring(why) end
-  return true, result
+  if result == nil and second ~= nil then return false, tostring(second) end
+  return true, result, second
 end
 
 -- at most n bytes of a value a handler or store gave, for a message
@@ -116,9 +116,10 @@ function notification.handle(client, headers, raw_body, handler, opts)
     return status, body, err
   end
   local id = event.id
-  local store = store_of(client, opts)
+  local store, token = store_of(client, opts), nil
   if store then
-    local asked, claim = ask(store, "claim", id, opts.claim_ttl or dedupe.CLAIM_TTL, opts.done_ttl or dedupe.DONE_TTL)
+    local asked, claim
+    asked, claim, token = ask(store, "claim", id, opts.claim_ttl or dedupe.CLAIM_TTL, opts.done_ttl or dedupe.DONE_TTL)
     if asked and claim == "done" then return 204, "", event end
     if asked and claim == "busy" then
       local status, body = fail(503, "this event is being handled by another delivery")
@@ -133,7 +134,7 @@ function notification.handle(client, headers, raw_body, handler, opts)
   local ok, handled, reason = pcall(handler, event)
   if not (ok and handled) then
     local released, why = true, nil
-    if store then released, why = ask(store, "release", id) end
+    if store then released, why = ask(store, "release", id, token) end
     if not ok and errors.is_interrupt(handled) then error(handled, 0) end
     local status, body = fail(500, "the notification was not handled")
     local failure = ok and errors.new("internal", ("handler returned %s%s for event %s")
