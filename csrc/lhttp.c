@@ -425,6 +425,19 @@ static int is_token(const char *s) {
   return 1;
 }
 
+/* An option curl did not take, for lack of memory or over its size limit
+ * (8 MB for a blob): the transfer must not run without it, as a CA bundle
+ * not taken would leave curl's default trust store in its place. */
+static int refuse_option(lua_State *L, session *s, transfer *t, const char *what, CURLcode rc) {
+  transfer_release(s, t);
+  return luaL_error(L, "cannot give the HTTP transfer its %s: %s", what, curl_easy_strerror(rc));
+}
+#define SET_OR_REFUSE(option, value, what)                                  \
+  do {                                                                      \
+    CURLcode set_rc = curl_easy_setopt(t->easy, option, value);             \
+    if (set_rc != CURLE_OK) return refuse_option(L, s, t, what, set_rc);    \
+  } while (0)
+
 /* s:submit(request) -> id.  Every argument is checked before curl is touched. */
 static int l_submit(lua_State *L) {
   session *s = check_session(L);
@@ -498,13 +511,13 @@ static int l_submit(lua_State *L) {
   if (t->stream && t->max_body > WP_STREAM_ERROR_BODY) t->max_body = WP_STREAM_ERROR_BODY;
   is_get = strcmp(method, "GET") == 0;
   is_head = strcmp(method, "HEAD") == 0;
-  curl_easy_setopt(t->easy, CURLOPT_URL, url);
+  SET_OR_REFUSE(CURLOPT_URL, url, "URL");
   /* the bytes signed are the bytes sent: no "/./" or "/../" squashing */
   curl_easy_setopt(t->easy, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "https,http");
   curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L);   /* a redirect is an answer, not a hop */
   curl_easy_setopt(t->easy, CURLOPT_REDIR_PROTOCOLS_STR, "https");
-  curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+  SET_OR_REFUSE(CURLOPT_HTTPHEADER, t->headers, "headers");
   curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -513,12 +526,12 @@ static int l_submit(lua_State *L) {
     blob.data = s->ca_pem;
     blob.len = s->ca_pem_len;
     blob.flags = CURL_BLOB_COPY;
-    curl_easy_setopt(t->easy, CURLOPT_CAINFO_BLOB, &blob);
+    SET_OR_REFUSE(CURLOPT_CAINFO_BLOB, &blob, "CA bundle (cafile)");
   } else if (s->cafile) {
-    curl_easy_setopt(t->easy, CURLOPT_CAINFO, s->cafile);
+    SET_OR_REFUSE(CURLOPT_CAINFO, s->cafile, "CA file");
   }
-  curl_easy_setopt(t->easy, CURLOPT_RESOLVE, s->resolve);
-  if (s->capath) curl_easy_setopt(t->easy, CURLOPT_CAPATH, s->capath);
+  SET_OR_REFUSE(CURLOPT_RESOLVE, s->resolve, "resolve pins");
+  if (s->capath) SET_OR_REFUSE(CURLOPT_CAPATH, s->capath, "CA directory (capath)");
   if (client_cert) {
     /* NOCOPY: the handle points at the session's buffers, which outlive
      * it: session_destroy cleans up every easy handle before it wipes and
@@ -546,7 +559,7 @@ static int l_submit(lua_State *L) {
     curl_easy_setopt(t->easy, CURLOPT_SSLKEYTYPE, s->client_key_der ? "DER" : "PEM");
     if (s->client_key_pass) curl_easy_setopt(t->easy, CURLOPT_KEYPASSWD, s->client_key_pass);
   }
-  if (s->proxy) curl_easy_setopt(t->easy, CURLOPT_PROXY, s->proxy);
+  if (s->proxy) SET_OR_REFUSE(CURLOPT_PROXY, s->proxy, "proxy");
   curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   curl_easy_setopt(t->easy, CURLOPT_MAXAGE_CONN, s->idle_timeout);
@@ -565,11 +578,11 @@ static int l_submit(lua_State *L) {
     curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
   } else if (body && (bodylen > 0 || !is_get)) {
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
-    curl_easy_setopt(t->easy, CURLOPT_COPYPOSTFIELDS, body);
-    if (strcmp(method, "POST") != 0) curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
+    SET_OR_REFUSE(CURLOPT_COPYPOSTFIELDS, body, "body");
+    if (strcmp(method, "POST") != 0) SET_OR_REFUSE(CURLOPT_CUSTOMREQUEST, method, "method");
   } else {
     curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
-    if (!is_get) curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
+    if (!is_get) SET_OR_REFUSE(CURLOPT_CUSTOMREQUEST, method, "method");
   }
   if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
     transfer_release(s, t);

@@ -150,6 +150,16 @@ describe("core.http_session", function()
       refused({ method = "GE T" }, "method")
     end)
 
+    it("refuses to run a request with a CA bundle curl did not take, rather than trust its default one", function()
+      -- curl takes no blob over 8 MB: without the check the transfer ran on the system's CAs
+      local big = core.http_session{ ca_pem = ("#"):rep(8 * 1000 * 1000 + 1) }
+      local ok, err = pcall(big.submit, big, { method = "GET", url = "https://127.0.0.1:9/" })
+      assert.is_false(ok)
+      assert.matches("cannot give the HTTP transfer its CA bundle (cafile)", err, 1, true)
+      assert.equal(0, big:pending())
+      big:close()
+    end)
+
     it("sends /./ and /../ in the path as they are", function()
       local res, got = exchange({ path = "/v3/a/./b/../c/%2e/d" }, OK)
       assert.equal(200, res.status)
