@@ -281,6 +281,29 @@ describe("the certificate manager", function()
     assert.equal(0, fetches)
   end)
 
+  it("shared store: a worker that takes the lock just as another's download ended loads instead of downloading", function()
+    local dir = ossl.tmpdir()
+    ossl.run(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/k.pem -out %s/c.pem -days 2 -subj /CN=wechatpay-spec")
+      :format(dir, dir))
+    local pem = ossl.read(dir .. "/c.pem")
+    local serial = ossl.run("openssl x509 -in " .. dir .. "/c.pem -noout -serial"):match("=(%x+)"):upper()
+    ossl.remove(dir)
+    local store = certificates.shared_dict_store(fake_dict())
+    -- the other worker saves and unlocks after this one looked at the store, before it locks
+    local lock = store.lock
+    store.lock = function(s, ttl) s:save(serial, pem); return lock(s, ttl) end
+    local fetches = 0
+    local m = certificates.manager{
+      keys = {}, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB", store = store,
+      fetch = function() fetches = fetches + 1; return promise.new() end,
+    }
+    local p = m:refresh_async(nil, true)
+    assert.equal("fulfilled", p.state)
+    assert.equal(0, fetches)
+    assert.truthy(m.keys[serial:gsub("^0+", "")] or m.keys[serial])
+    assert.is_false(store:locked())
+  end)
+
   it("shared store: max_age loads instead of downloading when another worker's download is recent", function()
     local dict = fake_dict()
     local store = certificates.shared_dict_store(dict)

@@ -394,6 +394,15 @@ function Manager:refresh_async(driver, auto, max_age)
       if not ok then error(added, 0) end
       return promise.resolved(loaded + added, driver)
     end
+    if self.store.lock and auto then
+      -- another worker's download may have ended (saved, then unlocked)
+      -- between the look above and taking the lock: look again
+      local late = self:load_store()
+      if late > 0 then
+        self.store:unlock()
+        return promise.resolved(loaded + late, driver)
+      end
+    end
   end
   self.last_attempt = self.clock()
   self.downloads = self.downloads + 1
