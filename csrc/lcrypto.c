@@ -137,7 +137,7 @@ int wp_push_gcm_plaintext(lua_State *L, const char *key, size_t keylen, const ch
   int top = lua_gettop(L), on_stack = WP_BASE64_DECODED_MAX(b64len) <= GCM_STACK_BYTES, opened;
   if (keylen != 16 && keylen != 24 && keylen != 32) {   /* before any work on the input */
     snprintf(err, WP_ERRLEN, "AES key must be 16, 24 or 32 bytes, got %d", (int)keylen);
-    return -1;
+    return 0;
   }
   ct = on_stack ? ctbuf : (unsigned char *)wp_scratch(L, WP_BASE64_DECODED_MAX(b64len));
   ctlen = wp_base64_decode(b64, b64len, ct);
@@ -181,7 +181,7 @@ static int l_aes_gcm_decrypt(lua_State *L) {
   int rc = wp_push_gcm_plaintext(L, key, keylen, iv, ivlen, aad, aadlen, b64, b64len, err);
   if (rc == 1) return 1;
   push_error(L, err);
-  if (rc == 0 || (keylen != 16 && keylen != 24 && keylen != 32)) lua_pushliteral(L, "decrypt");
+  if (rc == 0) lua_pushliteral(L, "decrypt");
   else lua_pushliteral(L, "malformed");
   return 3;
 }

@@ -42,8 +42,9 @@ int wp_nonce(char *out, size_t n, char *err);
 
 /* AEAD_AES_256_GCM as WeChat Pay uses it (tag appended, base64): pushes the
  * plaintext and returns 1; or, with err (WP_ERRLEN) set and the stack as it
- * was, returns -1 when the input cannot be a sealed message (key size,
- * base64, length) and 0 when it does not open (wrong key, altered data).
+ * was, returns -1 when the input cannot be a sealed message (base64, length)
+ * and 0 when it does not open with this key (not an AES key's size, another
+ * key, altered data).
  * Whatever was decrypted is wiped from scratch memory. */
 int wp_push_gcm_plaintext(lua_State *L, const char *key, size_t keylen, const char *iv, size_t ivlen,
                           const char *aad, size_t aadlen, const char *b64, size_t b64len, char *err);

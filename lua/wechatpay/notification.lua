@@ -80,9 +80,9 @@ local function ask(store, method, ...)
   return true, result, second
 end
 
--- at most n bytes of a value a handler or store gave, for a message
-local function said(value, n)
-  return (tostring(value):sub(1, n or 200))
+-- at most 200 bytes of a value a handler or store gave, for a message
+local function said(value)
+  return (tostring(value):sub(1, 200))
 end
 
 --- handle(client, headers, raw_body, handler [, opts]) -> status, body, event | err [, store_err]
