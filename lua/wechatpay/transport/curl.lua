@@ -125,7 +125,13 @@ end
 --- Runs transfers for up to `wait` seconds and dispatches what finished.
 -- A callback that raises does not lose the others' results: the first
 -- error is raised again once all are dispatched (an interrupt before any).
+-- An error that request() kept back is raised first, before anything runs.
 function curl_transport:step(wait)
+  local held = self.held_error
+  if held ~= nil then
+    self.held_error = nil
+    error(held, 0)
+  end
   local done = self.session:perform(wait or 0)
   local first_error, interrupt
   for i = 1, #done do
@@ -157,12 +163,22 @@ function curl_transport:step(wait)
   return #done
 end
 
+--- request(request) -> response | nil, err: submits one request and drives
+-- the transport until it is done.  Another transfer's callback may raise in
+-- the step that finishes this one: its error is kept and raised by the next
+-- step, so this caller still gets its answer (an interrupt goes up at once).
 function curl_transport:request(request)
   local result, failure, finished = nil, nil, false
   self:submit(request, function(res, err)
     result, failure, finished = res, err, true
   end)
-  while not finished do self:step(1) end
+  while not finished do
+    local ok, err = pcall(self.step, self, 1)
+    if not ok then
+      if not finished or errors.is_interrupt(err) then error(err, 0) end
+      if self.held_error == nil then self.held_error = err end
+    end
+  end
   return result, failure
 end
 
