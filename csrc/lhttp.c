@@ -371,9 +371,18 @@ static transfer *transfer_acquire(session *s) {
   return t;
 }
 
+/* Pushes t[name] from the table at the absolute index idx, without
+ * metamethods: no Lua code runs while a request or the options are read,
+ * so no string kept here by pointer can be collected under it (the table
+ * holds each one).  Requests and options are plain tables. */
+static void raw_field(lua_State *L, int idx, const char *name) {
+  lua_pushstring(L, name);
+  lua_rawget(L, idx);
+}
+
 static const char *opt_field_string(lua_State *L, int idx, const char *name, size_t *len) {
   const char *value;
-  lua_getfield(L, idx, name);
+  raw_field(L, idx, name);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); if (len) *len = 0; return NULL; }
   if (lua_type(L, -1) != LUA_TSTRING)
     luaL_error(L, "bad request field '%s' (string expected, got %s)", name, luaL_typename(L, -1));
@@ -396,7 +405,7 @@ static const char *opt_field_line(lua_State *L, int idx, const char *name) {
 static lua_Number opt_field_number(lua_State *L, int idx, const char *name, lua_Number lo, lua_Number hi,
                                    int whole, const char *what) {
   lua_Number v;
-  lua_getfield(L, idx, name);
+  raw_field(L, idx, name);
   v = lua_tonumber(L, -1);
   if (lua_type(L, -1) != LUA_TNUMBER || !(v >= lo && v <= hi) || (whole && v != (lua_Number)(long)v)) {
     const char *got = lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1);
@@ -409,7 +418,7 @@ static lua_Number opt_field_number(lua_State *L, int idx, const char *name, lua_
 
 /* Milliseconds for curl, from seconds: at least 1, as 0 means "no timeout". */
 static long opt_field_ms(lua_State *L, int idx, const char *name, long dflt) {
-  lua_getfield(L, idx, name);
+  raw_field(L, idx, name);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
   lua_pop(L, 1);
   return (long)(opt_field_number(L, idx, name, 0.001, WP_MAX_MS / 1000, 0, "request field") * 1000.0 + 0.5);
@@ -449,7 +458,7 @@ static int l_submit(lua_State *L) {
   int is_get, is_head, client_cert;
 
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_getfield(L, 2, "client_cert");
+  raw_field(L, 2, "client_cert");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
     return luaL_argerror(L, 2, "request field 'client_cert' must be a boolean");
   client_cert = lua_toboolean(L, -1);
@@ -463,7 +472,7 @@ static int l_submit(lua_State *L) {
   if (!is_token(method)) return luaL_argerror(L, 2, "request method must be an HTTP token such as \"GET\"");
   timeout_ms = opt_field_ms(L, 2, "timeout", 30000);
   connect_ms = opt_field_ms(L, 2, "connect_timeout", 5000);
-  lua_getfield(L, 2, "headers");
+  raw_field(L, 2, "headers");
   if (!lua_isnil(L, -1) && !lua_istable(L, -1))
     return luaL_argerror(L, 2, "request headers must be a list of \"Name: value\" strings");
   nheaders = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
@@ -505,7 +514,7 @@ static int l_submit(lua_State *L) {
   t->headers = headers;
   t->max_body = s->max_body;
   t->errbuf[0] = '\0';
-  lua_getfield(L, 2, "stream");
+  raw_field(L, 2, "stream");
   t->stream = lua_toboolean(L, -1);
   lua_pop(L, 1);
   if (t->stream && t->max_body > WP_STREAM_ERROR_BODY) t->max_body = WP_STREAM_ERROR_BODY;
@@ -844,11 +853,11 @@ static int l_http_session(lua_State *L) {
   size_t max_body = (size_t)WP_MAX_BODY_DEFAULT;
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   else { lua_settop(L, 0); lua_newtable(L); }
-  lua_getfield(L, 1, "max_connections");
+  raw_field(L, 1, "max_connections");
   if (!lua_isnil(L, -1)) max_conn = (long)opt_field_number(L, 1, "max_connections", 0, WP_MAX_CONNECTIONS, 1, "option");
-  lua_getfield(L, 1, "idle_timeout");
+  raw_field(L, 1, "idle_timeout");
   if (!lua_isnil(L, -1)) idle = (long)opt_field_number(L, 1, "idle_timeout", 1, WP_MAX_IDLE, 0, "option");
-  lua_getfield(L, 1, "max_body");
+  raw_field(L, 1, "max_body");
   if (!lua_isnil(L, -1)) max_body = (size_t)opt_field_number(L, 1, "max_body", 1, WP_MAX_BODY_LIMIT, 1, "option");
   lua_pop(L, 3);
 
@@ -895,7 +904,7 @@ static int l_http_session(lua_State *L) {
       s->client_key_pass = opt_dup(L, 1, "client_key_passphrase");
     }
   }
-  lua_getfield(L, 1, "resolve");
+  raw_field(L, 1, "resolve");
   if (!lua_isnil(L, -1)) {
     int i, n;
     luaL_argcheck(L, lua_istable(L, -1), 1, "option 'resolve' must be a list of \"host:port:address\"");

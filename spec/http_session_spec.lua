@@ -150,6 +150,28 @@ describe("core.http_session", function()
       refused({ method = "GE T" }, "method")
     end)
 
+    it("reads a request and the options raw: no metamethod runs (it could free a string in use)", function()
+      local ran = {}
+      -- fresh strings, and a collection at every later field: read through
+      -- __index, the url would be freed before curl is given it
+      local function behind_index(fields)
+        return setmetatable({}, { __index = function(_, name)
+          ran[#ran + 1] = name
+          collectgarbage()
+          local value = fields[name]
+          return type(value) == "string" and value:sub(1) or value
+        end })
+      end
+      local ok, err = pcall(session.submit, session,
+        behind_index{ method = "GET", url = "http://127.0.0.1:9/", timeout = 5 })
+      assert.is_false(ok)
+      assert.matches("request needs a method and a url", err, 1, true)
+      assert.equal(0, session:pending())
+      local other = core.http_session(behind_index{ cafile = "/nonexistent", max_body = 10 })
+      other:close()
+      assert.same({}, ran)
+    end)
+
     it("refuses to run a request with a CA bundle curl did not take, rather than trust its default one", function()
       -- curl takes no blob over 8 MB: without the check the transfer ran on the system's CAs
       local big = core.http_session{ ca_pem = ("#"):rep(8 * 1000 * 1000 + 1) }
