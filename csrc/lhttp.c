@@ -726,9 +726,7 @@ static void push_result(lua_State *L, transfer *t) {
   }
 }
 
-/* Hands a streamed transfer's buffered bytes to Lua and resumes it if the
- * write callback paused it: curl may call on_body again from
- * curl_easy_pause, into the buffer just emptied. */
+/* A streamed transfer's buffered bytes, as Lua sees them. */
 static void push_chunk(lua_State *L, transfer *t) {
   long status = 0;
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -739,6 +737,12 @@ static void push_chunk(lua_State *L, transfer *t) {
   lua_setfield(L, -2, "status");
   lua_pushlstring(L, t->body.data, t->body.len);
   lua_setfield(L, -2, "chunk");
+}
+
+/* Once its bytes are in Lua's hands: empties the buffer and resumes the
+ * transfer if the write callback paused it (curl may call on_body again
+ * from curl_easy_pause, into the buffer just emptied). */
+static void chunk_taken(transfer *t) {
   t->body.len = 0;
   if (t->paused) {
     t->paused = 0;
@@ -771,19 +775,24 @@ static int l_perform(lua_State *L) {
     collect_finished(s);
   }
   if (mc != CURLM_OK) return luaL_error(L, "HTTP transport failure: %s", curl_multi_strerror(mc));
-  lua_newtable(L);
+  /* The list is built whole before any transfer is released or any chunk
+   * emptied: a memory error while building it loses nothing, and the next
+   * perform reports the same transfers again.  Nothing calls curl between
+   * the two passes, so both see the same transfers. */
   n = 0;
+  for (t = s->transfers; t; t = t->next) n += t->finished || has_chunk(t);
+  lua_createtable(L, n, 0);
+  n = 0;
+  for (t = s->transfers; t; t = t->next) {
+    if (has_chunk(t)) push_chunk(L, t);
+    else if (t->finished) push_result(L, t);
+    else continue;
+    lua_rawseti(L, -2, ++n);
+  }
   for (t = s->transfers; t; t = next) {
     next = t->next;   /* an inherited transfer leaves the list when released */
-    if (has_chunk(t)) {
-      push_chunk(L, t);
-      lua_rawseti(L, -2, ++n);
-      continue;
-    }
-    if (!t->finished) continue;
-    push_result(L, t);
-    lua_rawseti(L, -2, ++n);
-    transfer_release(s, t);
+    if (has_chunk(t)) chunk_taken(t);
+    else if (t->finished) transfer_release(s, t);
   }
   return 1;
 }

@@ -3,7 +3,10 @@
  * Built with AddressSanitizer, it loads the sanitized wechatpay.core without
  * preloading ASan into the whole environment, where it would also reach
  * every program the specs start (openssl, curl, nginx) and change them.
- * Compiles against Lua 5.4 or LuaJIT.
+ * Compiles against Lua 5.4 or LuaJIT.  On Lua 5.4 the script also gets
+ * fail_allocation_after(n): the allocation after the next n fails, as when
+ * memory runs out (nil: none fails), for the specs of what a memory error
+ * must not lose; LuaJIT's 64-bit states take no allocator but their own.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +31,29 @@ static void on_sigint(int sig) {
   lua_sethook(running, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
+#if LUA_VERSION_NUM >= 504
+static long allocation_budget = -1;   /* negative: no limit */
+
+/* Only growth can fail: Lua counts on a block shrinking or freed in place. */
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if ((ptr == NULL || nsize > osize) && allocation_budget >= 0) {
+    if (allocation_budget == 0) return NULL;
+    allocation_budget--;
+  }
+  return realloc(ptr, nsize);
+}
+
+static int l_fail_allocation_after(lua_State *L) {
+  allocation_budget = lua_isnoneornil(L, 1) ? -1 : (long)luaL_checkinteger(L, 1);
+  return 0;
+}
+#endif
+
 /* The error as lua.c shows it: a string, what __tostring makes of an
  * error object, or its type; never a NULL for printf. */
 static const char *error_text(lua_State *L) {
@@ -48,9 +74,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s script.lua [args...]\n", argv[0]);
     return 2;
   }
+#if LUA_VERSION_NUM >= 504
+  L = lua_newstate(limited_alloc, NULL);
+#else
   L = luaL_newstate();
+#endif
   if (!L) return 1;
   luaL_openlibs(L);
+#if LUA_VERSION_NUM >= 504
+  lua_register(L, "fail_allocation_after", l_fail_allocation_after);
+#endif
   lua_createtable(L, argc, 2);   /* arg, as lua.c builds it */
   for (i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
