@@ -72,6 +72,16 @@ describe("APIv2 client against the mock", function()
     assert.equal(node.sign("HMAC-SHA256", fields, server.apiv2_key), fields.sign)
   end)
 
+  it("a value with carriage returns reaches WeChat Pay's XML parser as signed", function()
+    -- an XML parser reads CR LF and a lone CR as LF, in CDATA too: in CDATA
+    -- the mock (expat, as WeChat Pay's parser) would check the sign over other text
+    local body = "line one\r\nline two\rline <three> & ]]> four\n"
+    local xml = micropay_xml{ body = body }
+    local res = assert(client.v2.pay.micropay:post{ xml = xml })
+    assert.equal("SUCCESS", res:xml().result_code)
+    assert.equal(body, assert(server:v2_record("order", xml.out_trade_no)).body)
+  end)
+
   it("unifiedorder gives a prepay_id and a code_url for NATIVE", function()
     local xml = micropay_xml{ trade_type = "NATIVE", notify_url = "https://example.com/notify", auth_code = nil }
     local answer = assert(client.v2.pay.unifiedorder:post{ xml = xml }):xml()
@@ -269,6 +279,35 @@ describe("APIv2 requests as sent", function()
     _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
     assert.equal("verify", err.kind)
     assert.matches("not APIv2 XML", err.message)
+  end)
+
+  it("reads the red packet query's nested <hblist>, which only unsigned answers may have", function()
+    -- as WeChat Pay documents gethbinfo's answer for a group red packet
+    local body = "<xml><return_code><![CDATA[SUCCESS]]></return_code><result_code><![CDATA[SUCCESS]]></result_code>"
+      .. "<mch_billno><![CDATA[9010080799701411170000046603]]></mch_billno><status><![CDATA[RECEIVED]]></status>"
+      .. "<total_num>2</total_num><hblist>\n"
+      .. "<hbinfo><openid><![CDATA[oTkdqt1]]></openid><amount>100</amount>"
+      .. "<rcv_time><![CDATA[2015-04-21 20:00:00]]></rcv_time></hbinfo>\n"
+      .. "<hbinfo><openid><![CDATA[oTkdqt2]]></openid><amount>200</amount>"
+      .. "<rcv_time><![CDATA[2015-04-21 20:01:00]]></rcv_time></hbinfo>\n"
+      .. "</hblist></xml>"
+    local answers = { body, body:gsub("<hbinfo>.-</hbinfo>\n", "", 1), body }
+    local client = recording(function() return { status = 200, headers = {}, body = table.remove(answers, 1) } end)
+    local res = assert(client.v2.mmpaymkttransfers.gethbinfo:post{ xml = { mch_billno = "x", bill_type = "MCHT" } })
+    local fields = res:xml()
+    assert.equal("RECEIVED", fields.status)
+    assert.equal(2, #fields.hblist.hbinfo)
+    assert.same({ openid = "oTkdqt2", amount = "200", rcv_time = "2015-04-21 20:01:00" }, fields.hblist.hbinfo[2])
+    fields.hblist.hbinfo[1].amount = "0"   -- a copy
+    assert.equal("100", res:xml().hblist.hbinfo[1].amount)
+    -- one received packet is still a list of one
+    fields = assert(client.v2.mmpaymkttransfers.gethbinfo:post{ xml = { mch_billno = "x" } }):xml()
+    assert.equal(1, #fields.hblist.hbinfo)
+    assert.equal("oTkdqt2", fields.hblist.hbinfo[1].openid)
+    -- an endpoint that signs its answers has a flat <xml>
+    local _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
+    assert.equal("verify", err.kind)
+    assert.matches("<hbinfo> is nested", err.message, 1, true)
   end)
 
   it("raises on programmer errors before sending anything", function()

@@ -120,6 +120,25 @@ describe("v2 xml", function()
     assert.same({ a = "中文 é 😀" }, xml.fields{ a = "中文 é 😀" })
   end)
 
+  it("decodes nested elements only when asked: a record is always a list, text and elements never mix", function()
+    local nested = '<xml><a>1</a><list> <item><x>1</x><y/></item> <item><x>2</x></item> </list></xml>'
+    assert.matches("<item> is nested", select(2, xml.decode(nested)), 1, true)
+    assert.same({ a = "1", list = { item = { { x = "1", y = "" }, { x = "2" } } } },
+      xml.decode(nested, nil, nil, true))
+    for _, case in ipairs{
+      { "<xml><a><b>1</b><b>2</b></a></xml>", "<b> appears twice" },
+      { "<xml><a><b>1</b><b><c>2</c></b></a></xml>", "<b> appears twice" },
+      { "<xml><a><b><c>1</c></b><b>2</b></a></xml>", "<b> appears twice" },
+      { "<xml><a>text<b>1</b></a></xml>", "<a> holds text and elements" },
+      { "<xml><a><b>1</b>text</a></xml>", "<a> holds text and elements" },
+      { "<xml>" .. ("<a>"):rep(8) .. "1" .. ("</a>"):rep(8) .. "</xml>", "nested more than 8 deep" },
+    } do
+      local value, err = xml.decode(case[1], nil, nil, true)
+      assert.is_nil(value, case[2])
+      assert.matches(case[2], err, 1, true)
+    end
+  end)
+
   it("refuses DOCTYPE, entities, nesting, repeats, other roots, and oversize", function()
     local cases = {
       { '<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]><xml><x>&b;</x></xml>',

@@ -64,11 +64,17 @@ local methods = {}
 for k, v in pairs(base_mt.__index) do methods[k] = v end
 v2_mt.__index = methods
 
---- res:xml() -> a flat table of the answer's fields (a copy: change it freely)
-function methods.xml(self)
+local function copy_of(fields)
   local copy = {}
-  for k, v in pairs(self[FIELDS]) do copy[k] = v end
+  for k, v in pairs(fields) do copy[k] = type(v) == "table" and copy_of(v) or v end
   return copy
+end
+
+--- res:xml() -> the answer's fields, name -> string (a copy: change it
+-- freely).  The few unsigned answers that nest elements (gethbinfo's
+-- <hblist>) give those fields as tables, as xml.decode's `nested` says.
+function methods.xml(self)
+  return copy_of(self[FIELDS])
 end
 
 function v2_mt:__tostring()
@@ -92,18 +98,25 @@ function answer.check(apiv2_key, sign_type, raw, target)
   if res.status < 200 or res.status >= 300 then
     return fail("http", ("HTTP %d from %s"):format(res.status, where), res)
   end
-  local fields, why = xml.decode(res.body)
+  local unsigned = answer.UNSIGNED[where:gsub("/+$", "")]
+  -- only answers that may come unsigned nest elements: no sign covers those
+  local fields, why = xml.decode(res.body, nil, nil, unsigned)
   if not fields then
     return fail("verify", ("the answer of %s is not APIv2 XML: %s"):format(where, why), res)
   end
   -- the answer is signed as the request was: a sign_type in the answer is
   -- no more authenticated than the rest, so it cannot choose the check
   if fields.sign ~= nil then
-    if not sign.verify(fields, apiv2_key, sign_type) then
+    local signed = fields
+    if unsigned then
+      signed = {}
+      for k, v in pairs(fields) do if type(v) == "string" then signed[k] = v end end
+    end
+    if not sign.verify(signed, apiv2_key, sign_type) then
       return fail("verify", ("the answer of %s has a sign that does not verify with the APIv2 key (%s): "
         .. "body altered, or another key"):format(where, sign_type), res, fields)
     end
-  elseif fields.return_code == "SUCCESS" and not answer.UNSIGNED[where:gsub("/+$", "")] then
+  elseif fields.return_code == "SUCCESS" and not unsigned then
     return fail("verify", ("the answer of %s is SUCCESS without a sign: WeChat Pay signs it, so it was "
       .. "altered or is not from WeChat Pay"):format(where), res, fields)
   end

@@ -8,9 +8,10 @@
 -- Out: names are [A-Za-z0-9_]; values are strings or integers (written
 -- exactly, as WeChat Pay's amounts in fen are integers); anything else is
 -- a programmer error.  Every value is CDATA, a "]]>" inside it split over
--- two sections.  In: parsed by expat (Debian's lua-expat, `lxp`), with no
+-- two sections, but a value with a carriage return: escaped text, the CR as
+-- &#13;, so the parser at the other end reads the very bytes signed.  In: parsed by expat (Debian's lua-expat, `lxp`), with no
 -- DOCTYPE (so no entity of ours is ever declared or expanded), at most
--- MAX_BYTES, one level of elements under <xml>.
+-- MAX_BYTES, one level of elements under <xml> unless asked for more.
 local lxp = require("lxp")
 local errors = require("wechatpay.errors")
 local sign = require("wechatpay.v2.sign")
@@ -94,6 +95,8 @@ end
 -- Byte order whatever the locale, so the same fields give the same bytes.
 local bytewise = sign.bytewise
 
+local ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ["\r"] = "&#13;" }
+
 --- encode(fields) -> "<xml>...</xml>"; fields as xml.fields returns them.
 function xml.encode(fields)
   local names = {}
@@ -105,16 +108,33 @@ function xml.encode(fields)
     if type(name) ~= "string" or not name:find(NAME) or type(value) ~= "string" then
       errors.raise("xml.encode: give it what xml.fields returns (string names and values)")
     end
-    out[#out + 1] = "<" .. name .. "><![CDATA[" .. value:gsub("%]%]>", "]]]]><![CDATA[>") .. "]]></" .. name .. ">"
+    local text
+    if value:find("\r", 1, true) then
+      -- an XML parser reads a CR, in CDATA too, as a line feed: WeChat Pay
+      -- would check the sign over other text.  A character reference is
+      -- read back as the CR itself.
+      text = value:gsub("[&<>\r]", ESCAPES)
+    else
+      text = "<![CDATA[" .. value:gsub("%]%]>", "]]]]><![CDATA[>") .. "]]>"
+    end
+    out[#out + 1] = "<" .. name .. ">" .. text .. "</" .. name .. ">"
   end
   out[#out + 1] = "</xml>"
   return table.concat(out)
 end
 
---- decode(text [, max_bytes [, root]]) -> flat table | nil, why (never
--- raises on what arrives from the network).  root: the root element's name
--- ("xml"; a refund notification's req_info decrypts to a <root>).
-function xml.decode(text, max_bytes, root)
+--- decode(text [, max_bytes [, root [, nested]]]) -> table | nil, why
+-- (never raises on what arrives from the network).  root: the root
+-- element's name ("xml"; a refund notification's req_info decrypts to a
+-- <root>).  Each field under the root is a string.  nested: a field may
+-- hold elements (the few answers that have them, such as gethbinfo's
+-- <hblist>): it is then a table, in which an element that holds elements
+-- is always a list of its occurrences and any other is a string, e.g.
+-- fields.hblist.hbinfo[1].openid.  Without nested, a field holding
+-- elements is refused.
+xml.MAX_DEPTH = 8   -- elements within elements, the root counted
+
+function xml.decode(text, max_bytes, root, nested)
   root = root or "xml"
   if type(text) ~= "string" then return nil, "XML expected, got " .. type(text) end
   max_bytes = max_bytes or xml.MAX_BYTES
@@ -122,37 +142,68 @@ function xml.decode(text, max_bytes, root)
   if text:find("<!DOCTYPE", 1, true) or text:find("<!ENTITY", 1, true) then
     return nil, "XML with a DOCTYPE or ENTITY declaration is refused"
   end
-  local result, depth, current, seen_root, problem = {}, 0, nil, false, nil
-  local parts
+  -- open[d]: the element open at depth d (2 and deeper): its name, its text
+  -- pieces, and `inner` once it holds an element
+  local result, open, depth, seen_root, problem = {}, {}, 0, false, nil
   local function refuse(why)
     problem = problem or why
     error(why, 0)
   end
+  local function short(name) return name:sub(1, 40) end
   local parser = lxp.new({
     StartDoctypeDecl = function() refuse("XML with a DOCTYPE is refused") end,
     EntityDecl = function() refuse("XML with an ENTITY declaration is refused") end,
     StartElement = function(_, name)
       depth = depth + 1
       if depth == 1 then
-        if name ~= root then refuse(("the root element is <%s>, not <%s>"):format(name:sub(1, 40), root)) end
+        if name ~= root then refuse(("the root element is <%s>, not <%s>"):format(short(name), root)) end
         seen_root = true
-      elseif depth == 2 then
-        if result[name] ~= nil then refuse(("<%s> appears twice"):format(name:sub(1, 40))) end
-        current, parts = name, {}
-      else
-        refuse(("<%s> is nested: an APIv2 answer is a flat <xml>"):format(name:sub(1, 40)))
+        return
       end
+      if depth == 2 then
+        if result[name] ~= nil then refuse(("<%s> appears twice"):format(short(name))) end
+      elseif not nested then
+        refuse(("<%s> is nested: an APIv2 answer is a flat <xml>"):format(short(name)))
+      elseif depth > xml.MAX_DEPTH then
+        refuse(("<%s> is nested more than %d deep"):format(short(name), xml.MAX_DEPTH))
+      else
+        local parent = open[depth - 1]
+        if table.concat(parent.parts):find("%S") then refuse(("<%s> holds text and elements"):format(short(parent.name))) end
+        parent.inner = parent.inner or {}
+      end
+      open[depth] = { name = name, parts = {} }
     end,
     EndElement = function()
-      if depth == 2 then
-        result[current] = table.concat(parts)
-        current, parts = nil, nil
+      if depth >= 2 then
+        local element = open[depth]
+        open[depth] = nil
+        local value = element.inner or table.concat(element.parts)
+        if depth == 2 then
+          result[element.name] = value
+        else
+          local siblings = open[depth - 1].inner
+          local name = element.name
+          if element.inner then
+            if siblings[name] ~= nil and type(siblings[name]) ~= "table" then
+              refuse(("<%s> appears twice"):format(short(name)))
+            end
+            local list = siblings[name] or {}
+            list[#list + 1] = value
+            siblings[name] = list
+          elseif siblings[name] ~= nil then
+            refuse(("<%s> appears twice"):format(short(name)))
+          else
+            siblings[name] = value
+          end
+        end
       end
       depth = depth - 1
     end,
     CharacterData = function(_, data)
-      if depth == 2 then
-        parts[#parts + 1] = data
+      local element = open[depth]
+      if element then
+        if element.inner and data:find("%S") then refuse(("<%s> holds text and elements"):format(short(element.name))) end
+        element.parts[#element.parts + 1] = data
       elseif data:find("%S") then
         refuse("text outside the fields of <xml>")
       end
