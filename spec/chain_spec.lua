@@ -48,6 +48,62 @@ describe("chained calls", function()
     assert.equal("/v3/a/%E5%BC%A0%E4%B8%89", target_of(last()))
   end)
 
+  it("keeps an indexed id one literal segment: no /, escape or brace of its own reaches the path", function()
+    client.v3.multiuse.users["a/b"].coupons:get()
+    assert.equal("/v3/multiuse/users/a%2Fb/coupons", target_of(last()))
+    client.v3.multiuse.users["%2e%2e"].coupons:get()
+    assert.equal("/v3/multiuse/users/%252e%252e/coupons", target_of(last()))
+    client.v3.multiuse.users["a{b}?c#d e"].coupons:get()
+    assert.equal("/v3/multiuse/users/a%7Bb%7D%3Fc%23d%20e/coupons", target_of(last()))
+    -- templates as wechatpay-php writes them stay templates
+    client.v3.multiuse.users["{openid}"].coupons:get{ openid = "o1" }
+    assert.equal("/v3/multiuse/users/o1/coupons", target_of(last()))
+    assert.has_error(function() client.v3.multiuse.users[".."].coupons:get() end)
+  end)
+
+  it("reaches segments named after verbs, and endpoints that end in /", function()
+    client.v3.profitsharing.receivers.delete:post{ json = { type = "MERCHANT_ID" } }
+    assert.equal("POST", last().method)
+    assert.equal("/v3/profitsharing/receivers/delete", target_of(last()))
+    client.v3.profitsharing.receivers:delete()
+    assert.equal("DELETE", last().method)
+    assert.equal("/v3/profitsharing/receivers", target_of(last()))
+    client.v3.x.get:get()
+    assert.equal("GET", last().method)
+    assert.equal("/v3/x/get", target_of(last()))
+    assert.has_error(function() client.v3.x.post{ json = {} } end, "post: call it with a colon: node:post{...}")
+    assert.has_error(function() client.v3.x.y() end)
+    -- POST /v3/applyment4sub/applyment/ answers 404 without its slash
+    client["v3/applyment4sub/applyment/"]:post{ json = {} }
+    assert.equal("/v3/applyment4sub/applyment/", target_of(last()))
+    client:chain("v3/applyment4sub/applyment/"):post{ json = {} }
+    assert.equal("/v3/applyment4sub/applyment/", target_of(last()))
+    client:request("POST", "/v3/ecommerce/applyments/", { json = {} })
+    assert.equal("/v3/ecommerce/applyments/", target_of(last()))
+    client:chain("v3/applyment4sub/applyment/"):get{ query = { a = 1 } }
+    assert.equal("/v3/applyment4sub/applyment/?a=1", target_of(last()))
+  end)
+
+  it("sends a whole number given as a float as an integer, in a path variable as elsewhere", function()
+    local stock_id = 9856000.0   -- as lua-cjson decodes an id on Lua 5.4
+    client:chain("v3/multiuse/stocks/{stock_id}/use-flow"):get{ stock_id = stock_id }
+    assert.equal("/v3/multiuse/stocks/9856000/use-flow", target_of(last()))
+    client.v3.multiuse.stocks[stock_id]["use-flow"]:get()
+    assert.equal("/v3/multiuse/stocks/9856000/use-flow", target_of(last()))
+    assert.has_error(function() client:chain("v3/x/{id}"):get{ id = 0 / 0 } end)
+  end)
+
+  it("sends the method in upper case, as it is signed, and refuses one WeChat Pay has no use for", function()
+    client:request("post", "/v3/x", { json = {} })
+    assert.equal("POST", last().method)
+    local auth
+    for _, h in ipairs(last().headers) do auth = auth or h:match("^Authorization: (.*)$") end
+    local _, _, signed_upper = merchant.check_authorization(auth, "POST", "/v3/x", "{}")
+    assert.is_true(signed_upper)
+    assert.has_error(function() client:request("TRACE", "/v3/x") end,
+      'client:request: method must be GET, POST, PUT, PATCH or DELETE, got "TRACE"')
+  end)
+
   it("works with Lua keywords and dashes as segments", function()
     client.v3["merchant-service"]["return"]:get()
     assert.equal("/v3/merchant-service/return", target_of(last()))

@@ -200,8 +200,14 @@ describe("hardening", function()
       local n = #transport.requests
       for _, bad in ipairs{ 123456789012345, 2 ^ 53, 1e15 + 1 } do
         refused(function() client:chain("v3/x"):post{ json = { detail = { amount = bad } } } end,
-          "json body%.detail%.amount = %d+ cannot be sent exactly")
+          "json body%.detail%.amount is a number lua%-cjson cannot send exactly")
       end
+      -- the field is named, its value never shown: it may be an ID number
+      local ok, err = pcall(function() client:chain("v3/x"):post{ json = { id_card_number = 110105194912310020 } } end)
+      assert.is_false(ok)
+      assert.matches("json body.id_card_number is a number", tostring(err), 1, true)
+      assert.not_matches("1101051949", tostring(err), 1, true)
+      assert.not_matches("1.101", tostring(err), 1, true)
       refused(function() client:chain("v3/x"):post{ json = { f = function() end } } end, "json cannot be encoded")
       assert.equal(n, #transport.requests)
     end)

@@ -351,7 +351,7 @@ describe("media upload", function()
       raises({ file = { content = png, filename = "a.png" }, headers = { ["content-type"] = "image/png" } },
         "set by the client for a file upload")
       assert.equal(before, server:stats().requests)
-      assert.is_function(node.post)
+      assert.truthy(getmetatable(node.post).__call)   -- the node still answers :post
     end)
   end)
 

@@ -393,7 +393,14 @@ end
 --- client:request_async(method, path, options) -> promise of the response
 -- Raises on a programmer error (an unknown option, a missing path
 -- variable) before anything is queued; every other failure rejects.
+local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true }
+
 function methods.request_async(self, method, path, opts)
+  if type(method) ~= "string" or not METHODS[method:upper()] then
+    errors.raise(("client:request: method must be GET, POST, PUT, PATCH or DELETE, got %s")
+      :format(type(method) == "string" and ("%q"):format(method:sub(1, 16)) or type(method)))
+  end
+  method = method:upper()   -- what is signed is what is sent: never a lower-case "post"
   local state = self[STATE]
   local settings, certs = state.settings, state.certs
   if v2request.is_v2(path) then

@@ -49,7 +49,13 @@ local function template_value(path, name, opts)
   if type(value) ~= "string" and type(value) ~= "number" then
     raise(("path variable '%s' must be a string or number, got %s"):format(name, type(value)))
   end
-  value = tostring(value)
+  if type(value) == "number" then
+    -- a decoded JSON id is a float on Lua 5.4: 9856000, never "9856000.0"
+    if value ~= value or value == math.huge or value == -math.huge then
+      raise(("path variable '%s' is not a finite number"):format(name))
+    end
+    value = (value % 1 == 0 and math.abs(value) < 2 ^ 53) and ("%.0f"):format(value) or ("%.17g"):format(value)
+  end
   if value == "" then raise(("path variable '%s' is empty"):format(name)) end
   return value
 end
@@ -106,13 +112,25 @@ function request.template_names(path)
   return names
 end
 
---- expand(path, opts) -> "/v3/..." as sent and signed.
+--- expand(path, opts) -> "/v3/..." as sent and signed.  A trailing "/"
+-- stays: a few endpoints end in one (POST /v3/applyment4sub/applyment/),
+-- and without it WeChat Pay answers 404.
 function request.expand(path, opts)
   local out = {}
   for segment in path:gmatch("[^/]+") do
     out[#out + 1] = expand_segment(path, segment, opts)
   end
-  return "/" .. table.concat(out, "/")
+  local trailing = (#out > 0 and path:find("/$")) and "/" or ""
+  return "/" .. table.concat(out, "/") .. trailing
+end
+
+--- segment(value) -> value as one literal path segment: every byte a
+-- segment may not hold as data ("/", "%", "?", "#", braces, spaces,
+-- non-ASCII...) percent-encoded, so an id indexed into a chain can never
+-- add a segment, start a template or carry an escape the server decodes.
+local ENCODE_DATA = "[^%w%-%._~!%$&'%(%)%*%+,;=:@]"
+function request.segment(value)
+  return percent_encode(value, ENCODE_DATA)
 end
 
 -- A byte a raw query string may not hold as it is (outside RFC 3986's
@@ -212,8 +230,9 @@ local function check_numbers(value, where, depth)
     local tv = type(v)
     if tv == "number" then
       if v == v and v ~= math.huge and v ~= -math.huge and tonumber(JSON_FORMAT:format(v)) ~= v then
-        raise(("json %s.%s = %s cannot be sent exactly: lua-cjson writes %d significant digits; "
-          .. "give it as a string"):format(where, tostring(k), ("%.17g"):format(v), JSON_DIGITS))
+        -- the field named, never its value: it may be an ID number
+        raise(("json %s.%s is a number lua-cjson cannot send exactly (it writes %d significant digits): "
+          .. "give it as a string"):format(where, tostring(k), JSON_DIGITS))
       end
     elseif tv == "table" then
       check_numbers(v, where .. "." .. tostring(k), depth + 1)

@@ -126,7 +126,7 @@ function v2request.prepare(settings, method, path, opts)
   if opts.timeout ~= nil then timeout = config.number(opts.timeout, "timeout", config.RANGES.timeout, "request") end
   return {
     method = method,
-    target = request.expand(v2path, opts),
+    target = request.expand((v2path:gsub("/+$", "")), opts),   -- no APIv2 endpoint ends in "/"
     body = xml.encode(fields),
     headers = header_lines(settings, opts.headers),
     timeout = timeout,
