@@ -39,6 +39,23 @@ describe("platform certificates", function()
     assert.equal(table.concat(want, " "), ids(client))
   end)
 
+  it("encryption moves to the certificate that expires last once a refresh brings it", function()
+    -- a merchant on certificates whose configured one is the older
+    local client = server:client{ timeout = 3, retry = false,
+      certs = { [server.platform_cert_old_serial] = "file://" .. server.dir .. "/platform_cert_old.pem" } }
+    assert.equal(server.platform_cert_old_serial, client.platform_key_id)
+    assert(client:refresh_certificates())
+    assert.equal(server.platform_cert_serial, client.platform_key_id)
+    local ciphertext, id = assert(client:encrypt("张三"))
+    assert.equal(server.platform_cert_serial, id)
+    -- the private key of that certificate opens it (openssl, not us)
+    ossl.write(server.dir .. "/encrypted.b64", ciphertext)
+    local plain = ossl.run("openssl base64 -d -A -in " .. ossl.quote(server.dir .. "/encrypted.b64")
+      .. " | openssl pkeyutl -decrypt -inkey " .. ossl.quote(server.dir .. "/platform_cert_key.pem")
+      .. " -pkeyopt rsa_padding_mode:oaep")
+    assert.equal("张三", plain)
+  end)
+
   it("a failed refresh drops no key; a wrong APIv3 key is a decrypt error", function()
     local client = server:client{ timeout = 3, retry = false }
     assert.equal(2, client:refresh_certificates())

@@ -148,8 +148,11 @@ function client.new(opts)
       fetch = function(check) return send_async(self, "GET", certificates.PATH, nil, check) end,
       -- inside nginx, a request or timer may wait for another worker's download
       sleeper = function() return nginx.mode() == "cosocket" and ngx.sleep or nil end,
+      -- picked again at every change: a certificate that expires later
+      -- takes over encryption (and the default Wechatpay-Serial) before
+      -- the one in use expires
       on_change = function()
-        settings.encryption_key_id = settings.encryption_key_id or config.pick_encryption_key(settings.platform_keys)
+        settings.encryption_key_id = config.pick_encryption_key(settings.platform_keys)
       end,
     }
   end
