@@ -59,6 +59,14 @@ describe("chained calls", function()
     client.v3.multiuse.users["{openid}"].coupons:get{ openid = "o1" }
     assert.equal("/v3/multiuse/users/o1/coupons", target_of(last()))
     assert.has_error(function() client.v3.multiuse.users[".."].coupons:get() end)
+    -- a query pasted into a path string is refused, not sent as part of the path
+    local n = #transport.requests
+    for _, path in ipairs{ "v3/pay/transactions/id/42?mchid=1", "v3/x#y" } do
+      local ok, err = pcall(function() client[path]:get() end)
+      assert.is_false(ok)
+      assert.matches("give the query as the request option query", tostring(err), 1, true)
+    end
+    assert.equal(n, #transport.requests)
   end)
 
   it("reaches segments named after verbs, and endpoints that end in /", function()

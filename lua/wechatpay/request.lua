@@ -64,6 +64,12 @@ local function literal(path, piece)
   if piece:find("[{}]") then
     raise(("malformed path template in %s: unmatched brace in '%s'"):format(path, piece))
   end
+  -- sent encoded, it would reach another resource than the one meant
+  local mark = piece:match("[?#]")
+  if mark then
+    raise(("path %s holds a '%s': give the query as the request option query = { ... } (or a string)")
+      :format(path, mark))
+  end
   return encode_bare_percent(percent_encode(piece, ENCODE_LITERAL))
 end
 
