@@ -259,6 +259,8 @@ describe("APIv2 requests as sent", function()
       { status = 200, headers = {}, body = unsigned },
       { status = 200, headers = {}, body = unsigned },
       { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = unsigned },
+      { status = 200, headers = {}, body = unsigned },
       { status = 200, headers = {}, body = "<xml><return_code>FAIL</return_code><return_msg>签名错误</return_msg></xml>" },
       { status = 200, headers = {}, body = '{"code":"SUCCESS"}' },
     }
@@ -272,6 +274,8 @@ describe("APIv2 requests as sent", function()
     -- a transfer to a bank card that went through must not read as a failure
     assert(client.v2.mmpaymkttransfers.pay_bank:post{ xml = { partner_trade_no = "x" } })
     assert(client["v2/mmpaymkttransfers/query_bank/"]:post{ xml = { partner_trade_no = "x" } })
+    assert(client.v2.mmpaysptrans.pay_bank:post{ xml = { partner_trade_no = "x" } })
+    assert(client.v2.mmpaysptrans.query_bank:post{ xml = { partner_trade_no = "x" } })
     -- a FAIL answer comes unsigned from every endpoint: its words are kept
     _, err = client.v2.pay.orderquery:post{ xml = { out_trade_no = "x" } }
     assert.equal("http", err.kind)

@@ -18,8 +18,8 @@ local answer = {}
 
 --- The endpoints whose SUCCESS answers WeChat Pay sends without `sign`:
 -- path -> true.  A sign that is there is still checked; only its absence
--- is let pass.  The same list as wechatpay-php's (its
--- noneSignatureRespond), so a merchant moving from it sees the same answers.
+-- is let pass.  wechatpay-php's list (its noneSignatureRespond), so a
+-- merchant moving from it sees the same answers, and the bank-card paths.
 answer.UNSIGNED = {
   -- 现金红包 and 小程序红包, and their query
   ["/mmpaymkttransfers/sendredpack"] = true,
@@ -33,6 +33,11 @@ answer.UNSIGNED = {
   ["/mmpaymkttransfers/promotion/querywwsptrans2pocket"] = true,
   ["/mmpaymkttransfers/pay_bank"] = true,
   ["/mmpaymkttransfers/query_bank"] = true,
+  -- where the bank-card transfer and its query are served (wechatpay-php's
+  -- list names them under mmpaymkttransfers only): a transfer that went
+  -- through must never read as a forged answer, which invites a retry
+  ["/mmpaysptrans/pay_bank"] = true,
+  ["/mmpaysptrans/query_bank"] = true,
   ["/risk/getpublickey"] = true,   -- the RSA key of 付款到银行卡 (served by fraud.mch.weixin.qq.com)
   -- merchant risk and violation notices
   ["/mchrisk/querymchrisk"] = true,
