@@ -41,6 +41,11 @@ void wp_key_free(wp_key *key);
 int  wp_key_is_private(const wp_key *key);
 size_t wp_key_bits(const wp_key *key);
 const wp_cert_info *wp_key_cert(const wp_key *key);  /* NULL unless a certificate */
+/* A private key as unencrypted DER (PKCS#1 or PKCS#8, as the library
+ * writes it) in a new malloc'd *der: the caller wipes it (wp_wipe) and
+ * frees it.  For a TLS library given the key from memory: it never needs
+ * the passphrase, which the key was decrypted with once. */
+int  wp_key_private_der(wp_key *key, unsigned char **der, size_t *len, char *err);
 
 /* RSA.  Output buffers hold WP_RSA_MAX_BYTES. */
 int wp_rsa_sign_sha256(wp_key *key, const unsigned char *msg, size_t len,

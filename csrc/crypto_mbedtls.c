@@ -385,6 +385,34 @@ int wp_key_from_pem(wp_key **out, const char *pem, size_t len,
   return 0;
 }
 
+/* RSA-8192 in PKCS#1 is under 5 KB */
+#define WP_PRIVATE_DER_MAX 8192
+
+int wp_key_private_der(wp_key *key, unsigned char **der, size_t *len, char *err) {
+  unsigned char *buf, *out;
+  int n;
+  *der = NULL;
+  *len = 0;
+  if (!key->is_private) { set_err(err, "not a private key", 0); return -1; }
+  buf = (unsigned char *)malloc(WP_PRIVATE_DER_MAX);
+  if (!buf) { set_err(err, "out of memory", 0); return -1; }
+  n = mbedtls_pk_write_key_der(&key->pk, buf, WP_PRIVATE_DER_MAX);   /* at the end of buf */
+  if (n <= 0) {
+    mbedtls_platform_zeroize(buf, WP_PRIVATE_DER_MAX);
+    free(buf);
+    set_err(err, "cannot write the private key as DER", n);
+    return -1;
+  }
+  out = (unsigned char *)malloc((size_t)n);
+  if (out) memcpy(out, buf + WP_PRIVATE_DER_MAX - n, (size_t)n);
+  mbedtls_platform_zeroize(buf, WP_PRIVATE_DER_MAX);
+  free(buf);
+  if (!out) { set_err(err, "out of memory", 0); return -1; }
+  *der = out;
+  *len = (size_t)n;
+  return 0;
+}
+
 int wp_key_from_der(wp_key **out, wp_der_form form,
                     const unsigned char *der, size_t len, char *err) {
   wp_key *key = key_new();

@@ -507,6 +507,27 @@ int wp_key_from_der(wp_key **out, wp_der_form form,
   return fail(err, "DER holds no RSA key or certificate");
 }
 
+int wp_key_private_der(wp_key *key, unsigned char **der, size_t *len, char *err) {
+  unsigned char *buf, *end;
+  int n;
+  *der = NULL;
+  *len = 0;
+  if (!key->is_private) return fail(err, "not a private key");
+  n = i2d_PrivateKey(key->pkey, NULL);
+  if (n <= 0) return fail(err, "cannot write the private key as DER");
+  buf = (unsigned char *)malloc((size_t)n);   /* ours, not OpenSSL's: wiped by its owner */
+  if (!buf) return fail(err, "out of memory");
+  end = buf;
+  if (i2d_PrivateKey(key->pkey, &end) != n) {
+    OPENSSL_cleanse(buf, (size_t)n);
+    free(buf);
+    return fail(err, "cannot write the private key as DER");
+  }
+  *der = buf;
+  *len = (size_t)n;
+  return 0;
+}
+
 int wp_key_is_private(const wp_key *key) { return key->is_private; }
 size_t wp_key_bits(const wp_key *key) { return key->bits; }
 const wp_cert_info *wp_key_cert(const wp_key *key) {

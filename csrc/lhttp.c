@@ -7,7 +7,7 @@
  *
  *   local s = core.http_session{ cafile =, ca_pem =, capath =, proxy =, resolve = { "host:port:addr", ... },
  *                                max_connections =, idle_timeout =, max_body =,
- *                                client_cert =, client_key =, client_key_type =, client_key_passphrase = }
+ *                                client_cert =, client_key =, client_key_type = }
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout =,   -- seconds, at least 0.001
  *                        client_cert = true,   -- present the session's client certificate (mutual TLS)
@@ -111,12 +111,13 @@ typedef struct {
   socket_list sockets;     /* open connections' sockets, to drop in a fork child */
   /* mutual TLS (APIv2 security = true): the merchant certificate and key,
    * held in memory so nothing is read again per call.  Easy handles point
-   * at these bytes (CURL_BLOB_NOCOPY) rather than keep copies; the key and
-   * passphrase are wiped when freed, after every easy handle of this
-   * process is cleaned up.  curl strdup()s the passphrase given with
-   * CURLOPT_KEYPASSWD and frees that copy unwiped (curl_easy_reset or
-   * cleanup); the TLS library holds the parsed key per connection. */
-  char *client_cert, *client_key, *client_key_pass;
+   * at these bytes (CURL_BLOB_NOCOPY) rather than keep copies; the key is
+   * wiped when freed, after every easy handle of this process is cleaned
+   * up.  An encrypted key arrives decrypted, as a key object made DER
+   * here: curl is never given a passphrase (CURLOPT_KEYPASSWD would keep
+   * a copy it frees unwiped).  The TLS library holds the parsed key per
+   * connection. */
+  char *client_cert, *client_key;
   size_t client_cert_len, client_key_len;
   int client_key_der;      /* the key's bytes are DER, not PEM */
 } session;
@@ -338,8 +339,7 @@ static void session_destroy(session *s) {
   s->resolve = NULL;
   free(s->client_cert);
   secret_free(s->client_key, s->client_key_len);
-  secret_free(s->client_key_pass, s->client_key_pass ? strlen(s->client_key_pass) : 0);
-  s->client_cert = s->client_key = s->client_key_pass = NULL;
+  s->client_cert = s->client_key = NULL;
   s->client_cert_len = s->client_key_len = 0;
 }
 
@@ -566,7 +566,6 @@ static int l_submit(lua_State *L) {
     }
     curl_easy_setopt(t->easy, CURLOPT_SSLCERTTYPE, "PEM");
     curl_easy_setopt(t->easy, CURLOPT_SSLKEYTYPE, s->client_key_der ? "DER" : "PEM");
-    if (s->client_key_pass) curl_easy_setopt(t->easy, CURLOPT_KEYPASSWD, s->client_key_pass);
   }
   if (s->proxy) SET_OR_REFUSE(CURLOPT_PROXY, s->proxy, "proxy");
   curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -854,8 +853,9 @@ static char *opt_dup(lua_State *L, int idx, const char *name) {
  * (a folder of hashed CA certificates), proxy, resolve (a list of
  * "host:port:address" pins, as curl's CURLOPT_RESOLVE), max_connections
  * (per host), idle_timeout (s), max_body (bytes); client_cert (PEM bytes)
- * with client_key (PEM or DER bytes), client_key_type ("PEM" | "DER") and
- * client_key_passphrase: the certificate requests with client_cert present */
+ * with client_key (unencrypted PEM or DER bytes with client_key_type "PEM" |
+ * "DER", or a private key object, which an encrypted key decrypts to): the
+ * certificate requests with client_cert present */
 static int l_http_session(lua_State *L) {
   session *s;
   long max_conn = 0, idle = 7;
@@ -892,25 +892,47 @@ static int l_http_session(lua_State *L) {
     }
   }
   {
-    size_t cert_len, key_len;
+    size_t cert_len, key_len = 0;
     const char *cert = opt_field_string(L, 1, "client_cert", &cert_len);
-    const char *key = opt_field_string(L, 1, "client_key", &key_len);
-    const char *type = opt_field_string(L, 1, "client_key_type", NULL);
-    if ((cert == NULL) != (key == NULL) || (cert && (cert_len == 0 || key_len == 0)))
+    const char *key = NULL, *type;
+    wp_key *key_object = NULL;
+    raw_field(L, 1, "client_key_passphrase");
+    if (!lua_isnil(L, -1))
+      return luaL_argerror(L, 1, "option 'client_key_passphrase' is not taken: give client_key as the "
+                                 "decrypted key object (wechatpay.key.private(pem, passphrase))");
+    lua_pop(L, 1);
+    raw_field(L, 1, "client_key");
+    if (lua_type(L, -1) == LUA_TUSERDATA) key_object = wp_check_key(L, lua_gettop(L));
+    lua_pop(L, 1);   /* the key object is referenced by the options table */
+    if (!key_object) key = opt_field_string(L, 1, "client_key", &key_len);
+    type = opt_field_string(L, 1, "client_key_type", NULL);
+    if ((cert == NULL) != (key == NULL && key_object == NULL) || (cert && (cert_len == 0 || (key && key_len == 0))))
       return luaL_argerror(L, 1, "options 'client_cert' and 'client_key' go together, neither empty");
     if (type && strcmp(type, "PEM") != 0 && strcmp(type, "DER") != 0)
       return luaL_argerror(L, 1, "option 'client_key_type' must be \"PEM\" or \"DER\"");
+    if (key_object && !wp_key_is_private(key_object))
+      return luaL_argerror(L, 1, "option 'client_key' must be a private key");
     if (cert) {
       s->client_cert = (char *)malloc(cert_len);
       if (!s->client_cert) return luaL_error(L, "out of memory");
       memcpy(s->client_cert, cert, cert_len);
       s->client_cert_len = cert_len;
-      s->client_key = (char *)malloc(key_len);
-      if (!s->client_key) return luaL_error(L, "out of memory");
-      memcpy(s->client_key, key, key_len);
-      s->client_key_len = key_len;
-      s->client_key_der = type && strcmp(type, "DER") == 0;
-      s->client_key_pass = opt_dup(L, 1, "client_key_passphrase");
+      if (key_object) {
+        /* decrypted once, when it was loaded: curl never sees a passphrase,
+         * and these bytes are wiped when the session ends */
+        unsigned char *der;
+        char err[WP_ERRLEN];
+        if (wp_key_private_der(key_object, &der, &s->client_key_len, err) != 0)
+          return luaL_error(L, "client_key: %s", err);
+        s->client_key = (char *)der;
+        s->client_key_der = 1;
+      } else {
+        s->client_key = (char *)malloc(key_len);
+        if (!s->client_key) return luaL_error(L, "out of memory");
+        memcpy(s->client_key, key, key_len);
+        s->client_key_len = key_len;
+        s->client_key_der = type && strcmp(type, "DER") == 0;
+      }
     }
   }
   raw_field(L, 1, "resolve");

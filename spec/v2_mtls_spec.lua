@@ -4,6 +4,7 @@
 local wechatpay = require("wechatpay")
 local mock = require("wechatpay.mock")
 local core = require("wechatpay.core")
+local ossl = require("support.openssl")
 
 local APPID = "wx2421b1c4370ec43b"
 local OPENID = "oxTWIuGaIt6gTKsQRLau2M0yL16E"
@@ -128,5 +129,38 @@ describe("APIv2 mutual TLS (curl)", function()
     assert.has_error(function() core.http_session{ client_cert = "x" } end)
     assert.has_error(function() core.http_session{ client_cert = "x", client_key = "y", client_key_type = "JKS" } end)
     session:close()
+  end)
+
+  it("the session takes an encrypted key only decrypted, as a key object: curl is never given the passphrase", function()
+    local cert = ossl.read(server.merchant_cert_file)
+    local pem = ossl.read(server.merchant_key_file)
+    local ok, err = pcall(core.http_session, { client_cert = cert, client_key = pem, client_key_passphrase = "s3cret" })
+    assert.is_false(ok)
+    assert.matches("option 'client_key_passphrase' is not taken: give client_key as the decrypted key object "
+      .. "(wechatpay.key.private(pem, passphrase))", err, 1, true)
+    ok, err = pcall(core.http_session, { client_cert = cert, client_key = assert(core.key_from_pem(cert)) })
+    assert.is_false(ok)
+    assert.matches("option 'client_key' must be a private key", err, 1, true)
+    -- the object's DER is what curl presents: the mock's nginx verifies it
+    local xml = require("wechatpay.v2.xml")
+    local fields = xml.fields(redpack{ mch_id = server.mchid, nonce_str = "n1" })
+    fields.sign = require("wechatpay.v2.sign").sign(fields, server.apiv2_key)
+    local function send(options, client_cert)
+      local session = core.http_session(options)
+      local id = session:submit{ method = "POST", url = server.base_url:gsub("/$", "") .. "/mmpaymkttransfers/sendredpack",
+        client_cert = client_cert, body = xml.encode(fields), timeout = 5 }
+      local result
+      for _ = 1, 500 do
+        for _, r in ipairs(session:perform(0.01)) do if r.id == id then result = r end end
+        if result then break end
+      end
+      session:close()
+      assert.is_nil(result.error, result.message)
+      return result.body
+    end
+    local ca = ossl.read(server.cafile)
+    assert.matches("证书验证失败", send({ ca_pem = ca }))   -- the check that the key must pass
+    local body = send({ ca_pem = ca, client_cert = cert, client_key = assert(core.key_from_pem(pem)) }, true)
+    assert.matches("<result_code><!%[CDATA%[SUCCESS%]%]>", body)
   end)
 end)

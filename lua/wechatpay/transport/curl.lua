@@ -39,12 +39,28 @@ local function resolve_list(resolve)
 end
 
 --- new{ cafile, ca_pem, capath, proxy, resolve, max_connections, idle_timeout, max_body, client_tls }
--- client_tls = { cert = PEM, key = PEM or DER bytes, key_type = "PEM" | "DER", passphrase }:
--- held by the session (from memory, never re-read) for requests with client_cert.
+-- client_tls = { cert = PEM, key = PEM or DER bytes, key_type = "PEM" | "DER", passphrase,
+--                private_key = the key object those bytes load to }:
+-- held by the session (from memory, never re-read) for requests with
+-- client_cert.  An encrypted key goes to curl decrypted (the key object,
+-- loaded here when not given): curl never holds the passphrase.
 -- ca_pem (the bundle's bytes) is used instead of reading cafile again;
 -- resolve = { ["host:port"] = address } pins names, as CURLOPT_RESOLVE.
+-- The client key as the session takes it: bytes, or, for an encrypted
+-- one, the key object it decrypts to.
+local function client_key(tls)
+  if not tls then return nil end
+  if tls.private_key then return tls.private_key end
+  if tls.passphrase == nil then return tls.key end
+  local loaded, err = core.key_from_pem(tls.key, tls.passphrase)
+  if not loaded then errors.raise("client_tls.key: " .. tostring(err)) end
+  return loaded
+end
+
 function curl_transport.new(opts)
   opts = opts or {}
+  local tls = opts.client_tls
+  local key = client_key(tls)
   local self = setmetatable({
     session = core.http_session{
       cafile = opts.cafile,
@@ -55,10 +71,9 @@ function curl_transport.new(opts)
       max_connections = opts.max_connections,
       idle_timeout = opts.idle_timeout or 7,   -- below WeChat Pay's 8 s keep-alive
       max_body = opts.max_body,
-      client_cert = opts.client_tls and opts.client_tls.cert,
-      client_key = opts.client_tls and opts.client_tls.key,
-      client_key_type = opts.client_tls and opts.client_tls.key_type,
-      client_key_passphrase = opts.client_tls and opts.client_tls.passphrase,
+      client_cert = tls and tls.cert,
+      client_key = key,
+      client_key_type = type(key) == "string" and tls.key_type or nil,
     },
     callbacks = {},
     chunk_handlers = {},

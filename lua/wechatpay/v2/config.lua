@@ -73,7 +73,7 @@ function v2config.check(opts, private_key, fail)
     local passphrase = opts.passphrase
     v2.merchant_cert_serial = cert:certificate().serial
     v2.tls = function()
-      return { cert = pem, key = key_bytes, key_type = key_type, passphrase = passphrase }
+      return { cert = pem, key = key_bytes, key_type = key_type, passphrase = passphrase, private_key = private_key }
     end
   end
   return v2
