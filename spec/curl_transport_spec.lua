@@ -50,12 +50,28 @@ describe("transport.curl", function()
     assert.equal(0, transport:step(0))
   end)
 
-  it("request() raises another callback's error while its own transfer runs on", function()
-    local transport = scripted{ { answer(1, "theirs") }, { answer(2, "mine") } }
+  it("request() that raises another callback's error cancels its own transfer: nothing goes out unseen", function()
+    local transport, cancelled = scripted{ { answer(1, "theirs") }, { answer(2, "mine") } }, {}
+    transport.session.cancel = function(_, id) cancelled[#cancelled + 1] = id; return true end
     transport:submit({}, function() error("their callback failed", 0) end)
     local ok, raised = pcall(transport.request, transport, {})
     assert.is_false(ok)
     assert.equal("their callback failed", raised)
+    assert.same({ 2 }, cancelled)
+    assert.is_nil(transport.callbacks[2])
+  end)
+
+  it("a held error goes up from the next request() before it submits anything", function()
+    local transport = scripted{ { answer(1, "theirs"), answer(2, "mine") } }
+    local submitted = 0
+    local submit = transport.session.submit
+    transport.session.submit = function(...) submitted = submitted + 1; return submit(...) end
+    transport:submit({}, function() error("their callback failed", 0) end)
+    assert.equal("mine", transport:request{}.body)
+    local ok, raised = pcall(transport.request, transport, {})
+    assert.is_false(ok)
+    assert.equal("their callback failed", raised)
+    assert.equal(2, submitted)   -- the first two; the failed request() sent nothing
   end)
 
   it("request() lets an interrupt go up at once, even with its answer in hand", function()

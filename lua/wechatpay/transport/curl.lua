@@ -181,16 +181,30 @@ end
 --- request(request) -> response | nil, err: submits one request and drives
 -- the transport until it is done.  Another transfer's callback may raise in
 -- the step that finishes this one: its error is kept and raised by the next
--- step, so this caller still gets its answer (an interrupt goes up at once).
+-- step or request, so this caller still gets its answer (an interrupt goes
+-- up at once).
+-- A held error goes up before anything is sent, and a request() that
+-- raises cancels its own transfer: nothing goes out for a caller who saw
+-- a failure.
 function curl_transport:request(request)
+  local held = self.held_error
+  if held ~= nil then
+    self.held_error = nil
+    error(held, 0)
+  end
   local result, failure, finished = nil, nil, false
-  self:submit(request, function(res, err)
+  local id = self:submit(request, function(res, err)
     result, failure, finished = res, err, true
   end)
   while not finished do
     local ok, err = pcall(self.step, self, 1)
     if not ok then
-      if not finished or errors.is_interrupt(err) then error(err, 0) end
+      if not finished then
+        self.session:cancel(id)
+        self.callbacks[id], self.chunk_handlers[id], self.handed[id] = nil, nil, nil
+        error(err, 0)
+      end
+      if errors.is_interrupt(err) then error(err, 0) end
       if self.held_error == nil then self.held_error = err end
     end
   end
