@@ -99,6 +99,13 @@ describe("chained calls", function()
     client.v3.multiuse.stocks[stock_id]["use-flow"]:get()
     assert.equal("/v3/multiuse/stocks/9856000/use-flow", target_of(last()))
     assert.has_error(function() client:chain("v3/x/{id}"):get{ id = 0 / 0 } end)
+    assert.has_error(function() client.v3.x[math.huge]:get() end)
+    if math.type then   -- Lua 5.4 integers past 2^53 go out in full
+      client.v3.x[load("return 1234567890123456789")()]:get()
+      assert.equal("/v3/x/1234567890123456789", target_of(last()))
+    end
+    client:chain("v3/x/{id}"):get{ id = 0.1 }
+    assert.equal("/v3/x/0.1", target_of(last()))
   end)
 
   it("sends the method in upper case, as it is signed, and refuses one WeChat Pay has no use for", function()

@@ -53,9 +53,7 @@ local function segment_name(key)
   if type(key) ~= "string" and type(key) ~= "number" then
     errors.raise(("bad path segment: string expected, got %s"):format(type(key)))
   end
-  if type(key) == "number" then
-    key = (key % 1 == 0 and math.abs(key) < 2 ^ 53) and ("%.0f"):format(key) or ("%.17g"):format(key)
-  end
+  if type(key) == "number" then key = request.number_segment(key, "path segment") end
   if key == "" then errors.raise("bad path segment: empty") end
   if key:find("^{%+?[%a_][%w_]*}$") then return key end
   local template = template_segment(key)

@@ -41,6 +41,21 @@ local ENCODE_RESERVED = "[^%w%-%._~:/%?%[%]@!%$&'%(%)%*%+,;=%%]"
 -- non-ASCII, ? and #) are encoded so the target is what goes on the wire.
 local ENCODE_LITERAL = "[^%w%-%._~!%$&'%(%)%*%+,;=:@%%]"
 
+local math_type = math.type or function() return "float" end   -- LuaJIT: every number a double
+
+--- number_segment(value, what) -> the number as a path segment: an integer
+-- in full, a whole float without ".0" (lua-cjson decodes ids as floats on
+-- Lua 5.4: 9856000, never "9856000.0"), any other as tostring does;
+-- raises on NaN and infinities.
+function request.number_segment(value, what)
+  if value ~= value or value == math.huge or value == -math.huge then
+    raise(("%s is not a finite number"):format(what))
+  end
+  if math_type(value) == "integer" then return ("%d"):format(value) end
+  if value % 1 == 0 and math.abs(value) < 2 ^ 53 then return ("%.0f"):format(value) end
+  return tostring(value)
+end
+
 local function template_value(path, name, opts)
   local value = opts[name]
   if value == nil then
@@ -49,13 +64,7 @@ local function template_value(path, name, opts)
   if type(value) ~= "string" and type(value) ~= "number" then
     raise(("path variable '%s' must be a string or number, got %s"):format(name, type(value)))
   end
-  if type(value) == "number" then
-    -- a decoded JSON id is a float on Lua 5.4: 9856000, never "9856000.0"
-    if value ~= value or value == math.huge or value == -math.huge then
-      raise(("path variable '%s' is not a finite number"):format(name))
-    end
-    value = (value % 1 == 0 and math.abs(value) < 2 ^ 53) and ("%.0f"):format(value) or ("%.17g"):format(value)
-  end
+  if type(value) == "number" then value = request.number_segment(value, ("path variable '%s'"):format(name)) end
   if value == "" then raise(("path variable '%s' is empty"):format(name)) end
   return value
 end
