@@ -74,12 +74,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s script.lua [args...]\n", argv[0]);
     return 2;
   }
-#if LUA_VERSION_NUM >= 504
-  L = lua_newstate(limited_alloc, NULL);
-#else
-  L = luaL_newstate();
-#endif
+  L = luaL_newstate();   /* its panic and warning functions, then our allocator */
   if (!L) return 1;
+#if LUA_VERSION_NUM >= 504
+  lua_setallocf(L, limited_alloc, NULL);   /* both are malloc's: blocks move freely between them */
+#endif
   luaL_openlibs(L);
 #if LUA_VERSION_NUM >= 504
   lua_register(L, "fail_allocation_after", l_fail_allocation_after);
