@@ -103,6 +103,37 @@ describe("bin/wechatpay-certs", function()
     rc, _, err = run(server, fresh_dir("usage"), server.apiv3_key, "", { "--timeout", "soon" })
     assert.equal(2, rc, err)
     assert.matches("%-%-timeout", err)
+    -- under the client's minimum is a usage error too, not a configuration one
+    rc, _, err = run(server, fresh_dir("usage2"), server.apiv3_key, "", { "--timeout", "0.0001" })
+    assert.equal(2, rc, err)
+    assert.matches("--timeout must be a number of seconds from 0.001 to 86400", err, 1, true)
+    assert.equal(before, server:stats().requests)
+  end)
+
+  it("never prints a key given where its file's path belongs", function()
+    local function certs(extra)
+      local args = { "--mchid", server.mchid, "--serial", server.merchant_serial, "--output", fresh_dir("leak"),
+        "--base-url", server.base_url, "--cafile", server.cafile }
+      for _, a in ipairs(extra) do args[#args + 1] = a end
+      local parts = { "env -u WECHATPAY_APIV3_KEY", LUA, "bin/wechatpay-certs" }
+      for _, a in ipairs(args) do parts[#parts + 1] = ossl.quote(a) end
+      local pipe = io.popen(table.concat(parts, " ") .. " 2>&1; echo rc=$?")
+      local text = pipe:read("*a")
+      pipe:close()
+      return text:match("rc=(%d+)"), text
+    end
+    local before = server:stats().requests
+    -- the APIv3 key itself as --apiv3-key-file
+    local rc, text = certs{ "--private-key", server.merchant_key_file, "--apiv3-key-file", server.apiv3_key }
+    assert.equal("8", rc, text)
+    assert.matches("cannot read the APIv3 key file (a name of 32 characters, no path", text, 1, true)
+    assert.is_nil(text:find(server.apiv3_key, 1, true))
+    -- the private key's text as --private-key
+    local pem = ossl.read(server.merchant_key_file)
+    rc, text = certs{ "--private-key", pem, "--apiv3-key-file", ossl.write(dir .. "/k2.txt", server.apiv3_key) }
+    assert.equal("8", rc, text)
+    assert.matches("--private-key takes the key file's path, not the key itself", text, 1, true)
+    assert.is_nil(text:find(pem:match("\n(.-)\n"):sub(1, 24), 1, true))
     assert.equal(before, server:stats().requests)
   end)
 

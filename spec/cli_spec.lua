@@ -219,7 +219,23 @@ describe("bin/wechatpay", function()
         { WECHATPAY_PRIVATE_KEY = dir .. "/missing.pem" }))
       assert.equal(8, rc)
       assert.matches("missing.pem", err)
+      -- the APIv3 key itself in WECHATPAY_APIV3_KEY_FILE: named by its length, never printed (run checks)
+      rc, _, err = run({ "call", "GET", "/v3/certificates" }, good_env(server,
+        { WECHATPAY_APIV3_KEY_FILE = server.apiv3_key }))
+      assert.equal(8, rc)
+      assert.matches("a name of 32 characters, no path", err, 1, true)
+      assert.is_nil(err:find(server.apiv3_key, 1, true))
       assert.equal(before, server:stats().requests)
+    end)
+
+    it("takes WECHATPAY_PRIVATE_KEY as a path, PEM text or a private.pkcs8:// form", function()
+      local der = ossl.run("openssl pkcs8 -topk8 -nocrypt -outform DER -in " .. ossl.quote(server.merchant_key_file)
+        .. " | openssl base64 -A")
+      for _, value in ipairs{ server.merchant_key_file, ossl.read(server.merchant_key_file), "private.pkcs8://" .. der } do
+        local rc, out, err = run({ "call", "GET", "/v3/certificates" }, good_env(server, { WECHATPAY_PRIVATE_KEY = value }))
+        assert.equal(0, rc, err)
+        assert.matches("encrypt_certificate", out)
+      end
     end)
 
     it("exit 130 on Ctrl-C while WeChat Pay has not answered, not a usage error", function()

@@ -116,6 +116,19 @@ describe("wechatpay.key", function()
       assert.is_nil(err:find(body:sub(1, 20), 1, true))
     end)
 
+    it("a PEM bundle of the key and its certificate, as a private key: the key, in either order", function()
+      local key_pem, cert_pem = ossl.read(k["pkcs8.pem"]), ossl.read(k["cert.pem"])
+      for _, bundle in ipairs{ key_pem .. cert_pem, cert_pem .. key_pem } do
+        local loaded = assert(key.private(bundle))
+        assert.equal("private", loaded:kind())
+        -- the certificate's own key: what it signs verifies with the certificate
+        local sig = require("wechatpay.rsa").sign(loaded, "probe")
+        assert.is_true(require("wechatpay.rsa").verify(assert(key.public(cert_pem)), "probe", sig))
+        -- and as a public key the bundle is its certificate
+        assert.truthy(assert(key.public(bundle)):certificate())
+      end
+    end)
+
     it("a certificate or public key where the private key is needed", function()
       local loaded, err = key.private("file://" .. k["cert.pem"])
       assert.is_nil(loaded)
@@ -143,6 +156,19 @@ describe("wechatpay.key", function()
 
     it("a file:// path that does not exist", function()
       refused("file://" .. dir .. "/missing.pem", "cannot open key file .*missing.pem")
+    end)
+
+    it("key text behind file:// (a pasted key taken for a path) is described, never echoed", function()
+      local pem = ossl.read(k["pkcs8.pem"])
+      local err = refused("file://" .. pem, "cannot open key file %(%d+ bytes that look like key text, not a path%)")
+      assert.is_nil(err:find(pem:match("\n(.-)\n"):sub(1, 20), 1, true))
+    end)
+
+    it("an encrypted DER key says to convert it to PEM", function()
+      local der = dir .. "/enc.der"
+      ossl.run("openssl pkcs8 -topk8 -v2 aes-256-cbc -passout pass:s3cret -outform DER -in "
+        .. ossl.quote(k["pkcs8.pem"]) .. " -out " .. ossl.quote(der))
+      refused("file://" .. der, "is DER, which is read unencrypted only: convert an encrypted key to PEM", "s3cret")
     end)
 
     it("a key file over 64 KB is refused naming the path and the limit, never its bytes", function()

@@ -34,22 +34,31 @@ key.MAX_FILE_BYTES = 64 * 1024
 --- WeChat Pay signs with RSA-2048 and accepts no shorter merchant key.
 key.MIN_RSA_BITS = 2048
 
+-- A path as messages show it: key text given where a path belongs
+-- (file:// put before a pasted key) is described, never echoed.
+local function shown(path)
+  if #path > 256 or path:find("[\r\n]") or path:find("BEGIN", 1, true) then
+    return ("(%d bytes that look like key text, not a path)"):format(#path)
+  end
+  return path
+end
+
 local function read_file(path)
   -- core.read_file opens without blocking and refuses a directory, FIFO or
   -- socket before reading; one byte over the limit is enough to refuse
   local data, reason = core.read_file(path, key.MAX_FILE_BYTES + 1)
   if not data then
     if reason == "a directory" or reason == "a FIFO" or reason == "a socket" then
-      return nil, ("key file %s is %s, not a regular file"):format(path, reason)
+      return nil, ("key file %s is %s, not a regular file"):format(shown(path), reason)
     end
-    return nil, "cannot open key file " .. path .. ": " .. reason
+    return nil, "cannot open key file " .. shown(path) .. ": " .. reason
   end
   if #data > key.MAX_FILE_BYTES then
     return nil, ("key file %s is larger than %d bytes (64 KB), more than any key or certificate holds")
-      :format(path, key.MAX_FILE_BYTES)
+      :format(shown(path), key.MAX_FILE_BYTES)
   end
   if data == "" then
-    return nil, "key file " .. path .. " is empty"
+    return nil, "key file " .. shown(path) .. " is empty"
   end
   return data
 end
@@ -60,9 +69,24 @@ local function describe(source)
   return ("%d bytes that are neither PEM, a file:// path nor a base64 DER form"):format(#source)
 end
 
+-- A PEM bundle of the private key and its certificate (as a .p12 converts)
+-- read as the private key: its PRIVATE KEY block alone.
+local PRIVATE_BLOCK = "%-%-%-%-%-BEGIN ([%u ]*PRIVATE KEY)%-%-%-%-%-.-%-%-%-%-%-END %1%-%-%-%-%-"
+local function private_part(pem)
+  if not pem:find("CERTIFICATE-----", 1, true) then return pem end
+  local s, e = pem:find(PRIVATE_BLOCK)
+  return s and pem:sub(s, e) or pem
+end
+
+local function from_pem(pem, passphrase, want)
+  if want == "private" then pem = private_part(pem) end
+  return core.key_from_pem(pem, passphrase)
+end
+
 --- Loads a key.  Returns the key object, or nil and a message naming the
--- problem (never any of the key's bytes).
-function key.load(source, passphrase)
+-- problem (never any of the key's bytes).  want = "private": from a PEM
+-- bundle of a key and its certificate, the key.
+function key.load(source, passphrase, want)
   if key.is_key(source) then return source end
   if type(source) ~= "string" then
     error(("bad key source: expected a key object or a string, got %s"):format(type(source)), 2)
@@ -76,11 +100,16 @@ function key.load(source, passphrase)
     if not data then return nil, err end
     local loaded, perr
     if data:find("-----BEGIN ", 1, true) then
-      loaded, perr = core.key_from_pem(data, passphrase)
+      loaded, perr = from_pem(data, passphrase, want)
     else
       loaded, perr = core.key_from_der(data, "auto")
+      if not loaded and passphrase ~= nil then
+        -- a passphrase given for a DER file: an encrypted DER key, which is not read
+        return nil, ("%s is DER, which is read unencrypted only: convert an encrypted key to PEM "
+          .. "(openssl pkcs8 -inform DER -in key.der -out key.pem keeps it encrypted)"):format(shown(path))
+      end
     end
-    if not loaded then return nil, perr .. " (in " .. path .. ")" end
+    if not loaded then return nil, perr .. " (in " .. shown(path) .. ")" end
     return loaded
   end
   local form, b64 = source:match("^(%a+%.%w+)://(.*)$")
@@ -90,7 +119,7 @@ function key.load(source, passphrase)
     return core.key_from_der(der, form)
   end
   if source:find("-----BEGIN ", 1, true) then
-    return core.key_from_pem(source, passphrase)
+    return from_pem(source, passphrase, want)
   end
   return nil, "not a key: " .. describe(source)
 end
@@ -112,7 +141,7 @@ end
 --- Loads a private key; a public key or certificate is refused, and so is
 -- an RSA key shorter than 2048 bits.
 function key.private(source, passphrase)
-  local loaded, err = key.load(source, passphrase)
+  local loaded, err = key.load(source, passphrase, "private")
   if not loaded then return nil, err end
   if loaded:kind() ~= "private" then
     return refuse(source, loaded, (loaded:certificate() and "a certificate" or "a public key")

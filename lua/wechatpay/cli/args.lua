@@ -87,4 +87,15 @@ function args.parse(argv, spec, first)
   return opts, positional
 end
 
+--- seconds(text, max) -> number | nil, message: a --timeout as the client
+-- takes it (config.RANGES.timeout's minimum), at most max.
+function args.seconds(text, max)
+  local min = require("wechatpay.config").RANGES.timeout.min
+  local t = tonumber(text)
+  if not t or not (t >= min and t <= max) then
+    return nil, ("--timeout must be a number of seconds from %g to %g"):format(min, max)
+  end
+  return t
+end
+
 return args

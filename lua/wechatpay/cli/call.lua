@@ -123,8 +123,8 @@ local function request_of(argv)
     request.body = body
   end
   if opts.timeout then
-    local t = tonumber(opts.timeout)
-    if not t or t <= 0 or t > 86400 then return usage_error("--timeout must be a number of seconds") end
+    local t, terr = args.seconds(opts.timeout, 86400)
+    if not t then return usage_error(terr) end
     opts.timeout = t
   end
   return method, path, request, opts

@@ -64,7 +64,14 @@ local function client_options(opts)
   local options = config.client_options(profile)
   if opts.mchid then options.mchid = opts.mchid end
   if opts.serial then options.serial = opts.serial end
-  if opts["private-key"] then options.private_key = "file://" .. opts["private-key"] end
+  if opts["private-key"] then
+    local given = opts["private-key"]
+    if config.key_source(given) ~= "file://" .. given then
+      -- key text on the command line: ps and the shell history would show it
+      return nil, "--private-key takes the key file's path, not the key itself (put the key in a file)"
+    end
+    options.private_key = "file://" .. given
+  end
   if opts["base-url"] then options.base_url = opts["base-url"] end
   if opts.cafile then options.cafile = opts.cafile end
   for _, required in ipairs{ "mchid", "serial", "private_key" } do
@@ -73,10 +80,9 @@ local function client_options(opts)
     end
   end
   if opts["apiv3-key-file"] then
-    local f, err = io.open(opts["apiv3-key-file"], "rb")
-    if not f then return nil, "cannot read the APIv3 key file: " .. tostring(err) end
-    apiv3_key = (f:read("*a") or ""):gsub("%s+$", "")
-    f:close()
+    local text, err = config.read_apiv3_key_file(opts["apiv3-key-file"])
+    if not text then return nil, err end
+    apiv3_key = text
   elseif key_error then
     return nil, key_error
   elseif apiv3_key == nil then
@@ -107,8 +113,8 @@ function certs.main(argv)
   if #positional > 0 then return fail(exit.USAGE, "unexpected argument (--help for usage)") end
   if not opts.output then return fail(exit.USAGE, "--output is required (--help for usage)") end
   if opts.timeout then
-    local t = tonumber(opts.timeout)
-    if not t or t <= 0 or t > 86400 then return fail(exit.USAGE, "--timeout must be a number of seconds") end
+    local t, terr = args.seconds(opts.timeout, 86400)
+    if not t then return fail(exit.USAGE, terr) end
   end
   local options, oerr = client_options(opts)
   if not options then return fail(exit.CONFIG, oerr) end

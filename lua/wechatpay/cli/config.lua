@@ -97,9 +97,30 @@ end
 
 -- ---- the environment -----------------------------------------------------------
 
-local function key_source(value)
-  if value:find("-----BEGIN ", 1, true) then return value end
+--- key_source(value) -> a key source: PEM text, or a form with a scheme
+-- (file://, private.pkcs8://...), as it is; anything else is a path.
+function config.key_source(value)
+  if value:find("-----BEGIN ", 1, true) or value:find("^%a[%w.+-]*://") then return value end
   return "file://" .. value
+end
+local key_source = config.key_source
+
+--- read_apiv3_key_file(path) -> the key | nil, message.  The message names
+-- the path only when it cannot be the key itself: a key pasted where its
+-- file belongs must not be printed.
+function config.read_apiv3_key_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    local reason = tostring(err):match(": ([^:]*)$") or "cannot be opened"
+    if path:find("/", 1, true) and not path:find("%s") then
+      return nil, ("cannot read the APIv3 key file %s: %s"):format(path, reason)
+    end
+    return nil, ("cannot read the APIv3 key file (a name of %d characters, no path: is it the key itself? "
+      .. "write the key to a file and give its path): %s"):format(#path, reason)
+  end
+  local text = f:read("*a") or ""
+  f:close()
+  return (text:gsub("%s+$", ""))
 end
 
 local function split_commas(value)
@@ -172,11 +193,9 @@ local function resolve_apiv3_key(options, getenv)
   end
   if from_file ~= nil then
     if type(from_file) ~= "string" then return nil, "apiv3_key_file", "apiv3_key_file must be a path" end
-    local f, err = io.open(from_file, "rb")
-    if not f then return nil, from_file, "cannot read the APIv3 key file: " .. tostring(err) end
-    local text = f:read("*a") or ""
-    f:close()
-    return (text:gsub("%s+$", "")), from_file
+    local text, err = config.read_apiv3_key_file(from_file)
+    if not text then return nil, "apiv3_key_file", err end
+    return text, from_file
   end
   local env = getenv("WECHATPAY_APIV3_KEY")
   if env and env ~= "" then return (env:gsub("%s+$", "")), "WECHATPAY_APIV3_KEY" end

@@ -626,9 +626,10 @@ function doctor.main(argv)
   end
   local timeout = 10
   if opts.timeout then
-    timeout = tonumber(opts.timeout)
-    if not timeout or timeout <= 0 or timeout > 600 then
-      io.stderr:write("wechatpay doctor: --timeout must be a number of seconds\n")
+    local terr
+    timeout, terr = args.seconds(opts.timeout, 600)
+    if not timeout then
+      io.stderr:write("wechatpay doctor: ", terr, "\n")
       return exit.USAGE
     end
   end
