@@ -74,6 +74,17 @@ describe("wechatpay.new configuration", function()
     refused(opts, "a private key was given where a WeChat Pay public key or certificate belongs")
   end)
 
+  it("refuses a platform certificate under an id that is not its serial; leading zeros are dropped", function()
+    local opts = merchant.options()
+    opts.certs = { ABCDEF = "file://" .. m.platform_cert }
+    refused(opts, 'certs%["ABCDEF"%] holds the platform certificate with serial ' .. m.platform_cert_serial
+      .. ": give it under that serial")
+    opts.certs = { [m.platform_key_id] = "file://" .. m.platform_cert }
+    refused(opts, "is a platform certificate %(serial " .. m.platform_cert_serial .. "%): a PUB_KEY_ID_")
+    opts.certs = { ["00" .. m.platform_cert_serial] = "file://" .. m.platform_cert }
+    assert.same({ m.platform_cert_serial }, wechatpay.new(opts):platform_key_ids())
+  end)
+
   it("trims and upper-cases serials", function()
     local opts = merchant.options{ serial = "  " .. m.merchant_serial:lower() .. "\n" }
     opts.certs = { [" " .. m.platform_cert_serial:lower() .. "\n"] = "file://" .. m.platform_cert }

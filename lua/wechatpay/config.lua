@@ -142,6 +142,21 @@ local function load_platform_keys(certs, merchant_serial, private_key, may_be_em
       fail(("%s is the merchant's own API certificate (serial %s), not a WeChat Pay platform key")
         :format(where, cert.serial))
     end
+    -- a certificate is looked up by the serial WeChat Pay sends: under any
+    -- other id every answer it signs would fail as from an unknown serial
+    if cert and is_public_key_id(normalized) then
+      fail(("%s is a platform certificate (serial %s): a PUB_KEY_ID_... names WeChat Pay's public key "
+        .. "(pub_key.pem); give the certificate under its serial"):format(where, cert.serial))
+    end
+    if cert and normalized ~= cert.serial then
+      local stripped = normalized   -- leading zero bytes, which the certificate's serial drops
+      while stripped:sub(1, 2) == "00" and #stripped > #cert.serial do stripped = stripped:sub(3) end
+      if stripped ~= cert.serial then
+        fail(("%s holds the platform certificate with serial %s: give it under that serial")
+          :format(where, cert.serial))
+      end
+      normalized, where = cert.serial, ("certs[%q]"):format(cert.serial)
+    end
     if core.rsa_verify(loaded, "wechatpay-lua key probe", probe) then
       fail(where .. " is the public half of the merchant's own private key, not a WeChat Pay key")
     end
