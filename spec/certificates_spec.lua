@@ -56,6 +56,15 @@ describe("platform certificates", function()
     assert.equal("张三", plain)
   end)
 
+  it("certs = {} with an APIv3 key: the first encrypt downloads the certificates it needs", function()
+    local client = server:client{ timeout = 3, retry = false, certs = {} }
+    local downloads = server:stats().certificate_downloads
+    local ciphertext, id = assert(client:encrypt("张三"))
+    assert.equal(server.platform_cert_serial, id)
+    assert.equal(downloads + 1, server:stats().certificate_downloads)
+    assert.is_string(ciphertext)
+  end)
+
   it("a failed refresh drops no key; a wrong APIv3 key is a decrypt error", function()
     local client = server:client{ timeout = 3, retry = false }
     assert.equal(2, client:refresh_certificates())
@@ -188,6 +197,13 @@ describe("a PUB_KEY_ID-only merchant", function()
     local list, note = client:certificates()
     assert.same({}, list)
     assert.matches("public key", note)
+  end)
+
+  it("encrypt without any WeChat Pay key says what to give, instead of raising", function()
+    local client = server:client{ timeout = 3, retry = false, certs = {} }
+    local ciphertext, err = client:encrypt("张三")
+    assert.is_nil(ciphertext)
+    assert.matches("no WeChat Pay key to encrypt with: give the WeChat Pay public key in certs", tostring(err))
   end)
 end)
 

@@ -471,8 +471,20 @@ end
 -- RSA-OAEP with the platform key that the request's Wechatpay-Serial names.
 function methods.encrypt(self, plaintext)
   if type(plaintext) ~= "string" then errors.raise("encrypt: plaintext must be a string") end
-  local settings = self[STATE].settings
+  local state = self[STATE]
+  local settings = state.settings
   local id = settings.encryption_key_id
+  if not id and state.certs then
+    -- certs = {} with apiv3_key: nothing downloaded yet, and encrypting
+    -- is often a call's first step (a grant's user_name)
+    local _, err = self:refresh_certificates()
+    id = settings.encryption_key_id
+    if not id and err then return nil, err end
+  end
+  if not id then
+    return nil, "no WeChat Pay key to encrypt with: give the WeChat Pay public key in certs "
+      .. "(PUB_KEY_ID_... = \"file:///path/pub_key.pem\"), or a platform certificate"
+  end
   local ciphertext, err = core.rsa_encrypt(settings.platform_keys[id], plaintext)
   if not ciphertext then return nil, err end
   return ciphertext, id
