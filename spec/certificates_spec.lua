@@ -132,6 +132,14 @@ describe("platform certificates", function()
     assert.truthy(ids(client):find(next_serial, 1, true))
   end)
 
+  it("a store that cannot keep a certificate: the client still has it, and its stats say why", function()
+    local store = { load = function() return {} end, save = function() return nil, "disk full" end }
+    local client = server:client{ timeout = 3, retry = false, cert_store = store }
+    assert.equal(2, client:refresh_certificates())
+    assert.truthy(ids(client):find(server.platform_cert_serial, 1, true))
+    assert.equal("kept in memory but not in the store: disk full", client:certificate_stats().last_error)
+  end)
+
   it("cert_dir: the certificates are written atomically as wechatpay_<serial>.pem and load in a new client", function()
     local dir = ossl.tmpdir()
     finally(function() ossl.remove(dir) end)

@@ -175,11 +175,19 @@ function DirStore:save(serial, pem)
     os.remove(temp)
     return nil, "cannot write " .. temp .. ": " .. tostring(werr or cerr)
   end
+  -- on disk before the rename, as a bill is: after a crash the file is
+  -- whole or absent, never an empty one that loads as nothing
+  local synced, serr = core.fsync(temp)
+  if not synced then
+    os.remove(temp)
+    return nil, serr
+  end
   local renamed, rerr = os.rename(temp, final)
   if not renamed then
     os.remove(temp)
     return nil, "cannot rename to " .. final .. ": " .. tostring(rerr)
   end
+  core.fsync(self.path)   -- best effort, so the rename lasts too
   return true
 end
 
@@ -341,7 +349,11 @@ function Manager:accept(list)
   local added = 0
   for _, cert in ipairs(list) do
     if self:add(cert.serial, cert.key) then added = added + 1 end
-    if self.store then self.store:save(cert.serial, cert.pem) end
+    if self.store then
+      -- the client has it either way; the stats say the store does not
+      local saved, err = self.store:save(cert.serial, cert.pem)
+      if not saved then self.last_error = "kept in memory but not in the store: " .. tostring(err) end
+    end
   end
   self.last_refresh = self.clock()
   if self.store and self.store.stamp then pcall(self.store.stamp, self.store) end
