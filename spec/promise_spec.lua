@@ -95,6 +95,23 @@ describe("wechatpay.promise", function()
     assert.same({ { res = 1 }, { err = "nope" } }, (promise.settle{ a, b }:wait()))
   end)
 
+  it("all and settle drive a promise that moved on to another driver's call", function()
+    -- a call of client A whose handler makes a call of client B (another driver)
+    local a, b = scripted_driver(), scripted_driver()
+    local function chained()
+      local first = promise.new(a)
+      a:later(function() first:reject("A failed") end)
+      return first:next(nil, function()
+        local second = promise.new(b)
+        b:later(function() second:resolve("from B") end)
+        return second
+      end)
+    end
+    assert.same({ "from B" }, (promise.all{ chained() }:wait()))
+    assert.same({ { res = "from B" } }, (promise.settle{ chained() }:wait()))
+    assert.same({ "from B", "from B" }, (promise.all{ chained(), chained() }:wait()))
+  end)
+
   it("a promise nobody waits on still completes when another is waited on", function()
     local d = scripted_driver()
     local ignored, waited = promise.new(d), promise.new(d)

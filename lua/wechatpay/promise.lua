@@ -112,19 +112,27 @@ function promise.rejected(err, driver)
   return p
 end
 
--- Drives every distinct driver of a list of promises in turn.
+-- Drives, at each step, the driver that can settle each pending promise of
+-- the list now (current_driver: a promise chained to another client's call
+-- is settled by that client's driver), each distinct one once.
 local function combined_driver(list)
-  local drivers, seen = {}, {}
+  local items = {}
   for i = 1, #list do
-    local d = is_promise(list[i]) and list[i].driver
-    if d and not seen[d] then seen[d] = true; drivers[#drivers + 1] = d end
+    if is_promise(list[i]) then items[#items + 1] = list[i] end
   end
-  if #drivers <= 1 then return drivers[1] end
+  if #items == 0 then return nil end
   return {
     step = function()
+      local drivers, seen = {}, {}
+      for _, item in ipairs(items) do
+        local d = item.state == "pending" and current_driver(item)
+        if d and not seen[d] then seen[d] = true; drivers[#drivers + 1] = d end
+      end
+      -- one driver may wait for activity; several take short turns
+      local wait = #drivers > 1 and 0.01 or nil
       local any = false
       for _, d in ipairs(drivers) do
-        if d:step(0.01) ~= false then any = true end
+        if d:step(wait) ~= false then any = true end
       end
       return any
     end,
