@@ -266,6 +266,55 @@ describe("base_url with backups", function()
       assert.matches(message, tostring(err), 1, true)
     end
 
+    -- the rules alone, on a transport that answers from a script
+    local function scripted(script, extra)
+      local transport = merchant.recording_transport(function(request)
+        local step = table.remove(script, 1)
+        if type(step) == "function" then return step(request) end
+        if step == "answer" then return { status = 404, headers = {}, body = '{"code":"NOT_FOUND","message":"x"}' } end
+        return nil, step
+      end)
+      local opts = { transport = transport, base_url = { "https://a.test/", "https://b.test/" } }
+      for k, v in pairs(extra or {}) do opts[k] = v end
+      return wechatpay.new(merchant.options(opts)), transport
+    end
+    local function hosts_of(transport)
+      local list = {}
+      for i, request in ipairs(transport.requests) do list[i] = request.url:match("^https://(%a)%.test/") end
+      return table.concat(list, " ")
+    end
+    local REFUSED = { kind = "network", message = "refused", sent = 0, retry = "safe" }
+    local HUNG = { kind = "timeout", message = "timed out", sent = 120, retry = "idempotent" }
+
+    it("a probe that times out after sending leaves the host down for another cooldown", function()
+      local c, transport = scripted({ REFUSED, "answer", HUNG, "answer", "answer" }, { failover_cooldown = 0.2 })
+      c.v3.mock.echo:get()           -- a refused: b answers
+      socket.sleep(0.25)
+      c.v3.mock.echo:get()           -- the probe of a hangs: b answers
+      c.v3.mock.echo:get()           -- a is still down: straight to b
+      assert.equal("a b a b b", hosts_of(transport))
+    end)
+
+    it("a call that may move after a timeout gives each host its share of the deadline", function()
+      local c, transport = scripted({ "answer", "answer" })   -- timeout and deadline: 30 s each
+      c.v3.mock.echo:get()
+      assert.equal(15, math.floor(transport.requests[1].timeout + 0.5))
+      -- a POST that cannot be sent again keeps the whole timeout on the one host it may reach
+      c.v3.mock.echo:post{ json = { a = 1 } }
+      assert.equal(30, math.floor(transport.requests[2].timeout + 0.5))
+    end)
+
+    it("a retry ends inside the deadline, not only starts inside it", function()
+      local c, transport = scripted({ function()
+        socket.sleep(0.5)
+        return { status = 500, headers = {}, body = '{"code":"SYSTEM_ERROR","message":"x"}' }
+      end, "answer" }, { base_url = "https://a.test/", timeout = 2,
+        retry = { idempotent = true, deadline = 2, backoff = 0.01 } })
+      c.v3.mock.echo:get()
+      assert.equal(2, #transport.requests)
+      assert.is_true(transport.requests[2].timeout <= 1.5, "the retry was given " .. transport.requests[2].timeout)
+    end)
+
     it("takes a list of distinct https URLs, at most " .. 4, function()
       refused({ base_url = { "https://a.test/", "http://b.test/" } }, "base_url[2] must use https, not http")
       refused({ base_url = { "https://a.test/", "https://A.test:443/" } }, "base_url[2] repeats base_url[1]")

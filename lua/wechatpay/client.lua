@@ -285,6 +285,10 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local backups = state.hosts
   local host, tried, failovers = nil, 0, 0
   local attempt, finish, settled
+  -- the call's deadline for retries and failovers alike
+  local budget = math.max(prepared.timeout, prepared.retry.deadline)
+  -- may go to another host, or again, after it may have reached one
+  local movable = method == "GET" or (prepared.retry.idempotent and prepared.idempotent)
 
   local function settle(res, err)
     if settled then return end
@@ -312,26 +316,40 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   -- one is left; -> true when it did.
   local function fail_over(err)
     local reason = failover_reason(err)
-    if reason == nil then
-      if err.kind ~= "closed" then backups:answered(host) end
-      return false
+    -- only an answer says a host is up: a probe that timed out or was reset
+    -- after sending leaves it remembered as down, for another cooldown
+    if err.kind ~= "network" and err.kind ~= "timeout" and err.kind ~= "closed" and err.kind ~= "interrupted" then
+      backups:answered(host)
     end
+    if reason == nil then return false end
     local now = core.monotonic()
-    if reason == "unreached" then backups:unreachable(host, now) else backups:answered(host) end
+    if reason == "unreached" then backups:unreachable(host, now) end
     if tried == 2 ^ backups.count - 1 then return false end
-    if reason == "sent" and not (method == "GET" or (prepared.retry.idempotent and prepared.idempotent)) then
+    if reason == "sent" and not movable then
       err.message = ("%s; not sent to the next base_url: %s may have acted on it, and a %s is sent again only "
         .. "with retry = { idempotent = true } and a merchant number such as out_request_no in its body")
         :format(tostring(err.message), backups.names[host], method)
       return false
     end
-    local left = started + math.max(prepared.timeout, prepared.retry.deadline) - now
+    local left = started + budget - now
     if left < 0.001 then return false end
     host = backups:pick(tried, now)
     tried = hosts.with(tried, host)
     failovers = failovers + 1
-    attempt(math.min(prepared.timeout, left))
+    attempt(math.min(prepared.timeout, left), true)
     return true
+  end
+
+  -- The timeout of a round's first attempt (a retry's too): what is left of
+  -- the deadline, at most the call's timeout; with backups, a call that may
+  -- move after a timeout leaves the other hosts their share, so one that
+  -- hangs cannot take it all (with the defaults, 30 s each, it would).
+  local function round_timeout()
+    local left = started + budget - core.monotonic()
+    local t = math.min(prepared.timeout, left)
+    -- (not a streamed download: its bytes, once handed on, cannot move)
+    if backups and movable and not on_chunk and backups.count > 1 then t = math.min(t, left / backups.count) end
+    return t
   end
 
   finish = function(raw, failure, refreshed)
@@ -359,13 +377,19 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     end
     local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
       core.monotonic() - started, jitter)
-    if delay then queue:after(delay, attempt) else settle(nil, err) end
+    if not delay then return settle(nil, err) end
+    -- a retry ends inside the deadline too, not only starts inside it
+    queue:after(delay, function()
+      local timeout = round_timeout()
+      if timeout < 0.001 then return settle(nil, err) end
+      attempt(timeout)
+    end)
   end
 
-  -- timeout: what is left of the call's deadline, for a failover
-  attempt = function(timeout)
+  -- timeout: this attempt's; same_round: a failover, to the host picked
+  attempt = function(timeout, same_round)
     attempts = attempts + 1
-    if backups and not timeout then   -- a new round: from the first host not remembered as down
+    if backups and not same_round then   -- a new round: from the first host not remembered as down
       host = backups:pick(0, core.monotonic())
       tried = hosts.with(0, host)
     end
@@ -389,7 +413,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       end,
     }
   end
-  attempt()
+  attempt(round_timeout())
   return p
 end
 
