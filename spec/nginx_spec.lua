@@ -101,6 +101,15 @@ describe("inside nginx, one worker", function()
     end
   end)
 
+  it("a promise handler may make a synchronous call: the request's wait() returns once it has", function()
+    local status, body = app:get("/nested?prefix=NESTED-" .. RUN)
+    assert.are.equal(200, status, cjson.encode(body))
+    assert.is_true(body.handler_done)
+    for i, suffix in ipairs{ "A", "B", "C" } do
+      assert.are.equal("NESTED-" .. RUN .. "-" .. suffix, server:coupon(body.coupon_ids[i]).out_request_no)
+    end
+  end)
+
   it("never blocks the worker: 50 handlers in flight at the mock at once, /ping under 50 ms at p99", function()
     server:configure{ latency = 0.2 * SLOW }
     local paths = {}

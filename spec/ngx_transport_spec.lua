@@ -52,7 +52,9 @@ local function with_ngx(scripts, fn)
     socket = { tcp = function() i = i + 1 return fake_socket(scripts[i] or {}, log) end },
     thread = { spawn = function(f, ...) f(...) return {} end },
   })
-  package.loaded["ngx.semaphore"] = { new = function() return { post = function() end, wait = function() end } end }
+  package.loaded["ngx.semaphore"] = { new = function()
+    return { post = function() end, wait = function() end, count = function() return 0 end }
+  end }
   local ok, err = pcall(fn, log)
   rawset(_G, "ngx", saved)
   package.loaded["ngx.semaphore"] = nil

@@ -167,7 +167,9 @@ function dispatcher:step(max_wait)
   if self.closed then return false end
   run_due_timers(self)
   self:pump()   -- jobs left queued by an error in an earlier pump
-  local busy = self.in_flight > 0 or self.head <= self.tail
+  local transport = self.transport
+  -- a transport may still be running a callback that waits on a nested call
+  local busy = self.in_flight > 0 or self.head <= self.tail or (transport.busy and transport:busy())
   if not busy and not self.timers[1] then return false end
   local wait = max_wait or 1
   if self.timers[1] then wait = math.max(0, math.min(wait, self.timers[1].due - monotonic())) end

@@ -246,6 +246,32 @@ function handlers.settle(args)
   say_json{ coupon_ids = ids }
 end
 
+-- /nested?prefix=: a grant whose promise handler makes a second grant with a
+-- synchronous call, and a failing call whose catch handler falls back to a
+-- synchronous grant: the request's wait() returns once the handlers have.
+function handlers.nested(args)
+  local handler_done = false
+  local p = client.v3.multiuse.users._openid_.coupons:postAsync{
+    openid = users[1].openid, json = grant_json(users[1], args.prefix .. "-A"),
+  }:next(function(res)
+    local second = assert(client.v3.multiuse.users._openid_.coupons:post{
+      openid = users[1].openid, json = grant_json(users[1], args.prefix .. "-B") })
+    handler_done = true
+    return { res:json().coupon_id, second:json().coupon_id }
+  end)
+  local ok, ids, err = pcall(p.wait, p)
+  if not ok or not ids then ngx.status = 502 return say_json{ error = tostring(ok and err or ids) } end
+  local fallback = client.v3.mock.missing:getAsync():catch(function()
+    local res = assert(client.v3.multiuse.users._openid_.coupons:post{
+      openid = users[1].openid, json = grant_json(users[1], args.prefix .. "-C") })
+    return res:json().coupon_id
+  end)
+  local fok, third, ferr = pcall(fallback.wait, fallback)
+  if not fok or not third then ngx.status = 502 return say_json{ error = tostring(fok and ferr or third) } end
+  ids[3] = third
+  say_json{ coupon_ids = ids, handler_done = handler_done }
+end
+
 -- /blocking: a client forced onto curl, called from a handler: refused.
 function handlers.blocking()
   local wechatpay = require("wechatpay")

@@ -53,6 +53,7 @@ function ngx_transport.new(opts)
     idle_ms = math.floor((opts.idle_timeout or 7) * 1000),
     max_body = opts.max_body or DEFAULT_MAX_BODY,
     running = 0,
+    dispatching = {},   -- light thread -> true while it runs a callback (a handler may wait in one)
     closed = false,
   }, ngx_transport)
 end
@@ -423,8 +424,19 @@ local function perform(self, request)
   end
 end
 
+local MAIN = {}   -- the key of the main thread, which LuaJIT's coroutine.running() gives as nil
+
+-- Wakes every light thread waiting in step: any of them may be the one
+-- whose promise this settled (a handler waiting on a nested call, and the
+-- request waiting on the handler's promise, wait at once).
+local function wake_all(self)
+  local sema = self.semaphore
+  if sema then sema:post(math.max(1, -sema:count())) end
+end
+
 -- The light thread of one call: perform, then report.  The callback runs
--- here, in the calling request's own context.
+-- here, in the calling request's own context; while it runs (a promise
+-- handler may make and wait on another call) the transport is busy.
 local function run(self, request, callback)
   local ok, res, fail = pcall(perform, self, request)
   if not ok then
@@ -432,10 +444,25 @@ local function run(self, request, callback)
   end
   self.running = self.running - 1
   if self.closed then return end
+  local thread = coroutine.running() or MAIN   -- LuaJIT: nil on the main thread
+  self.dispatching[thread] = true
   local called, err = pcall(callback, res, fail)
+  self.dispatching[thread] = nil
   if not called and self.first_error == nil then self.first_error = err end
   if fail and fail.kind == "interrupted" and fail.raised ~= nil then self.first_error = fail.raised end
-  if self.semaphore then self.semaphore:post(1) end
+  wake_all(self)
+end
+
+--- busy() -> true while a call runs, or another light thread's callback
+-- does: a waiter must not conclude that nothing can settle its promise
+-- (its own callback, waiting, cannot settle it).
+function ngx_transport:busy()
+  if self.running > 0 then return true end
+  local me = coroutine.running() or MAIN
+  for thread in pairs(self.dispatching) do
+    if thread ~= me then return true end
+  end
+  return false
 end
 
 --- submit(request, callback): starts the call on a light thread of the
@@ -477,7 +504,7 @@ end
 -- not called); pooled connections stay in nginx's pool.
 function ngx_transport:close()
   self.closed = true
-  if self.semaphore then self.semaphore:post(1) end
+  wake_all(self)
 end
 
 return ngx_transport
