@@ -110,6 +110,14 @@ describe("inside nginx, one worker", function()
     end
   end)
 
+  it("handlers that wait on each other fail with 'nothing is in flight' instead of hanging the request", function()
+    local started = now()
+    local status, body = app:get("/deadlocked", 10 * SLOW)
+    assert.are.equal(200, status, cjson.encode(body))
+    assert.is_true(now() - started < 10 * SLOW)
+    for i = 1, 2 do assert.matches("nothing is in flight", body.errors[i]) end
+  end)
+
   it("never blocks the worker: 50 handlers in flight at the mock at once, /ping under 50 ms at p99", function()
     server:configure{ latency = 0.2 * SLOW }
     local paths = {}

@@ -272,6 +272,25 @@ function handlers.nested(args)
   say_json{ coupon_ids = ids, handler_done = handler_done }
 end
 
+-- /deadlocked: two calls whose handlers each wait on what only their own
+-- return can settle: each wait fails ("nothing is in flight"), nothing hangs.
+function handlers.deadlocked()
+  local wechatpay = require("wechatpay")
+  local list = {}
+  for i = 1, 2 do
+    local p
+    p = client.v3.mock.echo:getAsync():next(function()
+      local child = p:next(function() end)   -- settles only after this handler returns
+      return (assert(child:wait()))
+    end)
+    list[i] = p
+  end
+  local outcomes = wechatpay.settle(list):wait()
+  local errs = {}
+  for i, o in ipairs(outcomes) do errs[i] = tostring(o.err) end
+  say_json{ errors = errs }
+end
+
 -- /blocking: a client forced onto curl, called from a handler: refused.
 function handlers.blocking()
   local wechatpay = require("wechatpay")

@@ -54,6 +54,7 @@ function ngx_transport.new(opts)
     max_body = opts.max_body or DEFAULT_MAX_BODY,
     running = 0,
     dispatching = {},   -- light thread -> true while it runs a callback (a handler may wait in one)
+    waiting = {},       -- light thread -> true while it waits in step for a post
     closed = false,
   }, ngx_transport)
 end
@@ -431,7 +432,10 @@ local MAIN = {}   -- the key of the main thread, which LuaJIT's coroutine.runnin
 -- request waiting on the handler's promise, wait at once).
 local function wake_all(self)
   local sema = self.semaphore
-  if sema then sema:post(math.max(1, -sema:count())) end
+  if sema then
+    self.waiting = {}   -- each is about to run again: busy until it waits anew
+    sema:post(math.max(1, -sema:count()))
+  end
 end
 
 -- The light thread of one call: perform, then report.  The callback runs
@@ -454,13 +458,16 @@ local function run(self, request, callback)
 end
 
 --- busy() -> true while a call runs, or another light thread's callback
--- does: a waiter must not conclude that nothing can settle its promise
--- (its own callback, waiting, cannot settle it).
+-- does and is not itself waiting: a waiter must not conclude that nothing
+-- can settle its promise while a handler may still settle it.  A handler
+-- that waits (as this caller may, in its own callback) settles nothing
+-- until something else does: two that wait on each other end in the
+-- "nothing is in flight" error, not a hang.
 function ngx_transport:busy()
   if self.running > 0 then return true end
   local me = coroutine.running() or MAIN
   for thread in pairs(self.dispatching) do
-    if thread ~= me then return true end
+    if thread ~= me and not self.waiting[thread] then return true end
   end
   return false
 end
@@ -487,7 +494,10 @@ function ngx_transport:step(wait)
     error(err, 0)
   end
   if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
+  local me = coroutine.running() or MAIN
+  self.waiting[me] = true
   self.semaphore:wait(math.max(0, wait or 0))
+  self.waiting[me] = nil
   if self.first_error ~= nil then
     local err = self.first_error
     self.first_error = nil
