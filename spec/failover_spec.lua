@@ -304,6 +304,23 @@ describe("base_url with backups", function()
       assert.equal(30, math.floor(transport.requests[2].timeout + 0.5))
     end)
 
+    it("with three hosts, each still to try gets its share: a hanging one never takes the last one's", function()
+      local c, transport = scripted({ HUNG, HUNG, "answer" }, { base_url = { "https://a.test/", "https://b.test/",
+        "https://c.test/" }, timeout = 0.6, retry = false })
+      c.v3.mock.echo:get()
+      assert.equal("a b c", hosts_of(transport))
+      assert.is_true(math.abs(transport.requests[1].timeout - 0.2) < 0.05, tostring(transport.requests[1].timeout))
+      assert.is_true(math.abs(transport.requests[2].timeout - 0.3) < 0.05, tostring(transport.requests[2].timeout))
+    end)
+
+    it("a timeout too short to share is not cut under 1 ms: the call fails, it does not raise", function()
+      local c, transport = scripted({ HUNG, HUNG }, { timeout = 0.0015, retry = false })
+      local res, err = c.v3.mock.echo:get()
+      assert.is_nil(res)
+      assert.equal("timeout", err.kind)
+      for _, request in ipairs(transport.requests) do assert.is_true(request.timeout >= 0.001) end
+    end)
+
     it("a retry ends inside the deadline, not only starts inside it", function()
       local c, transport = scripted({ function()
         socket.sleep(0.5)

@@ -284,7 +284,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local record = state.on_call and observe.start(method, path, started)
   local backups = state.hosts
   local host, tried, failovers = nil, 0, 0
-  local attempt, finish, settled
+  local attempt, finish, settled, share
   -- the call's deadline for retries and failovers alike
   local budget = math.max(prepared.timeout, prepared.retry.deadline)
   -- may go to another host, or again, after it may have reached one
@@ -316,11 +316,9 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   -- one is left; -> true when it did.
   local function fail_over(err)
     local reason = failover_reason(err)
-    -- only an answer says a host is up: a probe that timed out or was reset
-    -- after sending leaves it remembered as down, for another cooldown
-    if err.kind ~= "network" and err.kind ~= "timeout" and err.kind ~= "closed" and err.kind ~= "interrupted" then
-      backups:answered(host)
-    end
+    -- only an HTTP answer says a host is up: a probe that timed out or was
+    -- reset after sending leaves it remembered as down, for another cooldown
+    if err.status ~= nil then backups:answered(host) end
     if reason == nil then return false end
     local now = core.monotonic()
     if reason == "unreached" then backups:unreachable(host, now) end
@@ -333,23 +331,31 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     end
     local left = started + budget - now
     if left < 0.001 then return false end
+    local timeout = share(left, backups:untried(tried))
     host = backups:pick(tried, now)
     tried = hosts.with(tried, host)
     failovers = failovers + 1
-    attempt(math.min(prepared.timeout, left), true)
+    attempt(timeout, true)
     return true
   end
 
-  -- The timeout of a round's first attempt (a retry's too): what is left of
-  -- the deadline, at most the call's timeout; with backups, a call that may
-  -- move after a timeout leaves the other hosts their share, so one that
-  -- hangs cannot take it all (with the defaults, 30 s each, it would).
-  local function round_timeout()
-    local left = started + budget - core.monotonic()
+  -- An attempt's timeout: what is left of the deadline, at most the call's
+  -- timeout; with `hosts` still to try, a call that may move after a
+  -- timeout leaves the others their share, so one host that hangs cannot
+  -- take it all (with the defaults, 30 s each, it would).  Not a streamed
+  -- download: its bytes, once handed on, cannot move.  Never under 1 ms,
+  -- which curl would read as no timeout.
+  share = function(left, hosts_left)
     local t = math.min(prepared.timeout, left)
-    -- (not a streamed download: its bytes, once handed on, cannot move)
-    if backups and movable and not on_chunk and backups.count > 1 then t = math.min(t, left / backups.count) end
+    if movable and not on_chunk and hosts_left > 1 and left / hosts_left >= 0.001 then
+      t = math.min(t, left / hosts_left)
+    end
     return t
+  end
+
+  -- The timeout of a round's first attempt, a retry's too.
+  local function round_timeout()
+    return share(started + budget - core.monotonic(), backups and backups.count or 1)
   end
 
   finish = function(raw, failure, refreshed)
@@ -413,7 +419,9 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       end,
     }
   end
-  attempt(round_timeout())
+  local first = round_timeout()
+  if first < 0.001 then first = prepared.timeout end   -- a deadline already spent cannot be: started is now
+  attempt(first)
   return p
 end
 

@@ -59,6 +59,15 @@ function hosts:pick(tried, now)
   return soonest
 end
 
+--- untried(tried) -> how many hosts are not in tried.
+function hosts:untried(tried)
+  local n = 0
+  for i = 1, self.count do
+    if not has(tried, i) then n = n + 1 end
+  end
+  return n
+end
+
 --- unreachable(i, now): host i failed before anything reached it.
 function hosts:unreachable(i, now)
   if self.cooldown > 0 then self.down_until[i] = now + self.cooldown end
