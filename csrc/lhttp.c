@@ -753,6 +753,14 @@ static int has_chunk(const transfer *t) {
   return t->streaming && !t->finished && t->id != 0 && t->body.len > 0;
 }
 
+/* How many transfers perform() would report now: finished, or chunks. */
+static int ready_count(const session *s) {
+  const transfer *t;
+  int n = 0;
+  for (t = s->transfers; t; t = t->next) n += t->finished || has_chunk(t);
+  return n;
+}
+
 /* s:perform([wait_seconds = 0]) -> list of finished transfers and of
  * streamed transfers' chunks (maybe empty).  Runs every transfer; waits up
  * to wait_seconds for activity when nothing is ready yet (callers with
@@ -767,8 +775,7 @@ static int l_perform(lua_State *L) {
   if (wait * 1000 > WP_MAX_MS) wait = WP_MAX_MS / 1000;
   mc = curl_multi_perform(s->multi, &running);
   collect_finished(s);
-  for (t = s->transfers; t; t = t->next) n += t->finished || has_chunk(t);
-  if (mc == CURLM_OK && n == 0 && wait > 0) {   /* with nothing running it just sleeps */
+  if (mc == CURLM_OK && ready_count(s) == 0 && wait > 0) {   /* with nothing running it just sleeps */
     curl_multi_poll(s->multi, NULL, 0, (int)(wait * 1000), NULL);
     mc = curl_multi_perform(s->multi, &running);
     collect_finished(s);
@@ -778,10 +785,7 @@ static int l_perform(lua_State *L) {
    * emptied: a memory error while building it loses nothing, and the next
    * perform reports the same transfers again.  Nothing calls curl between
    * the two passes, so both see the same transfers. */
-  n = 0;
-  for (t = s->transfers; t; t = t->next) n += t->finished || has_chunk(t);
-  lua_createtable(L, n, 0);
-  n = 0;
+  lua_createtable(L, ready_count(s), 0);
   for (t = s->transfers; t; t = t->next) {
     if (has_chunk(t)) push_chunk(L, t);
     else if (t->finished) push_result(L, t);
