@@ -137,16 +137,22 @@ function curl_transport:pending()
   return self.session:pending()
 end
 
---- Runs transfers for up to `wait` seconds and dispatches what finished.
--- A callback that raises does not lose the others' results: the first
--- error is raised again once all are dispatched (an interrupt before any).
--- An error that request() kept back is raised first, before anything runs.
-function curl_transport:step(wait)
+-- Raises (once) the error of another transfer's callback that request()
+-- kept back so that its caller got its own answer.
+local function raise_held(self)
   local held = self.held_error
   if held ~= nil then
     self.held_error = nil
     error(held, 0)
   end
+end
+
+--- Runs transfers for up to `wait` seconds and dispatches what finished.
+-- A callback that raises does not lose the others' results: the first
+-- error is raised again once all are dispatched (an interrupt before any).
+-- An error that request() kept back is raised first, before anything runs.
+function curl_transport:step(wait)
+  raise_held(self)
   local done = self.session:perform(wait or 0)
   local first_error, interrupt
   for i = 1, #done do
@@ -187,11 +193,7 @@ end
 -- raises cancels its own transfer: nothing goes out for a caller who saw
 -- a failure.
 function curl_transport:request(request)
-  local held = self.held_error
-  if held ~= nil then
-    self.held_error = nil
-    error(held, 0)
-  end
+  raise_held(self)
   local result, failure, finished = nil, nil, false
   local id = self:submit(request, function(res, err)
     result, failure, finished = res, err, true
