@@ -426,6 +426,9 @@ local function perform(self, request)
 end
 
 local MAIN = {}   -- the key of the main thread, which LuaJIT's coroutine.running() gives as nil
+local function current_thread()
+  return coroutine.running() or MAIN
+end
 
 -- Wakes every light thread waiting in step: any of them may be the one
 -- whose promise this settled (a handler waiting on a nested call, and the
@@ -448,7 +451,7 @@ local function run(self, request, callback)
   end
   self.running = self.running - 1
   if self.closed then return end
-  local thread = coroutine.running() or MAIN   -- LuaJIT: nil on the main thread
+  local thread = current_thread()
   self.dispatching[thread] = true
   local called, err = pcall(callback, res, fail)
   self.dispatching[thread] = nil
@@ -465,7 +468,7 @@ end
 -- "nothing is in flight" error, not a hang.
 function ngx_transport:busy()
   if self.running > 0 then return true end
-  local me = coroutine.running() or MAIN
+  local me = current_thread()
   for thread in pairs(self.dispatching) do
     if thread ~= me and not self.waiting[thread] then return true end
   end
@@ -494,7 +497,7 @@ function ngx_transport:step(wait)
     error(err, 0)
   end
   if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
-  local me = coroutine.running() or MAIN
+  local me = current_thread()
   self.waiting[me] = true
   self.semaphore:wait(math.max(0, wait or 0))
   self.waiting[me] = nil
