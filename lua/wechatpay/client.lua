@@ -419,9 +419,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       end,
     }
   end
-  local first = round_timeout()
-  if first < 0.001 then first = prepared.timeout end   -- a deadline already spent cannot be: started is now
-  attempt(first)
+  attempt(round_timeout())
   return p
 end
 
