@@ -92,7 +92,7 @@ local function client_options(opts)
   options.apiv3_key = apiv3_key
   options.certs = {}
   options.cert_dir, options.cert_store = nil, nil
-  if opts.timeout then options.timeout = tonumber(opts.timeout) end
+  if opts.timeout then options.timeout = opts.timeout end   -- a number: main checked it
   options.retry = { idempotent = true }
   return options
 end
@@ -115,6 +115,7 @@ function certs.main(argv)
   if opts.timeout then
     local t, terr = args.seconds(opts.timeout, 86400)
     if not t then return fail(exit.USAGE, terr) end
+    opts.timeout = t
   end
   local options, oerr = client_options(opts)
   if not options then return fail(exit.CONFIG, oerr) end
