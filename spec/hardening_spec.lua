@@ -6,6 +6,7 @@ local wechatpay = require("wechatpay")
 local errors = require("wechatpay.errors")
 local merchant = require("support.merchant")
 local ossl = require("support.openssl")
+local cjson = require("cjson")
 
 local function refused(fn, pattern)
   local ok, err = pcall(fn)
@@ -203,13 +204,46 @@ describe("hardening", function()
           "json body%.detail%.amount is a number lua%-cjson cannot send exactly")
       end
       -- the field is named, its value never shown: it may be an ID number
-      local ok, err = pcall(function() client:chain("v3/x"):post{ json = { id_card_number = 110105194912310020 } } end)
+      local ok, err = pcall(function() client:chain("v3/x"):post{ json = { out_request_no = 110105194912310020 } } end)
       assert.is_false(ok)
-      assert.matches("json body.id_card_number is a number", tostring(err), 1, true)
+      assert.matches("json body.out_request_no is a number", tostring(err), 1, true)
       assert.not_matches("1101051949", tostring(err), 1, true)
       assert.not_matches("1.101", tostring(err), 1, true)
       refused(function() client:chain("v3/x"):post{ json = { f = function() end } } end, "json cannot be encoded")
       assert.equal(n, #transport.requests)
+    end)
+  end)
+
+  describe("sensitive fields", function()
+    it("refuses a real name or ID number in plaintext, at any depth, naming the field and never the value", function()
+      local ciphertext = assert(client:encrypt("110101199003071234"))
+      local cases = {
+        { { user_name = "张三" }, "json body.user_name is not encrypted" },
+        { { id_card_number = "110101199003071234" }, "json body.id_card_number is not encrypted" },
+        { { id_card_number = 110101199003071234 }, "json body.id_card_number is not encrypted" },
+        { { transfer_detail_list = { { user_name = ciphertext }, { user_name = "李四" } } },
+          "json body.transfer_detail_list.2.user_name is not encrypted" },
+        { { identity_info = { id_doc_info = { id_doc_number = "E12345678" } } },
+          "json body.identity_info.id_doc_info.id_doc_number is not encrypted" },
+        -- a ciphertext cut short is not one either
+        { { user_name = ciphertext:sub(1, 340) }, "json body.user_name is not encrypted" },
+      }
+      for _, case in ipairs(cases) do
+        local ok, err = pcall(function() client:chain("v3/x"):post{ json = case[1] } end)
+        assert.is_false(ok)
+        assert.matches(case[2], tostring(err), 1, true)
+        assert.matches("client:encrypt", tostring(err), 1, true)
+        for _, secret in ipairs{ "张三", "李四", "1101011990", "1.101", "E12345678" } do
+          assert.not_matches(secret, tostring(err), 1, true)
+        end
+      end
+      assert.equal(0, #transport.requests)
+      -- ciphertext goes out; an empty field is WeChat Pay's to judge; other names are not checked;
+      -- and `body =` is sent as given
+      client:chain("v3/x"):post{ json = { user_name = ciphertext, id_card_number = "", name = "张三" } }
+      client:chain("v3/x"):post{ body = '{"user_name":"x"}' }
+      assert.equal(2, #transport.requests)
+      assert.equal(ciphertext, cjson.decode(transport.requests[1].body).user_name)
     end)
   end)
 

@@ -239,25 +239,42 @@ end
 if JSON_DIGITS == 14 then json.encode_number_precision(14) end
 local JSON_FORMAT = "%." .. JSON_DIGITS .. "g"
 
-local function check_numbers(value, where, depth)
+-- Fields WeChat Pay takes only as RSA-OAEP ciphertext (client:encrypt):
+-- the real name and the ID-document numbers, in every API that has them.
+-- Sent in plaintext they would reach WeChat Pay's logs before being refused.
+local ENCRYPTED_FIELDS = { user_name = true, id_card_number = true, user_id_card = true,
+  id_card_name = true, id_doc_number = true }
+
+-- OAEP ciphertext in standard base64: a 2048-bit key gives 344 characters.
+local function looks_encrypted(text)
+  return #text >= 344 and #text % 4 == 0 and text:find("^[%w+/]+=?=?$") ~= nil
+end
+
+-- Refuses a number lua-cjson would round and a field of ENCRYPTED_FIELDS
+-- that is not ciphertext, naming the field and never its value (it may be
+-- an ID number).
+local function check_body(value, where, depth)
   if depth > 64 then return end   -- deeper than any API body: cjson refuses cycles itself
   for k, v in pairs(value) do
     local tv = type(v)
-    if tv == "number" then
+    if ENCRYPTED_FIELDS[k] and (tv == "number" or (tv == "string" and v ~= "" and not looks_encrypted(v))) then
+      raise(("json %s.%s is not encrypted: WeChat Pay takes it only as RSA-OAEP ciphertext, "
+        .. "made by client:encrypt(plaintext); nothing was sent"):format(where, k))
+    elseif tv == "number" then
       if v == v and v ~= math.huge and v ~= -math.huge and tonumber(JSON_FORMAT:format(v)) ~= v then
-        -- the field named, never its value: it may be an ID number
         raise(("json %s.%s is a number lua-cjson cannot send exactly (it writes %d significant digits): "
           .. "give it as a string"):format(where, tostring(k), JSON_DIGITS))
       end
     elseif tv == "table" then
-      check_numbers(v, where .. "." .. tostring(k), depth + 1)
+      check_body(v, where .. "." .. tostring(k), depth + 1)
     end
   end
 end
 
---- encode_json(value) -> text; raises on what JSON cannot carry exactly.
+--- encode_json(value) -> text; raises on what JSON cannot carry exactly,
+-- and on a sensitive field in plaintext.
 function request.encode_json(value)
-  check_numbers(value, "body", 1)
+  check_body(value, "body", 1)
   local ok, text = pcall(json.encode, value)
   if not ok then raise("json cannot be encoded: " .. tostring(text):gsub("^[^:]*:%d+: ", "")) end
   return text
