@@ -577,6 +577,33 @@ describe("async calls: transport errors", function()
   end)
 end)
 
+describe("async calls: a transport with only request()", function()
+  local dispatcher = require("wechatpay.dispatcher")
+
+  it("keeps the other completions when one's callback is interrupted", function()
+    local blocking = { request = function(_, req) return { status = 200, headers = {}, body = req.body } end }
+    local queue = dispatcher.new(blocking)
+    local seen = {}
+    for i = 1, 3 do
+      queue:submit{
+        make = function() return { method = "GET", url = "https://x/", body = tostring(i) } end,
+        done = function(raw)
+          if i == 1 then error("interrupted!", 0) end
+          seen[#seen + 1] = raw.body
+        end,
+      }
+    end
+    local ok, err = pcall(queue.step, queue, 0)
+    assert.is_false(ok)
+    assert.equals("interrupted!", err)
+    -- the two others are delivered by the next step, once each
+    queue:step(0)
+    queue:step(0)
+    assert.same({ "2", "3" }, seen)
+    assert.equals(0, queue.in_flight)
+  end)
+end)
+
 describe("async calls: memory", function()
   local server
 

@@ -22,17 +22,27 @@ local monotonic = core.monotonic
 -- A transport with only request(request) -> response | nil, err (a test
 -- double, a blocking one) still works: its calls complete one at a time.
 local function sync_adapter(transport)
-  local finished = {}
+  local finished, head, tail = {}, 1, 0
   return {
     submit = function(_, request, callback)
       local res, err = transport:request(request)
-      finished[#finished + 1] = { callback, res, err }
+      tail = tail + 1
+      finished[tail] = { callback, res, err }
     end,
+    -- One completion at a time, taken off before its callback runs: when
+    -- one raises (an interrupt), the others wait for the next step instead
+    -- of being lost with their calls' promises.  What the callbacks submit
+    -- waits for the next step too.
     step = function()
-      local list = finished
-      finished = {}
-      for i = 1, #list do list[i][1](list[i][2], list[i][3]) end
-      return #list
+      local last, n = tail, 0
+      while head <= last do
+        local item = finished[head]
+        finished[head] = nil
+        head = head + 1
+        n = n + 1
+        item[1](item[2], item[3])
+      end
+      return n
     end,
     close = transport.close and function() transport:close() end,
   }
