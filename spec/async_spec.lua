@@ -355,6 +355,31 @@ describe("async calls: retries", function()
     client:close()
   end)
 
+  it("waits at least what a 429's Retry-After asks, and fails at once when that is past the deadline", function()
+    local client = server:client{ retry = IDEMPOTENT }
+    server:fault("status", { status = 429, code = "FREQUENCY_LIMITED", retry_after = 1, count = 1, path = "/coupons$" })
+    local began = now()
+    local res, err = support.grant_async(client, users[1], support.request_no("AFTER")):wait()
+    assert.is_nil(err)
+    assert.equals(200, res.status)
+    -- a lower bound: the backoff alone (0.01 s) would have retried at once
+    assert.is_true(now() - began >= 1, "retried before the Retry-After")
+    assert.equals(2, server:stats().requests)
+    assert.equals(1, server:stats().grants)
+
+    -- 60 s asked, 30 s of deadline: no retry, and the error says why
+    server:reset()
+    server:fault("status", { status = 429, code = "FREQUENCY_LIMITED", retry_after = 60, count = 1, path = "/coupons$" })
+    began = now()
+    local _, refused = support.grant_async(client, users[1], support.request_no("AFTER")):wait()
+    assert.equals(429, refused.status)
+    assert.equals(1, refused.attempts)
+    assert.matches("asks to wait 60 s (Retry-After), past the call's deadline", refused.message, 1, true)
+    assert.is_true(now() - began < 30)
+    assert.equals(1, server:stats().requests)
+    client:close()
+  end)
+
   it("never retries a 400", function()
     local client = server:client{ retry = IDEMPOTENT }
     server:fault("status", { status = 400, count = 1, path = "/coupons$" })

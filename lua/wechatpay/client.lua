@@ -381,9 +381,12 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       if fail_over(err) then return end
       err.failovers = failovers
     end
-    local delay = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
+    local delay, why = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
       core.monotonic() - started, jitter)
-    if not delay then return settle(nil, err) end
+    if not delay then
+      if why then err.message = ("%s; %s"):format(tostring(err.message), why) end
+      return settle(nil, err)
+    end
     -- a retry ends inside the deadline too, not only starts inside it
     queue:after(delay, function()
       local timeout = round_timeout()

@@ -42,13 +42,32 @@ local function retryable(policy, idempotent, err)
   return false
 end
 
---- delay(policy, idempotent, err, attempts, elapsed [, random]) -> seconds | nil
--- attempts: sent so far; elapsed: seconds since the first attempt.
+-- The seconds an answer's Retry-After asks for (delta-seconds; an
+-- HTTP-date is ignored and the backoff applies), or nil.
+local function retry_after(err)
+  local res = err.response
+  if err.kind ~= "http" or type(res) ~= "table" or type(res.headers) ~= "table" then return nil end
+  local value = res.headers["retry-after"]
+  local seconds = type(value) == "string" and value:match("^%s*(%d+)%s*$")
+  return seconds and tonumber(seconds) or nil
+end
+
+--- delay(policy, idempotent, err, attempts, elapsed [, random]) -> seconds | nil, why
+-- attempts: sent so far; elapsed: seconds since the first attempt.  An
+-- answer's Retry-After is a floor: never sooner than the server asked.
+-- why: set when a retry was due but the wait does not fit the deadline.
 function retry.delay(policy, idempotent, err, attempts, elapsed, random)
   if attempts >= policy.attempts or not retryable(policy, idempotent, err) then return nil end
   local delay = math.min(policy.max_backoff, policy.backoff * 2 ^ (attempts - 1))
   delay = delay * (0.5 + (random or math.random)() * 0.5)   -- jitter: retries of a batch do not align
-  if elapsed + delay > policy.deadline then return nil end
+  local asked = retry_after(err)
+  if asked and asked > delay then delay = asked end
+  if elapsed + delay > policy.deadline then
+    if asked and asked == delay then
+      return nil, ("not retried: the answer asks to wait %d s (Retry-After), past the call's deadline"):format(asked)
+    end
+    return nil
+  end
   return delay
 end
 

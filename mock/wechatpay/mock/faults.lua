@@ -30,6 +30,10 @@ local function status_opt(opts, default)
   if opts.message ~= nil and type(opts.message) ~= "string" then
     return nil, "opts.message must be a string"
   end
+  local after = opts.retry_after
+  if after ~= nil and (type(after) ~= "number" or after % 1 ~= 0 or after < 0) then
+    return nil, "opts.retry_after must be a whole number of seconds"
+  end
   return true
 end
 

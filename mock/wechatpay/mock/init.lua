@@ -68,7 +68,8 @@
 --                    the signature and Wechatpay-Timestamp are unchanged)
 --   unknown_serial   Wechatpay-Serial = opts.serial or PUB_KEY_ID_999..., real signature
 --   missing_headers  2xx without opts.headers (default: all four Wechatpay-* headers)
---   status           unsigned WeChat-shaped error opts.status (default 500), not processed
+--   status           unsigned WeChat-shaped error opts.status (default 500), not processed;
+--                    with a Retry-After header of opts.retry_after seconds if given
 --   delay            sleep opts.seconds; then process if opts.then_process, else
 --                    reply opts.status (default 504) unprocessed
 --   reset            headers + half the body, then the connection is closed

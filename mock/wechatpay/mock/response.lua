@@ -73,7 +73,9 @@ end
 
 -- The unsigned error a "status"-like fault replies with.
 function response.from_fault(opts, default_message)
-  return response.error(opts.status, opts.code, opts.message or default_message)
+  local resp = response.error(opts.status, opts.code, opts.message or default_message)
+  if opts.retry_after then resp.headers = { { "Retry-After", string.format("%d", opts.retry_after) } } end
+  return resp
 end
 
 function response.sign(key, timestamp, nonce, body)
@@ -179,6 +181,7 @@ function response.send(resp, fault)
     -- a server whose clock is off: only the HTTP Date header moves
     headers[#headers + 1] = { "Date", ngx.http_time(ngx.time() + fault.opts.offset) }
   end
+  for _, h in ipairs(resp.headers or {}) do headers[#headers + 1] = h end
   if resp.content_type then
     headers[#headers + 1] = { "Content-Type", resp.content_type }
   elseif body ~= "" then
