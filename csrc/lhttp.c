@@ -907,8 +907,10 @@ static int l_http_session(lua_State *L) {
     lua_pop(L, 1);
     raw_field(L, 1, "client_key");
     if (lua_type(L, -1) == LUA_TUSERDATA) key_object = wp_check_key(L, lua_gettop(L));
-    lua_pop(L, 1);   /* the key object is referenced by the options table */
-    if (!key_object) key = opt_field_string(L, 1, "client_key", &key_len);
+    else if (lua_type(L, -1) == LUA_TSTRING) key = lua_tolstring(L, -1, &key_len);
+    else if (!lua_isnil(L, -1))
+      return luaL_error(L, "bad request field 'client_key' (string expected, got %s)", luaL_typename(L, -1));
+    lua_pop(L, 1);   /* the key, string or object, is referenced by the options table */
     type = opt_field_string(L, 1, "client_key_type", NULL);
     if ((cert == NULL) != (key == NULL && key_object == NULL) || (cert && (cert_len == 0 || (key && key_len == 0))))
       return luaL_argerror(L, 1, "options 'client_cert' and 'client_key' go together, neither empty");
