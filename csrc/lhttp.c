@@ -56,6 +56,7 @@
 #include "wechatpay.h"
 
 #define WP_SESSION_CLASS "wechatpay.http_session"
+static const char session_class_tag = 0;
 #define WP_MAX_BODY_DEFAULT (64L * 1024 * 1024)
 #define WP_MAX_BODY_LIMIT 1073741824.0      /* 1 GiB: bodies live in memory */
 #define WP_MAX_MS 2147483647.0              /* curl_multi_poll takes an int */
@@ -346,7 +347,7 @@ static void session_destroy(session *s) {
 /* The session of argument 1, made this process's own if it was inherited
  * through fork(): a getpid() per call is the whole cost. */
 static session *check_session(lua_State *L) {
-  session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  session *s = (session *)wp_check_class(L, 1, &session_class_tag, WP_SESSION_CLASS);
   if (s->multi && s->pid != getpid()) {
     session_abandon(s);
     s->pid = getpid();
@@ -829,13 +830,13 @@ static int l_pending(lua_State *L) {
 /* s:close(); also __gc and __close.  In a fork child it cleans up only what
  * the child made itself. */
 static int l_session_close(lua_State *L) {
-  session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  session *s = (session *)wp_check_class(L, 1, &session_class_tag, WP_SESSION_CLASS);
   session_destroy(s);
   return 0;
 }
 
 static int l_session_tostring(lua_State *L) {
-  session *s = (session *)luaL_checkudata(L, 1, WP_SESSION_CLASS);
+  session *s = (session *)wp_check_class(L, 1, &session_class_tag, WP_SESSION_CLASS);
   lua_pushstring(L, s->multi ? "wechatpay.http_session" : "wechatpay.http_session (closed)");
   return 1;
 }
@@ -876,8 +877,7 @@ static int l_http_session(lua_State *L) {
 
   s = (session *)lua_newuserdata(L, sizeof *s);   /* box first ... */
   memset(s, 0, sizeof *s);
-  luaL_getmetatable(L, WP_SESSION_CLASS);
-  lua_setmetatable(L, -2);
+  wp_set_class(L, &session_class_tag);
   s->idle_timeout = idle;
   s->max_connections = max_conn;
   s->max_body = max_body;
@@ -984,15 +984,7 @@ void wp_open_http(lua_State *L) {
   curl_version_info_data *info;
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
     luaL_error(L, "cannot initialise libcurl");
-  if (luaL_newmetatable(L, WP_SESSION_CLASS)) {
-    luaL_setfuncs(L, metamethods, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushliteral(L, WP_SESSION_CLASS);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
+  wp_new_class(L, &session_class_tag, WP_SESSION_CLASS, metamethods, methods);
   lua_pushcfunction(L, l_http_session);
   lua_setfield(L, -2, "http_session");
   info = curl_version_info(CURLVERSION_NOW);

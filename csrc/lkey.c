@@ -10,29 +10,10 @@
 /* The most core.read_file may be asked to read: key files are a few KB. */
 #define WP_READ_FILE_MAX (1 << 20)
 
-/* The key metatable is registered under this variable's address, not under
- * the name "wechatpay.key": two builds of the module (OpenSSL's and
- * mbedTLS's, as spec/backends_spec.lua loads them) can share a Lua state,
- * and neither may take the other's key for its own. */
 static const char key_class_tag = 0;
 
-static void push_key_metatable(lua_State *L) {
-  lua_pushlightuserdata(L, (void *)&key_class_tag);
-  lua_rawget(L, LUA_REGISTRYINDEX);
-}
-
 static wp_lkey *check_key_box(lua_State *L, int idx) {
-  void *box = lua_touserdata(L, idx);
-  if (box && lua_getmetatable(L, idx)) {
-    int ours;
-    push_key_metatable(L);
-    ours = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (ours) return (wp_lkey *)box;
-  }
-  luaL_argerror(L, idx, lua_pushfstring(L, "%s (%s) expected, got %s", WP_KEY_CLASS, wp_crypto_backend(),
-                                        box ? "another build's or type's userdata" : luaL_typename(L, idx)));
-  return NULL;
+  return (wp_lkey *)wp_check_class(L, idx, &key_class_tag, WP_KEY_CLASS);
 }
 
 wp_key *wp_check_key(lua_State *L, int idx) {
@@ -48,8 +29,7 @@ void *wp_scratch(lua_State *L, size_t size) {
 static wp_lkey *key_box(lua_State *L) {
   wp_lkey *box = (wp_lkey *)lua_newuserdata(L, sizeof *box);
   box->key = NULL;
-  push_key_metatable(L);
-  lua_setmetatable(L, -2);
+  wp_set_class(L, &key_class_tag);
   return box;
 }
 
@@ -201,20 +181,6 @@ void wp_open_keys(lua_State *L) {
     {"read_file", l_read_file},
     {NULL, NULL}
   };
-  push_key_metatable(L);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    luaL_setfuncs(L, metamethods, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushliteral(L, WP_KEY_CLASS);   /* what key.is_key and error messages read */
-    lua_setfield(L, -2, "__name");
-    lua_pushlightuserdata(L, (void *)&key_class_tag);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-  }
-  lua_pop(L, 1);
+  wp_new_class(L, &key_class_tag, WP_KEY_CLASS, metamethods, methods);
   luaL_setfuncs(L, functions, 0);
 }

@@ -22,6 +22,7 @@
 
 #define WP_INFLATER_CLASS "wechatpay.inflater"
 #define WP_HASHER_CLASS "wechatpay.hasher"
+static const char inflater_class_tag = 0, hasher_class_tag = 0;
 #define WP_INFLATE_OUT_DEFAULT (256 * 1024)
 #define WP_INFLATE_OUT_MAX (64 * 1024 * 1024)
 
@@ -45,7 +46,7 @@ static void inflater_destroy(inflater *inf) {
 }
 
 static inflater *check_inflater(lua_State *L) {
-  inflater *inf = (inflater *)luaL_checkudata(L, 1, WP_INFLATER_CLASS);
+  inflater *inf = (inflater *)wp_check_class(L, 1, &inflater_class_tag, WP_INFLATER_CLASS);
   if (!inf->ready) luaL_argerror(L, 1, "inflater has been closed");
   return inf;
 }
@@ -61,8 +62,7 @@ static int l_inflater(lua_State *L) {
                 "max_output must be from 1 to 67108864 bytes");
   inf = (inflater *)lua_newuserdata(L, sizeof *inf);   /* box first ... */
   memset(inf, 0, sizeof *inf);
-  luaL_getmetatable(L, WP_INFLATER_CLASS);
-  lua_setmetatable(L, -2);
+  wp_set_class(L, &inflater_class_tag);
   inf->out = (unsigned char *)malloc((size_t)max_out);   /* ... then acquire */
   if (!inf->out) return luaL_error(L, "out of memory for an inflater");
   inf->out_size = (size_t)max_out;
@@ -154,12 +154,12 @@ static int l_inflater_finish(lua_State *L) {
 
 /* inf:close(); also __gc and __close */
 static int l_inflater_close(lua_State *L) {
-  inflater_destroy((inflater *)luaL_checkudata(L, 1, WP_INFLATER_CLASS));
+  inflater_destroy((inflater *)wp_check_class(L, 1, &inflater_class_tag, WP_INFLATER_CLASS));
   return 0;
 }
 
 static int l_inflater_tostring(lua_State *L) {
-  inflater *inf = (inflater *)luaL_checkudata(L, 1, WP_INFLATER_CLASS);
+  inflater *inf = (inflater *)wp_check_class(L, 1, &inflater_class_tag, WP_INFLATER_CLASS);
   lua_pushstring(L, inf->ready ? "wechatpay.inflater" : "wechatpay.inflater (closed)");
   return 1;
 }
@@ -173,7 +173,7 @@ typedef struct {
 } hasher;
 
 static hasher *check_hasher(lua_State *L) {
-  hasher *h = (hasher *)luaL_checkudata(L, 1, WP_HASHER_CLASS);
+  hasher *h = (hasher *)wp_check_class(L, 1, &hasher_class_tag, WP_HASHER_CLASS);
   if (!h->ctx) luaL_argerror(L, 1, "hasher has been closed");
   if (h->done) luaL_argerror(L, 1, "hasher already gave its digest (final is called once)");
   return h;
@@ -185,8 +185,7 @@ static int l_hasher(lua_State *L) {
   int which = luaL_checkoption(L, 1, NULL, names);
   hasher *h = (hasher *)lua_newuserdata(L, sizeof *h);   /* box first ... */
   memset(h, 0, sizeof *h);
-  luaL_getmetatable(L, WP_HASHER_CLASS);
-  lua_setmetatable(L, -2);
+  wp_set_class(L, &hasher_class_tag);
   h->md = which == 0 ? WP_MD_SHA1 : WP_MD_SHA256;
   h->ctx = wp_md_new(h->md);                             /* ... then acquire */
   if (!h->ctx) return luaL_error(L, "cannot start a digest");
@@ -222,37 +221,17 @@ static int l_hasher_final(lua_State *L) {
 
 /* h:close(); also __gc and __close */
 static int l_hasher_close(lua_State *L) {
-  hasher *h = (hasher *)luaL_checkudata(L, 1, WP_HASHER_CLASS);
+  hasher *h = (hasher *)wp_check_class(L, 1, &hasher_class_tag, WP_HASHER_CLASS);
   wp_md_free(h->ctx);
   h->ctx = NULL;
   return 0;
 }
 
 static int l_hasher_tostring(lua_State *L) {
-  hasher *h = (hasher *)luaL_checkudata(L, 1, WP_HASHER_CLASS);
+  hasher *h = (hasher *)wp_check_class(L, 1, &hasher_class_tag, WP_HASHER_CLASS);
   lua_pushfstring(L, "wechatpay.hasher (%s%s)", h->md == WP_MD_SHA1 ? "sha1" : "sha256",
                   h->ctx ? "" : ", closed");
   return 1;
-}
-
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
-                      lua_CFunction tostring) {
-  if (luaL_newmetatable(L, name)) {
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushcfunction(L, close);
-    lua_setfield(L, -2, "close");
-    lua_setfield(L, -2, "__index");
-    lua_pushstring(L, name);
-    lua_setfield(L, -2, "__name");
-  }
-  lua_pop(L, 1);
 }
 
 /* core.fsync(path) -> true | nil, err: the file (or directory) at path on
@@ -285,15 +264,29 @@ void wp_open_stream(lua_State *L) {
   static const luaL_Reg inflater_methods[] = {
     {"update", l_inflater_update},
     {"finish", l_inflater_finish},
+    {"close", l_inflater_close},
     {NULL, NULL}
   };
   static const luaL_Reg hasher_methods[] = {
     {"update", l_hasher_update},
     {"final", l_hasher_final},
+    {"close", l_hasher_close},
     {NULL, NULL}
   };
-  new_class(L, WP_INFLATER_CLASS, inflater_methods, l_inflater_close, l_inflater_tostring);
-  new_class(L, WP_HASHER_CLASS, hasher_methods, l_hasher_close, l_hasher_tostring);
+  static const luaL_Reg inflater_metamethods[] = {
+    {"__gc", l_inflater_close},
+    {"__close", l_inflater_close},
+    {"__tostring", l_inflater_tostring},
+    {NULL, NULL}
+  };
+  static const luaL_Reg hasher_metamethods[] = {
+    {"__gc", l_hasher_close},
+    {"__close", l_hasher_close},
+    {"__tostring", l_hasher_tostring},
+    {NULL, NULL}
+  };
+  wp_new_class(L, &inflater_class_tag, WP_INFLATER_CLASS, inflater_metamethods, inflater_methods);
+  wp_new_class(L, &hasher_class_tag, WP_HASHER_CLASS, hasher_metamethods, hasher_methods);
   lua_pushcfunction(L, l_inflater);
   lua_setfield(L, -2, "inflater");
   lua_pushcfunction(L, l_hasher);

@@ -25,6 +25,15 @@
 #define lua_rawlen(L, i) lua_objlen(L, (i))
 #endif
 
+/* Userdata classes (lclass.c), each keyed by the address of a static tag
+ * of its own file: another build's objects are refused, never misread. */
+void wp_new_class(lua_State *L, const char *tag, const char *name, const luaL_Reg *metamethods,
+                  const luaL_Reg *methods);
+/* Sets the class's metatable on the userdata on top of the stack. */
+void wp_set_class(lua_State *L, const char *tag);
+/* The userdata at idx if it is of this class (of this build), else raises. */
+void *wp_check_class(lua_State *L, int idx, const char *tag, const char *name);
+
 #define WP_KEY_CLASS "wechatpay.key"
 
 /* A key object: box first (ptr NULL), then acquire, so __gc always frees. */

@@ -277,4 +277,29 @@ describe("crypto backends", function()
     assert.equal("wechatpay.key (private RSA-2048)", tostring(a))
     assert.equal("wechatpay.key (private RSA-2048)", tostring(b))
   end)
+
+  it("each run their own hashers, inflaters and sessions, and refuse the other's", function()
+    -- sha256("abc"), FIPS 180-2's example
+    local abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    local hashers, inflaters, sessions = {}, {}, {}
+    for i, core in ipairs(cores) do
+      hashers[i] = core.hasher("sha256")
+      assert.equal(abc, hashers[i]:update("ab"):update("c"):final())
+      inflaters[i] = core.inflater()
+      sessions[i] = core.http_session()
+      assert.matches("^wechatpay%.http_session", tostring(sessions[i]))
+    end
+    local other = { hashers[2], inflaters[2], sessions[2] }
+    for i, object in ipairs{ hashers[1], inflaters[1], sessions[1] } do
+      local methods = getmetatable(object).__index
+      assert.are_not.equal(methods, getmetatable(other[i]).__index)
+      local err = select(2, pcall(methods.close, other[i]))
+      assert.matches("another build's or type's userdata", tostring(err), 1, true)
+    end
+    for i = 1, #cores do
+      hashers[i]:close()
+      inflaters[i]:close()
+      sessions[i]:close()
+    end
+  end)
 end)
