@@ -44,6 +44,18 @@ describe("wechatpay.promise", function()
     assert.equal("bad", seen)
   end)
 
+  it("catch and next(nil, f) pass a fulfilled value through without calling f", function()
+    local called = 0
+    local function f() called = called + 1; return "from the rejection handler" end
+    assert.equal(42, (promise.resolved(42):catch(f):wait()))
+    assert.equal(42, (promise.resolved(42):next(nil, f):wait()))
+    local d = scripted_driver()
+    local p = promise.new(d)
+    d:later(function() p:resolve("later") end)
+    assert.equal("later", (p:catch(f):wait()))
+    assert.equal(0, called)
+  end)
+
   it("waiting on a settled promise returns at once, again and again", function()
     local d = scripted_driver()
     local p = promise.resolved(5, d)

@@ -52,7 +52,8 @@ function Promise:next(on_fulfilled, on_rejected)
   child.parent = self
   local function run()
     child.parent = nil
-    local handler = self.state == "fulfilled" and on_fulfilled or on_rejected
+    local handler = on_rejected
+    if self.state == "fulfilled" then handler = on_fulfilled end
     if type(handler) ~= "function" then
       if self.state == "fulfilled" then child:resolve(self.value) else child:reject(self.value) end
       return
