@@ -26,6 +26,7 @@ WP_EXPORT int luaopen_wechatpay_core(lua_State *L) {
   wp_open_protocol(L);
   wp_open_stream(L);
   wp_open_json(L);
+  wp_open_fs(L);
 #ifndef WP_NO_HTTP
   wp_open_http(L);
 #endif

@@ -8,13 +8,9 @@
  *   local ok, err = inf:finish()   -- true once the stream ended cleanly
  *   local h = core.hasher("sha1" | "sha256")
  *   h:update(data); local hex = h:final()
- *   local ok, err = core.fsync(path)   -- a file's (or directory's) bytes on disk
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <zlib.h>
 
@@ -234,32 +230,6 @@ static int l_hasher_tostring(lua_State *L) {
   return 1;
 }
 
-/* core.fsync(path) -> true | nil, err: the file (or directory) at path on
- * disk.  By path, as neither runtime gives a file handle's descriptor; the
- * page cache is the inode's, so a fresh read-only descriptor covers what
- * any other wrote (after their own flush). */
-static int l_fsync(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  int fd, rc, saved;
-  do fd = open(path, O_RDONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    saved = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot open %s to sync it: %s", path, strerror(saved));
-    return 2;
-  }
-  do rc = fsync(fd); while (rc != 0 && errno == EINTR);
-  saved = errno;
-  close(fd);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot sync %s to disk: %s", path, strerror(saved));
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 void wp_open_stream(lua_State *L) {
   static const luaL_Reg inflater_methods[] = {
     {"update", l_inflater_update},
@@ -291,8 +261,6 @@ void wp_open_stream(lua_State *L) {
   lua_setfield(L, -2, "inflater");
   lua_pushcfunction(L, l_hasher);
   lua_setfield(L, -2, "hasher");
-  lua_pushcfunction(L, l_fsync);
-  lua_setfield(L, -2, "fsync");
   lua_pushstring(L, zlibVersion());
   lua_setfield(L, -2, "zlib_version");
 }

@@ -52,7 +52,7 @@ build = {
   modules = {
     ["wechatpay.core"] = {
       sources = {
-        "csrc/core.c", "csrc/lclass.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c", "csrc/lstream.c",
+        "csrc/core.c", "csrc/lclass.c", "csrc/lfs.c", "csrc/lkey.c", "csrc/lcrypto.c", "csrc/lprotocol.c", "csrc/lhttp.c", "csrc/lstream.c",
         "csrc/ljson.c", "csrc/json.c",
         "csrc/crypto_mbedtls.c", "csrc/base64.c",
       },

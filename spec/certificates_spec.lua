@@ -180,6 +180,41 @@ describe("a cert_dir shared with a cron job", function()
   end)
 end)
 
+describe("the cert_dir store", function()
+  local certificates = require("wechatpay.certificates")
+  local core = require("wechatpay.core")
+
+  it("core.list_dir lists what ls -A lists, and says why it cannot", function()
+    local dir = ossl.tmpdir()
+    finally(function() ossl.remove(dir) end)
+    for _, name in ipairs{ "wechatpay_AB.pem", ".hidden", "with space", "中文" } do ossl.write(dir .. "/" .. name, "x") end
+    ossl.run("mkdir " .. ossl.quote(dir .. "/sub"))
+    local names = assert(core.list_dir(dir))
+    table.sort(names)
+    local expected = {}
+    for name in ossl.run("ls -A " .. ossl.quote(dir)):gmatch("[^\n]+") do expected[#expected + 1] = name end
+    table.sort(expected)
+    assert.same(expected, names)
+    local none, err = core.list_dir(dir .. "/missing")
+    assert.is_nil(none)
+    assert.matches("cannot list .*/missing: No such file or directory", err)
+    assert.has_error(function() core.list_dir("a\0b") end)
+  end)
+
+  it("loads without a subprocess (a forged callback's unknown serial reaches it before any signature check)", function()
+    local dir = ossl.tmpdir()
+    finally(function() ossl.remove(dir) end)
+    ossl.write(dir .. "/wechatpay_0A1B.pem", "PEM")
+    ossl.write(dir .. "/other.txt", "x")
+    local popen = io.popen
+    io.popen = function() error("io.popen called") end
+    local ok, found = pcall(certificates.dir_store(dir).load, certificates.dir_store(dir))
+    io.popen = popen
+    assert.is_true(ok, tostring(found))
+    assert.same({ ["0A1B"] = "PEM" }, found)
+  end)
+end)
+
 describe("a PUB_KEY_ID-only merchant", function()
   local server
 
@@ -266,6 +301,33 @@ describe("the certificate manager", function()
     assert.is_false(m:wants({ kind = "verify", unknown_serial = "PUB_KEY_ID_0114232134912410000000000001" }))
     clock.now = clock.now + 61
     assert.is_true(m:wants(UNKNOWN))
+  end)
+
+  it("a download that can no longer settle (its nginx request ended) is dropped, not joined forever", function()
+    local m, clock, fetches = manager({})
+    m.stale_after = 70
+    local first = m:refresh_async(nil, true)
+    assert.equal(first, m:refresh_async(nil, true))
+    clock.now = clock.now + 71
+    assert.is_true(m:wants(UNKNOWN))
+    local second = m:refresh_async(nil, true)
+    assert.are_not.equal(first, second)
+    assert.equal(2, #fetches)
+    -- should the first settle after all, it does not clear the second
+    fetches[1]:resolve({ certificates = {} })
+    assert.equal(second, m:refresh_async(nil, true))
+    fetches[2]:resolve({ certificates = {} })
+    assert.equal("fulfilled", second.state)
+  end)
+
+  it("a background refresh waiting for its timer makes due() false, so one is scheduled at a time", function()
+    local m, clock = manager({ ["5157F09EFDC096DE15EBE81A47057A7232F1B8E1"] = true })
+    clock.now = clock.now + certificates.REFRESH_INTERVAL
+    assert.is_true(m:due())
+    m.scheduled = true
+    assert.is_false(m:due())
+    m.scheduled = nil
+    assert.is_true(m:due())
   end)
 
   it("periodic refresh: due after the interval, only for merchants holding certificates, never after the 404", function()

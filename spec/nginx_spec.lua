@@ -8,6 +8,7 @@ local cjson = require("cjson")
 local core = require("wechatpay.core")
 local mock = require("wechatpay.mock")
 local nginx = require("support.nginx")
+local socket = require("socket")
 
 local now = core.monotonic
 -- The sanitizer build signs some 3x slower: latencies that must outlast 50
@@ -367,5 +368,40 @@ describe("inside nginx, four workers", function()
         ("grants %d..%d within %.3f s"):format(i, i + 10, times[i + 10] - times[i]))
     end
     assert.are.equal(n, server:stats().grants)
+  end)
+end)
+
+describe("inside nginx: the periodic certificate refresh", function()
+  local server, app
+
+  setup(function()
+    server = assert(mock.start{ latency = 0, rate_limit = false })
+    app = nginx.start(server, { workers = 1, background_refresh = true })
+  end)
+  teardown(function()
+    if app then app:stop() end
+    if server then server:stop() end
+  end)
+
+  it("survives the request that found it due ending with ngx.exit, and brings the new certificate", function()
+    local status, body = app:get("/bg?step=setup")
+    assert.are.equal(200, status)
+    assert.is_nil(body.error)
+    local next_serial = server:rotate_certificates()
+    -- the download takes a second: the request has ended long before it does
+    server:fault("delay", { seconds = 1, then_process = true, path = "^/v3/certificates" })
+    app:get("/bg?step=shift")
+    local _, answer = app:get("/bg?step=call")
+    assert.are.equal("200", tostring(answer):match("%d+"))
+    local keys
+    for _ = 1, 60 do
+      socket.sleep(0.1)
+      _, body = app:get("/bg?step=keys")
+      keys = table.concat(body.keys, " ")
+      if keys:find(next_serial, 1, true) then break end
+    end
+    assert.truthy(keys:find(next_serial, 1, true), "no refresh brought " .. next_serial .. ": " .. keys
+      .. "\n" .. app:error_log())
+    assert.are.equal(2, body.downloads)
   end)
 end)

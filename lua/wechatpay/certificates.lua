@@ -125,10 +125,6 @@ end
 
 -- ---- stores ---------------------------------------------------------------------------
 
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
 local DirStore = {}
 DirStore.__index = DirStore
 
@@ -144,11 +140,13 @@ function DirStore:file(serial)
   return self.path .. "/wechatpay_" .. serial .. ".pem"
 end
 
+-- Listed by core.list_dir, never io.popen("ls"): this runs when a callback
+-- names an unknown serial, before its signature is checked, and a fork
+-- there would stall an nginx worker at a stranger's request.
 function DirStore:load()
   local found = {}
-  local pipe = io.popen("ls -1 -- " .. shell_quote(self.path) .. " 2>/dev/null")
-  if not pipe then return found end
-  for name in pipe:lines() do
+  local names = core.list_dir(self.path)
+  for _, name in ipairs(names or {}) do
     local serial = name:match("^wechatpay_(%x+)%.pem$")
     if serial then
       local f = io.open(self.path .. "/" .. name, "rb")
@@ -158,7 +156,6 @@ function DirStore:load()
       end
     end
   end
-  pipe:close()
   return found
 end
 
@@ -260,15 +257,18 @@ end
 local Manager = {}
 Manager.__index = Manager
 
---- manager{ keys, apiv3_key, merchant_serial, fetch, store, interval, clock, sleeper }
+--- manager{ keys, apiv3_key, merchant_serial, fetch, store, interval, clock, sleeper, stale_after }
 -- keys: the client's map, which refreshes only ever add to;
 -- fetch(check) -> promise of the checked download response;
 -- sleeper() -> a sleep(seconds) that yields (ngx.sleep in a request or
--- timer) or nil where none may be used.
+-- timer) or nil where none may be used; stale_after: seconds after which
+-- a download still in flight can no longer settle (longer than any call's
+-- deadline) and is no longer joined.
 function certificates.manager(opts)
   local self = setmetatable({
     keys = opts.keys, apiv3_key = opts.apiv3_key, merchant_serial = opts.merchant_serial,
     fetch = opts.fetch, store = opts.store, on_change = opts.on_change, sleeper = opts.sleeper,
+    stale_after = opts.stale_after or 600,
     interval = opts.interval == nil and certificates.REFRESH_INTERVAL or opts.interval,
     clock = opts.clock or core.monotonic,
     downloads = 0,
@@ -315,9 +315,24 @@ local function holds_certificates(keys)
   return false
 end
 
+-- The download in flight, unless it is stale: inside nginx the request
+-- (or timer) that drove it may have ended first, taking its light threads
+-- with it (ngx.exit does), and such a promise never settles.  A stale one
+-- is dropped, so the next refresh downloads instead of joining it.
+function Manager:running()
+  local p = self.inflight
+  if p and (p.state ~= "pending" or self.clock() - self.inflight_since > self.stale_after) then
+    self.inflight = nil
+    return nil
+  end
+  return p
+end
+
 --- true when a periodic refresh is due: only for merchants on certificates.
+-- `scheduled` (set by the client while a background refresh waits for its
+-- timer) counts as running.
 function Manager:due()
-  if not self:enabled() or self.inflight or not self.interval then return false end
+  if not self:enabled() or self.scheduled or self:running() or not self.interval then return false end
   local now = self.clock()
   if now - self.last_refresh < self.interval then return false end
   if self.last_attempt and now - self.last_attempt < certificates.MIN_INTERVAL then return false end
@@ -330,7 +345,7 @@ function Manager:wants(err)
   if type(err) ~= "table" or err.kind ~= "verify" or not is_serial(err.unknown_serial) then return false end
   -- another process or worker may have saved it (a cron job's cert_dir, a
   -- shared dict): look there first, at most once a second
-  if self.store and not self.inflight then
+  if self.store and not self:running() then
     local now = self.clock()
     if not self.last_load or now - self.last_load >= 1 then
       self.last_load = now
@@ -339,7 +354,7 @@ function Manager:wants(err)
   end
   if not self:enabled() then return false end
   -- joining a download, or waiting for another worker's, costs no download
-  if self.inflight or self.awaiting > 0 then return true end
+  if self:running() or self.awaiting > 0 then return true end
   if self.store and self.store.locked and self.store:locked() then return true end
   return not self.last_auto or self.clock() - self.last_auto >= certificates.MIN_INTERVAL
 end
@@ -385,7 +400,8 @@ end
 -- nothing and drops nothing; WeChat Pay's 404 for a public-key-only
 -- merchant resolves with 0 and turns automatic downloads off.
 function Manager:refresh_async(driver, auto, max_age)
-  if self.inflight then return self.inflight end
+  local running = self:running()
+  if running then return running end
   if auto then self.last_auto = self.clock() end
   if self.store then
     local loaded = self:load_store()
@@ -422,11 +438,14 @@ function Manager:refresh_async(driver, auto, max_age)
   local check = function(raw, target)
     return certificates.check_download(apiv3_key(), self.keys, raw, target, self.merchant_serial)
   end
+  local p
   local function done()
+    -- a stale download that settles after all no longer owns the lock
+    if self.inflight ~= p and p ~= nil then return end
     self.inflight = nil
     if self.store and self.store.unlock then self.store:unlock() end
   end
-  local p = self.fetch(check):next(function(res)
+  p = self.fetch(check):next(function(res)
     self.last_error = nil
     -- saved before the lock is dropped: a worker waiting on it finds them
     local ok, added = pcall(self.accept, self, res.certificates)
@@ -442,7 +461,7 @@ function Manager:refresh_async(driver, auto, max_age)
     self.last_error = err
     error(err, 0)
   end)
-  if p.state == "pending" then self.inflight = p end
+  if p.state == "pending" then self.inflight, self.inflight_since = p, self.clock() end
   return p
 end
 

@@ -146,6 +146,8 @@ function client.new(opts)
       keys = settings.platform_keys, apiv3_key = settings.apiv3_key, merchant_serial = settings.serial,
       store = settings.cert_store, interval = settings.refresh_interval,
       fetch = function(check) return send_async(self, "GET", certificates.PATH, nil, check) end,
+      -- a download ends within its call's deadline: one older cannot settle
+      stale_after = 2 * math.max(settings.timeout, settings.retry.deadline) + 60,
       -- inside nginx, a request or timer may wait for another worker's download
       sleeper = function() return nginx.mode() == "cosocket" and ngx.sleep or nil end,
       -- picked again at every change: a certificate that expires later
@@ -218,6 +220,30 @@ local function refresh_certificates(state, quiet, max_age)
   local p = state.certs:refresh_async(queue, quiet, max_age)
   if own then p:next(function() queue:close() end, function() queue:close() end) end
   return p
+end
+
+-- The periodic refresh, which no call waits for.  Inside nginx it runs in
+-- a timer of its own, not on the light threads of the request that found
+-- it due: ngx.exit (wechatpay.ngx.notification ends with it) would abort
+-- the download midway, and that request would wait on another worker's
+-- lock before sending its own call.
+local function refresh_in_background(state)
+  local certs = state.certs
+  if nginx.mode() ~= "cosocket" then
+    refresh_certificates(state, true):catch(function() end)
+    return
+  end
+  certs.scheduled = true
+  local ok, err = ngx.timer.at(0, function(premature)
+    certs.scheduled = nil
+    if premature then return end
+    local settled, raised = pcall(function() return refresh_certificates(state, true):wait() end)
+    if not settled then nginx.warn("wechatpay: the periodic certificate refresh failed: " .. tostring(raised)) end
+  end)
+  if not ok then
+    certs.scheduled = nil
+    nginx.warn("wechatpay: cannot schedule the periodic certificate refresh: " .. tostring(err))
+  end
 end
 
 --- client:chain("v3/multiuse/users/{openid}/coupons") -> node
@@ -445,9 +471,7 @@ function methods.request_async(self, method, path, opts)
     end, v2request)
   end
   -- the periodic refresh runs beside this call, which does not wait for it
-  if certs and certs:due() then
-    refresh_certificates(state, true):catch(function() end)
-  end
+  if certs and certs:due() then refresh_in_background(state) end
   return send_async(self, method, path, opts, function(raw, target)
     return verify.response(settings.platform_keys, raw, target)
   end)

@@ -199,7 +199,8 @@ end
 -- worker in init_worker_by_lua), rate_limit, max_concurrency, timeout,
 -- callbacks (a /notify location served by wechatpay.ngx.notification with a
 -- certificate client whose store is a shared dict, refreshed from init_worker),
--- v2 (an APIv2 client with apiv2_key and merchant_cert, served at /v2).
+-- v2 (an APIv2 client with apiv2_key and merchant_cert, served at /v2),
+-- background_refresh (the APIv3 key for /bg's certificate client).
 function M.start(server, opts)
   opts = opts or {}
   local nginx_bin, modules = assert(mock.locate_nginx())
@@ -228,7 +229,7 @@ function M.start(server, opts)
     max_concurrency = opts.max_concurrency,
     timeout = opts.timeout,
     callbacks = opts.callbacks,
-    apiv3_key = opts.callbacks and server.apiv3_key or nil,
+    apiv3_key = (opts.callbacks or opts.background_refresh) and server.apiv3_key or nil,
     -- opts.v2: an APIv2 client with mutual TLS (app.v2_client, /v2 handler)
     apiv2_key = opts.v2 and server.apiv2_key or nil,
     merchant_cert_file = server.merchant_cert_file,
