@@ -18,7 +18,8 @@ local batch = {}
 local SCHEME = "wechatpay-grant/1"
 
 --- out_request_no(stock_id, openid, amount_text) -> string
--- The same stock, user and row amount always give the same number, so WeChat
+-- amount_text: the amount granted (the row's, or --amount), nil for none.
+-- The same stock, user and amount always give the same number, so WeChat
 -- Pay treats a re-run (or a retry after a kill) as the first grant. The name
 -- and ID number are left out on purpose: correcting a typo in them must not
 -- turn into a second grant.
@@ -54,10 +55,11 @@ function batch.columns(header)
   return columns
 end
 
--- An openid is shown in the results only when it cannot be something else
--- (a name typed in the wrong column, say), and never an ID number in it.
+-- An openid is shown in the results only when it has an openid's form, so
+-- it cannot be something else (a name typed in the wrong column, an ID
+-- number with spaces), and never with an ID number's run of digits in it.
 local function printable_openid(openid)
-  if openid and openid:find("^[%w%p ]*$") then return results_file.mask_ids(openid) end
+  if openid and #openid <= 128 and openid:find("^[%w_%-]+$") then return results_file.mask_ids(openid) end
   return ""
 end
 
@@ -114,7 +116,7 @@ function batch.check(fields, info, columns)
   end
   if #missing > 0 then return nil, "missing " .. table.concat(missing, ", "), shown end
   if #openid > 128 or not openid:find("^[%w_%-]+$") then
-    local what = shown == "" and "non-ASCII characters" or "characters other than A-Z a-z 0-9 _ -"
+    local what = openid:find("[\128-\255]") and "non-ASCII characters" or "characters other than A-Z a-z 0-9 _ -"
     if #openid > 128 then what = "more than 128 characters" end
     return nil, "openid has " .. what, shown
   end
@@ -170,6 +172,17 @@ local function error_fields(err)
 end
 batch.error_fields = error_fields
 
+-- A record whose every field is empty (",,": spreadsheets export them
+-- after the last row) is a blank line, not a row missing its fields.
+local function is_blank(fields, info)
+  if info and info.malformed then return false end
+  for i = 1, #fields do
+    if fields[i] ~= "" then return false end
+  end
+  return true
+end
+batch.is_blank = is_blank
+
 --- run(opts) -> summary | nil, err, partial summary
 -- err: an interrupt, or the results file could not be written.
 function batch.run(opts)
@@ -216,9 +229,9 @@ function batch.run(opts)
 
   local function finished(rowno, row, out_request_no, res, err)
     in_flight = in_flight - 1
-    -- Ctrl-C while the call was made: not the row's failure; the user asked
-    -- to stop.
-    if errors.is_interrupt(err) then
+    -- Ctrl-C while the call was made, or the client closed after it: not
+    -- the row's failure, the user asked to stop; a re-run sends it again.
+    if errors.is_interrupt(err) or (type(err) == "table" and err.kind == "closed") then
       fatal = fatal or err
       wake()
       return
@@ -285,27 +298,37 @@ function batch.run(opts)
     end)
   end
 
+  -- The amount a row is granted: its own, or --amount.
+  local default_amount = opts.amount and ("%.0f"):format(opts.amount)
+
   local ok, err = pcall(function()
     for fields, info in opts.reader:records() do
-      summary.rows = summary.rows + 1
-      local rowno = summary.rows
-      local row, problem, shown = batch.check(fields, info, opts.columns)
-      if not row then
-        fail(rowno, shown, "", "INVALID_ROW", problem)
-      else
-        local out_request_no = batch.out_request_no(opts.stock_id, row.openid, row.amount_text)
-        local first = seen[out_request_no]
-        if first then
-          fail(rowno, row.openid, out_request_no, "DUPLICATE_ROW",
-            ("same openid and amount as row %d: one grant per user, stock and amount"):format(first))
+      if not is_blank(fields, info) then
+        summary.rows = summary.rows + 1
+        local rowno = summary.rows
+        local row, problem, shown = batch.check(fields, info, opts.columns)
+        if not row then
+          fail(rowno, shown, "", "INVALID_ROW", problem)
         else
-          seen[out_request_no] = rowno
-          if granted[out_request_no] then
-            summary.skipped = summary.skipped + 1
-            tick()
+          -- numbered by the amount sent, however it was given: a row of
+          -- amount 100 and one left empty under --amount 100 are one grant
+          local out_request_no = batch.out_request_no(opts.stock_id, row.openid, row.amount_text or default_amount)
+          -- what a run before that rule gave a row that took --amount
+          local legacy = not row.amount_text and default_amount
+            and batch.out_request_no(opts.stock_id, row.openid, nil)
+          local first = seen[out_request_no]
+          if first then
+            fail(rowno, row.openid, out_request_no, "DUPLICATE_ROW",
+              ("same openid and amount as row %d: one grant per user, stock and amount"):format(first))
           else
-            send(rowno, row, out_request_no)
-            wait_for_room(window - 1)
+            seen[out_request_no] = rowno
+            if granted[out_request_no] or (legacy and granted[legacy]) then
+              summary.skipped = summary.skipped + 1
+              tick()
+            else
+              send(rowno, row, out_request_no)
+              wait_for_room(window - 1)
+            end
           end
         end
       end

@@ -47,13 +47,13 @@ RSA-OAEP encrypted for WeChat Pay.
   --progress MODE   auto (a bar on a terminal, plain lines otherwise), bar, lines, off
 
 Resuming: each row's out_request_no is derived from the stock id, the openid
-and the row's amount column, so WeChat Pay treats a repeated request as the
-first grant. Run the same command again after a failure or an interruption
+and the amount granted (the row's, or --amount), so WeChat Pay treats a
+repeated request as the first grant. Run the same command again after a failure or an interruption
 (Ctrl-C, kill -9): rows with a coupon_id in the results file are skipped, the
 others are sent again, and none can be granted twice. Keep one results file
 per stock. A row repeating an earlier row's openid and amount is reported as
 DUPLICATE_ROW and not sent; invalid rows are reported as INVALID_ROW and do
-not stop the batch.
+not stop the batch. Records of empty fields only (",,") are blank lines.
 
 Exit status: 0 every row granted (now or earlier), 1 some rows failed,
 2 configuration error (nothing was sent), 130 interrupted.
@@ -184,13 +184,13 @@ local function scan(path, want_users)
   end
   local count, users = 0, want_users and {} or nil
   while true do
-    local ok, fields = pcall(reader.next, reader)
+    local ok, fields, info = pcall(reader.next, reader)
     if not ok then
       f:close()
       config_error("cannot read --input %s: %s", path, tostring(fields))
     end
     if not fields then break end
-    count = count + 1
+    if not batch.is_blank(fields, info) then count = count + 1 end
     if users then
       local openid, name, id = fields[columns.openid], fields[columns.name], fields[columns.id_card_number]
       if openid and openid ~= "" and name and id then users[openid] = { name = name, id_card = id } end
@@ -296,9 +296,11 @@ local function run(argv)
     window = opts.concurrency * 4, progress = meter,
   }
   f:close()
+  -- the client first: the calls it cancels settle while the results file
+  -- is still open (they are not the rows' failures, and are not written)
+  client:close()
   writer:close()
   meter:finish()
-  client:close()
   if server then server:stop() end
   local elapsed = core.monotonic() - started
   if not summary then
