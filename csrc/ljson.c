@@ -71,7 +71,15 @@ int wp_push_json(lua_State *L, const char *text, size_t len, char *err) {
   for (;;) {
     container *c;
     int is_array;
-    luaL_checkstack(L, 3, "JSON nesting");
+    /* members wait on the stack: LuaJIT's is 8000 slots, which deep
+     * nesting of wide objects can fill within WP_JSON_MAX_DEPTH (the text
+     * may not have been verified yet: an answer, never a raise) */
+    if (!lua_checkstack(L, 3)) {
+      lua_settop(L, base);
+      snprintf(err, WP_JSON_ERRLEN, "JSON nested too deeply for the Lua stack at offset %lu",
+               (unsigned long)(j.p - j.start));
+      return 0;
+    }
     switch (wp_json_next(&j, &t, err)) {
       case WP_JSON_ERROR:
         lua_settop(L, base);

@@ -135,6 +135,27 @@ describe("core.json_decode", function()
     assert.is_table(decode(("["):rep(128) .. ("]"):rep(128)))
   end)
 
+  it("answers, never raises, when wide objects nested deep fill LuaJIT's stack of 8000 slots", function()
+    -- 100 levels of 63 members each: every level's members wait on the stack
+    local parts = {}
+    for level = 1, 100 do
+      local members = {}
+      for m = 1, 62 do members[m] = ('"m%d":%d'):format(m, m) end
+      parts[level] = "{" .. table.concat(members, ",") .. ',"next":'
+    end
+    local text = table.concat(parts) .. "null" .. ("}"):rep(100)
+    local ok, value, err = pcall(decode, text)
+    assert.is_true(ok, tostring(value))
+    if value == nil then
+      assert.is_truthy(jit, "only LuaJIT's stack is this small")
+      assert.matches("nested too deeply for the Lua stack at offset %d+", err)
+    else
+      local depth, node = 0, value
+      while type(node) == "table" do depth, node = depth + 1, node.next end
+      assert.equal(100, depth)
+    end
+  end)
+
   it("raises only on a programmer error (not a string)", function()
     assert.has_error(function() decode({}) end)
     assert.has_error(function() decode() end)
