@@ -211,8 +211,10 @@ static int l_aes_ecb_decrypt(lua_State *L) {
   ct = decode_base64(L, b64, b64len, &ctlen);
   if (!ct) return push_error(L, "AES-ECB ciphertext is not valid base64");
   out = (unsigned char *)wp_scratch(L, (size_t)ctlen);
-  if (wp_aes_ecb_decrypt((const unsigned char *)key, keylen, ct, (size_t)ctlen, out, &outlen, err) != 0)
+  if (wp_aes_ecb_decrypt((const unsigned char *)key, keylen, ct, (size_t)ctlen, out, &outlen, err) != 0) {
+    wp_wipe(out, (size_t)ctlen);   /* the blocks before the bad padding were decrypted into it */
     return push_error(L, err);
+  }
   lua_pushlstring(L, (const char *)out, outlen);
   wp_wipe(out, (size_t)ctlen);
   return 1;
