@@ -148,6 +148,13 @@ void wp_key_free(wp_key *key) {
 /* Only RSA keys are WeChat Pay keys; say what was given instead. */
 static int key_require_rsa(wp_key *key, char *err) {
   if (mbedtls_pk_get_type(&key->pk) == MBEDTLS_PK_RSA) {
+    /* n = pq, d matching e, and the CRT numbers matching p, q and d, as
+     * the OpenSSL backend checks them: a damaged key is refused at load,
+     * not at its first signature */
+    if (key->is_private && mbedtls_rsa_check_privkey(mbedtls_pk_rsa(key->pk)) != 0) {
+      if (err) snprintf(err, WP_ERRLEN, "the private key is damaged: its RSA numbers do not belong together");
+      return -1;
+    }
     return 0;
   }
   if (err) snprintf(err, WP_ERRLEN, "not an RSA key (%s): WeChat Pay keys are RSA",

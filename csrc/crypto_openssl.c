@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <openssl/opensslv.h>
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/decoder.h>
@@ -287,13 +288,46 @@ static int rsa_numbers_ok(EVP_PKEY *pkey) {
 
 static int sign_verify_selftest(wp_key *key);
 
+/* The CRT numbers must match p, q and d.  OpenSSL checks each CRT result
+ * and quietly recomputes a wrong one with d, so a damaged dp, dq or qinv
+ * passes the signing self-test here, where mbedTLS cannot sign at all: both
+ * refuse such a key at load.  A key without them (n, e, d) has none to check. */
+static int crt_ok(EVP_PKEY *pkey) {
+  BIGNUM *p = NULL, *q = NULL, *d = NULL, *dp = NULL, *dq = NULL, *qinv = NULL, *t = NULL, *m = NULL;
+  BN_CTX *ctx = NULL;
+  int ok = 0;
+  if (EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_FACTOR1, &p) != 1 ||
+      EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_FACTOR2, &q) != 1 ||
+      EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_EXPONENT1, &dp) != 1 ||
+      EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_EXPONENT2, &dq) != 1 ||
+      EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, &qinv) != 1) {
+    ok = 1;
+    goto done;
+  }
+  ctx = BN_CTX_secure_new();
+  t = BN_secure_new();
+  m = BN_secure_new();
+  if (!ctx || !t || !m || EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_D, &d) != 1) goto done;
+  /* dp = d mod (p - 1), dq = d mod (q - 1), qinv * q = 1 mod p */
+  if (!BN_sub(m, p, BN_value_one()) || !BN_mod(t, d, m, ctx) || BN_cmp(t, dp) != 0) goto done;
+  if (!BN_sub(m, q, BN_value_one()) || !BN_mod(t, d, m, ctx) || BN_cmp(t, dq) != 0) goto done;
+  if (!BN_mod_mul(t, qinv, q, p, ctx) || !BN_is_one(t)) goto done;
+  ok = 1;
+done:
+  BN_clear_free(p); BN_clear_free(q); BN_clear_free(d); BN_clear_free(dp); BN_clear_free(dq);
+  BN_clear_free(qinv); BN_clear_free(t); BN_clear_free(m);
+  BN_CTX_free(ctx);
+  ERR_clear_error();   /* a key without CRT numbers queued the misses */
+  return ok;
+}
+
 /* A private key must sign a test message that its own public half verifies
  * (FIPS 140's pairwise test): OpenSSL falls back to plain d when its CRT
  * result is wrong, so with a d that does not match e it would hand out
  * signatures nobody can verify, where mbedTLS refuses.  One signature, about
  * 0.3 ms at 2048 bits; EVP_PKEY_pairwise_check's primality tests cost 30. */
 static int pairwise_ok(wp_key *key) {
-  return sign_verify_selftest(key);
+  return crt_ok(key->pkey) && sign_verify_selftest(key);
 }
 
 /* Takes pkey into a new key; checks it is a usable RSA key. */
@@ -322,7 +356,7 @@ static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *w
   key->bytes = (size_t)EVP_PKEY_get_size(pkey);
   if (is_private && !pairwise_ok(key)) {
     wp_key_free(key);
-    return fail(err, "cannot parse the private key (its RSA numbers do not belong together)");
+    return fail(err, "the private key is damaged: its RSA numbers do not belong together");
   }
   /* the decoders queue errors for every structure they tried first; left
    * there, they would reach the next caller (libcurl's TLS reads this queue) */

@@ -269,6 +269,43 @@ describe("crypto backends", function()
     end
   end)
 
+  -- k's PKCS#1 key with one of its numbers replaced (asn1parse -genconf writes
+  -- the DER as given: openssl checks nothing on the way)
+  local function damaged(field, change)
+    local names = { "version", "n", "e", "d", "p", "q", "dp", "dq", "qinv" }
+    local values, i = {}, 0
+    for hex in ossl.run("openssl asn1parse -in " .. q(k["pkcs1.pem"])):gmatch("INTEGER%s*:(%x+)") do
+      i = i + 1
+      values[names[i]] = hex
+    end
+    values[field] = change(values[field])
+    local conf = { "asn1=SEQUENCE:rsa_key", "[rsa_key]" }
+    for _, name in ipairs(names) do conf[#conf + 1] = ("%s=INTEGER:0x%s"):format(name, values[name]) end
+    local path = dir .. "/damaged_" .. field
+    ossl.write(path .. ".conf", table.concat(conf, "\n") .. "\n")
+    ossl.run("openssl asn1parse -genconf " .. q(path .. ".conf") .. " -out " .. q(path .. ".der") .. " -noout")
+    return ossl.read(path .. ".der")
+  end
+
+  it("refuse a private key whose CRT numbers or d are damaged, though OpenSSL could sign with it", function()
+    -- the last hex digit moved by one (kept odd or even as it was: still a valid INTEGER)
+    local function bump(hex)
+      local last = tonumber(hex:sub(-1), 16)
+      return hex:sub(1, -2) .. ("%X"):format((last + 2) % 16)
+    end
+    for _, field in ipairs{ "dp", "dq", "qinv", "d" } do
+      local der = damaged(field, bump)
+      for _, core in ipairs(cores) do
+        local key, err = core.key_from_der(der, "auto")
+        assert.is_nil(key, field .. " under " .. core.crypto_backend)
+        assert.matches("its RSA numbers do not belong together", err)
+      end
+    end
+    -- the same numbers untouched load in both
+    local der = damaged("dp", function(hex) return hex end)
+    for _, core in ipairs(cores) do assert(core.key_from_der(der, "auto")) end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))
