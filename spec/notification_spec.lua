@@ -79,6 +79,12 @@ describe("client:parse_notification", function()
     refused("verify", "local clock", callback{ timestamp = os.time() - 301 })
     refused("verify", "SIGNTEST", callback{ signature = "WECHATPAY/SIGNTEST/" .. base64.encode(("x"):rep(190)) })
     refused("verify", "unknown Wechatpay%-Serial PUB_KEY_ID_9", callback{ serial = "PUB_KEY_ID_99" })
+    -- anyone may POST a callback: what reaches the log is never their text
+    local forged = refused("verify", "unknown Wechatpay%-Serial %(%d+ bytes that are not one%)",
+      callback{ serial = "\27[31mFAKE ALERT: key leaked" .. ("!"):rep(5) })
+    assert.is_nil(forged.message:find("FAKE", 1, true))
+    forged = refused("verify", "not unix seconds: %(%d+ bytes that are not one%)", callback{ timestamp = "1\27[2Jclear" })
+    assert.is_nil(forged.message:find("clear", 1, true))
     local h2 = callback()
     h2["wechatpay-serial"] = { h2["Wechatpay-Serial"], h2["Wechatpay-Serial"] }
     h2["Wechatpay-Serial"] = nil

@@ -92,6 +92,13 @@ local function signature_headers(h)
   return values
 end
 
+-- A header value quoted in an error, which may reach a log: anyone can
+-- POST a callback, so only a value of the form expected is shown.
+local function quoted(value, pattern, max)
+  if #value <= max and value:find(pattern) then return value end
+  return ("(%d bytes that are not one)"):format(#value)
+end
+
 --- signed(keys, headers, body [, now]) -> true | nil, reason [, unknown serial]
 -- keys: serial or PUB_KEY_ID -> key object; headers: a header table (or
 -- any name -> value map; names in any case).
@@ -103,7 +110,7 @@ function verify.signed(keys, h, body, now)
   -- unix seconds have 10 digits until 2286; 12 leave room and stay exact
   local ts = #timestamp <= 12 and timestamp:find("^%d+$") and tonumber(timestamp)
   if not ts then
-    return nil, "Wechatpay-Timestamp is not unix seconds: " .. timestamp:sub(1, 32)
+    return nil, "Wechatpay-Timestamp is not unix seconds: " .. quoted(timestamp, "^[%w%-%+%.:]*$", 32)
   end
   now = now or os.time()
   if math.abs(now - ts) > verify.WINDOW then
@@ -113,7 +120,8 @@ function verify.signed(keys, h, body, now)
   local key = keys[serial] or keys[serial:upper()]
   if not key then
     -- the third value lets a certificate manager refresh and retry
-    return nil, ("unknown Wechatpay-Serial %s: the client knows %s"):format(serial:sub(1, 64), known_serials(keys)),
+    return nil, ("unknown Wechatpay-Serial %s: the client knows %s"):format(quoted(serial, "^[%w_]+$", 64),
+      known_serials(keys)),
       serial
   end
   if core.verify_message(key, timestamp, nonce, body, signature) then return true end
