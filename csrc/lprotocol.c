@@ -55,6 +55,10 @@ static int l_authorization(lua_State *L) {
     size_t n;
     const char *given = luaL_checklstring(L, 8, &n);
     luaL_argcheck(L, n >= 1 && n <= NONCE_LEN, 8, "nonce must be 1 to 32 characters");
+    /* it goes between quotes in the header: letters and digits only, as made */
+    for (i = 0; i < n; i++)
+      luaL_argcheck(L, (given[i] >= '0' && given[i] <= '9') || (given[i] >= 'A' && given[i] <= 'Z') ||
+                       (given[i] >= 'a' && given[i] <= 'z'), 8, "nonce must be letters and digits only");
     memcpy(nonce, given, n);
     nonce[n] = '\0';
   }

@@ -89,6 +89,17 @@ describe("wechatpay.rsa against openssl", function()
       assert.is_true(openssl_verifies(k["spki.pem"], path, ours))
     end)
 
+    it("core.authorization takes a given nonce of letters and digits only: it is quoted in the header", function()
+      local core = require("wechatpay.core")
+      local header = core.authorization(private, "1900000001", "AB12", "GET", "/v3/x", "", 1700000000, "Abc123")
+      assert.matches('nonce_str="Abc123",', header, 1, true)
+      for _, bad in ipairs{ 'a",x="1', "ab\0cd", "a b", "a\nb" } do
+        local ok, err = pcall(core.authorization, private, "1900000001", "AB12", "GET", "/v3/x", "", 1700000000, bad)
+        assert.is_false(ok)
+        assert.matches("nonce must be letters and digits only", err, 1, true)
+      end
+    end)
+
     it("from a PKCS#1 key equal openssl's from the same key", function()
       local path = ossl.write(tmp("msg.bin"), "pkcs1")
       local pkcs1 = assert(key.load("file://" .. k["pkcs1.pem"]))
