@@ -15,6 +15,7 @@
 #define WP_ERRLEN 256
 #define WP_RSA_MAX_BYTES 1024   /* up to RSA-8192 */
 #define WP_SERIAL_HEX_MAX 130   /* 64 serial bytes as hex + NUL */
+#define WP_PASSPHRASE_MAX 1024  /* what OpenSSL's PEM passphrase callback can read */
 
 typedef struct wp_key wp_key;   /* an RSA key: public, private, or a certificate's */
 
@@ -59,7 +60,9 @@ int wp_rsa_oaep_decrypt(wp_key *key, const unsigned char *in, size_t inlen,
                         unsigned char *out, size_t *outlen, char *err);
 size_t wp_rsa_oaep_max_plaintext(const wp_key *key);
 
-/* AES.  GCM: `out` holds inlen bytes; the tag is 16 bytes apart from it. */
+/* AES.  GCM: `out` holds inlen bytes; the tag is 16 bytes apart from it;
+ * the nonce is 1 to WP_GCM_IV_MAX bytes (WeChat Pay's are 12). */
+#define WP_GCM_IV_MAX 128
 int wp_aes_gcm_encrypt(const unsigned char *key, size_t keylen,
                        const unsigned char *iv, size_t ivlen,
                        const unsigned char *aad, size_t aadlen,

@@ -457,7 +457,18 @@ int wp_key_from_der(wp_key **out, wp_der_form form,
 }
 
 int wp_key_is_private(const wp_key *key) { return key->is_private; }
-size_t wp_key_bits(const wp_key *key) { return mbedtls_pk_get_bitlen(&key->pk); }
+/* The modulus's own bit length: mbedtls_pk_get_bitlen counts whole bytes
+ * for RSA (a 2047-bit key would be 2048), which OpenSSL's backend does not. */
+size_t wp_key_bits(const wp_key *key) {
+  mbedtls_mpi n;
+  size_t bits;
+  if (mbedtls_pk_get_type(&key->pk) != MBEDTLS_PK_RSA) return mbedtls_pk_get_bitlen(&key->pk);
+  mbedtls_mpi_init(&n);
+  bits = mbedtls_rsa_export(mbedtls_pk_rsa(key->pk), &n, NULL, NULL, NULL, NULL) == 0
+           ? mbedtls_mpi_bitlen(&n) : mbedtls_pk_get_bitlen(&key->pk);
+  mbedtls_mpi_free(&n);
+  return bits;
+}
 const wp_cert_info *wp_key_cert(const wp_key *key) {
   return key->cert.is_cert ? &key->cert : NULL;
 }
@@ -585,6 +596,7 @@ int wp_aes_gcm_encrypt(const unsigned char *key, size_t keylen,
   int rc;
   if (!aes_key_ok(keylen, err)) return -1;
   if (ivlen == 0) { set_err(err, "AES-GCM needs a non-empty nonce", 0); return -1; }
+  if (ivlen > WP_GCM_IV_MAX) { set_err(err, "AES-GCM nonce is longer than 128 bytes", 0); return -1; }
   mbedtls_gcm_init(&gcm);
   rc = mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, key, (unsigned)keylen * 8);
   if (rc == 0)
@@ -605,6 +617,7 @@ int wp_aes_gcm_decrypt(const unsigned char *key, size_t keylen,
   int rc;
   if (!aes_key_ok(keylen, err)) return -1;
   if (ivlen == 0) { set_err(err, "AES-GCM needs a non-empty nonce", 0); return -1; }
+  if (ivlen > WP_GCM_IV_MAX) { set_err(err, "AES-GCM nonce is longer than 128 bytes", 0); return -1; }
   mbedtls_gcm_init(&gcm);
   rc = mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, key, (unsigned)keylen * 8);
   if (rc == 0)

@@ -712,7 +712,6 @@ static EVP_CIPHER_CTX *cipher_ctx(int gcm, int idx) {
 }
 
 /* GCM's IV length is at most 128 bytes in OpenSSL 3.0; WeChat Pay's is 12. */
-#define GCM_IV_MAX 128
 
 static EVP_CIPHER_CTX *gcm_begin(size_t keylen, const unsigned char *key, const unsigned char *iv,
                                  size_t ivlen, int enc, char *err) {
@@ -720,7 +719,7 @@ static EVP_CIPHER_CTX *gcm_begin(size_t keylen, const unsigned char *key, const 
   EVP_CIPHER_CTX *ctx;
   if (idx < 0) return NULL;
   if (ivlen == 0) { fail(err, "AES-GCM needs a non-empty nonce"); return NULL; }
-  if (ivlen > GCM_IV_MAX) { fail(err, "AES-GCM nonce is longer than 128 bytes"); return NULL; }
+  if (ivlen > WP_GCM_IV_MAX) { fail(err, "AES-GCM nonce is longer than 128 bytes"); return NULL; }
   ctx = cipher_ctx(1, idx);
   if (!ctx ||
       EVP_CipherInit_ex2(ctx, NULL, NULL, NULL, enc, NULL) != 1 ||

@@ -39,7 +39,15 @@ static int l_key_from_pem(lua_State *L) {
   const char *pem = luaL_checklstring(L, 1, &len);
   const char *pass = luaL_optlstring(L, 2, NULL, &passlen);
   char err[WP_ERRLEN];
-  wp_lkey *box = key_box(L);
+  wp_lkey *box;
+  /* OpenSSL's passphrase callback reads at most 1024 bytes, mbedTLS any:
+   * both refuse a longer one alike, as what it is */
+  if (pass && passlen > WP_PASSPHRASE_MAX) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "the passphrase is longer than 1024 bytes");
+    return 2;
+  }
+  box = key_box(L);
   if (wp_key_from_pem(&box->key, pem, len, pass, passlen, err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);

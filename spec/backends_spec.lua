@@ -306,6 +306,44 @@ describe("crypto backends", function()
     for _, core in ipairs(cores) do assert(core.key_from_der(der, "auto")) end
   end)
 
+  it("agree on the edges: a GCM nonce over 128 bytes, a passphrase over 1024, an odd key size", function()
+    local key = ("k"):rep(32)
+    local sealed = {}
+    for i, core in ipairs(cores) do
+      local ct, err = core.aes_gcm_encrypt(key, ("n"):rep(129), "", "text")
+      assert.is_nil(ct, core.crypto_backend)
+      assert.equal("AES-GCM nonce is longer than 128 bytes", err)
+      sealed[i] = assert(core.aes_gcm_encrypt(key, ("n"):rep(128), "", "text"))
+    end
+    for i, core in ipairs(cores) do
+      assert.equal("text", core.aes_gcm_decrypt(key, ("n"):rep(128), "", sealed[#cores + 1 - i]))
+    end
+
+    local long = dir .. "/long_pass.pem"
+    for _, n in ipairs{ 1024, 1025 } do
+      -- pass: rather than file:, which openssl cuts at 1023 characters
+      ossl.run("openssl pkcs8 -topk8 -in " .. q(k["pkcs8.pem"]) .. " -v2 aes256 -passout pass:"
+        .. ("p"):rep(n) .. " -out " .. q(long))
+      for _, core in ipairs(cores) do
+        local loaded, err = core.key_from_pem(ossl.read(long), ("p"):rep(n))
+        if n == 1024 then
+          assert(loaded, core.crypto_backend .. ": " .. tostring(err))
+        else
+          assert.is_nil(loaded, core.crypto_backend)
+          assert.equal("the passphrase is longer than 1024 bytes", err)
+        end
+      end
+    end
+
+    local odd = dir .. "/rsa2047.pem"
+    ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2047 -out " .. q(odd))
+    for _, core in ipairs(cores) do
+      local loaded = assert(core.key_from_pem(ossl.read(odd)))
+      assert.equal(2047, loaded:bits(), core.crypto_backend)
+      assert.equal("wechatpay.key (private RSA-2047)", tostring(loaded))
+    end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))
