@@ -1,6 +1,7 @@
 /* Key objects: RSA private keys, public keys and certificates. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -33,6 +34,37 @@ static wp_lkey *key_box(lua_State *L) {
   return box;
 }
 
+static const char *find_text(const char *hay, size_t len, const char *needle, size_t n) {
+  size_t i;
+  if (n > len) return NULL;
+  for (i = 0; i + n <= len; i++)
+    if (hay[i] == needle[0] && memcmp(hay + i, needle, n) == 0) return hay + i;
+  return NULL;
+}
+
+/* The first PEM block of the text, BEGIN line to END line: of several, the
+ * backends would take different ones (OpenSSL the first, mbedTLS the first
+ * of the kind it looks for, refusing a broken certificate after a good
+ * one), so each is given the first alone.  The whole text when no block is
+ * complete, for the backend to say what is wrong with it. */
+static const char *first_pem_block(const char *pem, size_t *len) {
+  const char *begin = find_text(pem, *len, "-----BEGIN ", 11), *label, *label_end, *end, *stop = pem + *len;
+  char tail[96];
+  size_t n;
+  if (!begin) return pem;
+  label = begin + 11;
+  label_end = find_text(label, (size_t)(stop - label), "-----", 5);
+  if (!label_end || (size_t)(label_end - label) > sizeof tail - 16) return pem;
+  n = (size_t)snprintf(tail, sizeof tail, "-----END %.*s-----", (int)(label_end - label), label);
+  end = find_text(label_end, (size_t)(stop - label_end), tail, n);
+  if (!end) return pem;
+  end += n;
+  if (end < stop && *end == '\r') end++;
+  if (end < stop && *end == '\n') end++;
+  *len = (size_t)(end - begin);
+  return begin;
+}
+
 /* core.key_from_pem(pem [, passphrase]) -> key | nil, err */
 static int l_key_from_pem(lua_State *L) {
   size_t len, passlen = 0;
@@ -48,6 +80,7 @@ static int l_key_from_pem(lua_State *L) {
     return 2;
   }
   box = key_box(L);
+  pem = first_pem_block(pem, &len);
   if (wp_key_from_pem(&box->key, pem, len, pass, passlen, err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);

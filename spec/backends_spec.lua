@@ -344,6 +344,26 @@ describe("crypto backends", function()
     end
   end)
 
+  it("read the first of several PEM blocks, both of them", function()
+    local small = dir .. "/rsa1024.pem"
+    ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out " .. q(small))
+    ossl.run("openssl rsa -in " .. q(small) .. " -RSAPublicKey_out -out " .. q(small .. ".pub"))
+    local broken = "-----BEGIN CERTIFICATE-----\nMIIBroken\n-----END CERTIFICATE-----\n"
+    local cases = {
+      { ossl.read(small) .. ossl.read(k["pkcs1.pem"]), 1024, "private" },
+      { ossl.read(k["spki.pem"]) .. ossl.read(small .. ".pub"), 2048, "public" },
+      { ossl.read(k["cert.pem"]) .. broken, 2048, "public" },
+    }
+    for i, case in ipairs(cases) do
+      for _, core in ipairs(cores) do
+        local loaded, err = core.key_from_pem(case[1])
+        assert(loaded, ("case %d under %s: %s"):format(i, core.crypto_backend, tostring(err)))
+        assert.equal(case[2], loaded:bits())
+        assert.equal(case[3], loaded:kind())
+      end
+    end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))

@@ -70,22 +70,25 @@ local function describe(source)
 end
 
 -- A PEM bundle of the private key and its certificate (as a .p12 converts)
--- read as the private key: its PRIVATE KEY block alone.
+-- is read as its PRIVATE KEY block where a private key is wanted, as its
+-- CERTIFICATE block where a public one is; otherwise the core reads the
+-- first block of a text.
 local PRIVATE_BLOCK = "%-%-%-%-%-BEGIN ([%u ]*PRIVATE KEY)%-%-%-%-%-.-%-%-%-%-%-END %1%-%-%-%-%-"
-local function private_part(pem)
-  if not pem:find("CERTIFICATE-----", 1, true) then return pem end
-  local s, e = pem:find(PRIVATE_BLOCK)
+local CERTIFICATE_BLOCK = "%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-.-%-%-%-%-%-END CERTIFICATE%-%-%-%-%-"
+local function part(pem, want)
+  if not (pem:find("CERTIFICATE-----", 1, true) and pem:find("PRIVATE KEY-----", 1, true)) then return pem end
+  local s, e = pem:find(want == "private" and PRIVATE_BLOCK or CERTIFICATE_BLOCK)
   return s and pem:sub(s, e) or pem
 end
 
 local function from_pem(pem, passphrase, want)
-  if want == "private" then pem = private_part(pem) end
+  if want then pem = part(pem, want) end
   return core.key_from_pem(pem, passphrase)
 end
 
 --- Loads a key.  Returns the key object, or nil and a message naming the
--- problem (never any of the key's bytes).  want = "private": from a PEM
--- bundle of a key and its certificate, the key.
+-- problem (never any of the key's bytes).  want = "private" | "public": from
+-- a PEM bundle of a key and its certificate, the key or the certificate.
 function key.load(source, passphrase, want)
   if key.is_key(source) then return source end
   if type(source) ~= "string" then
@@ -156,7 +159,7 @@ end
 -- belongs to the merchant and never in a map of WeChat Pay keys, and so is
 -- an RSA key shorter than 2048 bits.
 function key.public(source)
-  local loaded, err = key.load(source)
+  local loaded, err = key.load(source, nil, "public")
   if not loaded then return nil, err end
   if loaded:kind() ~= "public" then
     return refuse(source, loaded, "a private key was given where a WeChat Pay public key or certificate belongs")
