@@ -280,6 +280,9 @@ static int is_encrypted_pem(const unsigned char *buf, size_t len) {
 
 static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
                          const char *pass, size_t passlen, char *err) {
+  /* an empty passphrase is none, as OpenSSL's backend reads it: "needed",
+   * not "wrong" */
+  if (passlen == 0) pass = NULL;
 #ifdef WP_MBEDTLS3
   int rc = mbedtls_pk_parse_key(&key->pk, buf, len, (const unsigned char *)pass, passlen,
                                 rng_callback, NULL);

@@ -186,6 +186,13 @@ describe("crypto backends", function()
         "^the private key is encrypted: a passphrase is needed$" },
       { "encrypted key with an empty passphrase", function(core) return load_pem(core, "enc_aes256.pem", "") end,
         "^the private key is encrypted: a passphrase is needed$" },
+      { "encrypted traditional PEM (Proc-Type) with an empty passphrase", function(core)
+        local path = dir .. "/proc_type.pem"
+        if not ossl.exists(path) then
+          ossl.run("openssl rsa -in " .. q(k["pkcs8.pem"]) .. " -traditional -aes128 -passout pass:s3cret -out " .. q(path))
+        end
+        return core.key_from_pem(ossl.read(path), "")
+      end, "^the private key is encrypted: a passphrase is needed$" },
       { "an EC key", function(core) return load_pem(core, "ec.pem") end, "^not an RSA key" },
       { "a label that holds no key", function(core) return core.key_from_pem("-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n") end,
         "^PEM holds no key or certificate" },
