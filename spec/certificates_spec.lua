@@ -358,6 +358,18 @@ describe("the certificate manager", function()
     }
   end
 
+  it("shared store: a save that made the dict evict other entries says so (ngx.shared's forcible)", function()
+    local dict = fake_dict()
+    local store = certificates.shared_dict_store(dict)
+    assert.is_true(store:save("AB01", "PEM1"))
+    local add = dict.add
+    dict.add = function(self, k, v) add(self, k, v) return true, nil, true end
+    local ok, err = store:save("AB02", "PEM2")
+    assert.is_nil(ok)
+    assert.matches("shared dict is full and evicted older entries", err, 1, true)
+    assert.same({ AB01 = "PEM1", AB02 = "PEM2" }, store:load())   -- this save itself landed
+  end)
+
   it("shared store: a worker that finds it locked waits (bounded) for the download instead of downloading", function()
     local dict = fake_dict()
     local store = certificates.shared_dict_store(dict)

@@ -211,17 +211,22 @@ function DictStore:load()
   return found
 end
 
+-- A dict that had to evict to make room may have dropped another
+-- certificate or the list: said, so certificate_stats() shows it.
+local CROWDED = "the shared dict is full and evicted older entries: give its lua_shared_dict more room"
+
 function DictStore:save(serial, pem)
   local dict, p = self.dict, self.prefix
-  local ok, err = dict:add(p .. "pem:" .. serial, pem)
+  local ok, err, forcible = dict:add(p .. "pem:" .. serial, pem)
   if not ok then
     if err == "exists" then return true end
     return nil, "shared dict: " .. tostring(err)
   end
-  local n
-  n, err = dict:incr(p .. "count", 1, 0)
-  if not n then return nil, "shared dict: " .. tostring(err) end
-  dict:set(p .. "serial:" .. n, serial)
+  local n, ierr, counted_forcibly = dict:incr(p .. "count", 1, 0)
+  if not n then return nil, "shared dict: " .. tostring(ierr) end
+  local listed, lerr, listed_forcibly = dict:set(p .. "serial:" .. n, serial)
+  if not listed then return nil, "shared dict: " .. tostring(lerr) end
+  if forcible or counted_forcibly or listed_forcibly then return nil, CROWDED end
   return true
 end
 
