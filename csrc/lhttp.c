@@ -11,7 +11,9 @@
  *   local id = s:submit{ method =, url =, headers = { "Name: value", ... }, body =,
  *                        timeout =, connect_timeout =,   -- seconds, at least 0.001
  *                        client_cert = true,   -- present the session's client certificate (mutual TLS)
- *                        stream = false }       -- hand a 2xx body to Lua in pieces (perform)
+ *                        stream = false,        -- hand a 2xx body to Lua in pieces (perform)
+ *                        replay = true }        -- false: curl may not send it a second time by itself
+ *                                               -- (it does when a reused connection closes unanswered)
  *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
  *     { id =, status =, headers = { lower_name = value }, body = }            or
  *     { id =, error =, message =, sent =, retry =, curl_code = }
@@ -86,6 +88,9 @@ typedef struct transfer {
   int paused;       /* the write callback paused it: perform() resumes it */
   int dropping;     /* being released: the write callback refuses what comes */
   int forked;       /* was in flight at the fork: reported as a failure */
+  int once;         /* submitted with replay = false: curl may send it once only */
+  int sends;        /* times curl was about to send it (on_prereq) */
+  int replay_refused;   /* curl wanted to send it again, and was stopped */
   long sent_at_fork;
   CURLcode result;
   char errbuf[CURL_ERROR_SIZE];
@@ -448,6 +453,23 @@ static int refuse_option(lua_State *L, session *s, transfer *t, const char *what
     if (set_rc != CURLE_OK) return refuse_option(L, s, t, what, set_rc);    \
   } while (0)
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/* Called by curl each time it is about to send the request.  When a reused
+ * connection closes without a byte of answer, curl sends the request again
+ * on a new one by itself, although the server may have acted on it: a
+ * request that may not be replayed stops there, and fails as one that may
+ * have reached the server.  (No Lua here: called from curl.) */
+static int on_prereq(void *data, char *primary_ip, char *local_ip, int primary_port, int local_port) {
+  transfer *t = (transfer *)data;
+  (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
+  if (++t->sends > 1 && t->once) {
+    t->replay_refused = 1;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
+}
+#endif
+
 /* s:submit(request) -> id.  Every argument is checked before curl is touched. */
 static int l_submit(lua_State *L) {
   session *s = check_session(L);
@@ -456,9 +478,14 @@ static int l_submit(lua_State *L) {
   long timeout_ms, connect_ms;
   struct curl_slist *headers = NULL;
   transfer *t;
-  int is_get, is_head, client_cert;
+  int is_get, is_head, client_cert, once;
 
   luaL_checktype(L, 2, LUA_TTABLE);
+  raw_field(L, 2, "replay");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+    return luaL_argerror(L, 2, "request field 'replay' must be a boolean");
+  once = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
   raw_field(L, 2, "client_cert");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
     return luaL_argerror(L, 2, "request field 'client_cert' must be a boolean");
@@ -515,6 +542,13 @@ static int l_submit(lua_State *L) {
   t->headers = headers;
   t->max_body = s->max_body;
   t->errbuf[0] = '\0';
+  t->once = once;
+  t->sends = 0;
+  t->replay_refused = 0;
+#if LIBCURL_VERSION_NUM >= 0x075000
+  curl_easy_setopt(t->easy, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(t->easy, CURLOPT_PREREQDATA, t);
+#endif
   raw_field(L, 2, "stream");
   t->stream = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -707,10 +741,17 @@ static void push_result(lua_State *L, transfer *t) {
     const char *retry;
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
     retry = t->too_large ? NULL : retry_class(t->result, sent);
+    if (t->replay_refused) {
+      retry = "idempotent";   /* it was sent once, on the connection that closed */
+      if (sent <= 0) sent = 1;
+    }
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "error");
     if (t->too_large)
       lua_pushfstring(L, "response body larger than %d bytes", (int)t->max_body);
+    else if (t->replay_refused)
+      lua_pushliteral(L, "the connection closed without an answer after the request was sent: not sent "
+                         "again, as the server may have acted on it");
     else if (t->errbuf[0])
       lua_pushstring(L, t->errbuf);
     else

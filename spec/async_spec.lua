@@ -561,6 +561,29 @@ describe("async calls: transport errors", function()
     assert.matches("wechatpay timeout error", tostring(err), 1, true)
   end)
 
+  it("never lets curl send a POST again by itself when a reused connection closes without an answer", function()
+    local c = server:client{ timeout = 5, retry = false }
+    assert(c.v3.mock.echo.warm:get())   -- a pooled connection
+    -- the mock acts on the request, then closes the connection without a byte
+    server:reset()
+    server:fault("reset", { path = "no_content" })
+    local res, err = c:request("POST", "v3/mock/no_content", { json = { a = 1 } })
+    assert.is_nil(res)
+    assert.equals("network", err.kind)
+    assert.equals("idempotent", err.retry)
+    assert.matches("not sent again", err.message, 1, true)
+    assert.equals(1, server:stats().requests)
+    c:close()
+    -- a GET may be (with retries on, as by default), and is: the caller sees the answer
+    local g = server:client{ timeout = 5 }
+    assert(g.v3.mock.echo.warm:get())
+    server:reset()
+    server:fault("reset", { path = "no_content" })
+    assert.equals(204, assert(g:request("GET", "v3/mock/no_content")).status)
+    assert.equals(2, server:stats().requests)
+    g:close()
+  end)
+
   it("still works after those failures", function()
     local res, err = client.v3.mock.echo.after:getAsync{}:wait()
     assert.is_nil(err)

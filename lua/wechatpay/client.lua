@@ -315,6 +315,9 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local budget = math.max(prepared.timeout, prepared.retry.deadline)
   -- may go to another host, or again, after it may have reached one
   local movable = method == "GET" or (prepared.retry.idempotent and prepared.idempotent)
+  -- may the transport send it again by itself (curl does, on a reused
+  -- connection that closed without an answer): only what a retry could
+  local replay = movable and prepared.retry.attempts > 1
 
   local function settle(res, err)
     if settled then return end
@@ -436,6 +439,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
         -- the host is not signed: the Authorization covers method, target, time, nonce and body
         if url then req.url = url .. prepared.target end
         if timeout then req.timeout = timeout end
+        req.replay = replay
         return req
       end,
       -- whatever raises here settles this call's promise, never another's
