@@ -565,6 +565,9 @@ static int l_submit(lua_State *L) {
   curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);   /* always: no option turns it off */
   curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+  /* The CAs given are the only ones trusted: curl_easy_reset brought back
+   * libcurl's built-in defaults (Debian's: the system bundle and
+   * /etc/ssl/certs), which would otherwise be trusted beside them. */
   if (s->ca_pem) {
     struct curl_blob blob;
     blob.data = s->ca_pem;
@@ -573,9 +576,12 @@ static int l_submit(lua_State *L) {
     SET_OR_REFUSE(CURLOPT_CAINFO_BLOB, &blob, "CA bundle (cafile)");
   } else if (s->cafile) {
     SET_OR_REFUSE(CURLOPT_CAINFO, s->cafile, "CA file");
+  } else if (s->capath) {
+    SET_OR_REFUSE(CURLOPT_CAINFO, NULL, "no default CA bundle");
   }
   SET_OR_REFUSE(CURLOPT_RESOLVE, s->resolve, "resolve pins");
   if (s->capath) SET_OR_REFUSE(CURLOPT_CAPATH, s->capath, "CA directory (capath)");
+  else if (s->ca_pem || s->cafile) SET_OR_REFUSE(CURLOPT_CAPATH, NULL, "no default CA directory");
   if (client_cert) {
     /* NOCOPY: the handle points at the session's buffers, which outlive
      * it: session_destroy cleans up every easy handle before it wipes and

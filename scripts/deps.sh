@@ -6,7 +6,7 @@ PACKAGES="gcc make pkg-config openssl curl \
   lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
   libssl-dev libmbedtls-dev libcurl4-openssl-dev zlib1g-dev \
   lua-busted lua-cjson lua-expat lua-luaossl lua-socket lua-posix luarocks \
-  nginx libnginx-mod-http-lua valgrind"
+  nginx libnginx-mod-http-lua valgrind strace"
 # the AES-GCM spec checks associated data against Node's crypto (luaossl
 # cannot set it); the image may already ship its own node
 command -v node >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs"

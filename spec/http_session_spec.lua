@@ -298,6 +298,44 @@ describe("core.http_session", function()
       assert.is_false(res.retry)
     end)
   end)
+  describe("trust", function()
+    -- curl_easy_reset brings back libcurl's built-in CA bundle and directory
+    -- (Debian's: /etc/ssl/certs): with cafile or capath given, neither may
+    -- be consulted.  Seen from outside: strace of a child that connects.
+    local traceable = os.execute("strace -f -qq -e trace=none true >/dev/null 2>&1")
+    local it_traced = (traceable == true or traceable == 0) and it or pending
+
+    it_traced("trusts only the CAs given: the system's bundle and directory are never read", function()
+      local server = assert(mock.start())
+      local dir = ossl.tmpdir()
+      finally(function() server:stop() ossl.remove(dir) end)
+      -- a CA that did not issue the mock's certificate, as a bundle and as a hashed folder
+      ossl.run("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=unrelated -days 2 -keyout "
+        .. ossl.quote(dir .. "/ca.key") .. " -out " .. ossl.quote(dir .. "/ca.pem"))
+      ossl.run("mkdir " .. ossl.quote(dir .. "/hashed") .. " && cp " .. ossl.quote(dir .. "/ca.pem") .. " "
+        .. ossl.quote(dir .. "/hashed/") .. "$(openssl x509 -hash -noout -in " .. ossl.quote(dir .. "/ca.pem") .. ").0")
+      local runtime = jit and "luajit" or "lua5.4"
+      for _, option in ipairs{ "ca_pem", "cafile", "capath" } do
+        local value = ({ ca_pem = ossl.read(dir .. "/ca.pem"), cafile = dir .. "/ca.pem", capath = dir .. "/hashed" })[option]
+        ossl.write(dir .. "/child.lua", ("package.path, package.cpath = %q, %q\n"):format(package.path, package.cpath)
+          .. ([[
+local core = require("wechatpay.core")
+local s = core.http_session{ %s = %q }
+local id = s:submit{ method = "GET", url = %q }
+local got
+while not got do got = s:perform(0.5)[1] end
+io.write(got.error or "answered", " ", got.message or "")
+]]):format(option, value, server.base_url))
+        local output = ossl.run("strace -f -qq -e trace=file -o " .. ossl.quote(dir .. "/trace") .. " "
+          .. runtime .. " " .. ossl.quote(dir .. "/child.lua"))
+        assert.matches("^network .*certificate", output, nil, option)
+        local trace = ossl.read(dir .. "/trace")
+        assert.is_nil(trace:find("/etc/ssl/certs", 1, true), option .. " let curl read the system's CAs")
+        assert.is_nil(trace:find("ca-certificates.crt", 1, true), option .. " let curl read the system's bundle")
+      end
+    end)
+  end)
+
   describe("a memory error in perform", function()
     -- the host with fail_allocation_after: the DEV=1 run's own, else built here
     local function lua54_host(dir)
