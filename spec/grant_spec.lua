@@ -364,6 +364,20 @@ return {
     assert.equal(1, server:stats().grants)
   end)
 
+  it("sends a row such a run sent without a recorded answer under the number it sent then", function()
+    local list = range(228, 228)
+    local input, out = files(users_csv(list))
+    local legacy = batch.out_request_no(STOCK, list[1].openid, nil)
+    write_file(out, table.concat(results_module.COLUMNS, ",") .. "\n"
+      .. ("1,%s,%s,,TIMEOUT,timed out\n"):format(list[1].openid, legacy))
+    local rc, stdout, stderr = grant(standard(input, out, { "--amount", "100" }))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(1, count(stdout, "granted"))
+    local last = results(out)[2]
+    assert.equal(legacy, last.out_request_no)
+    assert.equal(legacy, server:coupon(last.coupon_id).out_request_no)
+  end)
+
   it("writes no name or spaced ID number found in the openid column, and passes over rows of empty fields", function()
     local list = range(226, 227)
     local rows = { "openid,name,id_card_number",

@@ -6,6 +6,7 @@
 --   batch.columns(header) -> { openid =, name =, id_card_number =, amount = } | nil, err
 --   batch.run{ client =, stock_id =, appid =, amount =, reader =, columns =,
 --              results = writer, granted = { [out_request_no] = coupon_id },
+--              failed = { [out_request_no] = true },   -- sent earlier, no coupon recorded
 --              window =, progress = } -> summary | nil, err, partial summary
 local hash = require("wechatpay.hash")
 local promise = require("wechatpay.promise")
@@ -186,7 +187,7 @@ batch.is_blank = is_blank
 --- run(opts) -> summary | nil, err, partial summary
 -- err: an interrupt, or the results file could not be written.
 function batch.run(opts)
-  local client, results, granted = opts.client, opts.results, opts.granted
+  local client, results, granted, tried = opts.client, opts.results, opts.granted, opts.failed or {}
   local window = opts.window or 32
   local summary = { rows = 0, granted = 0, skipped = 0, failed = 0, invalid = 0, sent = 0 }
   local state = { done = 0, sent = 0, failed = 0 }
@@ -326,6 +327,10 @@ function batch.run(opts)
               summary.skipped = summary.skipped + 1
               tick()
             else
+              -- sent under that rule with no coupon recorded (a timeout, an
+              -- interrupt): the same number again, which WeChat Pay answers
+              -- with the grant it may have made
+              if legacy and tried[legacy] then out_request_no = legacy end
               send(rowno, row, out_request_no)
               wait_for_room(window - 1)
             end

@@ -292,7 +292,7 @@ local function run(argv)
   reader:next()  -- the header, checked by scan
   local summary, err, partial = batch.run{
     client = client, stock_id = opts.stock, appid = opts.appid, amount = opts.amount,
-    reader = reader, columns = columns, results = writer, granted = previous.granted,
+    reader = reader, columns = columns, results = writer, granted = previous.granted, failed = previous.failed,
     window = opts.concurrency * 4, progress = meter,
   }
   f:close()
