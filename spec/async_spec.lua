@@ -380,6 +380,18 @@ describe("async calls: retries", function()
     client:close()
   end)
 
+  it("reads a Retry-After too large for an integer as past the deadline, on both runtimes", function()
+    local retry = require("wechatpay.retry")
+    local err = { kind = "http", status = 429,
+      response = { headers = { ["retry-after"] = "99999999999999999999" } } }
+    local policy = { attempts = 3, backoff = 0.2, max_backoff = 5, deadline = 30, idempotent = true }
+    local delay, why = retry.delay(policy, true, err, 1, 0, function() return 0 end)
+    assert.is_nil(delay)
+    assert.equals("not retried: the answer asks to wait 1000000000 s (Retry-After), past the call's deadline", why)
+    err.response.headers["retry-after"] = "2"
+    assert.equals(2, (retry.delay(policy, true, err, 1, 0, function() return 0 end)))
+  end)
+
   it("never retries a 400", function()
     local client = server:client{ retry = IDEMPOTENT }
     server:fault("status", { status = 400, count = 1, path = "/coupons$" })

@@ -49,7 +49,8 @@ local function retry_after(err)
   if err.kind ~= "http" or type(res) ~= "table" or type(res.headers) ~= "table" then return nil end
   local value = res.headers["retry-after"]
   local seconds = type(value) == "string" and value:match("^%s*(%d+)%s*$")
-  return seconds and tonumber(seconds) or nil
+  -- past any deadline already: a longer one need not be exact
+  return seconds and math.min(tonumber(seconds), 1e9) or nil
 end
 
 --- delay(policy, idempotent, err, attempts, elapsed [, random]) -> seconds | nil, why
@@ -64,7 +65,7 @@ function retry.delay(policy, idempotent, err, attempts, elapsed, random)
   if asked and asked > delay then delay = asked end
   if elapsed + delay > policy.deadline then
     if asked and asked == delay then
-      return nil, ("not retried: the answer asks to wait %d s (Retry-After), past the call's deadline"):format(asked)
+      return nil, ("not retried: the answer asks to wait %.0f s (Retry-After), past the call's deadline"):format(asked)
     end
     return nil
   end
