@@ -333,11 +333,18 @@ function Manager:running()
   return p
 end
 
+--- scheduled(true | false): a background refresh waits for its timer (the
+-- client's, inside nginx), which counts as running.  A timer nginx dropped
+-- (lua_max_running_timers reached) never says so: after MIN_INTERVAL the
+-- mark no longer counts.
+function Manager:scheduled(waiting)
+  self.scheduled_at = waiting and self.clock() or nil
+end
+
 --- true when a periodic refresh is due: only for merchants on certificates.
--- `scheduled` (set by the client while a background refresh waits for its
--- timer) counts as running.
 function Manager:due()
-  if not self:enabled() or self.scheduled or self:running() or not self.interval then return false end
+  if not self:enabled() or self:running() or not self.interval then return false end
+  if self.scheduled_at and self.clock() - self.scheduled_at < certificates.MIN_INTERVAL then return false end
   local now = self.clock()
   if now - self.last_refresh < self.interval then return false end
   if self.last_attempt and now - self.last_attempt < certificates.MIN_INTERVAL then return false end

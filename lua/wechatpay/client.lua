@@ -233,15 +233,15 @@ local function refresh_in_background(state)
     refresh_certificates(state, true):catch(function() end)
     return
   end
-  certs.scheduled = true
+  certs:scheduled(true)
   local ok, err = ngx.timer.at(0, function(premature)
-    certs.scheduled = nil
+    certs:scheduled(false)
     if premature then return end
     local settled, raised = pcall(function() return refresh_certificates(state, true):wait() end)
     if not settled then nginx.warn("wechatpay: the periodic certificate refresh failed: " .. tostring(raised)) end
   end)
   if not ok then
-    certs.scheduled = nil
+    certs:scheduled(false)
     nginx.warn("wechatpay: cannot schedule the periodic certificate refresh: " .. tostring(err))
   end
 end
