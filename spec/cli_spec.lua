@@ -380,6 +380,15 @@ describe("bin/wechatpay", function()
       assert.matches(serial_of(server.merchant_cert_file) .. " (read from the merchant certificate)", line_of(out, "serial"), 1, true)
     end)
 
+    it("takes a bundle of the key then its certificate (as a .p12 converts) for the key and for the certificate", function()
+      local bundle = write("bundle.pem", ossl.read(server.merchant_key_file) .. ossl.read(server.merchant_cert_file))
+      local rc, out = run({ "doctor" }, good_env(server,
+        { WECHATPAY_SERIAL = false, WECHATPAY_PRIVATE_KEY = bundle, WECHATPAY_MERCHANT_CERT = bundle }))
+      assert.equal(0, rc, out)
+      assert.matches(serial_of(server.merchant_cert_file) .. " (read from the merchant certificate)", line_of(out, "serial"), 1, true)
+      assert.matches("^%[ok  %] merchant cert  serial", line_of(out, "merchant cert"))
+    end)
+
     it("catches a private key that is not the merchant certificate's", function()
       local rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_PRIVATE_KEY = dir .. "/other_key.pem" }))
       assert.equal(1, rc)

@@ -12,7 +12,7 @@ local rsa = {}
 local function as_key(source, want_private, fn)
   if key.is_key(source) then return source end
   local loaded, err
-  if want_private then loaded, err = key.private(source) else loaded, err = key.load(source) end
+  if want_private then loaded, err = key.private(source) else loaded, err = key.load(source, nil, "public") end
   if not loaded then error(fn .. ": " .. err, 3) end
   return loaded
 end

@@ -249,7 +249,7 @@ function config.profile(options, source, getenv)
   end
   -- without a serial, the merchant certificate's (when it loads)
   if options.serial == nil and profile.merchant_cert then
-    local cert = key.load(profile.merchant_cert)
+    local cert = key.load(profile.merchant_cert, nil, "public")
     local info = cert and cert.certificate and cert:certificate()
     if info then
       options.serial = info.serial

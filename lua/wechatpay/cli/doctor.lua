@@ -112,7 +112,7 @@ local function check_private_key(report, options)
     return nil
   end
   local passphrase = type(options.passphrase) == "string" and options.passphrase or nil
-  local loaded, err = key.load(source, passphrase)
+  local loaded, err = key.load(source, passphrase, "private")
   if not loaded then
     report.add("fail", "private key", ("%s cannot be loaded: %s"):format(where(source), err),
       err:find("passphrase") and "set the passphrase in the config file (passphrase = ...), or WECHATPAY_PASSPHRASE "
@@ -143,7 +143,7 @@ local function check_merchant_cert(report, profile, now)
       .. "the serial and the key pair are not checked here")
     return nil
   end
-  local loaded, err = key.load(source)
+  local loaded, err = key.load(source, nil, "public")
   local info = loaded and loaded:certificate()
   if not info then
     report.add("fail", "merchant cert", ("%s %s"):format(where(source),
@@ -265,7 +265,7 @@ local function check_platform_key(report, label, id, source, merchant, now)
   local topic = "platform key"
   local loaded, err
   if type(source) == "string" or key.is_key(source) then
-    loaded, err = key.load(source)
+    loaded, err = key.load(source, nil, "public")
   else
     err = "not a key source (file://path or PEM text)"
   end
