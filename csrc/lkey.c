@@ -48,21 +48,29 @@ static const char *find_text(const char *hay, size_t len, const char *needle, si
  * one), so each is given the first alone.  The whole text when no block is
  * complete, for the backend to say what is wrong with it. */
 static const char *first_pem_block(const char *pem, size_t *len) {
-  const char *begin = find_text(pem, *len, "-----BEGIN ", 11), *label, *label_end, *end, *stop = pem + *len;
-  char tail[96];
-  size_t n;
-  if (!begin) return pem;
-  label = begin + 11;
-  label_end = find_text(label, (size_t)(stop - label), "-----", 5);
-  if (!label_end || (size_t)(label_end - label) > sizeof tail - 16) return pem;
-  n = (size_t)snprintf(tail, sizeof tail, "-----END %.*s-----", (int)(label_end - label), label);
-  end = find_text(label_end, (size_t)(stop - label_end), tail, n);
-  if (!end) return pem;
-  end += n;
-  if (end < stop && *end == '\r') end++;
-  if (end < stop && *end == '\n') end++;
-  *len = (size_t)(end - begin);
-  return begin;
+  const char *from = pem, *stop = pem + *len;
+  for (;;) {
+    const char *begin = find_text(from, (size_t)(stop - from), "-----BEGIN ", 11), *label, *label_end, *end;
+    char tail[96];
+    size_t n;
+    if (!begin) return pem;
+    label = begin + 11;
+    label_end = find_text(label, (size_t)(stop - label), "-----", 5);
+    if (!label_end || (size_t)(label_end - label) > sizeof tail - 16) return pem;
+    n = (size_t)snprintf(tail, sizeof tail, "-----END %.*s-----", (int)(label_end - label), label);
+    end = find_text(label_end, (size_t)(stop - label_end), tail, n);
+    if (!end) return pem;
+    end += n;
+    if (end < stop && *end == '\r') end++;
+    if (end < stop && *end == '\n') end++;
+    /* "EC PARAMETERS" (openssl ecparam -genkey writes it first) holds no key */
+    if ((size_t)(label_end - label) >= 10 && memcmp(label_end - 10, "PARAMETERS", 10) == 0) {
+      from = end;
+      continue;
+    }
+    *len = (size_t)(end - begin);
+    return begin;
+  }
 }
 
 /* core.key_from_pem(pem [, passphrase]) -> key | nil, err */
@@ -73,14 +81,14 @@ static int l_key_from_pem(lua_State *L) {
   char err[WP_ERRLEN];
   wp_lkey *box;
   /* OpenSSL's passphrase callback reads at most 1024 bytes, mbedTLS any:
-   * both refuse a longer one alike, as what it is */
-  if (pass && passlen > WP_PASSPHRASE_MAX) {
+   * for a key that asks for one, both refuse a longer one alike */
+  pem = first_pem_block(pem, &len);
+  if (pass && passlen > WP_PASSPHRASE_MAX && find_text(pem, len, "ENCRYPTED", 9)) {
     lua_pushnil(L);
     lua_pushliteral(L, "the passphrase is longer than 1024 bytes");
     return 2;
   }
   box = key_box(L);
-  pem = first_pem_block(pem, &len);
   if (wp_key_from_pem(&box->key, pem, len, pass, passlen, err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);

@@ -194,6 +194,11 @@ describe("crypto backends", function()
         return core.key_from_pem(ossl.read(path), "")
       end, "^the private key is encrypted: a passphrase is needed$" },
       { "an EC key", function(core) return load_pem(core, "ec.pem") end, "^not an RSA key" },
+      { "an EC key after its parameters (openssl ecparam -genkey)", function(core)
+        local path = dir .. "/ecparam.pem"
+        if not ossl.exists(path) then ossl.run("openssl ecparam -name prime256v1 -genkey -out " .. q(path)) end
+        return core.key_from_pem(ossl.read(path))
+      end, "^not an RSA key" },
       { "a label that holds no key", function(core) return core.key_from_pem("-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n") end,
         "^PEM holds no key or certificate" },
       { "no PEM at all", function(core) return core.key_from_pem("definitely not a key") end, "^not PEM" },
@@ -341,6 +346,8 @@ describe("crypto backends", function()
         end
       end
     end
+    -- a key that asks for none takes any
+    for _, core in ipairs(cores) do assert(core.key_from_pem(ossl.read(k["pkcs8.pem"]), ("p"):rep(1025))) end
 
     local odd = dir .. "/rsa2047.pem"
     ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2047 -out " .. q(odd))
