@@ -137,7 +137,7 @@ describe("platform certificates", function()
     local client = server:client{ timeout = 3, retry = false, cert_store = store }
     assert.equal(2, client:refresh_certificates())
     assert.truthy(ids(client):find(server.platform_cert_serial, 1, true))
-    assert.equal("kept in memory but not in the store: disk full", client:certificate_stats().last_error)
+    assert.equal("kept in memory; the store did not keep it safely: disk full", client:certificate_stats().last_error)
   end)
 
   it("cert_dir: the certificates are written atomically as wechatpay_<serial>.pem and load in a new client", function()

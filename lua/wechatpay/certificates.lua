@@ -379,7 +379,7 @@ function Manager:accept(list)
     if self.store then
       -- the client has it either way; the stats say the store does not
       local saved, err = self.store:save(cert.serial, cert.pem)
-      if not saved then self.last_error = "kept in memory but not in the store: " .. tostring(err) end
+      if not saved then self.last_error = "kept in memory; the store did not keep it safely: " .. tostring(err) end
     end
   end
   self.last_refresh = self.clock()
