@@ -392,6 +392,25 @@ describe("async calls: retries", function()
     assert.equals(2, (retry.delay(policy, true, err, 1, 0, function() return 0 end)))
   end)
 
+  it("gives a retry that waited in the queue only what is left of the deadline", function()
+    local client = server:client{ timeout = 2 * SLOW, max_concurrency = 1,
+      retry = { idempotent = true, attempts = 3, backoff = 0.05, max_backoff = 0.05, deadline = 2 * SLOW } }
+    server:fault("status", { status = 500, count = 1, path = "/echo/a$" })
+    server:fault("delay", { seconds = 1.5 * SLOW, then_process = true, count = 1, path = "/echo/b$" })
+    server:fault("delay", { seconds = 1.5 * SLOW, then_process = true, count = 1, path = "/echo/a$" })
+    local began = now()
+    local a = client.v3.mock.echo.a:getAsync{}
+    local b = client.v3.mock.echo.b:getAsync{}
+    -- a's retry waits behind b (1.5 s); sent then, it has 0.5 s left, not 2
+    local res, err = a:wait()
+    local took = now() - began
+    assert.is_nil(res, "answered after the deadline")
+    assert.equals("timeout", err.kind)
+    assert.is_true(took < 2.6 * SLOW, ("settled after %.2f s"):format(took))
+    assert(b:wait())
+    client:close()
+  end)
+
   it("never retries a 400", function()
     local client = server:client{ retry = IDEMPOTENT }
     server:fault("status", { status = 400, count = 1, path = "/coupons$" })
@@ -639,6 +658,20 @@ end)
 
 describe("async calls: a transport with only request()", function()
   local dispatcher = require("wechatpay.dispatcher")
+
+  it("sends nothing for a job whose make gives a failure instead of a request, and settles it", function()
+    local sent = 0
+    local queue = dispatcher.new({ request = function() sent = sent + 1 return { status = 200, headers = {}, body = "" } end })
+    local got
+    queue:submit{
+      make = function() return nil, { kind = "timeout", message = "too late", sent = 0, retry = false } end,
+      done = function(raw, failure) got = { raw = raw, failure = failure } end,
+    }
+    assert.equals(0, sent)
+    assert.is_nil(got.raw)
+    assert.equals("too late", got.failure.message)
+    assert.equals(0, queue.in_flight)
+  end)
 
   it("keeps the other completions when one's callback is interrupted", function()
     local blocking = { request = function(_, req) return { status = 200, headers = {}, body = req.body } end }

@@ -427,6 +427,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   -- timeout: this attempt's; same_round: a failover, to the host picked
   attempt = function(timeout, same_round)
     attempts = attempts + 1
+    local again = attempts > 1
     if backups and not same_round then   -- a new round: from the first host not remembered as down
       host = backups:pick(0, core.monotonic())
       tried = hosts.with(0, host)
@@ -435,6 +436,16 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     queue:submit{
       times = record,
       make = function()
+        if again then
+          -- a retry or failover may have waited in the queue (for a slot,
+          -- the rate limit): it gets what is left of the deadline now
+          local left = started + budget - core.monotonic()
+          if left < 0.001 then
+            return nil, { kind = "timeout", sent = 0, retry = false,
+              message = "the call's deadline passed while its next attempt waited in the queue" }
+          end
+          if left < timeout then timeout = left end
+        end
         local req = protocol.sign(settings, prepared)
         -- the host is not signed: the Authorization covers method, target, time, nonce and body
         if url then req.url = url .. prepared.target end

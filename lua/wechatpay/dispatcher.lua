@@ -3,11 +3,12 @@
 -- retry backoff.  A job is signed only when it is sent, so a call that
 -- waited in the queue still carries a fresh timestamp.
 --
--- A job is { make = function() -> transport request end,
+-- A job is { make = function() -> transport request | nil, failure end,
 --            done = function(raw, failure) end }; done is called exactly
 -- once: with the transport's outcome, or with a failure of kind "closed"
 -- when the dispatcher is closed first, or "interrupted"/"internal" when
--- make raises.  A job may carry `times`, a table to which the dispatcher
+-- make raises, or with make's failure when it returns one instead of a
+-- request (nothing is sent).  A job may carry `times`, a table to which the dispatcher
 -- adds the seconds it spent queued (a slot, the rate limit), signing and
 -- on the network (sent to answered), in queue_time, sign_time and
 -- network_time; times.since is its scratch.  Without it, no clock is read.
@@ -130,13 +131,16 @@ end
 function dispatcher:send(job)
   local times = job.times
   local began = times and monotonic()
-  local ok, request = pcall(job.make)
+  local ok, request, refused = pcall(job.make)
   if not ok then
     -- Signing does not fail on its own: this is a closed key, a bug, or an
     -- interrupt (Ctrl-C).  The call fails, and the error goes on up to
     -- whoever is waiting, rather than being swallowed by the queue.
     job.done(nil, errors.from_raise(request, "while signing"))
     error(request, 0)
+  end
+  if request == nil then   -- make decided it is too late to send: nothing goes out
+    return job.done(nil, refused)
   end
   if times then
     local signed = monotonic()
