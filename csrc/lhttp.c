@@ -12,8 +12,7 @@
  *                        timeout =, connect_timeout =,   -- seconds, at least 0.001
  *                        client_cert = true,   -- present the session's client certificate (mutual TLS)
  *                        stream = false,        -- hand a 2xx body to Lua in pieces (perform)
- *                        replay = true }        -- false: curl may not send it a second time by itself
- *                                               -- (it does when a reused connection closes unanswered)
+ *                        replay = false }       -- true: it may be sent again after reaching the server
  *   local done = s:perform(wait_seconds)   -- list of finished transfers, each either
  *     { id =, status =, headers = { lower_name = value }, body = }            or
  *     { id =, error =, message =, sent =, retry =, curl_code = }
@@ -34,6 +33,8 @@
  *   sent     bytes of the request this process handed to the connection
  *   retry    "safe": nothing of the request reached the server (DNS, refused,
  *              connect timeout, TLS handshake), any request may be sent again;
+ *              or a request submitted with replay = true met a reused
+ *              connection that closed unanswered (what curl would resend);
  *            "idempotent": the server may have seen it (timeout or reset after
  *              sending, a transfer abandoned by fork), only a request whose
  *              replay cannot duplicate may be sent again;
@@ -88,7 +89,7 @@ typedef struct transfer {
   int paused;       /* the write callback paused it: perform() resumes it */
   int dropping;     /* being released: the write callback refuses what comes */
   int forked;       /* was in flight at the fork: reported as a failure */
-  int once;         /* submitted with replay = false: curl may send it once only */
+  int replayable;   /* submitted with replay = true: its caller may send it again */
   int sends;        /* times curl was about to send it (on_prereq) */
   int replay_refused;   /* curl wanted to send it again, and was stopped */
   long sent_at_fork;
@@ -455,14 +456,15 @@ static int refuse_option(lua_State *L, session *s, transfer *t, const char *what
 
 #if LIBCURL_VERSION_NUM >= 0x075000
 /* Called by curl each time it is about to send the request.  When a reused
- * connection closes without a byte of answer, curl sends the request again
- * on a new one by itself, although the server may have acted on it: a
- * request that may not be replayed stops there, and fails as one that may
- * have reached the server.  (No Lua here: called from curl.) */
+ * connection closes without a byte of answer, curl sends the same bytes
+ * again on a new one by itself: the same signature and nonce (WeChat Pay
+ * wants every attempt signed anew), to a server that may have acted on the
+ * first.  It stops there instead; the failure tells the caller whether
+ * sending again is its to do (replay).  (No Lua here: called from curl.) */
 static int on_prereq(void *data, char *primary_ip, char *local_ip, int primary_port, int local_port) {
   transfer *t = (transfer *)data;
   (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
-  if (++t->sends > 1 && t->once) {
+  if (++t->sends > 1) {
     t->replay_refused = 1;
     return CURL_PREREQFUNC_ABORT;
   }
@@ -478,13 +480,13 @@ static int l_submit(lua_State *L) {
   long timeout_ms, connect_ms;
   struct curl_slist *headers = NULL;
   transfer *t;
-  int is_get, is_head, client_cert, once;
+  int is_get, is_head, client_cert, replayable;
 
   luaL_checktype(L, 2, LUA_TTABLE);
   raw_field(L, 2, "replay");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
     return luaL_argerror(L, 2, "request field 'replay' must be a boolean");
-  once = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+  replayable = lua_toboolean(L, -1);
   lua_pop(L, 1);
   raw_field(L, 2, "client_cert");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
@@ -542,7 +544,7 @@ static int l_submit(lua_State *L) {
   t->headers = headers;
   t->max_body = s->max_body;
   t->errbuf[0] = '\0';
-  t->once = once;
+  t->replayable = replayable;
   t->sends = 0;
   t->replay_refused = 0;
 #if LIBCURL_VERSION_NUM >= 0x075000
@@ -747,16 +749,18 @@ static void push_result(lua_State *L, transfer *t) {
     const char *retry;
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
     retry = t->too_large ? NULL : retry_class(t->result, sent);
-    if (t->replay_refused) {
-      retry = "idempotent";   /* it was sent once, on the connection that closed */
+    if (t->replay_refused) {   /* it was sent once, on the connection that closed */
+      retry = t->replayable ? "safe" : "idempotent";
       if (sent <= 0) sent = 1;
     }
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "error");
     if (t->too_large)
       lua_pushfstring(L, "response body larger than %d bytes", (int)t->max_body);
+    else if (t->replay_refused && t->replayable)
+      lua_pushliteral(L, "a reused connection closed without an answer after the request was sent");
     else if (t->replay_refused)
-      lua_pushliteral(L, "the connection closed without an answer after the request was sent: not sent "
+      lua_pushliteral(L, "a reused connection closed without an answer after the request was sent: not sent "
                          "again, as the server may have acted on it");
     else if (t->errbuf[0])
       lua_pushstring(L, t->errbuf);

@@ -605,7 +605,8 @@ describe("async calls: transport errors", function()
     assert.matches("not sent again", err.message, 1, true)
     assert.equals(1, server:stats().requests)
     c:close()
-    -- a GET may be (with retries on, as by default), and is: the caller sees the answer
+    -- a GET may be (with retries on, as by default), and is, signed anew (the mock refuses
+    -- a nonce it has seen, as curl's own resend would reuse): the caller sees the answer
     local g = server:client{ timeout = 5 }
     assert(g.v3.mock.echo.warm:get())
     server:reset()

@@ -270,6 +270,18 @@ describe("wechatpay.mock", function()
     assert.equals(1, server:stats().grants)
   end)
 
+  it("refuses a nonce used again within 300 s (a retry must be signed anew), even over the same bytes", function()
+    local req = grant_request(server)
+    req.auth_over = { nonce = nonce32(), timestamp = tostring(os.time()) }
+    local first = curl(server, req)
+    assert.equals(200, first.status, first.body)
+    local replayed = curl(server, req)   -- the same Authorization header, the same body
+    assert.equals(401, replayed.status)
+    assert.equals("SIGN_ERROR", decode(replayed).code)
+    assert.matches("nonce_str was already used", decode(replayed).message, 1, true)
+    assert.equals(1, server:stats().grants)
+  end)
+
   it("refuses a bad signature with 401 SIGN_ERROR echoing the expected message", function()
     local req = grant_request(server)
     req.auth_over = { signature = b64(string.rep("x", 256)), nonce = "fixednonce123" }

@@ -315,8 +315,10 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local budget = math.max(prepared.timeout, prepared.retry.deadline)
   -- may go to another host, or again, after it may have reached one
   local movable = method == "GET" or (prepared.retry.idempotent and prepared.idempotent)
-  -- may the transport send it again by itself (curl does, on a reused
-  -- connection that closed without an answer): only what a retry could
+  -- may it be sent again after reaching the server, when a reused
+  -- connection closed without an answer (curl would resend the same signed
+  -- bytes; the transport leaves it to a retry, signed anew): only what a
+  -- retry could send again
   local replay = movable and prepared.retry.attempts > 1
 
   local function settle(res, err)

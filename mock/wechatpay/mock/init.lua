@@ -40,7 +40,7 @@
 --   server:v2_stats()  --> { v2_requests, v2_payments, redpacks, refunds }
 --   server:stop()     -- idempotent; also on __gc / __close
 --
--- Endpoints (all verify the Authorization header):
+-- Endpoints (all verify the Authorization header, and refuse a nonce used within 300 s):
 --   POST /v3/multiuse/users/{openid}/coupons           grant (idempotent on out_request_no)
 --   GET  /v3/marketing/favor/users/{openid}/coupons/{coupon_id}?appid=
 --   ANY  /v3/mock/echo/...   signed JSON echo of method, uri, query, body, headers; DELETE -> 204
