@@ -240,6 +240,12 @@ describe("inside nginx, one worker", function()
       assert.are.equal("timeout", fail.kind)
       assert.are.equal("idempotent", fail.retry)
       assert.is_true(now() - started < 1.5)
+      -- a server that sends a byte now and then: nginx restarts a read's timer at each,
+      -- the call's deadline still holds
+      started = now()
+      _, fail = raw("host=localhost&path=/drip&timeout=1")
+      assert.are.equal("timeout", fail.kind)
+      assert.is_true(now() - started < 2.5, ("answered after %.1f s"):format(now() - started))
     end)
 
     it("verifies the certificate's name, and says which directives to check", function()

@@ -4,12 +4,13 @@
 -- a real nginx.
 local ngx_transport = require("wechatpay.transport.ngx")
 
-local OK_RESPONSE = { "HTTP/1.1 200 OK", "Content-Length: 2", "", "ok" }
+local OK_RESPONSE = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 -- A fake cosocket: reused (from the pool) or not, a send that fails or
--- not, then the lines and bytes of a response.
+-- not, then the bytes of a response, handed out by receiveany in pieces of
+-- at most script.piece bytes (7 by default: lines and bodies arrive torn).
 local function fake_socket(script, log)
-  local lines = script.response or OK_RESPONSE
+  local stream = script.response or OK_RESPONSE
   local pos = 1
   return {
     settimeout = function() end,
@@ -30,17 +31,18 @@ local function fake_socket(script, log)
       script.sent = bytes
       return #bytes
     end,
-    receive = function(_, pattern)
-      local item = lines[pos]
-      if item == nil then return nil, script.read_error or "closed", "" end
-      pos = pos + 1
-      if type(pattern) == "number" then
-        script.largest_read = math.max(script.largest_read or 0, pattern)
-        return item:sub(1, pattern)
-      end
-      return item
+    receiveany = function(_, max)
+      if pos > #stream then return nil, script.read_error or "closed" end
+      local piece = stream:sub(pos, pos + math.min(max, script.piece or 7) - 1)
+      pos = pos + #piece
+      script.read = pos - 1
+      return piece
     end,
-    setkeepalive = function() log[#log + 1] = "keepalive" return true end,
+    setkeepalive = function()
+      log[#log + 1] = "keepalive"
+      if script.keepalive_fails then return nil, "unread data in buffer" end
+      return true
+    end,
     close = function() log[#log + 1] = "close" return true end,
   }
 end
@@ -101,7 +103,7 @@ describe("the cosocket transport's connections", function()
       assert.are.equal("network", fail.kind)
       assert.are.equal("idempotent", fail.retry)
     end)
-    local log = with_ngx({ { reused = true, response = {} } }, function()
+    local log = with_ngx({ { reused = true, response = "" } }, function()
       local _, fail = call(ngx_transport.new())
       assert.are.equal("network", fail.kind)
       assert.are.equal("idempotent", fail.retry)   -- the server may have acted: the retry policy decides
@@ -162,8 +164,8 @@ describe("the cosocket transport's connections", function()
 
   it("retries a body cut short only if none of it was handed on to on_chunk", function()
     -- one chunk, then the connection closes
-    local cut = { "HTTP/1.1 200 OK", "Transfer-Encoding: chunked", "", "3", "abc", "\r\n" }
-    with_ngx({ { response = cut }, { response = cut }, { response = { "HTTP/1.1 200 OK", "Transfer-Encoding: chunked", "" } } },
+    local cut = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    with_ngx({ { response = cut }, { response = cut }, { response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" } },
       function()
         local t = ngx_transport.new()
         local res, fail = call(t)   -- read whole: nothing left the transport
@@ -186,20 +188,53 @@ describe("the cosocket transport's connections", function()
   end)
 
   it("reads a body that runs to the close no further than one byte past max_body", function()
-    local script = { response = { "HTTP/1.1 200 OK", "", ("x"):rep(5000) } }
+    local head = "HTTP/1.1 200 OK\r\n\r\n"
+    local script = { response = head .. ("x"):rep(5000), piece = 100000 }
     with_ngx({ script }, function()
       local res, fail = call(ngx_transport.new{ max_body = 1000 })
       assert.is_nil(res)
       assert.matches("over max_body (1000 bytes)", fail.message, 1, true)
       assert.is_false(fail.retry)
     end)
-    -- a cosocket's receive(n) waits for n bytes: asking for more would wait on a slow close
-    assert.are.equal(1001, script.largest_read)
+    -- what the head's reads took beyond it counts; nothing more is asked for
+    assert.is_true(script.read <= #head + 1001 + 4096, tostring(script.read))
+  end)
+
+  it("reads a response that arrives a byte at a time, and refuses what is not HTTP/1.1 framing", function()
+    local chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Folded: a\r\n  b\r\n\r\n"
+      .. "2;ext=1\r\nok\r\n3\r\nabc\r\n0\r\nTrailer: t\r\n\r\n"
+    with_ngx({ { response = chunked, piece = 1 },
+        { response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok" },
+        { response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXY0\r\n\r\n" },
+        { response = "HTTP/1.1 200 OK\r\nX-Long: " .. ("h"):rep(70000) .. "\r\n\r\n", piece = 4096 } },
+      function()
+        local t = ngx_transport.new()
+        local res = assert(call(t))
+        assert.are.equal("okabc", res.body)
+        assert.are.equal("a b", res.headers["x-folded"])
+        assert.are.equal("ok", assert(call(t)).body)   -- the same length twice is one length
+        local _, fail = call(t)
+        assert.matches("malformed chunk end", fail.message, 1, true)
+        _, fail = call(t)
+        assert.matches("over 65536 bytes", fail.message, 1, true)
+        assert.is_false(fail.retry)
+      end)
+  end)
+
+  it("never pools a connection with bytes past the answer, nor one nginx would not pool", function()
+    local log = with_ngx({ { response = OK_RESPONSE .. "GARBAGE" } }, function()
+      assert.are.equal("ok", assert(call(ngx_transport.new())).body)
+    end)
+    assert.are.equal("close", log[#log])
+    log = with_ngx({ { keepalive_fails = true } }, function()
+      assert.are.equal("ok", assert(call(ngx_transport.new())).body)
+    end)
+    assert.are.same({ "keepalive", "close" }, { log[#log - 1], log[#log] })
   end)
 
   it("closes a connection the server marks Connection: close, and an HTTP/1.0 one", function()
-    local log = with_ngx({ { response = { "HTTP/1.1 200 OK", "Connection: close", "Content-Length: 0", "" } },
-        { response = { "HTTP/1.0 200 OK", "Content-Length: 0", "" } } }, function()
+    local log = with_ngx({ { response = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" },
+        { response = "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n" } }, function()
       local t = ngx_transport.new()
       assert.are.equal(200, (call(t)).status)
       assert.are.equal(200, (call(t)).status)

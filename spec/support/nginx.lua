@@ -107,6 +107,9 @@ local function render(p)
   line("    location = /length { content_by_lua_block { ngx.header['Content-Length'] = 5; ngx.print('hello') } }")
   line("    location = /big { content_by_lua_block { ngx.print(string.rep('x', 100000)) } }")
   line("    location = /slow { content_by_lua_block { ngx.sleep(2); ngx.say('late') } }")
+  -- a byte every 0.2 s: each read sees progress, the whole answer takes 4 s
+  line("    location = /drip { content_by_lua_block { ngx.header['Content-Length'] = 20; ngx.send_headers(); "
+    .. "for _ = 1, 20 do ngx.print('x'); ngx.flush(true); ngx.sleep(0.2) end } }")
   line("    location = /close { keepalive_timeout 0; content_by_lua_block { ngx.say('bye') } }")
   line("    location = /empty { return 204; }")
   line("  }")

@@ -202,33 +202,84 @@ local function request_bytes(request, host, port, target)
   return table.concat(out)
 end
 
--- Reading a response: every receive gets what is left of the deadline.
-local function receive(sock, pattern, deadline)
-  local left = deadline - monotonic()
+-- Reading a response, within the call's deadline.  A cosocket's receive
+-- of a line or of n bytes restarts its timer at every byte, so a server
+-- that trickles could hold one far past any timeout: the reader takes
+-- whatever has arrived (receiveany), keeps what it has not handed out, and
+-- checks the deadline before every read.  A line is refused past `max`
+-- bytes before it is whole, not after.
+--   reader(sock, deadline) -> r; line(r, max) -> text without CR LF;
+--   some(r, n) -> 1 to n bytes; exact(r, n) -> n bytes; each | nil, err
+--   r.buf ~= "" once the answer is read: bytes past its end
+local LINE_READ = 4096
+
+local function reader(sock, deadline)
+  return { sock = sock, deadline = deadline, buf = "" }
+end
+
+local function more(r, n)
+  local left = r.deadline - monotonic()
   if left <= 0 then return nil, "timeout" end
-  sock:settimeout(ms(left))
-  return sock:receive(pattern)
+  r.sock:settimeout(ms(left))
+  return r.sock:receiveany(n)
+end
+
+local function line(r, max)
+  while true do
+    local lf = r.buf:find("\n", 1, true)
+    if lf then
+      local text = r.buf:sub(1, lf - 1)
+      r.buf = r.buf:sub(lf + 1)
+      return (text:gsub("\r$", ""))
+    end
+    if #r.buf > max then return nil, "too long" end
+    local data, err = more(r, LINE_READ)
+    if not data then return nil, err end
+    r.buf = r.buf .. data
+  end
+end
+
+local function some(r, n)
+  if r.buf ~= "" then
+    local piece = r.buf:sub(1, n)
+    r.buf = r.buf:sub(n + 1)
+    return piece
+  end
+  return more(r, n)
+end
+
+local function exact(r, n)
+  local got = ""
+  while #got < n do
+    local piece, err = some(r, n - #got)
+    if not piece then return nil, err end
+    got = got .. piece
+  end
+  return got
 end
 
 local function read_failure(err, what, sent)
   if err == "timeout" then
     return failure("timeout", "timed out waiting for " .. what, sent, "idempotent")
   end
+  if err == "too long" then
+    return failure("network", what .. " in the response is over " .. MAX_HEADER_BYTES .. " bytes", sent, false)
+  end
   return failure("network", "connection " .. tostring(err) .. " while reading " .. what, sent, "idempotent")
 end
 
-local function read_head(sock, deadline, sent)
+local function read_head(r, sent)
   while true do
-    local line, err = receive(sock, "*l", deadline)
-    if not line then return read_failure(err, "the status line", sent) end
-    local version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
+    local status_line, err = line(r, MAX_HEADER_BYTES)
+    if not status_line then return read_failure(err, "the status line", sent) end
+    local version, status = status_line:match("^HTTP/(%d%.%d) (%d%d%d)")
     if not status then
       return failure("network", "malformed status line from the server", sent, "idempotent")
     end
     status = tonumber(status)
-    local headers, size = {}, 0
+    local headers, size, last = {}, 0, nil
     while true do
-      local h, herr = receive(sock, "*l", deadline)
+      local h, herr = line(r, MAX_HEADER_BYTES - size)
       if not h then return read_failure(herr, "the response headers", sent) end
       if h == "" then break end
       size = size + #h
@@ -239,6 +290,9 @@ local function read_head(sock, deadline, sent)
       if name then
         name = name:lower()
         headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+        last = name
+      elseif last and h:find("^[ \t]") then   -- an obsolete folded line: part of the last value
+        headers[last] = headers[last] .. " " .. h:match("^[ \t]*(.-)[ \t]*$")
       end
     end
     -- 1xx answers (100 Continue) come before the real one
@@ -253,7 +307,7 @@ end
 --   sink.consumes   take passes bytes on for good (to a file, a function):
 --                   once it has, no failure may be retried
 --   sink.stopped()  the failure when take answers anything but true
-local function take_body(sock, headers, deadline, sent, sink)
+local function take_body(r, headers, sent, sink)
   local handed, total = false, 0
   local function broken(err, what)
     local _, f = read_failure(err, what, sent)
@@ -283,7 +337,7 @@ local function take_body(sock, headers, deadline, sent, sink)
     local ok, f = grows(length)
     if not ok then return nil, f end
     while length > 0 do
-      local piece, err = receive(sock, math.min(length, STREAM_PIECE), deadline)
+      local piece, err = some(r, math.min(length, STREAM_PIECE))
       if not piece then return broken(err, what) end
       length = length - #piece
       if not hand(piece) then return nil, sink.stopped() end
@@ -293,51 +347,55 @@ local function take_body(sock, headers, deadline, sent, sink)
   local te = headers["transfer-encoding"]
   if te and te:lower():find("chunked", 1, true) then
     while true do
-      local line, err = receive(sock, "*l", deadline)
-      if not line then return broken(err, "a chunk size") end
-      local size = tonumber(line:match("^%s*(%x+)") or "", 16)
+      local size_line, err = line(r, MAX_HEADER_BYTES)
+      if not size_line then return broken(err, "a chunk size") end
+      local size = tonumber(size_line:match("^%s*(%x+)") or "", 16)
       if not size then return malformed("chunk size") end
       if size == 0 then
+        local trailers = 0
         repeat   -- trailers, up to the blank line
-          local t, terr = receive(sock, "*l", deadline)
+          local t, terr = line(r, MAX_HEADER_BYTES - trailers)
           if not t then return broken(terr, "the chunked trailer") end
+          trailers = trailers + #t
         until t == ""
         return true, true
       end
       local ok, f = pass(size, "a chunk")
       if not ok then return nil, f end
-      local crlf, cerr = receive(sock, 2, deadline)
+      local crlf, cerr = exact(r, 2)
       if not crlf then return broken(cerr, "a chunk") end
+      if crlf ~= "\r\n" then return malformed("chunk end") end
     end
   end
   local length = headers["content-length"]
   if length then
+    -- the same value repeated ("2, 2") is one length (RFC 9110 8.6)
+    local first = length:match("^(%d+)")
+    if first and length:gsub("%s*,%s*" .. first, "") == first then length = first end
     length = tonumber(length:match("^%d+$"))
     if not length then return malformed("Content-Length") end
     local ok, f = pass(length, "the response body")
     if not ok then return nil, f end
     return true, true
   end
-  while true do   -- to the end of the connection; receive(n) waits for n bytes or
-    -- the close, so never for more than one byte past the limit
+  while true do   -- to the end of the connection, never more than one byte past the limit
     local want = sink.limit and math.min(STREAM_PIECE, sink.limit - total + 1) or STREAM_PIECE
-    local data, err, partial = receive(sock, want, deadline)
-    local piece = data or partial or ""
-    local ok, f = grows(#piece)
-    if not ok then return nil, f end
-    if not hand(piece) then return nil, sink.stopped() end
-    if not data then
+    local piece, err = some(r, want)
+    if not piece then
       if err == "closed" then return true, false end
       return broken(err, "the response body")
     end
+    local ok, f = grows(#piece)
+    if not ok then return nil, f end
+    if not hand(piece) then return nil, sink.stopped() end
   end
 end
 
 -- The whole body, at most `limit` bytes: -> body, reusable | nil, failure.
-local function read_body(sock, method, status, headers, deadline, sent, limit)
+local function read_body(r, method, status, headers, sent, limit)
   if method == "HEAD" or status == 204 or status == 304 then return "", true end
   local parts = {}
-  local ok, reusable = take_body(sock, headers, deadline, sent, { limit = limit,
+  local ok, reusable = take_body(r, headers, sent, { limit = limit,
     take = function(piece) parts[#parts + 1] = piece return true end })
   if not ok then return nil, reusable end
   return table.concat(parts), reusable
@@ -345,10 +403,10 @@ end
 
 -- A 2xx body handed to on_chunk as it arrives: -> "", reusable | nil, failure.
 -- A failure after bytes were handed on is never retried (retry = false).
-local function stream_body(sock, status, headers, deadline, sent, on_chunk)
+local function stream_body(r, status, headers, sent, on_chunk)
   if status == 204 or status == 304 then return "", true end
   local interrupt
-  local ok, reusable = take_body(sock, headers, deadline, sent, {
+  local ok, reusable = take_body(r, headers, sent, {
     consumes = true,
     take = function(bytes)
       local called, more = pcall(on_chunk, bytes)
@@ -405,19 +463,19 @@ local function perform(self, request)
         return failure("network", "connection " .. tostring(err) .. " while sending the request", 0, "idempotent")
       end
     else
-      local status, headers, version = read_head(sock, deadline, #bytes)
+      local r = reader(sock, deadline)
+      local status, headers, version = read_head(r, #bytes)
       if not status then sock:close() return nil, headers end
       local body, reusable
       if request.on_chunk and status >= 200 and status < 300 and request.method ~= "HEAD" then
-        body, reusable = stream_body(sock, status, headers, deadline, #bytes, request.on_chunk)
+        body, reusable = stream_body(r, status, headers, #bytes, request.on_chunk)
       else   -- a streamed request's error answer is small: WeChat Pay's JSON
-        body, reusable = read_body(sock, request.method, status, headers, deadline, #bytes,
+        body, reusable = read_body(r, request.method, status, headers, #bytes,
           request.on_chunk and math.min(self.max_body, STREAM_ERROR_BODY) or self.max_body)
       end
       if not body then sock:close() return nil, reusable end
-      if keep_alive(headers, version, reusable) then
-        sock:setkeepalive(self.idle_ms, self.pool_size)
-      else
+      -- bytes past the answer's end would be read as the next one's: never pooled
+      if not (r.buf == "" and keep_alive(headers, version, reusable) and sock:setkeepalive(self.idle_ms, self.pool_size)) then
         sock:close()
       end
       return { status = status, headers = headers, body = body }
