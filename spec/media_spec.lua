@@ -400,7 +400,8 @@ describe("media upload", function()
         "Content-Type: ", opts.content_type or "image/png", "\r\n\r\n", file_bytes, "\r\n",
         "--", boundary, "--\r\n",
       }
-      local timestamp, nonce = tostring(os.time()), "RAWNONCE" .. ("0"):rep(24)
+      -- a nonce per request: the mock refuses one it has seen, as a replay
+      local timestamp, nonce = tostring(os.time()), require("wechatpay.core").nonce(32)
       local signed = opts.sign_body and body or meta
       ossl.write(tmp("raw_msg.bin"), "POST\n" .. path .. "\n" .. timestamp .. "\n" .. nonce .. "\n" .. signed .. "\n")
       ossl.run("openssl dgst -sha256 -sign " .. ossl.quote(server.merchant_key_file) .. " -out "

@@ -426,6 +426,18 @@ function handlers.bg(args)
   say_json{ keys = bg.client:platform_key_ids(), downloads = bg.client:certificate_stats().downloads }
 end
 
+-- /many?n=: n calls one after another in this request, as a long-lived
+-- timer makes them -> the Lua heap (KB, after full collections) after 100
+-- calls and after n more
+function handlers.many(args)
+  local function calls(k) for _ = 1, k do assert(client.v3.mock.echo.many:get()) end end
+  local function heap() collectgarbage() collectgarbage() return collectgarbage("count") end
+  calls(100)
+  local before = heap()
+  calls(tonumber(args.n) or 1000)
+  say_json{ before = before, after = heap() }
+end
+
 -- /result?key=
 function handlers.result(args)
   say_json{ value = results():get(args.key) }

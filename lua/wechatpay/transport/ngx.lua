@@ -54,6 +54,7 @@ function ngx_transport.new(opts)
     max_body = opts.max_body or DEFAULT_MAX_BODY,
     running = 0,
     dispatching = {},   -- light thread -> true while it runs a callback (a handler may wait in one)
+    finished = {},      -- spawning thread -> the light threads of its calls that ended, to reap
     waiting = {},       -- light thread -> true while it waits in step for a post
     closed = false,
   }, ngx_transport)
@@ -502,20 +503,25 @@ end
 -- The light thread of one call: perform, then report.  The callback runs
 -- here, in the calling request's own context; while it runs (a promise
 -- handler may make and wait on another call) the transport is busy.
-local function run(self, request, callback)
+local function run(self, request, callback, parent)
   local ok, res, fail = pcall(perform, self, request)
   if not ok then
     res, fail = nil, { kind = "network", message = "the nginx transport raised: " .. tostring(res), sent = 0, retry = false }
   end
   self.running = self.running - 1
-  if self.closed then return end
-  local thread = current_thread()
-  self.dispatching[thread] = true
-  local called, err = pcall(callback, res, fail)
-  self.dispatching[thread] = nil
-  if not called and self.first_error == nil then self.first_error = err end
-  if fail and fail.kind == "interrupted" and fail.raised ~= nil then self.first_error = fail.raised end
-  wake_all(self)
+  if not self.closed then
+    local thread = current_thread()
+    self.dispatching[thread] = true
+    local called, err = pcall(callback, res, fail)
+    self.dispatching[thread] = nil
+    if not called and self.first_error == nil then self.first_error = err end
+    if fail and fail.kind == "interrupted" and fail.raised ~= nil then self.first_error = fail.raised end
+    wake_all(self)
+  end
+  -- last, with nothing left that yields: the spawner reaps it (see reap)
+  local done = self.finished[parent]
+  if not done then done = {}; self.finished[parent] = done end
+  done[#done + 1] = coroutine.running()
 end
 
 --- busy() -> true while a call runs, or another light thread's callback
@@ -533,13 +539,24 @@ function ngx_transport:busy()
   return false
 end
 
+-- A light thread that ended stays in its request (or timer) until the
+-- thread that spawned it waits on it: a timer making thousands of calls
+-- would keep them all.  Each thread reaps the calls it spawned that have
+-- ended whenever it steps; only the spawner may (ngx.thread.wait).
+local function reap(self, me)
+  local done = self.finished[me]
+  if not done or me == MAIN or not ngx.thread.wait then return end
+  self.finished[me] = nil
+  for i = 1, #done do ngx.thread.wait(done[i]) end
+end
+
 --- submit(request, callback): starts the call on a light thread of the
 -- current request (or timer).
 function ngx_transport:submit(request, callback)
   if self.closed then error("the nginx transport is closed", 2) end
   if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
   self.running = self.running + 1
-  local thread, err = ngx.thread.spawn(run, self, request, callback)
+  local thread, err = ngx.thread.spawn(run, self, request, callback, current_thread())
   if not thread then
     self.running = self.running - 1
     error("cannot start a light thread: " .. tostring(err), 2)
@@ -556,9 +573,11 @@ function ngx_transport:step(wait)
   end
   if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
   local me = current_thread()
+  reap(self, me)
   self.waiting[me] = true
   self.semaphore:wait(math.max(0, wait or 0))
   self.waiting[me] = nil
+  reap(self, me)
   if self.first_error ~= nil then
     local err = self.first_error
     self.first_error = nil
