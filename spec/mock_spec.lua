@@ -234,6 +234,32 @@ describe("wechatpay.mock", function()
     assert.equals("SENDED", decode(query).status)
   end)
 
+  it("decrypts only with a certificate in service: not the next before it is issued, none for a public-key-only merchant", function()
+    local own = assert(mock.start{ rate_limit = false })
+    finally(function() own:stop() end)
+    local function encrypted_for(srv, cert_file, serial, number)
+      local req = grant_request(srv, { out_request_no = number }, { serial = serial })
+      local body = cjson.decode(req.body)
+      local key = require("openssl.x509").new(read_file(cert_file)):getPublicKey()
+      local function enc(s) return b64(key:encrypt(s, { rsaPadding = pkey.RSA_PKCS1_OAEP_PADDING })) end
+      body.user_name = enc(srv.users[OPENID].name)
+      body.id_card_number = enc(srv.users[OPENID].id_card)
+      req.body = cjson.encode(body)
+      return curl(srv, req)
+    end
+    local next_file = own.dir .. "/platform_cert_next.pem"
+    local early = encrypted_for(own, next_file, own.platform_cert_next_serial, "NEXT-1")
+    assert.equals(400, early.status, early.body)
+    own:rotate_certificates()
+    local issued = encrypted_for(own, next_file, own.platform_cert_next_serial, "NEXT-2")
+    assert.equals(200, issued.status, issued.body)
+
+    local pk_only = assert(mock.start{ rate_limit = false, public_key_only = true })
+    finally(function() pk_only:stop() end)
+    local refused = encrypted_for(pk_only, pk_only.platform_cert_file, pk_only.platform_cert_serial, "PKONLY-1")
+    assert.equals(400, refused.status, refused.body)
+  end)
+
   it("accepts fields encrypted with the platform certificate key", function()
     local req = grant_request(server, { out_request_no = "CERT-1" }, {
       serial = server.platform_cert_serial })

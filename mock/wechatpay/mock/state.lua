@@ -164,15 +164,19 @@ function state.signing_key()
   return state.keys.platform, config.platform_key_id
 end
 
--- The private key named by a request's Wechatpay-Serial header, for OAEP.
+-- The private key named by a request's Wechatpay-Serial header, for OAEP:
+-- the public key, or a platform certificate in service (the two that
+-- /v3/certificates delivers now), never one not yet issued or retired, and
+-- none for a merchant that has only the public key.
 function state.decryption_key(serial)
   local config = state.config
   if serial == config.platform_key_id then
     return state.keys.platform
   end
-  if type(serial) == "string" then
+  if type(serial) == "string" and not config.public_key_only then
     local wanted = serial:upper():gsub("^%s+", ""):gsub("%s+$", "")
-    for _, c in ipairs(state.certs) do
+    local current, previous = state.current_certificates()
+    for _, c in ipairs{ current, previous } do
       if c.serial == wanted then return c.key end
     end
   end
