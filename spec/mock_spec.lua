@@ -296,6 +296,31 @@ describe("wechatpay.mock", function()
     assert.equals(1, server:stats().grants)
   end)
 
+  it("refuses an Authorization not made as PROTOCOL.md section 1 says: nonce, timestamp, base64", function()
+    local cases = {
+      { { nonce = "short" }, "nonce_str in Authorization must be 32" },
+      { { nonce = ("a"):rep(31) .. "-" }, "nonce_str in Authorization must be 32" },
+      { { timestamp = "0" .. os.time() }, "10 digits" },
+    }
+    for _, case in ipairs(cases) do
+      local req = grant_request(server)
+      req.auth_over = case[1]
+      local res = curl(server, req)
+      assert.equals(401, res.status)
+      assert.matches(case[2], decode(res).message, 1, true)
+    end
+    local req = grant_request(server)
+    -- the same signature without its "==" padding
+    local header = authorization(server, "POST", req.uri, req.body):gsub('(signature="[^"]-)=*"', '%1"')
+    assert.is_nil(header:find('=="', 1, true))
+    req.auth = false
+    req.headers[#req.headers + 1] = "Authorization: " .. header
+    local res = curl(server, req)
+    assert.equals(401, res.status)
+    assert.matches("standard base64, padded", decode(res).message, 1, true)
+    assert.equals(0, server:stats().grants)
+  end)
+
   it("refuses a nonce used again within 300 s (a retry must be signed anew), even over the same bytes", function()
     local req = grant_request(server)
     req.auth_over = { nonce = nonce32(), timestamp = tostring(os.time()) }
@@ -310,13 +335,13 @@ describe("wechatpay.mock", function()
 
   it("refuses a bad signature with 401 SIGN_ERROR echoing the expected message", function()
     local req = grant_request(server)
-    req.auth_over = { signature = b64(string.rep("x", 256)), nonce = "fixednonce123" }
+    req.auth_over = { signature = b64(string.rep("x", 256)), nonce = "fixednonce123" .. ("0"):rep(19) }
     local res = curl(server, req)
     assert.equals(401, res.status)
     local err = decode(res)
     assert.equals("SIGN_ERROR", err.code)
     assert.truthy(err.detail.expect:find("POST\n" .. req.uri .. "\n", 1, true))
-    assert.truthy(err.detail.expect:find("\nfixednonce123\n", 1, true))
+    assert.truthy(err.detail.expect:find("\nfixednonce123" .. ("0"):rep(19) .. "\n", 1, true))
     assert.truthy(res.headers["request-id"])
     -- Gateway errors are unsigned, and never echo the Authorization header.
     assert.is_nil(res.headers["wechatpay-signature"])

@@ -87,8 +87,8 @@ function auth.verify(method, request_uri, body)
 
   local timestamp = fields.timestamp
   local now = ngx.time()
-  if not timestamp:match("^%d+$") or #timestamp > 12 then
-    return sign_error("timestamp in Authorization must be unix seconds",
+  if not timestamp:match("^%d+$") or #timestamp ~= 10 then
+    return sign_error("timestamp in Authorization must be unix seconds (10 digits)",
       { field = "timestamp", location = "Authorization" })
   end
   if math.abs(now - tonumber(timestamp)) > WINDOW then
@@ -98,10 +98,15 @@ function auth.verify(method, request_uri, body)
   end
 
   local nonce = fields.nonce_str
-  -- WeChat documents 32 alphanumerics but accepts looser nonces; so do we.
-  if #nonce < 1 or #nonce > 32 or nonce:find("[^\33-\126]") then
-    return sign_error("nonce_str in Authorization must be 1..32 printable characters",
+  -- as PROTOCOL.md section 1 has it: a client that makes them otherwise
+  -- fails here, not first against WeChat Pay
+  if #nonce ~= 32 or nonce:find("[^0-9A-Za-z]") then
+    return sign_error("nonce_str in Authorization must be 32 characters of [0-9A-Za-z]",
       { field = "nonce_str", location = "Authorization" })
+  end
+  if #fields.signature % 4 ~= 0 or not fields.signature:find("^[A-Za-z0-9+/]+=?=?$") then
+    return sign_error("signature in Authorization must be standard base64, padded",
+      { field = "signature", location = "Authorization" })
   end
 
   local message = method .. "\n" .. request_uri .. "\n" .. timestamp .. "\n"
