@@ -411,6 +411,26 @@ describe("async calls: retries", function()
     client:close()
   end)
 
+  it("settles a retry refused in the queue outside the pump: its handler's own call still goes", function()
+    local client = server:client{ timeout = 1 * SLOW, max_concurrency = 1,
+      retry = { idempotent = true, attempts = 3, backoff = 0.05, max_backoff = 0.05, deadline = 1 * SLOW } }
+    server:fault("status", { status = 500, count = 1, path = "/echo/a$" })
+    server:fault("delay", { seconds = 1.5 * SLOW, then_process = true, count = 1, path = "/echo/b$" })
+    local fallback
+    local a = client.v3.mock.echo.a:getAsync{}:catch(function(err)
+      -- a synchronous call from the handler of the refused retry
+      fallback = assert(client.v3.mock.echo.fallback:get())
+      return err
+    end)
+    local b = client.v3.mock.echo.b:getAsync{ timeout = 3 * SLOW }   -- holds the slot past a's deadline
+    local err = a:wait()
+    assert.equals("timeout", err.kind)
+    assert.matches("waited in the queue", err.message, 1, true)
+    assert.equals(200, fallback.status)
+    assert(b:wait())
+    client:close()
+  end)
+
   it("never retries a 400", function()
     local client = server:client{ retry = IDEMPOTENT }
     server:fault("status", { status = 400, count = 1, path = "/coupons$" })
@@ -668,6 +688,8 @@ describe("async calls: a transport with only request()", function()
       make = function() return nil, { kind = "timeout", message = "too late", sent = 0, retry = false } end,
       done = function(raw, failure) got = { raw = raw, failure = failure } end,
     }
+    assert.is_nil(got)   -- settled from the next step, not inside the pump
+    queue:step(0)
     assert.equals(0, sent)
     assert.is_nil(got.raw)
     assert.equals("too late", got.failure.message)

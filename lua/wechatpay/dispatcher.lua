@@ -139,8 +139,11 @@ function dispatcher:send(job)
     job.done(nil, errors.from_raise(request, "while signing"))
     error(request, 0)
   end
-  if request == nil then   -- make decided it is too late to send: nothing goes out
-    return job.done(nil, refused)
+  if request == nil then
+    -- make decided it is too late to send: nothing goes out.  Settled from
+    -- the next step, not here inside the pump, where a handler's own call
+    -- would be queued behind a pump that never comes back to it.
+    return self:after(0, function() job.done(nil, refused) end)
   end
   if times then
     local signed = monotonic()
