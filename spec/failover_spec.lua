@@ -89,6 +89,17 @@ describe("base_url with backups", function()
     return res:json().headers.host
   end
 
+  it("keeps a primary whose pooled connection closed unanswered: it was reached, it is not down", function()
+    local c = client({ base_url = { primary, backup }, timeout = 5 })
+    assert.equal("127.0.0.1:" .. server.port, answered_by(assert(c.v3.mock.echo.warm:get())))
+    server:fault("reset", { path = "no_content" })   -- acts on it, then closes without a byte
+    assert.equal(204, assert(c:request("GET", "v3/mock/no_content")).status)
+    for _ = 1, 3 do
+      assert.equal("127.0.0.1:" .. server.port, answered_by(assert(c.v3.mock.echo.after:get())))
+    end
+    c:close()
+  end)
+
   describe("when the primary cannot be reached", function()
     it("sends a POST grant to the backup, signed anew, and grants it once", function()
       local records = {}

@@ -269,7 +269,9 @@ end
 -- may have acted on it (a timeout or reset after sending, a 5xx), else nil.
 local function failover_reason(err)
   if err.kind == "network" or err.kind == "timeout" then
-    if err.retry == "safe" then return "unreached" end
+    -- "safe" with bytes sent: a replayable request on a reused connection
+    -- that closed unanswered, which reached the host (not down)
+    if err.retry == "safe" then return (err.sent or 0) == 0 and "unreached" or "sent" end
     if err.retry == "idempotent" then return "sent" end
   elseif err.kind == "http" and type(err.status) == "number" and err.status >= 500 then
     return "sent"
