@@ -429,8 +429,28 @@ end
 -- /many?n=: n calls one after another in this request, as a long-lived
 -- timer makes them -> the Lua heap (KB, after full collections) after 100
 -- calls and after n more
+-- (mode=queued: in batches of 50 async calls through a client of
+-- max_concurrency 2, so most are sent from the callback of one that ended)
 function handlers.many(args)
-  local function calls(k) for _ = 1, k do assert(client.v3.mock.echo.many:get()) end end
+  local c = client
+  local function calls(k)
+    if args.mode ~= "queued" then
+      for _ = 1, k do assert(c.v3.mock.echo.many:get()) end
+      return
+    end
+    for _ = 1, k / 50 do
+      local batch = {}
+      for i = 1, 50 do batch[i] = c.v3.mock.echo.many:getAsync{} end
+      assert(require("wechatpay").all(batch):wait())
+    end
+  end
+  if args.mode == "queued" then
+    c = require("wechatpay").new{
+      mchid = config.mchid, serial = config.merchant_serial, private_key = config.merchant_pem,
+      certs = { [config.platform_key_id] = config.platform_pem }, base_url = config.base_url,
+      resolve = config.resolve, timeout = 5, max_concurrency = 2,
+    }
+  end
   local function heap() collectgarbage() collectgarbage() return collectgarbage("count") end
   calls(100)
   local before = heap()

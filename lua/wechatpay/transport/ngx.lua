@@ -518,10 +518,13 @@ local function run(self, request, callback, parent)
     if fail and fail.kind == "interrupted" and fail.raised ~= nil then self.first_error = fail.raised end
     wake_all(self)
   end
-  -- last, with nothing left that yields: the spawner reaps it (see reap)
-  local done = self.finished[parent]
-  if not done then done = {}; self.finished[parent] = done end
-  done[#done + 1] = coroutine.running()
+  -- last, with nothing left that yields: the spawner reaps it (see reap);
+  -- one whose spawner has ended is freed by nginx itself
+  if parent == MAIN or coroutine.status(parent) ~= "dead" then
+    local done = self.finished[parent]
+    if not done then done = {}; self.finished[parent] = done end
+    done[#done + 1] = coroutine.running()
+  end
 end
 
 --- busy() -> true while a call runs, or another light thread's callback
@@ -544,9 +547,15 @@ end
 -- would keep them all.  Each thread reaps the calls it spawned that have
 -- ended whenever it steps; only the spawner may (ngx.thread.wait).
 local function reap(self, me)
-  local done = self.finished[me]
+  local finished = self.finished
+  -- spawners that ended (a call's thread that queued the next call): nginx
+  -- frees their ended children, this forgets them
+  for parent in pairs(finished) do
+    if parent ~= MAIN and coroutine.status(parent) == "dead" then finished[parent] = nil end
+  end
+  local done = finished[me]
   if not done or me == MAIN or not ngx.thread.wait then return end
-  self.finished[me] = nil
+  finished[me] = nil
   for i = 1, #done do ngx.thread.wait(done[i]) end
 end
 
