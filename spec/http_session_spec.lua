@@ -326,8 +326,9 @@ local got
 while not got do got = s:perform(0.5)[1] end
 io.write(got.error or "answered", " ", got.message or "")
 ]]):format(option, value, server.base_url))
-        local output = ossl.run("strace -f -qq -e trace=file -o " .. ossl.quote(dir .. "/trace") .. " "
-          .. runtime .. " " .. ossl.quote(dir .. "/child.lua"))
+        -- (a sanitizer build's core.so needs its runtime loaded first)
+        local output = ossl.run(require("support.nginx").sanitizer_preload() .. "strace -f -qq -e trace=file -o "
+          .. ossl.quote(dir .. "/trace") .. " " .. runtime .. " " .. ossl.quote(dir .. "/child.lua"))
         assert.matches("^network .*certificate", output, nil, option)
         local trace = ossl.read(dir .. "/trace")
         assert.is_nil(trace:find("/etc/ssl/certs", 1, true), option .. " let curl read the system's CAs")

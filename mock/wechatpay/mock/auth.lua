@@ -140,7 +140,7 @@ function auth.verify(method, request_uri, body)
   -- A nonce signs one request: every attempt, a retry too, is signed anew
   -- (PROTOCOL.md section 7).  One seen again within the window is a replay,
   -- refused, so a client that re-sends a signed header cannot pass.
-  local fresh, err = state.dicts().data:add("nonce:" .. nonce, true, WINDOW + 1)
+  local fresh, err = state.dicts().nonces:add(nonce, true, WINDOW + 1)
   if not fresh and err == "exists" then
     return sign_error("nonce_str was already used within " .. WINDOW .. " seconds: each request is signed "
       .. "with a new nonce", { field = "nonce_str", location = "Authorization", issue = "replayed" })

@@ -45,6 +45,7 @@ function nginx_conf.render(p)
   line("  lua_shared_dict wechatpay_mock_stats 1m;")
   line("  lua_shared_dict wechatpay_mock_faults 1m;")
   line("  lua_shared_dict wechatpay_mock_settings 1m;")
+  line("  lua_shared_dict wechatpay_mock_nonces 4m;")   -- of the last 300 s: a full one forgets the oldest
   line("  init_by_lua_block { require('wechatpay.mock.state').init("
     .. string.format("%q", p.config_file) .. ") }")
   line("  init_worker_by_lua_block { require('wechatpay.mock.state').init_worker() }")

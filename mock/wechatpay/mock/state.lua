@@ -139,6 +139,7 @@ function state.dicts()
     stats = shared.wechatpay_mock_stats,     -- counters shown by server:stats()
     faults = shared.wechatpay_mock_faults,   -- the armed fault queue
     settings = shared.wechatpay_mock_settings, -- latency, rate_limit, coupon sequence
+    nonces = shared.wechatpay_mock_nonces,   -- Authorization nonces seen, for 300 s
   }
 end
 
