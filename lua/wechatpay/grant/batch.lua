@@ -56,11 +56,17 @@ function batch.columns(header)
   return columns
 end
 
+--- is_id(text, max) -> true for an identifier WeChat Pay writes (openid,
+-- stock id, appid, coupon id): 1 to max letters, digits, "_" and "-".
+function batch.is_id(text, max)
+  return #text <= max and text:find("^[%w_%-]+$") ~= nil
+end
+
 -- An openid is shown in the results only when it has an openid's form, so
 -- it cannot be something else (a name typed in the wrong column, an ID
 -- number with spaces), and never with an ID number's run of digits in it.
 local function printable_openid(openid)
-  if openid and #openid <= 128 and openid:find("^[%w_%-]+$") then return results_file.mask_ids(openid) end
+  if openid and batch.is_id(openid, 128) then return results_file.mask_ids(openid) end
   return ""
 end
 
@@ -116,7 +122,7 @@ function batch.check(fields, info, columns)
     if not field(name) then missing[#missing + 1] = name end
   end
   if #missing > 0 then return nil, "missing " .. table.concat(missing, ", "), shown end
-  if #openid > 128 or not openid:find("^[%w_%-]+$") then
+  if not batch.is_id(openid, 128) then
     local what = openid:find("[\128-\255]") and "non-ASCII characters" or "characters other than A-Z a-z 0-9 _ -"
     if #openid > 128 then what = "more than 128 characters" end
     return nil, "openid has " .. what, shown
@@ -243,7 +249,7 @@ function batch.run(opts)
       local coupon_id = type(body) == "table" and body.coupon_id
       if type(coupon_id) == "number" then coupon_id = ("%.0f"):format(coupon_id) end
       -- One line of printable text, or the results file could not be read back.
-      if type(coupon_id) == "string" and coupon_id:find("^[%w_%-]+$") and #coupon_id <= 128 then
+      if type(coupon_id) == "string" and batch.is_id(coupon_id, 128) then
         summary.granted = summary.granted + 1
         record{ row = rowno, openid = row.openid, out_request_no = out_request_no,
                 coupon_id = tostring(coupon_id) }
@@ -302,41 +308,39 @@ function batch.run(opts)
   -- The amount a row is granted: its own, or --amount.
   local default_amount = opts.amount and ("%.0f"):format(opts.amount)
 
+  -- One record of the CSV: checked, numbered, then skipped, refused or sent.
+  local function take(fields, info)
+    if is_blank(fields, info) then return end
+    summary.rows = summary.rows + 1
+    local rowno = summary.rows
+    local row, problem, shown = batch.check(fields, info, opts.columns)
+    if not row then return fail(rowno, shown, "", "INVALID_ROW", problem) end
+    -- numbered by the amount sent, however it was given: a row of amount
+    -- 100 and one left empty under --amount 100 are one grant
+    local out_request_no = batch.out_request_no(opts.stock_id, row.openid, row.amount_text or default_amount)
+    -- what a run before that rule gave a row that took --amount
+    local legacy = not row.amount_text and default_amount and batch.out_request_no(opts.stock_id, row.openid, nil)
+    local first = seen[out_request_no]
+    if first then
+      return fail(rowno, row.openid, out_request_no, "DUPLICATE_ROW",
+        ("same openid and amount as row %d: one grant per user, stock and amount"):format(first))
+    end
+    seen[out_request_no] = rowno
+    if granted[out_request_no] or (legacy and granted[legacy]) then
+      summary.skipped = summary.skipped + 1
+      return tick()
+    end
+    -- sent under that rule with no coupon recorded (a timeout, an
+    -- interrupt): the same number again, which WeChat Pay answers with the
+    -- grant it may have made
+    if legacy and tried[legacy] then out_request_no = legacy end
+    send(rowno, row, out_request_no)
+    wait_for_room(window - 1)
+  end
+
   local ok, err = pcall(function()
     for fields, info in opts.reader:records() do
-      if not is_blank(fields, info) then
-        summary.rows = summary.rows + 1
-        local rowno = summary.rows
-        local row, problem, shown = batch.check(fields, info, opts.columns)
-        if not row then
-          fail(rowno, shown, "", "INVALID_ROW", problem)
-        else
-          -- numbered by the amount sent, however it was given: a row of
-          -- amount 100 and one left empty under --amount 100 are one grant
-          local out_request_no = batch.out_request_no(opts.stock_id, row.openid, row.amount_text or default_amount)
-          -- what a run before that rule gave a row that took --amount
-          local legacy = not row.amount_text and default_amount
-            and batch.out_request_no(opts.stock_id, row.openid, nil)
-          local first = seen[out_request_no]
-          if first then
-            fail(rowno, row.openid, out_request_no, "DUPLICATE_ROW",
-              ("same openid and amount as row %d: one grant per user, stock and amount"):format(first))
-          else
-            seen[out_request_no] = rowno
-            if granted[out_request_no] or (legacy and granted[legacy]) then
-              summary.skipped = summary.skipped + 1
-              tick()
-            else
-              -- sent under that rule with no coupon recorded (a timeout, an
-              -- interrupt): the same number again, which WeChat Pay answers
-              -- with the grant it may have made
-              if legacy and tried[legacy] then out_request_no = legacy end
-              send(rowno, row, out_request_no)
-              wait_for_room(window - 1)
-            end
-          end
-        end
-      end
+      take(fields, info)
       if fatal then error(fatal, 0) end
     end
     wait_for_room(0)

@@ -104,11 +104,11 @@ function cli.parse(argv)
   if opts.config and opts.mock then config_error("give --config or --mock, not both") end
   if not opts.config and not opts.mock then config_error("--config FILE is required (or --mock for a demo)") end
   if not opts.stock or opts.stock == "" then config_error("--stock is required: the stock id to grant") end
-  if #opts.stock > 20 or not opts.stock:find("^[%w_%-]+$") then
+  if not batch.is_id(opts.stock, 20) then
     config_error("--stock %q is not a stock id (at most 20 letters and digits)", opts.stock)
   end
   if not opts.appid or opts.appid == "" then config_error("--appid is required: the appid of the openids") end
-  if #opts.appid > 32 or not opts.appid:find("^[%w_%-]+$") then
+  if not batch.is_id(opts.appid, 32) then
     config_error("--appid %q is not an appid", opts.appid)
   end
   if not opts.input or opts.input == "" then config_error("--input is required: the CSV of users") end
