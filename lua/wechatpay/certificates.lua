@@ -344,8 +344,8 @@ end
 --- true when a periodic refresh is due: only for merchants on certificates.
 function Manager:due()
   if not self:enabled() or self:running() or not self.interval then return false end
-  if self.scheduled_at and self.clock() - self.scheduled_at < certificates.MIN_INTERVAL then return false end
   local now = self.clock()
+  if self.scheduled_at and now - self.scheduled_at < certificates.MIN_INTERVAL then return false end
   if now - self.last_refresh < self.interval then return false end
   if self.last_attempt and now - self.last_attempt < certificates.MIN_INTERVAL then return false end
   return holds_certificates(self.keys)

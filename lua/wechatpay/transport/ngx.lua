@@ -520,7 +520,7 @@ local function run(self, request, callback, parent)
   end
   -- last, with nothing left that yields: the spawner reaps it (see reap);
   -- one whose spawner has ended is freed by nginx itself
-  if parent == MAIN or coroutine.status(parent) ~= "dead" then
+  if parent ~= MAIN and coroutine.status(parent) ~= "dead" then
     local done = self.finished[parent]
     if not done then done = {}; self.finished[parent] = done end
     done[#done + 1] = coroutine.running()
@@ -551,10 +551,10 @@ local function reap(self, me)
   -- spawners that ended (a call's thread that queued the next call): nginx
   -- frees their ended children, this forgets them
   for parent in pairs(finished) do
-    if parent ~= MAIN and coroutine.status(parent) == "dead" then finished[parent] = nil end
+    if coroutine.status(parent) == "dead" then finished[parent] = nil end
   end
   local done = finished[me]
-  if not done or me == MAIN or not ngx.thread.wait then return end
+  if not done or not ngx.thread.wait then return end
   finished[me] = nil
   for i = 1, #done do ngx.thread.wait(done[i]) end
 end
@@ -582,7 +582,6 @@ function ngx_transport:step(wait)
   end
   if not self.semaphore then self.semaphore = require("ngx.semaphore").new() end
   local me = current_thread()
-  reap(self, me)
   self.waiting[me] = true
   self.semaphore:wait(math.max(0, wait or 0))
   self.waiting[me] = nil
