@@ -392,11 +392,18 @@ describe("async calls: retries", function()
     assert.equals(2, (retry.delay(policy, true, err, 1, 0, function() return 0 end)))
   end)
 
-  it("gives a retry that waited in the queue only what is left of the deadline", function()
-    local client = server:client{ timeout = 2 * SLOW, max_concurrency = 1,
-      retry = { idempotent = true, attempts = 3, backoff = 0.05, max_backoff = 0.05, deadline = 2 * SLOW } }
+  -- One slot, the given deadline (and timeout); echo/a answers 500 once and
+  -- echo/b holds the slot for 1.5 s: a's retry waits behind b.
+  local function retry_behind_b(deadline)
+    local client = server:client{ timeout = deadline * SLOW, max_concurrency = 1,
+      retry = { idempotent = true, attempts = 3, backoff = 0.05, max_backoff = 0.05, deadline = deadline * SLOW } }
     server:fault("status", { status = 500, count = 1, path = "/echo/a$" })
     server:fault("delay", { seconds = 1.5 * SLOW, then_process = true, count = 1, path = "/echo/b$" })
+    return client
+  end
+
+  it("gives a retry that waited in the queue only what is left of the deadline", function()
+    local client = retry_behind_b(2)
     server:fault("delay", { seconds = 1.5 * SLOW, then_process = true, count = 1, path = "/echo/a$" })
     local began = now()
     local a = client.v3.mock.echo.a:getAsync{}
@@ -412,10 +419,7 @@ describe("async calls: retries", function()
   end)
 
   it("settles a retry refused in the queue outside the pump: its handler's own call still goes", function()
-    local client = server:client{ timeout = 1 * SLOW, max_concurrency = 1,
-      retry = { idempotent = true, attempts = 3, backoff = 0.05, max_backoff = 0.05, deadline = 1 * SLOW } }
-    server:fault("status", { status = 500, count = 1, path = "/echo/a$" })
-    server:fault("delay", { seconds = 1.5 * SLOW, then_process = true, count = 1, path = "/echo/b$" })
+    local client = retry_behind_b(1)
     local fallback
     local a = client.v3.mock.echo.a:getAsync{}:catch(function(err)
       -- a synchronous call from the handler of the refused retry
