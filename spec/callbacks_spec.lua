@@ -67,6 +67,22 @@ describe("callbacks from the mock", function()
     end
   end)
 
+  it("a stale timestamp is stale by more than the second that two clocks of this machine may disagree by", function()
+    -- the mock stamps with nginx's clock (gettimeofday), the receiver checks
+    -- with os.time() (the kernel's coarse clock): at the window's edge the
+    -- fault would sometimes be accepted
+    local stamped
+    local n = server:notify(r.url, { fault = "stale_timestamp", resource = { out_trade_no = "S1" }, schedule = {} })
+    assert.is_true(r:serve(function(headers)
+      stamped = tonumber(headers["Wechatpay-Timestamp"])
+      return 401, ""
+    end, function()
+      local record = server:notification(n)
+      return record and record.done
+    end, 10))
+    assert.is_true(os.time() - stamped >= require("wechatpay.verify").WINDOW + 2, tostring(os.time() - stamped))
+  end)
+
   it("the same id twice in a row is handled once, the second acknowledged", function()
     local record, seen = deliver({ fault = "duplicate", resource = { out_trade_no = "D1" } }, function() return true end)
     assert.same({ 204, 204 }, statuses(record))
