@@ -56,16 +56,18 @@ local function percentile(list, p)
 end
 
 describe("inside nginx, one worker", function()
-  local server, app, init_record
+  local server, app, init_record, dns
 
   setup(function()
     server = assert(mock.start{ latency = 0, rate_limit = false })
-    app = nginx.start(server, { workers = 1, init_call = "INIT-" .. RUN })
+    dns = require("support.dns").start{ slow = 1.2 }
+    app = nginx.start(server, { workers = 1, init_call = "INIT-" .. RUN, dns_port = dns.port })
     local _, body = app:get("/result?key=init_call")
     init_record = server:coupon(body.value)   -- before_each resets the mock's records
   end)
   teardown(function()
     if app then app:stop() end
+    if dns then dns.stop() end
     if server then server:stop() end
   end)
   before_each(function() server:configure{ latency = 0 } server:reset() end)
@@ -256,6 +258,33 @@ describe("inside nginx, one worker", function()
       _, fail = raw("host=localhost&path=/drip&timeout=1")
       assert.are.equal("timeout", fail.kind)
       assert.is_true(now() - started < 2.5, ("answered after %.1f s"):format(now() - started))
+    end)
+
+    it("gives the TLS handshake only what a slow name lookup and the connect left of connect_timeout", function()
+      -- a listener that never accepts: the kernel completes the connect, nobody answers the handshake
+      local silent = assert(socket.bind("127.0.0.1", 0))
+      local _, port = silent:getsockname()
+      local started = now()
+      -- the lookup of slow1.test takes 1.2 s of the 1.6 s
+      local status, body = app:get(("/raw_resolved?host=slow1.test&port=%d&path=/&timeout=10&connect_timeout=1.6")
+        :format(port))
+      local elapsed = now() - started
+      silent:close()
+      assert.are.equal(200, status, tostring(body))
+      assert.are.equal("timeout", body.failure and body.failure.kind, cjson.encode(body))
+      assert.are.equal("safe", body.failure.retry)
+      assert.is_true(elapsed > 1.1, ("the lookup was not slow: %.2f s"):format(elapsed))
+      assert.is_true(elapsed < 2.3, ("connecting took %.2f s of a 1.6 s connect_timeout"):format(elapsed))
+    end)
+
+    it("holds the deadline while a slow reader takes a large body in small steps", function()
+      -- nginx restarts a send's timer whenever the peer takes some bytes
+      local started = now()
+      local res, fail = raw("host=localhost&path=/slowread&timeout=2&body_kb=24576")
+      local elapsed = now() - started
+      assert.is_nil(res, "the upload ended only when the server stopped reading")
+      assert.are.equal("timeout", fail.kind)
+      assert.is_true(elapsed < 3.5, ("sending took %.1f s of a 2 s timeout"):format(elapsed))
     end)
 
     it("verifies the certificate's name, and says which directives to check", function()

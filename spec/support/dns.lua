@@ -4,6 +4,8 @@
 -- nginx.
 --
 --   local dns = require("support.dns").start()   -- dns.port, dns:stop()
+--   .start{ slow = 1.5 }: names whose first label begins "slow" are answered
+--   that many seconds late (a lookup that eats into a call's connect budget)
 --   -- nginx.conf: resolver 127.0.0.1:<dns.port> ipv6=off;
 local socket = require("socket")
 
@@ -37,13 +39,15 @@ function M.answer(query)
   return header .. query:sub(13, question_end) .. answer
 end
 
-function M.serve(port)
+function M.serve(port, slow)
   local udp = assert(socket.udp())
   assert(udp:setsockname("127.0.0.1", port))
   while true do
     local query, ip, from = udp:receivefrom()
     if query then
       local reply = M.answer(query)
+      -- the first label's text starts after the 12-byte header and its length byte
+      if reply and slow and query:sub(14, 17) == "slow" then socket.sleep(slow) end
       if reply then udp:sendto(reply, ip, from) end
     end
   end
@@ -57,12 +61,13 @@ local function free_udp_port()
   return port
 end
 
---- start() -> { port, stop }: the server in a background interpreter.
-function M.start()
+--- start([{ slow = seconds }]) -> { port, stop }: the server in a background interpreter.
+function M.start(opts)
+  local slow = opts and tonumber(opts.slow)
   local port = free_udp_port()
   local interpreter = jit and "luajit" or "lua5.4"
-  local cmd = ("%s -e 'package.path = %q .. package.path; require(\"support.dns\").serve(%d)' "
-    .. ">/dev/null 2>&1 & echo $!"):format(interpreter, "./spec/?.lua;", port)
+  local cmd = ("%s -e 'package.path = %q .. package.path; require(\"support.dns\").serve(%d, %s)' "
+    .. ">/dev/null 2>&1 & echo $!"):format(interpreter, "./spec/?.lua;", port, slow and ("%.3f"):format(slow) or "nil")
   local pipe = assert(io.popen(cmd))
   local pid = pipe:read("*l")
   pipe:close()

@@ -86,6 +86,14 @@ local function render(p)
     line("      content_by_lua_block { require('support.nginx_app').notify() }")
     line("    }")
   end
+  if p.dns_port then
+    -- /raw through nginx's resolver (support.dns), for names not pinned by `resolve`
+    line("    location = /raw_resolved {")
+    line("      resolver 127.0.0.1:" .. p.dns_port .. " ipv6=off;")
+    line("      resolver_timeout 5s;")
+    line("      content_by_lua_block { require('support.nginx_app').handle() }")
+    line("    }")
+  end
   line("    location = /phase/set {")
   line("      set_by_lua_block $wechatpay_result { return require('support.nginx_app').forbidden_call('set') }")
   line("      content_by_lua_block { ngx.say(ngx.var.wechatpay_result) }")
@@ -110,6 +118,9 @@ local function render(p)
   -- a byte every 0.2 s: each read sees progress, the whole answer takes 4 s
   line("    location = /drip { content_by_lua_block { ngx.header['Content-Length'] = 20; ngx.send_headers(); "
     .. "for _ = 1, 20 do ngx.print('x'); ngx.flush(true); ngx.sleep(0.2) end } }")
+  -- takes a request body 64 KiB every 0.05 s for 10 s: each piece read lets the sender progress
+  line("    location = /slowread { client_max_body_size 0; content_by_lua_block { local sock = ngx.req.socket(); "
+    .. "for _ = 1, 200 do if not sock:receive(65536) then break end ngx.sleep(0.05) end ngx.say('read') } }")
   line("    location = /close { keepalive_timeout 0; content_by_lua_block { ngx.say('bye') } }")
   line("    location = /empty { return 204; }")
   line("  }")
@@ -251,7 +262,7 @@ function M.start(server, opts)
     write(dir .. "/nginx.conf", render{
       origin_port = app.origin_port, origin_cert = mock_dir .. "/server.pem", origin_key = mock_dir .. "/server.key",
       dir = dir, port = app.port, modules = modules, workers = opts.workers or 1, config_file = config_file,
-      callbacks = opts.callbacks,
+      callbacks = opts.callbacks, dns_port = opts.dns_port,
       lua_path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;;",
       lua_cpath = build .. "/luajit/?.so;;",
     })

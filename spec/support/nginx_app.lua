@@ -319,17 +319,21 @@ function handlers.ip_literal()
   say_json{ ok = ok, error = tostring(err) }
 end
 
--- /raw?host=&port=&path=&max_body=&timeout=: one request through the
--- cosocket transport itself, -> { response = } or { failure = }
+-- /raw?host=&port=&path=&max_body=&timeout=&connect_timeout=&body_kb=: one
+-- request through the cosocket transport itself (a POST of body_kb KiB when
+-- given), -> { response = } or { failure = }; /raw_resolved: the same in a
+-- location with a resolver (support.dns).
 function handlers.raw(args)
   local transport = require("wechatpay.transport.ngx").new{
     resolve = { ["localhost:" .. args.port] = "127.0.0.1", ["wrong.test:" .. args.port] = "127.0.0.1" },
     max_body = tonumber(args.max_body),
   }
   local res, fail, done
+  local body = args.body_kb and string.rep("x", tonumber(args.body_kb) * 1024) or nil
   transport:submit({
-    method = args.method or "GET", url = "https://" .. args.host .. ":" .. args.port .. args.path,
-    headers = { "Accept: */*" }, timeout = tonumber(args.timeout) or 5, connect_timeout = 2,
+    method = body and "POST" or args.method or "GET", url = "https://" .. args.host .. ":" .. args.port .. args.path,
+    headers = { "Accept: */*" }, body = body,
+    timeout = tonumber(args.timeout) or 5, connect_timeout = tonumber(args.connect_timeout) or 2,
   }, function(r, f) res, fail, done = r, f, true end)
   for _ = 1, 100 do
     if done then break end
@@ -337,6 +341,8 @@ function handlers.raw(args)
   end
   say_json{ response = res, failure = fail }
 end
+
+handlers.raw_resolved = handlers.raw
 
 -- /v2?op=redpack|micropay&no=&security=0|1[&der=1]: an APIv2 call over
 -- cosockets (der=1: by the client whose key is a DER form),

@@ -37,6 +37,7 @@ ngx_transport.nonblocking = true
 local DEFAULT_MAX_BODY = 64 * 1024 * 1024
 local MAX_HEADER_BYTES = 64 * 1024
 local STREAM_PIECE = 256 * 1024
+local SEND_PIECE = 64 * 1024
 local STREAM_ERROR_BODY = 64 * 1024   -- a streamed request's non-2xx body: WeChat Pay's JSON error
 local STOPPED = "the response's consumer stopped the transfer"
 local monotonic = core.monotonic
@@ -163,13 +164,22 @@ local function open(self, host, port, deadline, connect_timeout, tls)
   local pool = ("wechatpay:https:%s:%d:%s:verify"):format(host, port, address)
   if tls then pool = pool .. ":client:" .. tostring(self.client_tls.serial) end
   local sock = ngx.socket.tcp()
-  local budget = math.min(connect_timeout, deadline - monotonic())
+  -- connect_timeout covers the name lookup, the TCP connect and the TLS
+  -- handshake together, as curl's does: the handshake gets what is left.
+  local connect_by = math.min(monotonic() + connect_timeout, deadline)
+  local budget = connect_by - monotonic()
   if budget <= 0 then return failure("timeout", "no time left to connect to " .. host, 0, "safe") end
   sock:settimeout(ms(budget))
   local ok, err = sock:connect(address, port, { pool = pool, pool_size = self.pool_size })
   if not ok then return connect_failure(host, port, tostring(err)) end
   local reused = (sock:getreusedtimes() or 0) > 0
   if not reused then
+    budget = connect_by - monotonic()
+    if budget <= 0 then
+      sock:close()
+      return failure("timeout", "connect to " .. host .. ":" .. port .. " left no time for the TLS handshake", 0, "safe")
+    end
+    sock:settimeout(ms(budget))
     if tls then
       local set, serr = sock:setclientcert(tls.cert, tls.pkey)
       if not set then
@@ -433,6 +443,24 @@ local function keep_alive(headers, version, reusable)
   return version ~= "1.0" or connection:find("keep-alive", 1, true) ~= nil
 end
 
+-- Sends bytes within the deadline: -> true | nil, err ("no time" before
+-- the first byte, else the cosocket's).  nginx restarts a send's timer
+-- whenever the peer takes some bytes, so a peer that reads slowly would
+-- stretch one send of a large body (a media upload) past any timeout: the
+-- body goes in pieces, each given only the time left.
+local function send(sock, bytes, deadline)
+  local from = 1
+  repeat
+    local left = deadline - monotonic()
+    if left <= 0 then return nil, from == 1 and "no time" or "timeout" end
+    sock:settimeout(ms(left))
+    local ok, err = sock:send(from == 1 and #bytes <= SEND_PIECE and bytes or bytes:sub(from, from + SEND_PIECE - 1))
+    if not ok then return nil, err end
+    from = from + SEND_PIECE
+  until from > #bytes
+  return true
+end
+
 -- One request to completion: -> response | nil, failure.
 local function perform(self, request)
   local host, port, target = ngx_transport.parse_url(request.url)
@@ -453,12 +481,10 @@ local function perform(self, request)
   for attempt = 1, 2 do
     local sock, reused = open(self, host, port, deadline, request.connect_timeout or 5, tls)
     if not sock then return nil, reused end
-    local left = deadline - monotonic()
-    if left <= 0 then sock:close() return failure("timeout", "no time left to send the request", 0, "safe") end
-    sock:settimeout(ms(left))
-    local sent, err = sock:send(bytes)
+    local sent, err = send(sock, bytes, deadline)
     if not sent then
       sock:close()
+      if err == "no time" then return failure("timeout", "no time left to send the request", 0, "safe") end
       if not (reused and attempt == 1) then
         if err == "timeout" then return failure("timeout", "timed out sending the request", 0, "idempotent") end
         return failure("network", "connection " .. tostring(err) .. " while sending the request", 0, "idempotent")
