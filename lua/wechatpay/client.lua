@@ -358,7 +358,8 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     if tried == 2 ^ backups.count - 1 then return false end
     if reason == "sent" and not movable then
       err.message = ("%s; not sent to the next base_url: %s may have acted on it, and a %s is sent again only "
-        .. "with retry = { idempotent = true } and a merchant number such as out_request_no in its body")
+        .. "with retry = { idempotent = true } and a merchant number in its body (out_request_no; APIv2: "
+        .. "out_trade_no, out_refund_no, mch_billno)")
         :format(tostring(err.message), backups.names[host], method)
       return false
     end

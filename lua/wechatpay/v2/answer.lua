@@ -96,6 +96,11 @@ local function text(value, limit)
   return type(value) == "string" and value:sub(1, limit or 256) or nil
 end
 
+-- A 2xx answer that cannot be trusted says nothing of what WeChat Pay did:
+-- a refund or a red packet may have gone out.
+local MAY_HAVE_ACTED = "; the call may have taken effect: query it, or send it again with the same merchant number "
+  .. "(out_trade_no, out_refund_no, mch_billno, partner_trade_no), never a new one"
+
 --- check(apiv2_key, sign_type, raw, target) -> response | nil, err
 function answer.check(apiv2_key, sign_type, raw, target)
   local res = response.new(raw)
@@ -107,7 +112,7 @@ function answer.check(apiv2_key, sign_type, raw, target)
   -- only answers that may come unsigned nest elements: no sign covers those
   local fields, why = xml.decode(res.body, nil, nil, unsigned)
   if not fields then
-    return fail("verify", ("the answer of %s is not APIv2 XML: %s"):format(where, why), res)
+    return fail("verify", ("the answer of %s is not APIv2 XML: %s"):format(where, why) .. MAY_HAVE_ACTED, res)
   end
   -- the answer is signed as the request was: a sign_type in the answer is
   -- no more authenticated than the rest, so it cannot choose the check
@@ -119,11 +124,11 @@ function answer.check(apiv2_key, sign_type, raw, target)
     end
     if not sign.verify(signed, apiv2_key, sign_type) then
       return fail("verify", ("the answer of %s has a sign that does not verify with the APIv2 key (%s): "
-        .. "body altered, or another key"):format(where, sign_type), res, fields)
+        .. "body altered, or another key"):format(where, sign_type) .. MAY_HAVE_ACTED, res, fields)
     end
   elseif fields.return_code == "SUCCESS" and not unsigned then
     return fail("verify", ("the answer of %s is SUCCESS without a sign: WeChat Pay signs it, so it was "
-      .. "altered or is not from WeChat Pay"):format(where), res, fields)
+      .. "altered or is not from WeChat Pay"):format(where) .. MAY_HAVE_ACTED, res, fields)
   end
   if fields.return_code ~= "SUCCESS" then
     return fail("http", text(fields.return_msg) or ("return_code %s from %s"):format(

@@ -15,7 +15,10 @@
 --   "malformed"  not a flat <xml>, a refund notification without req_info, or
 --                one that also carries a payment result's fields (sign,
 --                result_code, out_trade_no, total_fee, ...): a forgery
---                dressing a replayed req_info as a payment
+--                dressing a replayed req_info as a payment; a signed message
+--                that is not a payment result (an order query's or a
+--                refund's answer, the APP-pay parameters), or a SUCCESS
+--                without out_trade_no, transaction_id, total_fee, time_end
 --   "verify"     a payment result without a sign, or whose sign does not
 --                verify, or addressed to another merchant
 --   "decrypt"    a req_info that does not decrypt with this APIv2 key
@@ -43,6 +46,26 @@ for name in ([[sign sign_type result_code err_code err_code_des openid is_subscr
     out_trade_no attach time_end device_info]]):gmatch("%S+") do
   PAYMENT_FIELDS[name] = true
 end
+
+-- Every APIv2 answer is signed with the same key as a payment result: an
+-- order query's (trade_state NOTPAY, result_code SUCCESS), a refund's, the
+-- APP-pay parameters handed to every payer.  Posted to notify_url they
+-- verify too; these fields, which no payment result has, tell them apart.
+local ANSWER_FIELDS = {}
+for name in ([[trade_state trade_state_desc prepay_id code_url mweb_url partnerid prepayid package noncestr
+    timestamp recall mch_billno send_listid partner_trade_no payment_no hblist]]):gmatch("%S+") do
+  ANSWER_FIELDS[name] = true
+end
+local function answer_field(fields)
+  local names = {}
+  for name in pairs(fields) do
+    if ANSWER_FIELDS[name] or name:find("refund") then names[#names + 1] = name end
+  end
+  table.sort(names)
+  return names[1]
+end
+-- what a payment result that says SUCCESS always holds
+local PAID_FIELDS = { "out_trade_no", "transaction_id", "total_fee", "time_end" }
 
 local function refused(fields, info)
   local extra = {}
@@ -95,20 +118,36 @@ function notification.parse(apiv2_key, mchid, body)
     return fail("verify", ("the notification's sign does not verify with the APIv2 key (%s): altered, "
       .. "or not from WeChat Pay"):format(sign_type))
   end
+  local foreign = answer_field(fields)
+  if foreign then
+    return fail("malformed", ("a signed APIv2 message with %s, which no payment result has: the answer to a call "
+      .. "(or the pay parameters given to a payer) posted as a notification; refused"):format(foreign:sub(1, 40)))
+  end
   -- a genuine, signed notice of a payment that failed is still answered
   -- SUCCESS (else WeChat Pay delivers it again), so it is not an error
   fields.type = "payment"
   fields.paid = fields.return_code == "SUCCESS" and fields.result_code == "SUCCESS"
+  if fields.paid then
+    for _, name in ipairs(PAID_FIELDS) do
+      if (fields[name] or "") == "" then
+        return fail("malformed", ("a signed APIv2 message with result_code SUCCESS but no %s, which every payment "
+          .. "result has: not a payment notification; refused"):format(name))
+      end
+    end
+  end
   return fields
 end
 
---- answer([ok [, message]]) -> the XML body to answer a notification with.
+--- answer([ok [, message]]) -> the XML body to answer a notification with:
+-- SUCCESS when ok is true or nil, FAIL (WeChat Pay delivers again) when false.
 function notification.answer(ok, message)
-  if ok == nil or ok then
-    return xml.encode{ return_code = "SUCCESS", return_msg = message or "OK" }
+  if ok ~= nil and type(ok) ~= "boolean" then
+    errors.raise(("answer: ok must be true or false, got %s (the message is the second argument)"):format(type(ok)))
   end
   if message ~= nil and type(message) ~= "string" then errors.raise("answer: message must be a string") end
-  return xml.encode(xml.fields{ return_code = "FAIL", return_msg = message or "FAIL" }, "answer")
+  local handled = ok ~= false
+  return xml.encode(xml.fields({ return_code = handled and "SUCCESS" or "FAIL",
+    return_msg = message or (handled and "OK" or "FAIL") }, "answer"))
 end
 
 return notification

@@ -83,6 +83,8 @@ function v2request.prepare(settings, method, path, opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then raise("request options must be a table") end
   local v2path = path:gsub("^/*v2/", "")
+  -- a GET would also count as safe to send again, whatever it asks for
+  if method ~= "POST" then raise(("v2/%s: APIv2 calls are POST (:post{ xml = ... }), not %s"):format(v2path, method)) end
   local not_xml = NOT_XML[v2path:gsub("/+$", "")]
   if not_xml then
     raise(("v2/%s answers %s, not XML: not supported yet by client.v2 (v3's bill/tradebill or bill/fundflowbill "

@@ -86,6 +86,8 @@ function xml.fields(params, where)
       errors.raise(("%s.%s holds a control character, which XML cannot carry"):format(where, name))
     elseif not is_utf8(value) then
       errors.raise(("%s.%s is not UTF-8 text: WeChat Pay's XML is UTF-8"):format(where, name))
+    elseif value:find("\239\191[\190\191]") then
+      errors.raise(("%s.%s holds U+FFFE or U+FFFF, which XML cannot carry"):format(where, name))
     end
     out[name] = value
   end
@@ -139,9 +141,8 @@ function xml.decode(text, max_bytes, root, nested)
   if type(text) ~= "string" then return nil, "XML expected, got " .. type(text) end
   max_bytes = max_bytes or xml.MAX_BYTES
   if #text > max_bytes then return nil, ("XML of %d bytes, more than the %d allowed"):format(#text, max_bytes) end
-  if text:find("<!DOCTYPE", 1, true) or text:find("<!ENTITY", 1, true) then
-    return nil, "XML with a DOCTYPE or ENTITY declaration is refused"
-  end
+  -- a DOCTYPE is refused by the parser, where it is one, in any encoding:
+  -- the same letters in a field's text (an attach the payer typed) are text
   -- open[d]: the element open at depth d (2 and deeper): its name, its text
   -- pieces, and `inner` once it holds an element
   local result, open, depth, seen_root, problem = {}, {}, 0, false, nil
