@@ -52,7 +52,7 @@ describe("APIv2 mutual TLS (curl)", function()
   it("without the certificate the mock refuses it, on the same pooled connection's host", function()
     local _, missing = client.v2.pay.orderquery:post{ xml = { appid = APPID, out_trade_no = "none" } }
     assert.equal("ORDERNOTEXIST", missing.code)   -- a plain connection to the mock is open now
-    local res, err = client.v2.mmpaymkttransfers.sendredpack:post{ xml = redpack() }
+    local res, err = client.v2.mmpaymkttransfers.sendredpack:post{ xml = redpack(), security = false }
     assert.is_nil(res)
     assert.equal("http", err.kind)
     assert.matches("证书验证失败", err.message)
@@ -65,11 +65,22 @@ describe("APIv2 mutual TLS (curl)", function()
     assert.equal(1, server:v2_stats().redpacks)
   end)
 
+  it("presents the certificate by itself where WeChat Pay wants it, when the client has one", function()
+    local paid = assert(client.v2.pay.micropay:post{ xml = { appid = APPID, body = "b", out_trade_no = "to-refund-2",
+      total_fee = 10, spbill_create_ip = "127.0.0.1", auth_code = "1" } })
+    local res, err = client.v2.secapi.pay.refund:post{ xml = { appid = APPID, out_trade_no = "to-refund-2",
+      out_refund_no = "r-2", total_fee = 10, refund_fee = 10 } }
+    assert.is_truthy(res, tostring(err))
+    assert.equal(paid:xml().transaction_id, res:xml().transaction_id)
+    res, err = client.v2.mmpaymkttransfers.sendredpack:post{ xml = redpack() }
+    assert.is_truthy(res, tostring(err))
+  end)
+
   it("refunds through secapi with the certificate, idempotent on out_refund_no", function()
     local paid = assert(client.v2.pay.micropay:post{ xml = { appid = APPID, body = "b", out_trade_no = "to-refund",
       total_fee = 10, spbill_create_ip = "127.0.0.1", auth_code = "1" } })
     local refund = { appid = APPID, out_trade_no = "to-refund", out_refund_no = "r-1", total_fee = 10, refund_fee = 10 }
-    local _, err = client.v2.secapi.pay.refund:post{ xml = refund }
+    local _, err = client.v2.secapi.pay.refund:post{ xml = refund, security = false }
     assert.matches("证书验证失败", err.message)
     local res = assert(client.v2.secapi.pay.refund:post{ xml = refund, security = true })
     assert.equal(paid:xml().transaction_id, res:xml().transaction_id)

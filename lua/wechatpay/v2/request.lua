@@ -41,6 +41,14 @@ local MCHID_ENDPOINTS = {
   ["mmpaymkttransfers/promotion/transfers"] = true,
 }
 
+-- Endpoints WeChat Pay serves only to a client presenting the merchant
+-- certificate (refunds, reversals, red packets, transfers, profit sharing):
+-- a client given merchant_cert presents it there unless told security = false.
+local function wants_certificate(v2path)
+  return v2path:find("^secapi/") ~= nil or v2path:find("^mmpaymkttransfers/") ~= nil
+    or v2path:find("^mmpaysptrans/") ~= nil or v2path:find("^risk/getpublickey") ~= nil
+end
+
 local CALL_OPTIONS = { xml = true, security = true, headers = true, timeout = true, retry = true }
 
 -- Headers a caller may not give: the client writes them from the request.
@@ -102,6 +110,8 @@ function v2request.prepare(settings, method, path, opts)
   end
   if opts.xml == nil then raise(("v2/%s: give the request fields as xml = { ... }"):format(v2path)) end
   if opts.security ~= nil and type(opts.security) ~= "boolean" then raise("security must be true or false") end
+  local security = opts.security
+  if security == nil then security = v2.tls ~= nil and wants_certificate(v2path) end
   if opts.security and not v2.tls then
     raise(("v2/%s: security = true presents the merchant certificate (mutual TLS): give merchant_cert = "
       .. "\"file:///path/apiclient_cert.pem\" to wechatpay.new"):format(v2path))
@@ -135,7 +145,7 @@ function v2request.prepare(settings, method, path, opts)
     idempotent = idempotent,
     retry = config.retry_policy(opts.retry, settings.retry, "request"),
     sign_type = sign_type,
-    security = opts.security == true,
+    security = security,
   }
 end
 
