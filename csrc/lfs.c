@@ -5,17 +5,22 @@
  *
  *   local ok, err = core.fsync(path)     -- a file's (or directory's) bytes on disk
  *   local names, err = core.list_dir(path)   -- its entries but . and .., in no order
+ *   local temp, err = core.temp_file(path, like)   -- a new empty file, removed unless kept
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "wechatpay.h"
 
 #define WP_DIR_CLASS "wechatpay.dir"
 static const char dir_class_tag = 0;
+#define WP_TEMP_CLASS "wechatpay.temp_file"
+static const char temp_class_tag = 0;
 
 /* core.fsync(path) -> true | nil, err: the file (or directory) at path on
  * disk.  By path, as neither runtime gives a file handle's descriptor; the
@@ -94,6 +99,93 @@ static int l_list_dir(lua_State *L) {
   return 1;
 }
 
+/* A file being written that nobody has kept yet: its path, removed when
+ * the box is collected.  A download inside nginx whose light thread is
+ * killed (ngx.exit, a client abort, a worker shutting down) never resumes
+ * to remove its partial file; its box is collected instead. */
+typedef struct {
+  char *path;   /* NULL once kept or removed */
+} temp_box;
+
+static temp_box *check_temp(lua_State *L) {
+  return (temp_box *)wp_check_class(L, 1, &temp_class_tag, WP_TEMP_CLASS);
+}
+
+static void temp_forget(temp_box *box, int remove) {
+  if (!box->path) return;
+  if (remove) unlink(box->path);
+  free(box->path);
+  box->path = NULL;
+}
+
+static int l_temp_gc(lua_State *L) {
+  temp_forget(check_temp(L), 1);
+  return 0;
+}
+
+/* temp:keep(): the file stays (it has been renamed to where it belongs) */
+static int l_temp_keep(lua_State *L) {
+  temp_forget(check_temp(L), 0);
+  return 0;
+}
+
+/* temp:remove(): the file goes now */
+static int l_temp_remove(lua_State *L) {
+  temp_forget(check_temp(L), 1);
+  return 0;
+}
+
+/* core.temp_file(path [, like]) -> temp | nil, err
+ * Creates path, which must not exist, empty, with the permissions of the
+ * regular file `like` when there is one (the file it will replace), else
+ * 0600: a bill holds orders and openids, and nginx runs with umask 0.
+ * Refuses a `like` that is a directory.  Open it with io.open(path, "wb"),
+ * which keeps the permissions; temp:keep() once it is renamed. */
+static int l_temp_file(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  const char *like = luaL_optstring(L, 2, NULL);
+  mode_t mode = 0600;
+  struct stat st;
+  temp_box *box;
+  int fd, saved;
+  luaL_argcheck(L, len > 0 && !memchr(path, '\0', len), 1, "a file path without NUL bytes expected");
+  if (like && stat(like, &st) == 0) {
+    if (S_ISDIR(st.st_mode)) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "%s is a directory", like);
+      return 2;
+    }
+    if (S_ISREG(st.st_mode)) mode = st.st_mode & 0777;
+  }
+  box = (temp_box *)lua_newuserdata(L, sizeof *box);   /* box first ... */
+  box->path = NULL;
+  wp_set_class(L, &temp_class_tag);
+  box->path = (char *)malloc(len + 1);
+  if (!box->path) return luaL_error(L, "not enough memory");
+  memcpy(box->path, path, len + 1);
+  do fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); while (fd < 0 && errno == EINTR);
+  if (fd < 0) {                                        /* ... then acquire */
+    saved = errno;
+    free(box->path);
+    box->path = NULL;
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot create %s: %s", path, strerror(saved));
+    return 2;
+  }
+  /* exactly this mode, whatever the umask */
+  if (fchmod(fd, mode) != 0) {
+    saved = errno;
+    close(fd);
+    temp_forget(box, 1);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot set the permissions of %s: %s", path, strerror(saved));
+    return 2;
+  }
+  close(fd);
+  return 1;
+}
+
 void wp_open_fs(lua_State *L) {
   static const luaL_Reg dir_metamethods[] = {
     {"__gc", l_dir_close},
@@ -102,11 +194,22 @@ void wp_open_fs(lua_State *L) {
   static const luaL_Reg dir_methods[] = {
     {NULL, NULL}
   };
+  static const luaL_Reg temp_metamethods[] = {
+    {"__gc", l_temp_gc},
+    {NULL, NULL}
+  };
+  static const luaL_Reg temp_methods[] = {
+    {"keep", l_temp_keep},
+    {"remove", l_temp_remove},
+    {NULL, NULL}
+  };
   static const luaL_Reg functions[] = {
     {"fsync", l_fsync},
     {"list_dir", l_list_dir},
+    {"temp_file", l_temp_file},
     {NULL, NULL}
   };
   wp_new_class(L, &dir_class_tag, WP_DIR_CLASS, dir_metamethods, dir_methods);
+  wp_new_class(L, &temp_class_tag, WP_TEMP_CLASS, temp_metamethods, temp_methods);
   luaL_setfuncs(L, functions, 0);
 }

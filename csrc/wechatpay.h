@@ -67,6 +67,6 @@ void wp_open_protocol(lua_State *L); /* the v3 signature scheme */
 void wp_open_http(lua_State *L);     /* the libcurl transport */
 void wp_open_stream(lua_State *L);   /* gzip inflater and incremental digests (downloads) */
 void wp_open_json(lua_State *L);     /* the strict JSON decoder (what WeChat Pay sends) */
-void wp_open_fs(lua_State *L);       /* fsync and directory listing, no subprocess */
+void wp_open_fs(lua_State *L);       /* fsync, directory listing, temporary files; no subprocess */
 
 #endif

@@ -302,6 +302,66 @@ describe("client:download", function()
     assert.equal("", listing(dir))
   end)
 
+  it("writes a bill readable by its owner only, or with the permissions of the bill it replaces", function()
+    local bill = apply("2026-11-26", true)
+    local to = dir .. "/bill.csv"
+    assert(client:download(bill, { to = to }))
+    assert.equal("600", ossl.run("stat -c %a " .. q(to)):match("%d+"))
+    ossl.run("chmod 640 " .. q(to))
+    assert(client:download(apply("2026-11-26", true), { to = to }))
+    assert.equal("640", ossl.run("stat -c %a " .. q(to)):match("%d+"))
+  end)
+
+  it("a `to` that is a directory is refused before anything is sent", function()
+    local bill = apply("2026-11-26", true)
+    local requests = server:stats().requests
+    local to = dir .. "/sub"
+    ossl.run("mkdir " .. q(to))
+    local info, err = client:download(bill, { to = to })
+    assert.is_nil(info)
+    assert.equal("file", err.kind)
+    assert.matches(to .. " is a directory", err.message, 1, true)
+    assert.equal(requests, server:stats().requests)
+    assert.equal("sub", listing(dir))
+    ossl.run("rmdir " .. q(to))
+  end)
+
+  it("a download whose owner is gone without finishing leaves no partial file once collected", function()
+    -- as inside nginx when ngx.exit kills the light thread mid-transfer: no Lua code runs again
+    local download = require("wechatpay.download")
+    local source = assert(download.source{ url = server.base_url .. "v3/x", hash_type = "SHA1", hash_value = "00" })
+    local consumer = assert(download.consumer(source, dir .. "/bill.csv"))
+    assert.is_true(consumer.on_chunk("date,amount\n"))
+    assert.matches("^%.bill%.csv%.%x+%.part$", listing(dir))
+    consumer = nil   -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    assert.equal("", listing(dir))
+  end)
+
+  it("stops a gzip stream that inflates a hundredfold, before it fills the disk", function()
+    -- 64 MiB of zeros, deflated 1000 to 1 by gzip(1); its true hash, by sha1sum
+    local gz = dir .. "/zeros.gz"
+    ossl.run("head -c 67108864 /dev/zero | gzip -9 > " .. q(gz))
+    local sha1 = ossl.run("head -c 67108864 /dev/zero | sha1sum"):match("^(%x+)")
+    local download = require("wechatpay.download")
+    local source = assert(download.source{ url = server.base_url .. "v3/x", hash_type = "SHA1", hash_value = sha1 })
+    local consumer = assert(download.consumer(source, dir .. "/bill.csv"))
+    local data = ossl.read(gz)
+    os.remove(gz)
+    local went_on = true
+    for i = 1, #data, 65536 do
+      went_on = consumer.on_chunk(data:sub(i, i + 65535))
+      if not went_on then break end
+    end
+    local info, err = consumer.finish()
+    assert.is_false(went_on)
+    assert.is_nil(info)
+    assert.equal("integrity", err.kind)
+    assert.matches("more than " .. download.MAX_INFLATION .. " times: not a bill", err.message, 1, true)
+    assert.equal("", listing(dir))
+  end)
+
   it("never sends the Authorization header to another host, nor shows the token: nil, err, not a raise", function()
     local bill = apply("2026-11-26", false):json()
     local before = server:stats().requests

@@ -122,17 +122,23 @@ end
 -- ---- sinks ------------------------------------------------------------------
 
 -- A file sink: a temporary file beside `to`, renamed over it by commit.
+-- It is made 0600 (or with the permissions of the bill it replaces), and
+-- removed when its owner is collected without having kept it: a download
+-- inside nginx can be killed where no Lua code runs again.
 local function file_sink(to)
   local dir = to:match("^(.*/)") or ""
   local name = to:sub(#dir + 1)
   if name == "" then errors.raise("download: to = " .. to .. " names a directory, not a file") end
   local suffix = core.random_bytes(6):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
   local temp = dir .. "." .. name .. "." .. suffix .. ".part"
-  local file, err = io.open(temp, "wb")
+  local guard, err = core.temp_file(temp, to)
+  local file
+  if guard then file, err = io.open(temp, "wb") end
   if not file then
-    return nil, errors.new("file", "cannot write the bill next to " .. to .. ": " .. tostring(err))
+    if guard then guard:remove() end
+    return nil, errors.new("file", "cannot write the bill to " .. to .. ": " .. tostring(err) .. "; nothing was sent")
   end
-  local sink = { path = to, temp = temp }
+  local sink = { path = to, temp = temp, guard = guard }
   function sink.write(bytes)
     local ok, werr = file:write(bytes)
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(werr) end
@@ -150,12 +156,13 @@ local function file_sink(to)
     if not synced then return nil, serr end
     local renamed, rerr = os.rename(temp, to)
     if not renamed then return nil, "cannot rename the bill to " .. to .. ": " .. tostring(rerr) end
+    guard:keep()
     core.fsync(dir ~= "" and dir or ".")
     return true
   end
   function sink.abort()
     if file then file:close() file = nil end
-    os.remove(temp)
+    guard:remove()
   end
   return sink
 end
@@ -180,6 +187,11 @@ end
 -- ---- the consumer -------------------------------------------------------------
 
 local GZIP_MAGIC = "\31\139"
+-- A CSV bill deflates about tenfold; a stream that inflates a hundredfold
+-- past its first 16 MiB is a gzip bomb (deflate reaches 1032 to 1 on
+-- zeros), stopped before it fills the disk.
+download.MAX_INFLATION = 100
+local INFLATION_FREE = 16 * 1024 * 1024
 
 --- consumer(source, to) -> consumer | nil, err
 -- consumer.on_chunk(bytes) -> true to go on (the transport's callback);
@@ -223,6 +235,10 @@ function download.consumer(source, to)
       local out, next_pos, more = inflater:update(bytes, pos)
       if not out then return fail("integrity", next_pos .. " after " .. self.received .. " bytes") end
       if not emit(out) then return false end
+      if self.bytes > INFLATION_FREE and self.bytes > download.MAX_INFLATION * self.received then
+        return fail("integrity", ("the gzip stream inflated %d bytes into %d, more than %d times: not a bill")
+          :format(self.received, self.bytes, download.MAX_INFLATION))
+      end
       pos = next_pos
     until pos > #bytes and not more
     return true
