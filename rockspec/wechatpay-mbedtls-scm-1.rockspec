@@ -87,6 +87,7 @@ build = {
     ["wechatpay.response"] = "lua/wechatpay/response.lua",
     ["wechatpay.retry"] = "lua/wechatpay/retry.lua",
     ["wechatpay.rsa"] = "lua/wechatpay/rsa.lua",
+    ["wechatpay.text"] = "lua/wechatpay/text.lua",
     ["wechatpay.verify"] = "lua/wechatpay/verify.lua",
     ["wechatpay.v2"] = "lua/wechatpay/v2/init.lua",
     ["wechatpay.v2.answer"] = "lua/wechatpay/v2/answer.lua",

@@ -13,6 +13,7 @@
 -- before anything is sent.
 local core = require("wechatpay.core")
 local errors = require("wechatpay.errors")
+local text = require("wechatpay.text")
 
 local media = {}
 
@@ -43,6 +44,11 @@ local TYPES = {
 
 local IMAGES = { "jpeg", "png", "bmp" }
 local VIDEOS = { "mp4", "mov", "m4v", "f4v", "avi", "wmv", "mpeg", "mkv", "flv", "rmvb" }
+
+-- The filename suffixes WeChat Pay wants for each type (any case), and
+-- the longest name it takes (its meta's filename is string[1,128]).
+local SUFFIXES = { jpeg = { "jpg", "jpeg" }, png = { "png" }, bmp = { "bmp" } }
+media.MAX_FILENAME = 128
 
 --- The upload endpoints WeChat Pay documents, and the types each takes.
 -- Any other path given `file` takes every type known here, each kind up
@@ -147,6 +153,14 @@ local FILE_OPTIONS = { path = true, content = true, filename = true }
 local function check_filename(filename, origin)
   if type(filename) ~= "string" then raise(("file.filename must be a string, got %s"):format(type(filename))) end
   if filename == "" then raise("file.filename is empty") end
+  if not text.is_utf8(filename) then
+    raise(("%s is not UTF-8: it is sent in the signed meta JSON, which must be UTF-8 (a name in GBK, say)%s")
+      :format(origin, origin == "file.filename" and "" or ": give file.filename"))
+  end
+  if text.length(filename) > media.MAX_FILENAME then
+    raise(("%s has %d characters: WeChat Pay takes at most %d%s"):format(origin, text.length(filename),
+      media.MAX_FILENAME, origin == "file.filename" and "" or ": give file.filename"))
+  end
   local bad = filename:find('[%z\1-\31\127"\\]')
   if bad then
     raise(("%s holds a %s at byte %d: a filename goes into a multipart header and the signed meta JSON, "
@@ -237,11 +251,29 @@ function media.multipart(meta, filename, file_content_type, content)
   return body, boundary
 end
 
+-- A documented endpoint wants the name to end in a suffix of a type it
+-- takes (a web framework's temporary file has none): raised before the
+-- file is read, as any other fault of the name.
+local function check_suffix(filename, accepted, endpoint, file)
+  if accepted == ANY then return end
+  local suffix = (filename:match("%.([%w]+)$") or ""):lower()
+  local wanted = {}
+  for _, key in ipairs(accepted) do
+    for _, s in ipairs(SUFFIXES[key] or { key }) do
+      if s == suffix then return end
+      wanted[#wanted + 1] = "." .. s
+    end
+  end
+  raise(("%s: the filename %q must end in %s (WeChat Pay judges the name too)%s"):format(endpoint,
+    filename:sub(1, 64), table.concat(wanted, ", "), file.filename and "" or ": give file.filename, e.g. \"a.png\""))
+end
+
 --- prepare(path, file) -> { body, meta, content_type, file_content_type,
 -- filename, size, sha256 } | nil, err (kind "file").  Raises on a bad option.
 function media.prepare(path, file)
   local filename = check_file_option(file)
   local accepted, endpoint = endpoint_of(path)
+  check_suffix(filename, accepted, endpoint, file)
   local max = largest_limit(accepted)
   local content, size = file.content, file.content and #file.content
   local shown = file.path or filename

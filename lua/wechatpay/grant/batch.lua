@@ -12,6 +12,7 @@ local hash = require("wechatpay.hash")
 local promise = require("wechatpay.promise")
 local errors = require("wechatpay.errors")
 local results_file = require("wechatpay.grant.results")
+local text = require("wechatpay.text")
 
 local batch = {}
 
@@ -70,31 +71,9 @@ local function printable_openid(openid)
   return ""
 end
 
--- Well-formed UTF-8 (no overlongs, surrogates or values past U+10FFFF):
--- a name saved by Excel in GBK would be sent as garbage and refused.
-local function is_utf8(text)
-  local i, n = 1, #text
-  while i <= n do
-    local c = text:byte(i)
-    local len, lo, hi = 1, 0x80, 0xBF
-    if c < 0x80 then len = 1
-    elseif c >= 0xC2 and c <= 0xDF then len = 2
-    elseif c >= 0xE0 and c <= 0xEF then
-      len = 3
-      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
-    elseif c >= 0xF0 and c <= 0xF4 then
-      len = 4
-      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
-    else return false end
-    for k = 1, len - 1 do
-      local b = text:byte(i + k)
-      if not b or b < (k == 1 and lo or 0x80) or b > (k == 1 and hi or 0xBF) then return false end
-    end
-    i = i + len
-  end
-  return true
-end
-batch.is_utf8 = is_utf8
+-- Well-formed UTF-8: a name saved by Excel in GBK would be sent as
+-- garbage and refused.
+local is_utf8 = text.is_utf8
 
 --- check(fields, info, columns) -> row | nil, problem, openid shown
 function batch.check(fields, info, columns)

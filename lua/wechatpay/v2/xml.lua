@@ -15,6 +15,7 @@
 local lxp = require("lxp")
 local errors = require("wechatpay.errors")
 local sign = require("wechatpay.v2.sign")
+local text = require("wechatpay.text")
 
 local xml = {}
 
@@ -22,41 +23,6 @@ local xml = {}
 xml.MAX_BYTES = 256 * 1024
 
 local NAME = "^[A-Za-z0-9_]+$"
-
--- Well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF):
--- what an XML parser at the other end accepts.
-local function is_utf8(value)
-  if not value:find("[\128-\255]") then return true end
-  local i, n = 1, #value
-  while i <= n do
-    local c = value:byte(i)
-    local size, low, high = 1, 0x80, 0xBF
-    if c < 0x80 then
-      size = 0
-    elseif c >= 0xC2 and c <= 0xDF then
-      size = 1
-    elseif c >= 0xE0 and c <= 0xEF then
-      size = 2
-      if c == 0xE0 then low = 0xA0 elseif c == 0xED then high = 0x9F end
-    elseif c >= 0xF0 and c <= 0xF4 then
-      size = 3
-      if c == 0xF0 then low = 0x90 elseif c == 0xF4 then high = 0x8F end
-    else
-      return false
-    end
-    for k = 1, size do
-      local b = value:byte(i + k)
-      if not b then return false end
-      if k == 1 then
-        if b < low or b > high then return false end
-      elseif b < 0x80 or b > 0xBF then
-        return false
-      end
-    end
-    i = i + size + 1
-  end
-  return true
-end
 
 local function show_name(name)
   if type(name) ~= "string" then return type(name) end
@@ -84,7 +50,7 @@ function xml.fields(params, where)
       errors.raise(("%s.%s must be a string or an integer, got %s"):format(where, name, tv))
     elseif value:find("[%z\1-\8\11\12\14-\31]") then
       errors.raise(("%s.%s holds a control character, which XML cannot carry"):format(where, name))
-    elseif not is_utf8(value) then
+    elseif not text.is_utf8(value) then
       errors.raise(("%s.%s is not UTF-8 text: WeChat Pay's XML is UTF-8"):format(where, name))
     elseif value:find("\239\191[\190\191]") then
       errors.raise(("%s.%s holds U+FFFE or U+FFFF, which XML cannot carry"):format(where, name))
