@@ -418,6 +418,17 @@ describe("async calls: retries", function()
     client:close()
   end)
 
+  it("does not count a call's first wait in the queue against its retries' deadline", function()
+    local client = retry_behind_b(1)
+    local b = client.v3.mock.echo.b:getAsync{ timeout = 3 * SLOW }   -- takes the one slot for 1.5 s
+    -- a waits 1.5 s for the slot, then answers 500 once: its retry still has its 1 s
+    local res, err = client.v3.mock.echo.a:getAsync{}:wait()
+    assert.is_truthy(res, tostring(err))
+    assert.equals(200, res.status)
+    assert(b:wait())
+    client:close()
+  end)
+
   it("settles a retry refused in the queue outside the pump: its handler's own call still goes", function()
     local client = retry_behind_b(1)
     local fallback

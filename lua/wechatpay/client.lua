@@ -308,6 +308,9 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local p = promise.new(queue)
   if own then p:next(function() queue:close() end, function() queue:close() end) end
   local attempts, started = 0, core.monotonic()
+  -- the deadline runs from when the first attempt leaves the queue: its wait
+  -- for a slot or the rate limit is not counted
+  local since
   -- the on_call record, also the dispatcher's `times` (nil: no clock is read)
   local record = state.on_call and observe.start(method, path, started)
   local backups = state.hosts
@@ -315,6 +318,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local attempt, finish, settled, share
   -- the call's deadline for retries and failovers alike
   local budget = math.max(prepared.timeout, prepared.retry.deadline)
+  local function deadline_left() return (since or core.monotonic()) + budget - core.monotonic() end
   -- may go to another host, or again, after it may have reached one
   local movable = method == "GET" or (prepared.retry.idempotent and prepared.idempotent)
   -- may it be sent again after reaching the server, when a reused
@@ -363,7 +367,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
         :format(tostring(err.message), backups.names[host], method)
       return false
     end
-    local left = started + budget - now
+    local left = deadline_left()
     if left < 0.001 then return false end
     local timeout = share(left, backups:untried(tried))
     host = backups:pick(tried, now)
@@ -389,7 +393,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
 
   -- The timeout of a round's first attempt, a retry's too.
   local function round_timeout()
-    return share(started + budget - core.monotonic(), backups and backups.count or 1)
+    return share(deadline_left(), backups and backups.count or 1)
   end
 
   finish = function(raw, failure, refreshed)
@@ -416,7 +420,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       err.failovers = failovers
     end
     local delay, why = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
-      core.monotonic() - started, jitter)
+      core.monotonic() - since, jitter)
     if not delay then
       if why then err.message = ("%s; %s"):format(tostring(err.message), why) end
       return settle(nil, err)
@@ -441,10 +445,11 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     queue:submit{
       times = record,
       make = function()
+        since = since or core.monotonic()
         if again then
           -- a retry or failover may have waited in the queue (for a slot,
           -- the rate limit): it gets what is left of the deadline now
-          local left = started + budget - core.monotonic()
+          local left = deadline_left()
           if left < 0.001 then
             return nil, { kind = "timeout", sent = 0, retry = false,
               message = "the call's deadline passed while its next attempt waited in the queue" }
