@@ -108,6 +108,42 @@ describe("chained calls", function()
     assert.equal("/v3/x/0.1", target_of(last()))
   end)
 
+  it("sends a number in a query or header as it is, and refuses a float past 2^53 it may not hold", function()
+    local big = math.type and load("return 1234567890123456789")()   -- an integer on Lua 5.4
+    if big then
+      client.v3.x:get{ query = { id = big }, headers = { ["X-Id"] = big } }
+      assert.equal("/v3/x?id=1234567890123456789", target_of(last()))
+      local header
+      for _, h in ipairs(last().headers) do header = header or h:match("^X%-Id: (.*)$") end
+      assert.equal("1234567890123456789", header)
+    end
+    -- the same digits as a float (what LuaJIT has, or lua-cjson gives): not this number
+    local float = 1234567890123456789.0
+    for _, call in ipairs{
+      function() client.v3.x[float]:get() end,
+      function() client:chain("v3/x/{id}"):get{ id = float } end,
+      function() client.v3.x:get{ query = { id = float } } end,
+      function() client.v3.x:get{ headers = { ["X-Id"] = float } } end,
+    } do
+      local ok, err = pcall(call)
+      assert.is_false(ok)
+      assert.matches("whole number of 2^53 or more held as a float", err, 1, true)
+    end
+    -- fractions in the fewest digits that read back, as in a path
+    client.v3.x:get{ query = { r = 0.1 } }
+    assert.equal("/v3/x?r=0.1", target_of(last()))
+  end)
+
+  it("refuses a whole JSON number lua-cjson would write with an exponent", function()
+    for _, n in ipairs{ 1e14, 1.2e14, 1e20, -1e15 } do
+      local ok, err = pcall(function() client.v3.x:post{ json = { amount = n } } end)
+      assert.is_false(ok, tostring(n))
+      assert.matches("json body.amount is a whole number of 15 digits or more", err, 1, true)
+    end
+    client.v3.x:post{ json = { amount = 99999999999999 } }
+    assert.equal('{"amount":99999999999999}', last().body)
+  end)
+
   it("sends the method in upper case, as it is signed, and refuses one WeChat Pay has no use for", function()
     client:request("post", "/v3/x", { json = {} })
     assert.equal("POST", last().method)

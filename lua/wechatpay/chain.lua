@@ -53,7 +53,7 @@ local function segment_name(key)
   if type(key) ~= "string" and type(key) ~= "number" then
     errors.raise(("bad path segment: string expected, got %s"):format(type(key)))
   end
-  if type(key) == "number" then key = request.number_segment(key, "path segment") end
+  if type(key) == "number" then key = request.number_text(key, "path segment") end
   if key == "" then errors.raise("bad path segment: empty") end
   if key:find("^{%+?[%a_][%w_]*}$") then return key end
   local template = template_segment(key)

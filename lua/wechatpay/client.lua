@@ -420,7 +420,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       err.failovers = failovers
     end
     local delay, why = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
-      core.monotonic() - since, jitter)
+      core.monotonic() - (since or core.monotonic()), jitter)
     if not delay then
       if why then err.message = ("%s; %s"):format(tostring(err.message), why) end
       return settle(nil, err)

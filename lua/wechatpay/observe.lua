@@ -95,7 +95,10 @@ end
 function observe.deliver(hook, record, warned)
   local ok, err = pcall(hook, record)
   if ok or warned then return warned end
-  local text = tostring(err):gsub("[%z\1-\31\127]", " "):sub(1, 300)
+  -- what it raised may not print either (a __tostring that raises or gives no string)
+  local printed, text = pcall(tostring, err)
+  if not printed or type(text) ~= "string" then text = "(a " .. type(err) .. " that does not print)" end
+  text = text:gsub("[%z\1-\31\127]", " "):sub(1, 300)
   warn("wechatpay: the on_call hook raised (reported once per client; the call itself is not affected): " .. text)
   return true
 end

@@ -43,17 +43,29 @@ local ENCODE_LITERAL = "[^%w%-%._~!%$&'%(%)%*%+,;=:@%%]"
 
 local math_type = math.type or function() return "float" end   -- LuaJIT: every number a double
 
---- number_segment(value, what) -> the number as a path segment: an integer
--- in full, a whole float without ".0" (lua-cjson decodes ids as floats on
--- Lua 5.4: 9856000, never "9856000.0"), any other as tostring does;
--- raises on NaN and infinities.
-function request.number_segment(value, what)
+--- number_text(value, what) -> the number as a path segment, query or
+-- header value: an integer in full, a whole float without ".0" (lua-cjson
+-- decodes ids as floats on Lua 5.4: 9856000, never "9856000.0"), any other
+-- in the fewest digits that read back as it.  Raises on NaN, infinities and
+-- a whole float of 2^53 or more, which may not be the number meant (on
+-- LuaJIT every number is a float: 1234567890123456789 is ...784).
+function request.number_text(value, what)
   if value ~= value or value == math.huge or value == -math.huge then
     raise(("%s is not a finite number"):format(what))
   end
   if math_type(value) == "integer" then return ("%d"):format(value) end
-  if value % 1 == 0 and math.abs(value) < 2 ^ 53 then return ("%.0f"):format(value) end
-  return tostring(value)
+  if value % 1 == 0 then
+    if math.abs(value) >= 2 ^ 53 then
+      raise(("%s is a whole number of 2^53 or more held as a float, which may not be the number meant: "
+        .. "give it as a string"):format(what))
+    end
+    return ("%.0f"):format(value)
+  end
+  for digits = 15, 16 do
+    local text = ("%." .. digits .. "g"):format(value)
+    if tonumber(text) == value then return text end
+  end
+  return ("%.17g"):format(value)
 end
 
 local function template_value(path, name, opts)
@@ -64,7 +76,7 @@ local function template_value(path, name, opts)
   if type(value) ~= "string" and type(value) ~= "number" then
     raise(("path variable '%s' must be a string or number, got %s"):format(name, type(value)))
   end
-  if type(value) == "number" then value = request.number_segment(value, ("path variable '%s'"):format(name)) end
+  if type(value) == "number" then value = request.number_text(value, ("path variable '%s'"):format(name)) end
   if value == "" then raise(("path variable '%s' is empty"):format(name)) end
   return value
 end
@@ -179,9 +191,7 @@ end
 local function query_value(k, v)
   local tv = type(v)
   if tv == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then raise(("query value of '%s' is not finite"):format(k)) end
-    if v % 1 == 0 and math.abs(v) < 2 ^ 53 then return ("%.0f"):format(v) end
-    return ("%.17g"):format(v)
+    return request.number_text(v, ("query value of '%s'"):format(k))
   elseif tv == "string" or tv == "boolean" then
     return tostring(v)
   end
@@ -265,6 +275,11 @@ local function check_body(value, where, depth)
         raise(("json %s.%s is a number lua-cjson cannot send exactly (it writes %d significant digits): "
           .. "give it as a string"):format(where, tostring(k), JSON_DIGITS))
       end
+      -- exact, but written 1e+14: an integer field's parser refuses that
+      if v % 1 == 0 and math.abs(v) >= 10 ^ JSON_DIGITS then
+        raise(("json %s.%s is a whole number of %d digits or more, which lua-cjson writes with an exponent "
+          .. "(1e+%d): give it as a string"):format(where, tostring(k), JSON_DIGITS + 1, JSON_DIGITS))
+      end
     elseif tv == "table" then
       check_body(v, where .. "." .. tostring(k), depth + 1)
     end
@@ -325,7 +340,7 @@ local function header_lines(settings, given, content_type, multipart)
         raise(("headers.%s is set by the client for a file upload: it names the multipart boundary"):format(name))
       end
       if seen[lower] then raise(("headers.%s is given twice (names are case-insensitive)"):format(name)) end
-      if type(value) == "number" then value = query_value(name, value) end
+      if type(value) == "number" then value = request.number_text(value, ("headers.%s"):format(name)) end
       if not headers.valid_value(value) then
         raise(("headers.%s: a value holds a line break or NUL"):format(name))
       end
