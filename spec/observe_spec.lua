@@ -225,6 +225,23 @@ describe("on_call", function()
     assert.matches("hook broke 1", warnings[1], 1, true)
   end)
 
+  it("survives a hook that raises a value that does not print", function()
+    local warnings = {}
+    local real = io.stderr
+    io.stderr = { write = function(_, ...) warnings[#warnings + 1] = table.concat({ ... }) end }
+    local ok, err = pcall(function()
+      local unprintable = setmetatable({}, { __tostring = function() return nil end })
+      local c = server:client{ timeout = 2, on_call = function() error(unprintable) end }
+      local res, cerr = c.v3.mock.echo:getAsync():wait()
+      assert.is_truthy(res, tostring(cerr))
+    end)
+    io.stderr = real
+    assert(ok, err)
+    assert.equal(1, #warnings)
+    assert.matches("on_call hook raised", warnings[1], 1, true)
+    assert.matches("a table that does not print", warnings[1], 1, true)
+  end)
+
   it("is refused when not a function", function()
     local ok, err = pcall(wechatpay.new, merchant.options{ on_call = "log" })
     assert.is_false(ok)
