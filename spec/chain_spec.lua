@@ -161,7 +161,8 @@ describe("chained calls", function()
   end)
 
   it("gives equal paths for the same chain, and a node held in a local can be reused", function()
-    assert.equal(tostring(client.v3.multiuse.users), tostring(client.v3.multiuse.users))
+    assert.equal("wechatpay.chain (v3/multiuse/users)", tostring(client.v3.multiuse.users))
+    assert.equal("wechatpay.chain (v3/multiuse/users/{openid})", tostring(client:chain("v3/multiuse/users/{openid}")))
     local coupons = client.v3.multiuse.users._openid_.coupons
     coupons:post{ openid = "o1", json = {} }
     coupons:post{ openid = "o2", json = {} }

@@ -170,6 +170,15 @@ describe("hardening", function()
         refused(function() client:chain("v3/a/" .. bad .. "/b"):get() end, "directory step")
         refused(function() client:chain("v3/a/{+rest}"):get{ rest = "x/" .. bad .. "/y" } end, "directory step")
       end
+      -- written as escapes, where escapes are kept (a literal path, {+name}): a server decodes them
+      for _, bad in ipairs{ "%2e%2e", "%2E%2e", ".%2e", "%2e" } do
+        refused(function() client:chain("v3/a/" .. bad .. "/b"):get() end, "directory step")
+        refused(function() client["v3/a/" .. bad]:get() end, "directory step")
+        refused(function() client:chain("v3/a/{+rest}"):get{ rest = "x/" .. bad .. "/y" } end, "directory step")
+      end
+      -- an id's % is data, encoded itself: no step
+      client.v3.multiuse.users["%2e%2e"].coupons:post{ json = {} }
+      assert.equal("/v3/multiuse/users/%252e%252e/coupons", target_of(last()))
       -- a dot inside a name is a name
       client.v3.multiuse.users["o.x"].coupons:post{ json = {} }
       assert.equal("/v3/multiuse/users/o.x/coupons", target_of(last()))

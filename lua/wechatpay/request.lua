@@ -94,12 +94,14 @@ local function literal(path, piece)
   return encode_bare_percent(percent_encode(piece, ENCODE_LITERAL))
 end
 
---- dot_segment(path) -> "." or ".." when the path has one as a segment, else
--- nil.  They are steps in a path, not names: a server (or curl) resolves
--- them, and the call would reach another resource than the one signed.
+--- dot_segment(path) -> "." or ".." when the path has one as a segment,
+-- written as it is or percent-encoded ("%2e%2e"), else nil.  They are steps
+-- in a path, not names: a server (or curl) resolves them, one that decodes
+-- first as well, and the call would reach another resource than the one signed.
 function request.dot_segment(path)
   for piece in (path .. "/"):gmatch("([^/]*)/") do
-    if piece == "." or piece == ".." then return piece end
+    local decoded = piece:gsub("%%2[eE]", ".")
+    if decoded == "." or decoded == ".." then return piece end
   end
   return nil
 end
