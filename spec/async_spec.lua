@@ -532,7 +532,7 @@ describe("async calls: rate limits", function()
   end
 
   it("spaces grants out under rate_limit = 5 per second", function()
-    server:configure{ latency = 0.1 * SLOW }
+    server:configure{ latency = 0.3 * SLOW }
     -- Without the limit, the six overlap at the mock ...
     local free = server:client()
     assert(six_grants(free))
@@ -557,7 +557,7 @@ describe("async calls: rate limits", function()
 
   it("surfaces the mock's own 429 as an http error", function()
     -- Keep the five grants inside one of the mock's minute windows.
-    while os.time() % 60 >= 58 do require("socket").sleep(0.2) end
+    while os.time() % 60 > 50 do require("socket").sleep(0.2) end
     server:configure{ rate_limit = 3 }
     local client = server:client{ retry = false }
     local list = {}

@@ -579,12 +579,13 @@ describe("wechatpay.mock", function()
   end)
 
   it("delay exceeds a client timeout; then_process grants after it anyway", function()
-    server:fault("delay", { seconds = 0.5, then_process = true })
+    -- long enough that a stalled spec still asks before the grant lands
+    server:fault("delay", { seconds = 1.5, then_process = true })
     local res = curl(server, grant_request(server), { max_time = 0.2 })
     assert.equals(28, res.rc) -- curl: operation timed out
     assert.equals(0, server:stats().grants)
     -- The server keeps going after the client gave up.
-    local deadline = socket.gettime() + 3
+    local deadline = socket.gettime() + 4
     while server:stats().grants == 0 and socket.gettime() < deadline do
       socket.sleep(0.05)
     end

@@ -122,15 +122,15 @@ describe("inside nginx, one worker", function()
   end)
 
   it("never blocks the worker: 50 handlers in flight at the mock at once, /ping under 50 ms at p99", function()
-    server:configure{ latency = 0.2 * SLOW }
+    server:configure{ latency = 0.4 * SLOW }
     local paths = {}
     -- a first round fills the pool, as a running server's is: the measured
     -- round then spends its CPU on signing, not on 50 TLS handshakes
     for i = 1, 50 do paths[i] = ("/grant?style=async&no=NBW-%d-%s"):format(i, RUN) end
     for i, r in ipairs(concurrent(app, paths)) do assert.are.equal(200, r.status, "warm-up " .. i) end
-    -- Fifty signatures take ~125 ms of the one worker's CPU, inside the 0.2 s
-    -- the first call waits: a busy machine can push the last ones past it, so
-    -- a second round is allowed before calling it a failure.
+    -- Fifty signatures take 90-190 ms of the one worker's CPU (mbedTLS, a
+    -- loaded machine), inside the 0.4 s the first call waits; a second round
+    -- is allowed before calling it a failure.
     local rounds = {}
     for round = 1, 2 do
       server:reset()
@@ -150,7 +150,7 @@ describe("inside nginx, one worker", function()
       local stats = server:stats()
       assert.are.equal(50, stats.grants)
       assert.is_true(#pings >= 5, "pings measured: " .. #pings)
-      -- 50 calls of 0.2 s one after another would take 10 s
+      -- 50 calls of 0.4 s one after another would take 20 s
       assert.is_true(elapsed < 3 * SLOW, ("50 grants took %.2f s"):format(elapsed))
       rounds[round] = ("round %d: in flight at the mock at most %d, ping p99 %.1f ms, %.2f s")
         :format(round, stats.in_flight_max, percentile(pings, 0.99) * 1000, elapsed)
@@ -406,10 +406,12 @@ describe("inside nginx, four workers", function()
       times[i] = server:coupon(results[i].body.coupon_id).granted_at
     end
     table.sort(times)
-    -- 600/min is one call per 0.1 s: any 11 grants span at least 1 s (less
-    -- the spread of the network between app and mock)
+    -- 600/min is one call per 0.1 s: any 11 grants span at least 1 s, less
+    -- the spread of the way to the mock (each worker's first grant opens a
+    -- TLS connection: measured 0.966 s at worst); a limiter counted per
+    -- worker would give 0.25 s
     for i = 1, n - 10 do
-      assert.is_true(times[i + 10] - times[i] >= 0.95,
+      assert.is_true(times[i + 10] - times[i] >= 0.9,
         ("grants %d..%d within %.3f s"):format(i, i + 10, times[i + 10] - times[i]))
     end
     assert.are.equal(n, server:stats().grants)

@@ -126,7 +126,8 @@ describe("on_call", function()
     assert.equal(2, #records)
     for _, r in ipairs(records) do
       check_record(r)
-      assert.is_true(r.network_time >= 0.2, "network " .. r.network_time)
+      -- the mock sleeps 0.2 s on nginx's millisecond clock, which may end it up to 1 ms early
+      assert.is_true(r.network_time >= 0.19, "network " .. r.network_time)
       assert.is_true(r.total_time <= elapsed + 1e-6)
     end
     -- the second waited for the first's slot
