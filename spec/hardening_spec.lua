@@ -176,6 +176,10 @@ describe("hardening", function()
         refused(function() client["v3/a/" .. bad]:get() end, "directory step")
         refused(function() client:chain("v3/a/{+rest}"):get{ rest = "x/" .. bad .. "/y" } end, "directory step")
       end
+      -- a path variable named as a call option would take the option's value
+      refused(function() client:chain("v3/x/{query}"):get{ query = "abc" } end,
+        "path variable {query} of v3/x/{query} has the name of a call option")
+      refused(function() client:chain("v3/x/{+timeout}"):get{ timeout = 5 } end, "has the name of a call option")
       -- an id's % is data, encoded itself: no step
       client.v3.multiuse.users["%2e%2e"].coupons:post{ json = {} }
       assert.equal("/v3/multiuse/users/%252e%252e/coupons", target_of(last()))

@@ -68,7 +68,16 @@ function request.number_text(value, what)
   return ("%.17g"):format(value)
 end
 
+-- The options of a call, v3's and APIv2's: a path variable of one of these
+-- names would be filled with the option (/v3/x/{query} with query's text).
+local OPTION_NAMES = { json = true, body = true, file = true, query = true, headers = true, timeout = true,
+  retry = true, xml = true, security = true }
+
 local function template_value(path, name, opts)
+  if OPTION_NAMES[name] then
+    raise(("path variable {%s} of %s has the name of a call option, which would fill it: name it otherwise")
+      :format(name, path))
+  end
   local value = opts[name]
   if value == nil then
     raise(("missing path variable '%s' for %s: pass it as the request option %s = ..."):format(name, path, name))
