@@ -5,7 +5,7 @@
  *
  *   local ok, err = core.fsync(path)     -- a file's (or directory's) bytes on disk
  *   local names, err = core.list_dir(path)   -- its entries but . and .., in no order
- *   local temp, err = core.temp_file(path, like)   -- a new empty file, removed unless kept
+ *   local temp, err = core.temp_file(path, like [, mode])   -- a new empty file, removed unless kept
  */
 #include <dirent.h>
 #include <errno.h>
@@ -102,9 +102,13 @@ static int l_list_dir(lua_State *L) {
 /* A file being written that nobody has kept yet: its path, removed when
  * the box is collected.  A download inside nginx whose light thread is
  * killed (ngx.exit, a client abort, a worker shutting down) never resumes
- * to remove its partial file; its box is collected instead. */
+ * to remove its partial file; its box is collected instead.  Only by the
+ * process that made it: a child forked meanwhile closes its Lua state
+ * without touching the parent's file. */
 typedef struct {
-  char *path;   /* NULL once kept or removed */
+  char *path;    /* NULL once kept or removed */
+  mode_t mode;   /* what temp:seal() gives it */
+  pid_t owner;
 } temp_box;
 
 static temp_box *check_temp(lua_State *L) {
@@ -113,7 +117,7 @@ static temp_box *check_temp(lua_State *L) {
 
 static void temp_forget(temp_box *box, int remove) {
   if (!box->path) return;
-  if (remove) unlink(box->path);
+  if (remove && box->owner == getpid()) unlink(box->path);
   free(box->path);
   box->path = NULL;
 }
@@ -121,6 +125,23 @@ static void temp_forget(temp_box *box, int remove) {
 static int l_temp_gc(lua_State *L) {
   temp_forget(check_temp(L), 1);
   return 0;
+}
+
+/* temp:seal() -> true | nil, err: the file gets its final permissions,
+ * once written and before it is renamed (while it is written it is 0600,
+ * so a read-only bill it replaces does not make it unwritable) */
+static int l_temp_seal(lua_State *L) {
+  temp_box *box = check_temp(L);
+  int saved;
+  luaL_argcheck(L, box->path != NULL, 1, "the temporary file was already kept or removed");
+  if (chmod(box->path, box->mode) != 0) {
+    saved = errno;
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot set the permissions of %s: %s", box->path, strerror(saved));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* temp:keep(): the file stays (it has been renamed to where it belongs) */
@@ -135,22 +156,27 @@ static int l_temp_remove(lua_State *L) {
   return 0;
 }
 
-/* core.temp_file(path [, like]) -> temp | nil, err
- * Creates path, which must not exist, empty, with the permissions of the
- * regular file `like` when there is one (the file it will replace), else
- * 0600: a bill holds orders and openids, and nginx runs with umask 0.
- * Refuses a `like` that is a directory.  Open it with io.open(path, "wb"),
- * which keeps the permissions; temp:keep() once it is renamed. */
+/* core.temp_file(path [, like [, mode]]) -> temp | nil, err
+ * Creates path, which must not exist, empty and 0600 whatever the umask
+ * (nginx runs with umask 0).  temp:seal() then gives it the permissions of
+ * the regular file `like` when there is one (the file it will replace; a
+ * symbolic link there is replaced, not followed), else `mode` (default
+ * 0600: a bill holds orders and openids).  Refuses a `like` that is a
+ * directory.  Open it with io.open(path, "wb"), which keeps the
+ * permissions; temp:keep() once it is renamed. */
 static int l_temp_file(lua_State *L) {
   size_t len;
   const char *path = luaL_checklstring(L, 1, &len);
   const char *like = luaL_optstring(L, 2, NULL);
-  mode_t mode = 0600;
+  lua_Integer given = luaL_optinteger(L, 3, 0600);
+  mode_t mode;
   struct stat st;
   temp_box *box;
   int fd, saved;
   luaL_argcheck(L, len > 0 && !memchr(path, '\0', len), 1, "a file path without NUL bytes expected");
-  if (like && stat(like, &st) == 0) {
+  luaL_argcheck(L, given >= 0 && given <= 0777, 3, "permissions from 0 to 0777 expected");
+  mode = (mode_t)given;
+  if (like && lstat(like, &st) == 0) {
     if (S_ISDIR(st.st_mode)) {
       lua_pushnil(L);
       lua_pushfstring(L, "%s is a directory", like);
@@ -160,6 +186,8 @@ static int l_temp_file(lua_State *L) {
   }
   box = (temp_box *)lua_newuserdata(L, sizeof *box);   /* box first ... */
   box->path = NULL;
+  box->mode = mode;
+  box->owner = getpid();
   wp_set_class(L, &temp_class_tag);
   box->path = (char *)malloc(len + 1);
   if (!box->path) return luaL_error(L, "not enough memory");
@@ -173,8 +201,8 @@ static int l_temp_file(lua_State *L) {
     lua_pushfstring(L, "cannot create %s: %s", path, strerror(saved));
     return 2;
   }
-  /* exactly this mode, whatever the umask */
-  if (fchmod(fd, mode) != 0) {
+  /* 0600 whatever the umask took away or let through */
+  if (fchmod(fd, 0600) != 0) {
     saved = errno;
     close(fd);
     temp_forget(box, 1);
@@ -199,6 +227,7 @@ void wp_open_fs(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg temp_methods[] = {
+    {"seal", l_temp_seal},
     {"keep", l_temp_keep},
     {"remove", l_temp_remove},
     {NULL, NULL}

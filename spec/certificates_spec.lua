@@ -201,6 +201,24 @@ describe("the cert_dir store", function()
     assert.has_error(function() core.list_dir("a\0b") end)
   end)
 
+  it("writes a certificate 0644 whatever the umask (nginx's is 0), or as the file it replaces", function()
+    local dir = ossl.tmpdir()
+    finally(function() ossl.remove(dir) end)
+    -- a child interpreter under umask 000, with this build
+    local build = os.getenv("WECHATPAY_BUILD") or "./build"
+    local cpath = build .. (jit and "/luajit/?.so" or ("/lua" .. _VERSION:match("%d+%.%d+") .. "/?.so")) .. ";;"
+    local function save(serial)
+      ossl.run(("umask 000; %sLUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH=%s %s -e %s")
+        :format(require("support.nginx").sanitizer_preload(), ossl.quote(cpath), jit and "luajit" or "lua5.4",
+          ossl.quote(("assert(require('wechatpay.certificates').dir_store(%q):save(%q, 'PEM'))"):format(dir, serial))))
+      return ossl.run("stat -c %a " .. ossl.quote(dir .. "/wechatpay_" .. serial .. ".pem")):match("%d+")
+    end
+    assert.equal("644", save("0A1B"))
+    ossl.run("chmod 600 " .. ossl.quote(dir .. "/wechatpay_0A1B.pem"))
+    assert.equal("600", save("0A1B"))
+    assert.equal("wechatpay_0A1B.pem", ossl.run("ls -A " .. ossl.quote(dir)):match("^%s*(.-)%s*$"))
+  end)
+
   it("loads without a subprocess (a forged callback's unknown serial reaches it before any signature check)", function()
     local dir = ossl.tmpdir()
     finally(function() ossl.remove(dir) end)

@@ -160,30 +160,45 @@ function DirStore:load()
 end
 
 -- temp file + rename: a reader sees the old file or the new one, never half.
+-- A certificate is public, but what verifies every answer and callback: it
+-- is written 0644 (or as the file it replaces), never writable by others,
+-- whatever the umask.
 function DirStore:save(serial, pem)
   if not is_serial(serial) then return nil, "not a hex serial" end
   local final = self:file(serial)
   local temp = ("%s/.wechatpay_%s.pem.%s.tmp"):format(self.path, serial, core.nonce(16))
-  local f, err = io.open(temp, "wb")
-  if not f then return nil, "cannot write " .. temp .. ": " .. tostring(err) end
+  local guard, err = core.temp_file(temp, final, tonumber("644", 8))
+  if not guard then return nil, tostring(err) end
+  local f
+  f, err = io.open(temp, "wb")
+  if not f then
+    guard:remove()
+    return nil, "cannot write " .. temp .. ": " .. tostring(err)
+  end
   local ok, werr = f:write(pem)
   local closed, cerr = f:close()
   if not ok or not closed then
-    os.remove(temp)
+    guard:remove()
     return nil, "cannot write " .. temp .. ": " .. tostring(werr or cerr)
   end
   -- on disk before the rename, as a bill is: after a crash the file is
   -- whole or absent, never an empty one that loads as nothing
   local synced, serr = core.fsync(temp)
   if not synced then
-    os.remove(temp)
+    guard:remove()
     return nil, serr
+  end
+  local sealed, merr = guard:seal()
+  if not sealed then
+    guard:remove()
+    return nil, merr
   end
   local renamed, rerr = os.rename(temp, final)
   if not renamed then
-    os.remove(temp)
+    guard:remove()
     return nil, "cannot rename to " .. final .. ": " .. tostring(rerr)
   end
+  guard:keep()
   core.fsync(self.path)   -- best effort, so the rename lasts too
   return true
 end

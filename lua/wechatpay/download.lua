@@ -154,6 +154,8 @@ local function file_sink(to)
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(cerr) end
     local synced, serr = core.fsync(temp)
     if not synced then return nil, serr end
+    local sealed, merr = guard:seal()   -- after the sync, which reads it
+    if not sealed then return nil, merr end
     local renamed, rerr = os.rename(temp, to)
     if not renamed then return nil, "cannot rename the bill to " .. to .. ": " .. tostring(rerr) end
     guard:keep()
