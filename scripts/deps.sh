@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages the build, the tests and the mock need.
-# As root it runs apt-get; otherwise it prints the one line to run.  Then
-# the Node SDK the APIv2 specs compare with, from npm (pinned in
-# bench/peer/package-lock.json), so no spec waits on the registry.
+# As root it runs apt-get; otherwise it prints the one line to run.
+# `deps.sh peer` installs the Node SDK the APIv2 specs compare with, from
+# npm (pinned in bench/peer/package-lock.json), so no spec waits on the
+# registry; the demo and the fuzzers do without it.
 set -e
 
 # npm ci, tried three times: the registry is the one network this needs
@@ -31,14 +32,16 @@ command -v node >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs"
 command -v npm >/dev/null 2>&1 || PACKAGES="$PACKAGES npm"
 [ -n "$WECHATPAY_EXTRA_PACKAGES" ] && PACKAGES="$PACKAGES $WECHATPAY_EXTRA_PACKAGES"
 
+if [ "$1" = peer ]; then
+  install_peer
+  exit 0
+fi
+
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-if [ -z "$missing" ]; then
-  install_peer
-  exit 0
-fi
+[ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" = 0 ]; then
   echo "installing:$missing"
@@ -50,4 +53,3 @@ else
   echo "  sudo apt-get install -y$missing" >&2
   exit 1
 fi
-install_peer

@@ -89,7 +89,7 @@ describe("APIv2 notifications", function()
     assert.equal("malformed", err.kind)
   end)
 
-  it("refuses the signed answer of a call, or the pay parameters of a payer, posted as a payment result", function()
+  it("never reads the signed answer of a call, or the pay parameters of a payer, as a payment", function()
     -- each signed with the APIv2 key by the Node SDK, as WeChat Pay signs them
     local common = { appid = "wx2421b1c4370ec43b", mch_id = "1900000001", nonce_str = "IITRi8Iabbblz1Jc",
       return_code = "SUCCESS", result_code = "SUCCESS" }
@@ -99,16 +99,20 @@ describe("APIv2 notifications", function()
       for k, v in pairs(extra) do fields[k] = v end
       return fields
     end
+    -- an order query's answer for an unpaid order: a notice, never a paid one
+    local notice, err = client:parse_v2_notification(signed_body(with{ out_trade_no = "1415757673", total_fee = "100",
+      trade_state = "NOTPAY", trade_state_desc = "订单未支付", trade_type = "NATIVE",
+      transaction_id = "", time_end = "" }))
+    assert.is_truthy(notice, tostring(err))
+    assert.is_false(notice.paid)
     local cases = {
-      trade_state = with{ out_trade_no = "1415757673", total_fee = "100", trade_state = "NOTPAY",
-        trade_state_desc = "订单未支付", trade_type = "NATIVE" },                       -- orderquery, not paid
       code_url = with{ prepay_id = "wx201410272009395522657a690389285100", trade_type = "NATIVE",
         code_url = "weixin://wxpay/bizpayurl?pr=Xyz" },                                 -- unifiedorder
       out_refund_no = with{ out_trade_no = "1415757673", out_refund_no = "R1", refund_id = "2008450740201411110000174436",
         refund_fee = "1", total_fee = "100", transaction_id = "1008450740201411110005820873" },   -- refund
     }
     for first, fields in pairs(cases) do
-      local notice, err = client:parse_v2_notification(signed_body(fields))
+      notice, err = client:parse_v2_notification(signed_body(fields))
       assert.is_nil(notice, first)
       assert.equal("malformed", err.kind, first)
       assert.matches("with " .. first .. ", which no payment result has", err.message, 1, true)
@@ -116,16 +120,36 @@ describe("APIv2 notifications", function()
     -- the APP-pay parameters every payer receives, signed for the app
     local app = { appid = "wx2421b1c4370ec43b", partnerid = "1900000001", prepayid = "wx2014102720093955",
       package = "Sign=WXPay", noncestr = "5K8264ILTKCH16CQ", timestamp = "1412000000" }
-    local _, err = client:parse_v2_notification(signed_body(app))
+    _, err = client:parse_v2_notification(signed_body(app))
     assert.equal("malformed", err.kind)
-    -- a SUCCESS without what every payment result holds
+    -- a SUCCESS without what every payment holds paid nothing
     for _, name in ipairs{ "out_trade_no", "transaction_id", "total_fee", "time_end" } do
       local fields = payment_fields()
       fields[name] = nil
-      _, err = client:parse_v2_notification(signed_body(fields))
-      assert.equal("malformed", err.kind, name)
-      assert.matches("no " .. name, err.message, 1, true)
+      notice, err = client:parse_v2_notification(signed_body(fields))
+      assert.is_truthy(notice, tostring(err))
+      assert.is_false(notice.paid, name)
     end
+  end)
+
+  it("reads the notices of 委托代扣: a deduction that succeeded is paid, a contract's signing is not", function()
+    -- the deduction result (扣款结果通知) carries trade_state and contract_id
+    local fields = payment_fields()
+    fields.trade_state, fields.contract_id = "SUCCESS", "Wx15463511252015071056489715"
+    local notice, err = client:parse_v2_notification(signed_body(fields))
+    assert.is_truthy(notice, tostring(err))
+    assert.is_true(notice.paid)
+    fields = payment_fields()
+    fields.trade_state = "PAYERROR"
+    assert.is_false(client:parse_v2_notification(signed_body(fields)).paid)
+    -- the signing notice (签约通知): SUCCESS, and no payment in it
+    local contract = { appid = "wx2421b1c4370ec43b", mch_id = "1900000001", return_code = "SUCCESS",
+      result_code = "SUCCESS", contract_code = "100001256", plan_id = "123", openid = "onqOjjmM1tad-3ROpncN-yUfa6ua",
+      change_type = "ADD", operate_time = "2015-07-01 10:00:00", contract_id = "Wx15463511252015071056489715",
+      request_serial = "123", nonce_str = "5K8264ILTKCH16CQ" }
+    notice, err = client:parse_v2_notification(signed_body(contract))
+    assert.is_truthy(notice, tostring(err))
+    assert.is_false(notice.paid)
   end)
 
   it("reads the letters of a DOCTYPE in a field's text as text", function()
@@ -233,7 +257,9 @@ describe("APIv2 notifications", function()
     assert.has_error(function() answer(true, "a\0b") end, "answer.return_msg holds a control character, which XML cannot carry")
     assert.has_error(function() answer(true, 5) end, "answer: message must be a string")
     assert.has_error(function() answer("busy") end,
-      "answer: ok must be true or false, got string (the message is the second argument)")
+      "answer: ok must be true or false, got a string (the message is the second argument)")
+    -- a handler's truthy result answers SUCCESS, as it always did
+    assert.equal(answer(), answer(1))
   end)
 
   it("raises without apiv2_key", function()

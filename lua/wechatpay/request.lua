@@ -59,7 +59,7 @@ function request.number_text(value, what)
       raise(("%s is a whole number of 2^53 or more held as a float, which may not be the number meant: "
         .. "give it as a string"):format(what))
     end
-    return ("%.0f"):format(value)
+    return value == 0 and "0" or ("%.0f"):format(value)   -- -0.0 too
   end
   for digits = 15, 16 do
     local text = ("%." .. digits .. "g"):format(value)

@@ -164,8 +164,9 @@ local function open(self, host, port, deadline, connect_timeout, tls)
   local pool = ("wechatpay:https:%s:%d:%s:verify"):format(host, port, address)
   if tls then pool = pool .. ":client:" .. tostring(self.client_tls.serial) end
   local sock = ngx.socket.tcp()
-  -- connect_timeout covers the name lookup, the TCP connect and the TLS
-  -- handshake together, as curl's does: the handshake gets what is left.
+  -- connect_timeout covers the TCP connect and the TLS handshake together:
+  -- the handshake gets what the connect (and a name lookup before it, which
+  -- nginx does not count in the connect's own timer) left.
   local connect_by = math.min(monotonic() + connect_timeout, deadline)
   local budget = connect_by - monotonic()
   if budget <= 0 then return failure("timeout", "no time left to connect to " .. host, 0, "safe") end

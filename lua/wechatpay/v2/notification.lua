@@ -4,7 +4,8 @@
 --
 --   local notice, err = client:parse_v2_notification(raw_body)
 --   -- notice.type == "payment": the signed fields (strings), and notice.paid,
---   --   true only when return_code and result_code are both SUCCESS
+--   --   true only when return_code and result_code are SUCCESS, trade_state (when
+--   --   given) too, and out_trade_no, transaction_id, total_fee and time_end are there
 --   -- notice.type == "refund": notice.req_info = { out_refund_no =, refund_id =, refund_status =, ... }
 --   --   (decrypted, so authenticated) beside appid, mch_id, nonce_str and return_code;
 --   --   no other outer field, since nothing signs them
@@ -15,10 +16,9 @@
 --   "malformed"  not a flat <xml>, a refund notification without req_info, or
 --                one that also carries a payment result's fields (sign,
 --                result_code, out_trade_no, total_fee, ...): a forgery
---                dressing a replayed req_info as a payment; a signed message
---                that is not a payment result (an order query's or a
---                refund's answer, the APP-pay parameters), or a SUCCESS
---                without out_trade_no, transaction_id, total_fee, time_end
+--                dressing a replayed req_info as a payment; or a signed
+--                message that is no notification (an order's or a refund's
+--                answer, the APP-pay parameters)
 --   "verify"     a payment result without a sign, or whose sign does not
 --                verify, or addressed to another merchant
 --   "decrypt"    a req_info that does not decrypt with this APIv2 key
@@ -48,12 +48,14 @@ for name in ([[sign sign_type result_code err_code err_code_des openid is_subscr
 end
 
 -- Every APIv2 answer is signed with the same key as a payment result: an
--- order query's (trade_state NOTPAY, result_code SUCCESS), a refund's, the
--- APP-pay parameters handed to every payer.  Posted to notify_url they
--- verify too; these fields, which no payment result has, tell them apart.
+-- order's (prepay_id, code_url), a refund's, the APP-pay parameters handed
+-- to every payer.  Posted to notify_url they verify too; these fields,
+-- which no notification has, tell them apart.  (trade_state is no such
+-- field: a deduction result of 委托代扣 carries it; an order query's answer
+-- that does, NOTPAY, is not paid below.)
 local ANSWER_FIELDS = {}
-for name in ([[trade_state trade_state_desc prepay_id code_url mweb_url partnerid prepayid package noncestr
-    timestamp recall mch_billno send_listid partner_trade_no payment_no hblist]]):gmatch("%S+") do
+for name in ([[prepay_id code_url mweb_url partnerid prepayid package noncestr timestamp recall mch_billno
+    send_listid partner_trade_no payment_no hblist]]):gmatch("%S+") do
   ANSWER_FIELDS[name] = true
 end
 local function answer_field(fields)
@@ -64,8 +66,18 @@ local function answer_field(fields)
   table.sort(names)
   return names[1]
 end
--- what a payment result that says SUCCESS always holds
+-- what a payment result always holds: without them nothing was paid (a
+-- contract's signing notice of 委托代扣 says SUCCESS and has none)
 local PAID_FIELDS = { "out_trade_no", "transaction_id", "total_fee", "time_end" }
+
+local function is_paid(fields)
+  if fields.return_code ~= "SUCCESS" or fields.result_code ~= "SUCCESS" then return false end
+  if fields.trade_state ~= nil and fields.trade_state ~= "SUCCESS" then return false end
+  for _, name in ipairs(PAID_FIELDS) do
+    if (fields[name] or "") == "" then return false end
+  end
+  return true
+end
 
 local function refused(fields, info)
   local extra = {}
@@ -126,26 +138,19 @@ function notification.parse(apiv2_key, mchid, body)
   -- a genuine, signed notice of a payment that failed is still answered
   -- SUCCESS (else WeChat Pay delivers it again), so it is not an error
   fields.type = "payment"
-  fields.paid = fields.return_code == "SUCCESS" and fields.result_code == "SUCCESS"
-  if fields.paid then
-    for _, name in ipairs(PAID_FIELDS) do
-      if (fields[name] or "") == "" then
-        return fail("malformed", ("a signed APIv2 message with result_code SUCCESS but no %s, which every payment "
-          .. "result has: not a payment notification; refused"):format(name))
-      end
-    end
-  end
+  fields.paid = is_paid(fields)
   return fields
 end
 
 --- answer([ok [, message]]) -> the XML body to answer a notification with:
 -- SUCCESS when ok is true or nil, FAIL (WeChat Pay delivers again) when false.
 function notification.answer(ok, message)
-  if ok ~= nil and type(ok) ~= "boolean" then
-    errors.raise(("answer: ok must be true or false, got %s (the message is the second argument)"):format(type(ok)))
+  -- a string there is a message in the wrong place (answer("busy") meant FAIL)
+  if type(ok) == "string" then
+    errors.raise("answer: ok must be true or false, got a string (the message is the second argument)")
   end
   if message ~= nil and type(message) ~= "string" then errors.raise("answer: message must be a string") end
-  local handled = ok ~= false
+  local handled = ok == nil or not not ok
   return xml.encode(xml.fields({ return_code = handled and "SUCCESS" or "FAIL",
     return_msg = message or (handled and "OK" or "FAIL") }, "answer"))
 end

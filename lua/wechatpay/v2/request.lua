@@ -42,11 +42,21 @@ local MCHID_ENDPOINTS = {
 }
 
 -- Endpoints WeChat Pay serves only to a client presenting the merchant
--- certificate (refunds, reversals, red packets, transfers, profit sharing):
--- a client given merchant_cert presents it there unless told security = false.
+-- certificate (refunds, reversals, profit sharing under secapi/; red
+-- packets, transfers, coupons sent): a client given merchant_cert presents
+-- it there unless told security = false.  Not elsewhere under
+-- mmpaymkttransfers/ (a coupon stock query needs none, and a key that
+-- nginx cannot present would fail it).
+local CERTIFICATE_ENDPOINTS = {}
+for name in ([[mmpaymkttransfers/sendredpack mmpaymkttransfers/sendgroupredpack
+    mmpaymkttransfers/sendminiprogramhb mmpaymkttransfers/gethbinfo mmpaymkttransfers/promotion/transfers
+    mmpaymkttransfers/gettransferinfo mmpaymkttransfers/pay_bank mmpaymkttransfers/query_bank
+    mmpaymkttransfers/send_coupon mmpaysptrans/pay_bank mmpaysptrans/query_bank risk/getpublickey]]):gmatch("%S+") do
+  CERTIFICATE_ENDPOINTS[name] = true
+end
 local function wants_certificate(v2path)
-  return v2path:find("^secapi/") ~= nil or v2path:find("^mmpaymkttransfers/") ~= nil
-    or v2path:find("^mmpaysptrans/") ~= nil or v2path:find("^risk/getpublickey") ~= nil
+  v2path = v2path:gsub("/+$", "")
+  return v2path:find("^secapi/") ~= nil or CERTIFICATE_ENDPOINTS[v2path] == true
 end
 
 local CALL_OPTIONS = { xml = true, security = true, headers = true, timeout = true, retry = true }
