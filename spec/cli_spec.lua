@@ -83,7 +83,8 @@ describe("bin/wechatpay", function()
 
   -- run(argv, env [, stdin]) -> exit status, stdout, stderr; asserts that
   -- neither holds a secret.
-  local function run(argv, env, stdin, program)
+  -- stdout_to: a path for standard output instead of a file read back (/dev/full)
+  local function run(argv, env, stdin, program, stdout_to)
     local parts = { "env" }
     for _, name in ipairs(CONFIG_VARIABLES) do parts[#parts + 1] = "-u " .. name end
     local names = {}
@@ -95,11 +96,11 @@ describe("bin/wechatpay", function()
     for _, a in ipairs(argv) do parts[#parts + 1] = ossl.quote(a) end
     local out, err = dir .. "/stdout", dir .. "/stderr"
     local input = stdin and (" <" .. ossl.quote(write("stdin", stdin))) or " </dev/null"
-    local pipe = io.popen("{ " .. table.concat(parts, " ") .. input .. " >" .. ossl.quote(out) .. " 2>"
+    local pipe = io.popen("{ " .. table.concat(parts, " ") .. input .. " >" .. ossl.quote(stdout_to or out) .. " 2>"
       .. ossl.quote(err) .. "; }; echo $?")
     local rc = tonumber(pipe:read("*a"))
     pipe:close()
-    local stdout, stderr = ossl.read(out) or "", ossl.read(err) or ""
+    local stdout, stderr = not stdout_to and ossl.read(out) or "", ossl.read(err) or ""
     for _, secret in ipairs(secrets) do
       assert(not stdout:find(secret, 1, true), "a secret in stdout of wechatpay " .. table.concat(argv, " "))
       assert(not stderr:find(secret, 1, true), "a secret in stderr of wechatpay " .. table.concat(argv, " "))
@@ -193,6 +194,35 @@ describe("bin/wechatpay", function()
       assert.matches("HTTP 200", err)
       assert.matches("NOT verified", err)
       assert.matches("tampered", out)
+    end)
+
+    it("never repeats a secret given before the subcommand, a pasted key, or a malformed header", function()
+      local before = server:stats().requests
+      for _, argv in ipairs{
+        { "--apiv3-key=" .. server.apiv3_key, "certs", "--output", dir },
+        { "--passphrase=MyPassPhrase123", "doctor" },
+        { server.apiv3_key },
+        { "call", "GET", "/v3/x", "--header", "Authorization WECHATPAY2-SHA256-RSA2048 mchid=\"1\"" },
+      } do
+        local rc, out, err = run(argv, good_env(server))   -- run() fails on any secret printed
+        assert.equal(2, rc, err)
+        assert.is_nil((out .. err):find("MyPassPhrase123", 1, true))
+      end
+      local _, _, err = run({ "--apiv3-key=" .. server.apiv3_key, "certs" }, good_env(server))
+      assert.matches("never taken from the command line", err, 1, true)
+      _, _, err = run({ "dcotor" }, good_env(server))
+      assert.matches("unknown subcommand dcotor", err, 1, true)   -- a typo is shown
+      _, _, err = run({ "call", "GET", "/v3/x", "--header", "X-A: 1", "--header", "x-a: 2" }, good_env(server))
+      assert.matches("--header x-a is given twice", err, 1, true)
+      assert.equal(before, server:stats().requests)
+    end)
+
+    it("exit 7 when the answer cannot be written (a full disk), not 0", function()
+      local rc, _, err = run({ "call", "GET", "/v3/mock/echo/full" }, good_env(server), nil, nil, "/dev/full")
+      assert.equal(7, rc, err)
+      assert.matches("cannot write the output", err, 1, true)
+      rc, _, err = run({ "doctor" }, good_env(server), nil, nil, "/dev/full")
+      assert.equal(7, rc, err)
     end)
 
     it("exit 2 for usage errors, 8 for a configuration that makes no client; nothing is sent", function()

@@ -109,9 +109,13 @@ local function request_of(argv)
   end
   if opts.header then
     request.headers = {}
-    for _, line in ipairs(opts.header) do
+    local seen = {}
+    for i, line in ipairs(opts.header) do
       local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-      if not name then return usage_error(("--header %q is not 'Name: value'"):format(line:sub(1, 60))) end
+      -- not quoted: it may be an Authorization value pasted whole
+      if not name then return usage_error(("--header number %d is not 'Name: value'"):format(i)) end
+      if seen[name:lower()] then return usage_error(("--header %s is given twice"):format(name:sub(1, 40))) end
+      seen[name:lower()] = true
       request.headers[name] = value
     end
   end

@@ -9,7 +9,7 @@ exit.NETWORK = 3          -- no answer: connection, TLS, DNS or timeout
 exit.HTTP = 4             -- WeChat Pay answered with a status outside 2xx
 exit.PUBLIC_KEY_ONLY = 5  -- certs: the merchant has a WeChat Pay public key, no certificates
 exit.VERIFY = 6           -- the answer's signature (or a download's seal) does not verify
-exit.OUTPUT = 7           -- certs: the output directory cannot be written
+exit.OUTPUT = 7           -- the output cannot be written: certs' directory, or standard output
 exit.CONFIG = 8           -- the configuration does not make a client: nothing was sent
 exit.INTERNAL = 70        -- a bug: please report it
 exit.INTERRUPTED = 130    -- Ctrl-C
@@ -23,7 +23,7 @@ exit.TABLE = [[
   4    http: WeChat Pay answered with a status outside 2xx
   5    certs: this merchant has only a WeChat Pay public key
   6    verify: the answer does not verify (or a download does not decrypt)
-  7    certs: the output directory cannot be written
+  7    output: certs' directory, or standard output (a full disk), cannot be written
   8    configuration: the config file or WECHATPAY_* variables do not make a client
   70   internal error (a bug)
   130  interrupted

@@ -42,14 +42,18 @@ local function run(argv)
     io.stdout:write(cli.usage())
     return exit.OK
   end
-  local sub = SUBCOMMANDS[name]
-  if not sub then
-    io.stderr:write(("wechatpay: unknown subcommand %q: call, doctor, certs or grant (--help)\n"):format(name:sub(1, 40)))
-    return exit.USAGE
-  end
+  -- before anything is quoted: a secret may come first (wechatpay --apiv3-key=...)
   local refused = args.refuse_secrets(argv)
   if refused then
-    io.stderr:write("wechatpay ", name, ": ", refused, "\n")
+    io.stderr:write("wechatpay: ", refused, "\n")
+    return exit.USAGE
+  end
+  local sub = SUBCOMMANDS[name]
+  if not sub then
+    -- a word is shown (a typo); anything else may be a key pasted in the wrong place
+    local shown = name:find("^%-%-?[%w%-]+") and (" " .. name:match("^%-%-?[%w%-]+"):sub(1, 40) .. " (options come "
+      .. "after the subcommand)") or name:find("^[%a][%a%-]*$") and #name <= 20 and (" " .. name) or ""
+    io.stderr:write(("wechatpay: unknown subcommand%s: call, doctor, certs or grant (--help)\n"):format(shown))
     return exit.USAGE
   end
   local rest = {}
@@ -67,7 +71,12 @@ function cli.main(argv)
     if require("wechatpay.errors").is_interrupt(e) then return exit.INTERRUPTED end
     return debug.traceback(tostring(e), 2)
   end, list)
-  io.stdout:flush()
+  -- a body written to a full disk or a closed pipe is no success
+  local flushed, why = io.stdout:flush()
+  if ok and not flushed then
+    io.stderr:write("wechatpay: cannot write the output: ", tostring(why), "\n")
+    return code == exit.OK and exit.OUTPUT or code
+  end
   if ok then return code end
   if code == exit.INTERRUPTED then
     io.stderr:write("wechatpay: interrupted\n")
