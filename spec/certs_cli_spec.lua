@@ -33,7 +33,9 @@ describe("bin/wechatpay-certs", function()
       args[#args + 1] = "--apiv3-key-file"
       args[#args + 1] = key_file
     end
-    local parts = { env or "", LUA, "bin/wechatpay-certs" }
+    -- the developer's own WECHATPAY_* variables play no part
+    local parts = { "env -u WECHATPAY_CONFIG -u WECHATPAY_APIV3_KEY_FILE -u WECHATPAY_MCHID -u WECHATPAY_SERIAL "
+      .. "-u WECHATPAY_PRIVATE_KEY -u WECHATPAY_BASE_URL -u WECHATPAY_CAFILE", env or "", LUA, "bin/wechatpay-certs" }
     for _, a in ipairs(args) do parts[#parts + 1] = ossl.quote(a) end
     local out, err = dir .. "/stdout", dir .. "/stderr"
     local pipe = io.popen("{ " .. table.concat(parts, " ") .. " >" .. ossl.quote(out) .. " 2>" .. ossl.quote(err)
@@ -80,8 +82,41 @@ describe("bin/wechatpay-certs", function()
     assert.equal(6, rc)
     assert.matches("APIv3 key", err)
     assert.is_nil(err:find(("0"):rep(32), 1, true))
-    rc = run(server, dir .. "/does/not/exist", server.apiv3_key)
+    -- a missing directory, or an empty --output (an unset $DIR in cron), before anything is sent
+    local before = server:stats().requests
+    rc, _, err = run(server, dir .. "/does/not/exist", server.apiv3_key)
     assert.equal(7, rc)
+    assert.matches("must be an existing directory", err, 1, true)
+    rc, _, err = run(server, "", server.apiv3_key)
+    assert.equal(2, rc, err)
+    assert.matches("--output DIR is required, and not empty", err, 1, true)
+    assert.equal(before, server:stats().requests)
+  end)
+
+  it("does not save a delivered certificate that has expired, and says so", function()
+    -- in process, the client's download replaced: the mock delivers no expired certificate
+    local out = fresh_dir("expired")
+    local key_file = ossl.write(dir .. "/apiv3_expired.txt", server.apiv3_key)
+    local real_new = require("wechatpay").new
+    local now = os.time()
+    package.loaded.wechatpay.new = function()
+      return { close = function() end, certificates = function()
+        return { { serial = "0A1B", pem = "OLD", not_before = now - 400 * 86400, not_after = now - 86400 },
+                 { serial = "0C2D", pem = "NEW", not_before = now - 86400, not_after = now + 300 * 86400 } }
+      end }
+    end
+    local errors_written = {}
+    local real_stderr, real_stdout = io.stderr, io.stdout
+    io.stderr = { write = function(_, ...) errors_written[#errors_written + 1] = table.concat({ ... }) end }
+    io.stdout = { write = function() end, flush = function() return true end }
+    local ok, rc = pcall(require("wechatpay.cli.certs").main, { "certs", "--mchid", server.mchid, "--serial",
+      server.merchant_serial, "--private-key", server.merchant_key_file, "--output", out, "--apiv3-key-file", key_file })
+    io.stderr, io.stdout = real_stderr, real_stdout
+    package.loaded.wechatpay.new = real_new
+    assert(ok, rc)
+    assert.equal(0, rc)
+    assert.matches("0A1B expired on", table.concat(errors_written), 1, true)
+    assert.equal("wechatpay_0C2D.pem", ossl.run("ls -A " .. ossl.quote(out)):match("^%s*(.-)%s*$"))
   end)
 
   it("exit 8 for a configuration that makes no client, 2 for a usage error; nothing is sent", function()

@@ -392,6 +392,19 @@ describe("bin/wechatpay", function()
       assert.matches("无可用的平台证书", line_of(out, "signature"), 1, true)
     end)
 
+    it("fails a public-key-only merchant configured without its public key: no answer would verify", function()
+      local rc, out = run({ "doctor" }, good_env(pubkey_server,
+        { WECHATPAY_PUBLIC_KEY_ID = false, WECHATPAY_PUBLIC_KEY = false }))
+      assert.equal(1, rc, out)
+      local line, fix = line_of(out, "answer")
+      assert.matches("^%[FAIL%] answer +this merchant has only a WeChat Pay public key, and the configuration holds none", line)
+      assert.matches("WECHATPAY_PUBLIC_KEY_ID", fix, 1, true)
+      -- as wechatpay call finds
+      rc = run({ "call", "GET", "/v3/mock/echo/x" }, good_env(pubkey_server,
+        { WECHATPAY_PUBLIC_KEY_ID = false, WECHATPAY_PUBLIC_KEY = false }))
+      assert.equal(6, rc)
+    end)
+
     it("names a wrong serial, with the certificate's own as the fix (openssl reads the same)", function()
       local rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_SERIAL = "0123456789ABCDEF" }))
       assert.equal(1, rc)
@@ -486,6 +499,15 @@ describe("bin/wechatpay", function()
         .. os.date("!%Y-%m-%d", ossl.cert_date(soon, "-enddate")):gsub("%-", "%%-") .. ", in 10 days", out)
       -- the public key still verifies the answers
       assert.matches("^%[ok  %]", line_of(out, "answer"))
+      -- in a cert_dir, beside the certificate in service, a rotated-out one is a warning to delete it
+      local cert_dir = dir .. "/retired_dir"
+      ossl.run("mkdir -p " .. ossl.quote(cert_dir) .. " && cp " .. ossl.quote(expired) .. " "
+        .. ossl.quote(cert_dir .. "/wechatpay_" .. expired_serial .. ".pem"))
+      rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_CERT_DIR = cert_dir }))
+      assert.equal(0, rc, out)
+      line, fix = out:match("(%[warn%] platform key +cert_dir " .. expired_serial .. "[^\n]*)\n%s+fix: ([^\n]*)")
+      assert.matches("expired on " .. end_date, line, 1, true)
+      assert.matches("delete its file wechatpay_" .. expired_serial .. ".pem", fix, 1, true)
     end)
 
     it("catches the merchant's own certificate among the platform keys", function()
@@ -530,6 +552,10 @@ describe("bin/wechatpay", function()
       rc, out = run({ "doctor" }, good_env(server))
       assert.equal(1, rc)
       assert.matches("^%[FAIL%] clock +the local clock is 9%d%d s ahead of WeChat Pay's: WeChat Pay refuses", line_of(out, "clock"))
+      -- WeChat Pay refuses the timestamp as a signature: the fix is the clock, not the keys
+      local line, fix = line_of(out, "signature")
+      assert.matches("^%[FAIL%] signature +WeChat Pay refused the signature: 401", line)
+      assert.matches("the local clock is off", fix, 1, true)
     end)
 
     it("fails an unreachable domain among base_url's hosts", function()

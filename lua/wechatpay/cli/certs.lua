@@ -111,7 +111,13 @@ function certs.main(argv)
     return exit.OK
   end
   if #positional > 0 then return fail(exit.USAGE, "unexpected argument (--help for usage)") end
-  if not opts.output then return fail(exit.USAGE, "--output is required (--help for usage)") end
+  if not opts.output or opts.output == "" then
+    -- an unset $DIR in cron gives ""
+    return fail(exit.USAGE, "--output DIR is required, and not empty (--help for usage)")
+  end
+  -- before the download: a directory that is missing or not writable fails at once
+  local listed, lerr = require("wechatpay.core").list_dir(opts.output)
+  if not listed then return fail(exit.OUTPUT, lerr .. ": --output must be an existing directory") end
   if opts.timeout then
     local t, terr = args.seconds(opts.timeout, 86400)
     if not t then return fail(exit.USAGE, terr) end
@@ -138,11 +144,17 @@ function certs.main(argv)
 
   local store = certificates.dir_store(opts.output)
   local function utc(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
+  local now = os.time()
   for _, cert in ipairs(list) do
-    local saved, why = store:save(cert.serial, cert.pem)
-    if not saved then return fail(exit.OUTPUT, why) end
-    io.stdout:write(("%s  %s .. %s  %s\n"):format(cert.serial, utc(cert.not_before), utc(cert.not_after),
-      store:file(cert.serial)))
+    if cert.not_after < now then
+      -- WeChat Pay signs with it no more: saved, it would only look like trust
+      io.stderr:write(("wechatpay-certs: %s expired on %s: not saved\n"):format(cert.serial, utc(cert.not_after)))
+    else
+      local saved, why = store:save(cert.serial, cert.pem)
+      if not saved then return fail(exit.OUTPUT, why) end
+      io.stdout:write(("%s  %s .. %s  %s\n"):format(cert.serial, utc(cert.not_before), utc(cert.not_after),
+        store:file(cert.serial)))
+    end
   end
   return exit.OK
 end

@@ -309,7 +309,12 @@ local function check_platform_key(report, label, id, source, merchant, now)
     return nil
   end
   local days = expiry(info, now)
-  if days < 0 then
+  if days < 0 and label:find("^cert_dir ") then
+    -- wechatpay certs keeps a rotated-out certificate: harmless beside the new one
+    report.add("warn", topic, ("%s platform certificate expired on %s: WeChat Pay signs with it no more")
+      :format(label, day(info.not_after)), "delete its file wechatpay_" .. info.serial .. ".pem from cert_dir")
+    return nil
+  elseif days < 0 then
     report.add("fail", topic, ("%s platform certificate expired on %s"):format(label, day(info.not_after)), CERTS_FIX)
     return nil
   elseif days < WARN_DAYS then
@@ -451,6 +456,7 @@ local function check_clock(report, response, before, after)
   local fix = "synchronise the clock (timedatectl set-ntp true, or chrony / ntpd)"
   if size > CLOCK_WINDOW then
     report.add("fail", "clock", words .. ": WeChat Pay refuses signatures more than 5 minutes off", fix)
+    return true
   elseif size > CLOCK_WARN then
     report.add("warn", "clock", words .. " (WeChat Pay allows 5 minutes)", fix)
   else
@@ -465,7 +471,7 @@ local function one_line(text)
   return (tostring(text):gsub("%c", " "))
 end
 
-local function check_signature(report, res, err)
+local function check_signature(report, res, err, clock_off)
   local response = res or err.response
   local status = response.status
   if res then
@@ -481,7 +487,12 @@ local function check_signature(report, res, err)
       .. ": this merchant has only a WeChat Pay public key)")
     return "public key only"
   end
-  if status == 401 then
+  if status == 401 and clock_off then
+    -- a timestamp out of the window reads as a bad signature
+    report.add("fail", "signature", ("WeChat Pay refused the signature: %d %s: %s"):format(status,
+      one_line(err.code), one_line(err.message)),
+      "the local clock is off (see clock): synchronise it, then run doctor again")
+  elseif status == 401 then
     report.add("fail", "signature", ("WeChat Pay refused the signature: %d %s: %s"):format(status,
       one_line(err.code), one_line(err.message)),
       "mchid, serial and private_key must belong together: the serial of apiclient_cert.pem and its "
@@ -573,8 +584,8 @@ local function check_network(report, profile, parts, timeout)
     return
   end
   local res, err = primary.res, primary.err
-  check_clock(report, res or err.response, primary.before, primary.after)
-  local signature = check_signature(report, res, err)
+  local clock_off = check_clock(report, res or err.response, primary.before, primary.after)
+  local signature = check_signature(report, res, err, clock_off)
   if signature == "accepted" then
     check_answer(report, res, err)
     if parts.apiv3_key then
@@ -583,7 +594,19 @@ local function check_network(report, profile, parts, timeout)
       report.add("skip", "APIv3 decrypt", "no usable APIv3 key")
     end
   elseif signature == "public key only" then
-    report.add("skip", "answer", "a 404 is not signed: answers of other calls are verified with the public key")
+    local has_public_key = false
+    for id in pairs(parts.certs or {}) do
+      if id:find("^PUB_KEY_ID_") then has_public_key = true end
+    end
+    if has_public_key then
+      report.add("skip", "answer", "a 404 is not signed: answers of other calls are verified with the public key")
+    else
+      -- every answer and callback will be signed with a key the client lacks
+      report.add("fail", "answer", "this merchant has only a WeChat Pay public key, and the configuration holds none: "
+        .. "no answer or callback can be verified",
+        "certs = { [\"PUB_KEY_ID_...\"] = \"file:///path/pub_key.pem\" } (WECHATPAY_PUBLIC_KEY_ID + "
+        .. "WECHATPAY_PUBLIC_KEY), from 商户平台 → 账户中心 → API安全 → 微信支付公钥")
+    end
     report.add("skip", "APIv3 decrypt", "no platform certificates to open (a public-key-only merchant)")
   else
     report.add("skip", "answer", "the request was refused")

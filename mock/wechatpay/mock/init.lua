@@ -64,8 +64,9 @@
 --   tamper_body      signed, then one character of the body changed
 --   signtest         Wechatpay-Signature = "WECHATPAY/SIGNTEST/" .. base64 junk
 --   timestamp        Wechatpay-Timestamp = now + opts.offset, correctly signed
---   date             the HTTP Date header = now + opts.offset (a skewed server clock;
---                    the signature and Wechatpay-Timestamp are unchanged)
+--   date             a server clock opts.offset s off: the HTTP Date header, and the
+--                    window the request's timestamp must fall in (401 past 300 s);
+--                    Wechatpay-Timestamp and the signature are unchanged
 --   unknown_serial   Wechatpay-Serial = opts.serial or PUB_KEY_ID_999..., real signature
 --   missing_headers  2xx without opts.headers (default: all four Wechatpay-* headers)
 --   status           unsigned WeChat-shaped error opts.status (default 500), not processed;
