@@ -66,6 +66,12 @@ describe("bin/wechatpay-certs", function()
     assert.equal("", ossl.run("ls -A " .. ossl.quote(out_dir) .. " | grep -v '^wechatpay_' || true"))
   end)
 
+  it("takes --private-key as a path or as file:///path", function()
+    local out = fresh_dir("file_url")
+    local args_rc, _, err = run(server, out, server.apiv3_key, nil, { "--private-key", "file://" .. server.merchant_key_file })
+    assert.equal(0, args_rc, err)
+  end)
+
   it("takes the APIv3 key from WECHATPAY_APIV3_KEY", function()
     local rc, _, err = run(server, fresh_dir("env"), false, "WECHATPAY_APIV3_KEY=" .. server.apiv3_key)
     assert.equal(0, rc, err)

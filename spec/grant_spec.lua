@@ -578,6 +578,9 @@ return {
       { 'return {\n  mchid = "1900000001"\n  apiv3_key = SECRETapiv3key0123456789abcdefgh,\n}\n', 3 },
       { 'local key = "SECRETapiv3key0123456789abcdefgh"\nreturn { apiv3_key = key + 1 }\n', 2 },
       { '-----BEGIN PRIVATE KEY-----\nSECRETMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n', "PEM" },
+      -- a string constant called: Lua quotes it, and quotes inside it pair with Lua's own
+      { 'local key = "x\'SECRETapiv3key0123\'y"\nreturn { apiv3_key = key() }\n', 2 },
+      { 'return ("x\'SECRETapiv3key0123\'y")()\n', 1 },
     }
     for i, case in ipairs(cases) do
       local path = ("%s/broken_config%d.lua"):format(dir, i)

@@ -66,11 +66,14 @@ local function client_options(opts)
   if opts.serial then options.serial = opts.serial end
   if opts["private-key"] then
     local given = opts["private-key"]
-    if config.key_source(given) ~= "file://" .. given then
+    if given:find("^file://") then
+      options.private_key = given   -- a path written as the config file writes it
+    elseif config.key_source(given) ~= "file://" .. given then
       -- key text on the command line: ps and the shell history would show it
       return nil, "--private-key takes the key file's path, not the key itself (put the key in a file)"
+    else
+      options.private_key = "file://" .. given
     end
-    options.private_key = "file://" .. given
   end
   if opts["base-url"] then options.base_url = opts["base-url"] end
   if opts.cafile then options.cafile = opts.cafile end

@@ -44,12 +44,22 @@ for w in ("and break do else elseif end false for function goto if in local nil 
   LUA_WORDS[w] = true
 end
 
+local function is_lua_token(token)
+  return LUA_WORDS[token] or (#token <= 3 and token:find("^%p+$")) or token:find("^<%a+>$")
+end
+
 local function without_text(message)
   message = message:gsub(" near .*$", "")
-  message = message:gsub("'([^']*)'", function(token)
-    if LUA_WORDS[token] or (#token <= 3 and token:find("^%p+$")) or token:find("^<%a+>$") then return nil end
-    return "'...'"
-  end)
+  -- quotes are paired naively, and quoted text may hold quotes itself
+  -- ("(constant 'x'SECRET'y')"): unless every quoted piece is one of Lua's
+  -- own tokens, all from the first quote to the last goes
+  local all_lua = true
+  for token in message:gmatch("'([^']*)'") do
+    if not is_lua_token(token) then all_lua = false end
+  end
+  if not all_lua or select(2, message:gsub("'", "")) % 2 == 1 then
+    message = message:gsub("'.*'", "'...'")
+  end
   if #message > 200 then message = message:sub(1, 200) .. "..." end
   return message
 end
