@@ -418,6 +418,22 @@ describe("async calls: retries", function()
     client:close()
   end)
 
+  it("sends a retry before the calls of a batch still queued: its deadline is running", function()
+    server:configure{ latency = 0.1 * SLOW }
+    local client = server:client{ timeout = 1 * SLOW, max_concurrency = 2,
+      retry = { idempotent = true, attempts = 2, backoff = 0.01, max_backoff = 0.01, deadline = 1 * SLOW } }
+    server:fault("status", { status = 503, count = 1, path = "/echo/first$" })
+    local first = client.v3.mock.echo.first:getAsync{}
+    -- 30 more behind it: 1.5 s of backlog at two at a time
+    local rest = {}
+    for i = 1, 30 do rest[i] = client.v3.mock.echo["rest" .. i]:getAsync{} end
+    local res, err = first:wait()
+    assert.is_truthy(res, tostring(err))
+    assert(wechatpay.all(rest):wait())
+    server:configure{ latency = 0 }
+    client:close()
+  end)
+
   it("does not count a call's first wait in the queue against its retries' deadline", function()
     local client = retry_behind_b(1)
     local b = client.v3.mock.echo.b:getAsync{ timeout = 3 * SLOW }   -- takes the one slot for 1.5 s
@@ -668,14 +684,82 @@ describe("async calls: transport errors", function()
       return p.state
     end
 
-    it("keeps the queue running after the transport refuses a request", function()
-      local serial = server:client{ max_concurrency = 1 }
-      -- A header value with a line break: accepted by the Lua checks, refused
-      -- by lhttp.c's submit after in_flight was counted and with pumping = true.
-      pcall(function() return serial.v3.mock.echo.bad:getAsync{ headers = { ["X-Bad"] = "a\nb" } } end)
-      local p = serial.v3.mock.echo.next:getAsync{}
-      assert.equals("fulfilled", drive(serial, p, 3))
-      serial:close()
+    it("a handler waiting on a call whose answer came in the same step gets it, not a hang", function()
+      -- in a child interpreter, under timeout(1): a hang must fail, not stall the suite
+      local build = os.getenv("WECHATPAY_BUILD") or "./build"
+      local cpath = build .. (jit and "/luajit/?.so" or ("/lua" .. _VERSION:match("%d+%.%d+") .. "/?.so")) .. ";;"
+      local script = [[
+        local mock = require("wechatpay.mock")
+        local server = assert(mock.start{ latency = 0.5, rate_limit = false })
+        local client = server:client{}
+        local p1 = client.v3.mock.echo.a:getAsync{}
+        local p2 = client.v3.mock.echo.b:getAsync{}
+        local inner
+        -- curl reports the later call first: its handler waits on the earlier one
+        local p = p2:next(function(res)
+          local r, e = p1:wait()
+          inner = r and r.status or tostring(e)
+          return res.status
+        end)
+        for _ = 1, 5 do client:step(0.01) end
+        require("socket").sleep(1)   -- both answers arrive before the next step
+        local status = p:wait()
+        io.write(tostring(status), " ", tostring(inner))
+        server:stop()
+      ]]
+      local ossl = require("support.openssl")
+      local out = ossl.run(("timeout 30 env %sLUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;"
+        .. "./spec/?.lua;;' LUA_CPATH=%s %s -e %s; echo \" rc=$?\""):format(require("support.nginx").sanitizer_preload(),
+        ossl.quote(cpath), jit and "luajit" or "lua5.4", ossl.quote(script)))
+      assert.matches("200 200 rc=0", out, 1, true)
+    end)
+
+    it("a call settled inside the pump lets its handler's own synchronous call go", function()
+      -- the transport refuses the first request; the job's handler then
+      -- makes another call and waits for it, as a fallback would
+      local dispatcher = require("wechatpay.dispatcher")
+      local transport = { pending = {} }
+      function transport:submit(req, callback)
+        if req.url:find("/bad$") then error("refused: a header curl cannot send") end
+        self.pending[#self.pending + 1] = callback
+      end
+      function transport:step()
+        local list = self.pending
+        self.pending = {}
+        for _, callback in ipairs(list) do callback({ status = 200, headers = {}, body = "" }) end
+        return #list
+      end
+      local queue = dispatcher.new(transport, { max_concurrency = 1 })
+      local refused, fallback, answered_in_handler
+      local ok = pcall(queue.submit, queue, {
+        make = function() return { url = "https://x/bad" } end,
+        done = function(_, failure)
+          refused = failure
+          queue:submit{ make = function() return { url = "https://x/good" } end, done = function(raw) fallback = raw end }
+          for _ = 1, 20 do   -- as wait() would, which loops until it is answered
+            if fallback then break end
+            queue:step(0)
+          end
+          answered_in_handler = fallback ~= nil
+        end,
+      })
+      assert.is_false(ok)   -- the refusal goes up to whoever submitted
+      for _ = 1, 5 do queue:step(0) end
+      assert.matches("refused: a header curl cannot send", refused.message, 1, true)
+      assert.equals(200, fallback and fallback.status)
+      assert.is_true(answered_in_handler)
+      assert.equals(0, queue.in_flight)
+      assert.equals(0, queue:queued())
+    end)
+
+    it("Ctrl-C in a promise's handler rejects it and goes on up, as anywhere else", function()
+      local c = server:client()
+      local p = c.v3.mock.echo.x:getAsync{}:next(function() error("interrupted!", 0) end)
+      local ok, err = pcall(p.wait, p)
+      assert.is_false(ok)
+      assert.equals("interrupted!", err)
+      assert.equals("rejected", p.state)
+      c:close()
     end)
 
     it("settles a chain that continues on another client", function()

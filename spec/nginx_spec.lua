@@ -452,3 +452,47 @@ describe("inside nginx: the periodic certificate refresh", function()
     assert.are.equal(2, body.downloads)
   end)
 end)
+
+describe("inside nginx: calls that join another request's certificate download", function()
+  local server, app
+
+  setup(function()
+    server = assert(mock.start{ latency = 0, rate_limit = false, sign_with = "certificate" })
+    app = nginx.start(server, { workers = 1, background_refresh = true })
+  end)
+  teardown(function()
+    if app then app:stop() end
+    if server then server:stop() end
+  end)
+
+  it("each request's call settles when the download another request drives ends", function()
+    -- a client that knows the public key only: the mock's certificate-signed
+    -- answers make the first call download, and the others join it
+    local status, body = app:get("/bg?step=setup&fresh=1")
+    assert.are.equal(200, status)
+    assert.is_nil(body.error)
+    -- the download takes a second: the later requests' calls meet it running
+    server:fault("delay", { seconds = 1, then_process = true, count = 1, path = "^/v3/certificates" })
+    local session = app:session()
+    local answers = {}
+    local function take(wait)
+      for _, r in ipairs(session:perform(wait)) do answers[#answers + 1] = r end
+    end
+    for i = 1, 3 do
+      session:submit{ method = "GET", url = app:url("/bg?step=echo&n=" .. i), timeout = 10 }
+      local until_next = socket.gettime() + 0.2
+      while socket.gettime() < until_next do take(0.02) end
+    end
+    local deadline = socket.gettime() + 10
+    while #answers < 3 and socket.gettime() < deadline do take(0.2) end
+    session:close()
+    assert.are.equal(3, #answers)
+    for _, r in ipairs(answers) do
+      assert.are.equal(200, r.status, tostring(r.error))
+      local answer = cjson.decode(r.body)
+      assert.are.equal(200, answer.status, tostring(answer.error))
+    end
+    _, body = app:get("/bg?step=keys")
+    assert.are.equal(1, body.downloads)
+  end)
+end)

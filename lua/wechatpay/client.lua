@@ -330,13 +330,15 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
   local function settle(res, err)
     if settled then return end
     settled = true
+    local interrupt
     if record then
       record.attempts, record.failovers = attempts, failovers
       local name = backups and backups.names[host] or state.host_name
-      state.hook_warned = observe.deliver(state.on_call,
+      state.hook_warned, interrupt = observe.deliver(state.on_call,
         observe.finish(record, res, err, name, core.monotonic()), state.hook_warned)
     end
     if res then p:resolve(res) else p:reject(err) end
+    if interrupt ~= nil then error(interrupt, 0) end
   end
 
   -- an answer signed by an unknown certificate: one refresh, then once more
@@ -346,7 +348,27 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       local ok, raised = pcall(again)
       if not ok then settle(nil, errors.from_raise(raised, "after refreshing certificates")) end
     end
-    certs:refresh_async(queue, true):next(guarded, guarded)
+    local refreshing = certs:refresh_async(queue, true)
+    if refreshing.state ~= "pending" or refreshing.driver == queue then
+      return refreshing:next(guarded, guarded)
+    end
+    -- A download another call started, driven by its own dispatcher: this
+    -- call's wait() must drive that one, not its own, which has nothing in
+    -- flight.  Inside nginx that dispatcher belongs to another request (or
+    -- timer) and only its context may step it: this one sleeps until the
+    -- download ends, then finishes the call from its own dispatcher.
+    if nginx.mode() ~= "cosocket" then
+      p.following = refreshing
+      return refreshing:next(function() p.following = nil guarded() end, function() p.following = nil guarded() end)
+    end
+    local waiter = promise.new(nginx.SLEEPER)
+    p.following = waiter
+    local function ended() waiter:resolve(true) end
+    refreshing:next(ended, ended)
+    waiter:next(function()
+      p.following = nil
+      queue:after(0, guarded)
+    end)
   end
 
   -- Sends the call to the next host of this round, if err allows it and
@@ -444,6 +466,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     local url = backups and backups.urls[host]
     queue:submit{
       times = record,
+      first = again,   -- a retry or failover goes before the calls that have not yet been sent
       make = function()
         since = since or core.monotonic()
         if again then

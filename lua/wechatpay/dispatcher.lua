@@ -74,19 +74,33 @@ end
 local CLOSED = { kind = "closed", message = "the client was closed while this call was queued or in flight", sent = 0 }
 
 --- after(seconds, fn): runs fn from a later step (at once on close).
+-- Timers stay in order of their due time, the earlier of two equal first;
+-- placed by a binary search, not a sort of them all (a batch with a large
+-- max_concurrency may hold thousands).
 function dispatcher:after(seconds, fn)
-  local timers = self.timers
-  timers[#timers + 1] = { due = monotonic() + seconds, fn = fn }
-  table.sort(timers, function(a, b) return a.due < b.due end)
+  local timers, due = self.timers, monotonic() + seconds
+  local low, high = 1, #timers + 1
+  while low < high do
+    local mid = math.floor((low + high) / 2)
+    if timers[mid].due <= due then low = mid + 1 else high = mid end
+  end
+  table.insert(timers, low, { due = due, fn = fn })
 end
 
 --- submit(job): queues a job; on a closed dispatcher it fails at once.
+-- job.first puts it at the head of the queue: a retry or a failover, whose
+-- deadline is already running, does not wait behind the rest of a batch.
 function dispatcher:submit(job)
   if self.closed then return job.done(nil, CLOSED) end
   local times = job.times
   if times then times.since = monotonic() end
-  self.tail = self.tail + 1
-  self.queue[self.tail] = job
+  if job.first then
+    self.head = self.head - 1
+    self.queue[self.head] = job
+  else
+    self.tail = self.tail + 1
+    self.queue[self.tail] = job
+  end
   self:pump()
 end
 
@@ -135,8 +149,10 @@ function dispatcher:send(job)
   if not ok then
     -- Signing does not fail on its own: this is a closed key, a bug, or an
     -- interrupt (Ctrl-C).  The call fails, and the error goes on up to
-    -- whoever is waiting, rather than being swallowed by the queue.
-    job.done(nil, errors.from_raise(request, "while signing"))
+    -- whoever is waiting, rather than being swallowed by the queue.  The
+    -- call is settled from the next step, not inside the pump (see below).
+    local failure = errors.from_raise(request, "while signing")
+    self:after(0, function() job.done(nil, failure) end)
     error(request, 0)
   end
   if request == nil then
@@ -166,7 +182,8 @@ function dispatcher:send(job)
       self.sent[job] = nil
       self.in_flight = self.in_flight - 1
     end
-    job.done(nil, errors.from_raise(err, "the transport refused the request"))
+    local failure = errors.from_raise(err, "the transport refused the request")
+    self:after(0, function() job.done(nil, failure) end)
     error(err, 0)
   end
 end

@@ -49,6 +49,16 @@ function nginx.warn(message)
   if nginx.ACTIVE then ngx.log(ngx.WARN, message) end
 end
 
+--- SLEEPER: a promise driver for what another request's (or timer's)
+-- context settles: a step yields this request's light thread a moment,
+-- and nginx runs the others meanwhile.
+nginx.SLEEPER = {
+  step = function()
+    ngx.sleep(0.005)
+    return true
+  end,
+}
+
 --- context() -> the table of the current request (or timer), where a client
 -- keeps the dispatcher of the calls made in it.
 function nginx.context()

@@ -14,6 +14,7 @@
 -- template; a literal segment that is not an API word (an openid or an
 -- order number a caller put in the path itself) shows as {?}.  WeChat Pay's
 -- code and Request-ID pass only when they have their usual shape.
+local errors = require("wechatpay.errors")
 local nginx = require("wechatpay.nginx")
 
 local observe = {}
@@ -89,11 +90,15 @@ local function warn(message)
   end
 end
 
---- deliver(hook, record, warned) -> warned: calls the hook; one that raises
--- is reported once (warned says whether it was already) and never fails
--- the call.
+--- deliver(hook, record, warned) -> warned [, interrupt]: calls the hook;
+-- one that raises is reported once (warned says whether it was already)
+-- and never fails the call.  An interrupt (Ctrl-C) it raised is returned,
+-- for the caller to raise again once the call is settled.
 function observe.deliver(hook, record, warned)
   local ok, err = pcall(hook, record)
+  -- Ctrl-C while the hook ran: given back, for the caller to raise once
+  -- the call is settled
+  if not ok and errors.is_interrupt(err) then return warned, err end
   if ok or warned then return warned end
   -- what it raised may not print either (a __tostring that raises or gives no string)
   local printed, text = pcall(tostring, err)

@@ -9,6 +9,8 @@
 -- A driver is any object with step(): the curl dispatcher, or an nginx one.
 -- Handlers run as soon as their promise settles; a handler that raises
 -- rejects the promise it returned, with the error.
+local is_interrupt = require("wechatpay.errors").is_interrupt
+
 local promise = {}
 
 local Promise = {}
@@ -60,6 +62,9 @@ function Promise:next(on_fulfilled, on_rejected)
     end
     local ok, result = pcall(handler, self.value)
     if ok then child:resolve(result) else child:reject(result) end
+    -- Ctrl-C in a handler stops the program, as anywhere else: the promise
+    -- it returned is rejected, and the interrupt goes on up
+    if not ok and is_interrupt(result) then error(result, 0) end
   end
   if self.state == "pending" then
     self.handlers[#self.handlers + 1] = run

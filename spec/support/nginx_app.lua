@@ -402,7 +402,7 @@ function handlers.upload(args)
   say_json{ media_id = res:json().media_id }
 end
 
--- /bg?step=setup|shift|call|keys: the periodic certificate refresh, found
+-- /bg?step=setup|shift|call|echo|keys: the periodic certificate refresh, found
 -- due by a call of a request that then ends at once with ngx.exit.  The
 -- minute refresh_interval takes at least is skipped by moving
 -- core.monotonic (in this worker) forward at step=shift, between calls.
@@ -419,6 +419,7 @@ function handlers.bg(args)
       certs = { [config.platform_key_id] = config.platform_pem }, apiv3_key = config.apiv3_key,
       base_url = config.base_url, resolve = config.resolve, timeout = 5, refresh_interval = 60,
     }
+    if args.fresh then return say_json{} end   -- no certificate yet: the first call downloads them
     local added, err = bg.client:refresh_certificates()
     return say_json{ added = added, error = err and tostring(err) }
   elseif args.step == "shift" then
@@ -428,6 +429,9 @@ function handlers.bg(args)
     local res, err = bg.client.v3.mock.echo:get()
     ngx.say(res and res.status or tostring(err))
     return ngx.exit(200)
+  elseif args.step == "echo" then   -- a call that answers as any handler would
+    local ok, res, err = pcall(function() return bg.client.v3.mock.echo:get() end)
+    return say_json{ status = ok and res and res.status or nil, error = not ok and tostring(res) or err and tostring(err) }
   end
   say_json{ keys = bg.client:platform_key_ids(), downloads = bg.client:certificate_stats().downloads }
 end

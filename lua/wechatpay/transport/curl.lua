@@ -78,6 +78,9 @@ function curl_transport.new(opts)
     callbacks = {},
     chunk_handlers = {},
     handed = {},   -- id -> true once a streamed transfer handed bytes on
+    -- what perform gave and no callback has had yet: a callback may wait on
+    -- a call whose result is further down, and its nested step takes it from here
+    ready = {}, ready_head = 1, ready_tail = 0,
   }, curl_transport)
   return self
 end
@@ -153,10 +156,19 @@ end
 -- An error that request() kept back is raised first, before anything runs.
 function curl_transport:step(wait)
   raise_held(self)
-  local done = self.session:perform(wait or 0)
-  local first_error, interrupt
+  -- results already waiting are delivered now, not after a wait for more
+  local done = self.session:perform(self.ready_head <= self.ready_tail and 0 or (wait or 0))
   for i = 1, #done do
-    local r = done[i]
+    self.ready_tail = self.ready_tail + 1
+    self.ready[self.ready_tail] = done[i]
+  end
+  local first_error, interrupt, delivered = nil, nil, 0
+  -- self's fields, read afresh: a nested step may have taken some meanwhile
+  while self.ready_head <= self.ready_tail do
+    local r = self.ready[self.ready_head]
+    self.ready[self.ready_head] = nil
+    self.ready_head = self.ready_head + 1
+    delivered = delivered + 1
     local callback, on_chunk = self.callbacks[r.id], self.chunk_handlers[r.id]
     local res, failure
     if r.chunk then   -- a streamed transfer goes on, unless its handler says stop
@@ -179,9 +191,10 @@ function curl_transport:step(wait)
       end
     end
   end
+  if self.ready_head > self.ready_tail then self.ready_head, self.ready_tail = 1, 0 end
   if interrupt ~= nil then error(interrupt, 0) end
   if first_error ~= nil then error(first_error, 0) end
-  return #done
+  return delivered
 end
 
 --- request(request) -> response | nil, err: submits one request and drives
@@ -216,6 +229,7 @@ end
 --- close(): drops every transfer in flight (their callbacks are never
 -- called) and the pooled connections.
 function curl_transport:close()
+  self.ready, self.ready_head, self.ready_tail = {}, 1, 0
   self.callbacks = {}
   self.chunk_handlers = {}
   self.handed = {}
