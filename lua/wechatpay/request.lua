@@ -261,8 +261,11 @@ if JSON_DIGITS == 14 then json.encode_number_precision(14) end
 local JSON_FORMAT = "%." .. JSON_DIGITS .. "g"
 
 -- Fields WeChat Pay takes only as RSA-OAEP ciphertext (client:encrypt):
--- the real name and the ID-document numbers, in every API that has them.
--- Sent in plaintext they would reach WeChat Pay's logs before being refused.
+-- the real name and ID-document numbers under the names the coupon and
+-- identity APIs give them.  Other APIs name such fields otherwise (a
+-- receiver's `name`, `contact_id_number`, ...), which this check does not
+-- know: encrypting those stays the caller's part.  Sent in plaintext they
+-- would reach WeChat Pay's logs before being refused.
 local ENCRYPTED_FIELDS = { user_name = true, id_card_number = true, user_id_card = true,
   id_card_name = true, id_doc_number = true }
 
