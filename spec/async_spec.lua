@@ -752,6 +752,31 @@ describe("async calls: transport errors", function()
       assert.equals(0, queue:queued())
     end)
 
+    it("an interrupt in one handler still runs the promise's other handlers before going on up", function()
+      local p = require("wechatpay.promise").new()
+      p:next(function() error("interrupted!", 0) end)
+      local second_ran = false
+      local other = p:next(function() second_ran = true return 1 end)
+      local ok, err = pcall(p.resolve, p, "v")
+      assert.is_false(ok)
+      assert.equals("interrupted!", err)
+      assert.is_true(second_ran)
+      assert.equals("fulfilled", other.state)
+    end)
+
+    it("Ctrl-C in the on_call hook of a call that waited for a certificate refresh goes on up", function()
+      local signed_by_certificate = start_mock{ rate_limit = false, sign_with = "certificate" }
+      finally(function() signed_by_certificate:stop() end)
+      -- the client knows the public key only: its first answer makes it download the certificates
+      local c = signed_by_certificate:client{ on_call = function(record)
+        if record.path:find("echo", 1, true) then error("interrupted!", 0) end   -- not the download's
+      end }
+      local ok, err = pcall(function() return c.v3.mock.echo:get() end)
+      assert.is_false(ok)
+      assert.equals("interrupted!", err)
+      c:close()
+    end)
+
     it("Ctrl-C in a promise's handler rejects it and goes on up, as anywhere else", function()
       local c = server:client()
       local p = c.v3.mock.echo.x:getAsync{}:next(function() error("interrupted!", 0) end)

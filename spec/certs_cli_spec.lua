@@ -114,7 +114,7 @@ describe("bin/wechatpay-certs", function()
     local errors_written = {}
     local real_stderr, real_stdout = io.stderr, io.stdout
     io.stderr = { write = function(_, ...) errors_written[#errors_written + 1] = table.concat({ ... }) end }
-    io.stdout = { write = function() end, flush = function() return true end }
+    io.stdout = { write = function() return true end, flush = function() return true end }
     local ok, rc = pcall(require("wechatpay.cli.certs").main, { "certs", "--mchid", server.mchid, "--serial",
       server.merchant_serial, "--private-key", server.merchant_key_file, "--output", out, "--apiv3-key-file", key_file })
     io.stderr, io.stdout = real_stderr, real_stdout

@@ -221,6 +221,11 @@ describe("bin/wechatpay", function()
       local rc, _, err = run({ "call", "GET", "/v3/mock/echo/full" }, good_env(server), nil, nil, "/dev/full")
       assert.equal(7, rc, err)
       assert.matches("cannot write the output", err, 1, true)
+      -- larger than stdio's buffer: the write itself fails, and the final flush finds nothing left
+      local body = write("big.json", '{"pad":"' .. ("x"):rep(20000) .. '"}')
+      rc, _, err = run({ "call", "POST", "/v3/mock/echo/big", "--json", "@" .. body }, good_env(server), nil, nil,
+        "/dev/full")
+      assert.equal(7, rc, err)
       rc, _, err = run({ "doctor" }, good_env(server), nil, nil, "/dev/full")
       assert.equal(7, rc, err)
     end)
@@ -508,6 +513,14 @@ describe("bin/wechatpay", function()
       line, fix = out:match("(%[warn%] platform key +cert_dir " .. expired_serial .. "[^\n]*)\n%s+fix: ([^\n]*)")
       assert.matches("expired on " .. end_date, line, 1, true)
       assert.matches("delete its file wechatpay_" .. expired_serial .. ".pem", fix, 1, true)
+      -- alone in a cert_dir (the run above saved the current ones beside it) it verifies nothing
+      local alone_dir = dir .. "/alone_dir"
+      ossl.run("mkdir -p " .. ossl.quote(alone_dir) .. " && cp " .. ossl.quote(expired) .. " "
+        .. ossl.quote(alone_dir .. "/wechatpay_" .. expired_serial .. ".pem"))
+      rc, out = run({ "doctor", "--timeout", "5" }, good_env(server, { WECHATPAY_CERT_DIR = alone_dir,
+        WECHATPAY_PUBLIC_KEY_ID = false, WECHATPAY_PUBLIC_KEY = false, WECHATPAY_APIV3_KEY_FILE = false }))
+      assert.equal(1, rc, out)
+      assert.matches("cert_dir " .. alone_dir .. " holds no certificate in service", out, 1, true)
     end)
 
     it("catches the merchant's own certificate among the platform keys", function()

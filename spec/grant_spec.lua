@@ -581,6 +581,7 @@ return {
       -- a string constant called: Lua quotes it, and quotes inside it pair with Lua's own
       { 'local key = "x\'SECRETapiv3key0123\'y"\nreturn { apiv3_key = key() }\n', 2 },
       { 'return ("x\'SECRETapiv3key0123\'y")()\n', 1 },
+      { 'return ("end\'SECRETapiv3key0123\'end")()\n', 1 },   -- its quoted pieces are Lua words
     }
     for i, case in ipairs(cases) do
       local path = ("%s/broken_config%d.lua"):format(dir, i)

@@ -495,4 +495,18 @@ describe("inside nginx: calls that join another request's certificate download",
     _, body = app:get("/bg?step=keys")
     assert.are.equal(1, body.downloads)
   end)
+
+  it("a call that joined a download its request's end left unfinished ends at its own deadline", function()
+    local status = app:get("/bg?step=setup&fresh=1")
+    assert.are.equal(200, status)
+    -- request A's call starts the download (2 s), and A ends with ngx.exit meanwhile
+    server:fault("delay", { seconds = 2, then_process = true, count = 1, path = "^/v3/certificates" })
+    app:get("/bg?step=start&sleep=0.3")
+    local started = socket.gettime()
+    local _, body = app:get("/bg?step=echo", 30)
+    local took = socket.gettime() - started
+    assert.is_nil(body.status)
+    assert.matches("did not end within the call's deadline", tostring(body.error), 1, true)
+    assert.is_true(took < 6, ("answered after %.1f s"):format(took))
+  end)
 end)

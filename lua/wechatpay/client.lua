@@ -346,7 +346,10 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     local function again() finish(raw, nil, true) end
     local function guarded()
       local ok, raised = pcall(again)
-      if not ok then settle(nil, errors.from_raise(raised, "after refreshing certificates")) end
+      if not ok then
+        settle(nil, errors.from_raise(raised, "after refreshing certificates"))
+        if errors.is_interrupt(raised) then error(raised, 0) end
+      end
     end
     local refreshing = certs:refresh_async(queue, true)
     if refreshing.state ~= "pending" or refreshing.driver == queue then
@@ -361,13 +364,25 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       p.following = refreshing
       return refreshing:next(function() p.following = nil guarded() end, function() p.following = nil guarded() end)
     end
-    local waiter = promise.new(nginx.SLEEPER)
+    -- That download may never end (its request was killed with ngx.exit):
+    -- the wait ends with this call's deadline.
+    local waiter
+    waiter = promise.new({ step = function()
+      if deadline_left() <= 0 then waiter:resolve(false) else nginx.pause() end
+      return true
+    end })
     p.following = waiter
     local function ended() waiter:resolve(true) end
     refreshing:next(ended, ended)
-    waiter:next(function()
+    waiter:next(function(download_ended)
       p.following = nil
-      queue:after(0, guarded)
+      local function resume()
+        if download_ended then return guarded() end
+        settle(nil, errors.new("timeout", "the certificate download this call joined (another request's) did "
+          .. "not end within the call's deadline", { attempts = attempts }))
+      end
+      -- from this call's own dispatcher, in its own context; at once if it was closed meanwhile
+      if queue.closed then resume() else queue:after(0, resume) end
     end)
   end
 

@@ -49,15 +49,11 @@ function nginx.warn(message)
   if nginx.ACTIVE then ngx.log(ngx.WARN, message) end
 end
 
---- SLEEPER: a promise driver for what another request's (or timer's)
--- context settles: a step yields this request's light thread a moment,
--- and nginx runs the others meanwhile.
-nginx.SLEEPER = {
-  step = function()
-    ngx.sleep(0.005)
-    return true
-  end,
-}
+--- pause(): yields this request's light thread a moment, while nginx runs
+-- the others (a promise another request's context settles is waited for so).
+function nginx.pause()
+  ngx.sleep(0.005)
+end
 
 --- context() -> the table of the current request (or timer), where a client
 -- keeps the dispatcher of the calls made in it.

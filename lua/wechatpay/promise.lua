@@ -30,7 +30,15 @@ local function settle(self, state, value)
   self.state, self.value = state, value
   local handlers = self.handlers
   self.handlers = nil
-  for i = 1, #handlers do handlers[i]() end
+  -- a handler raises only an interrupt (run() catches the rest): the
+  -- others still run, so no promise chained here is left pending, and the
+  -- interrupt goes on up after them
+  local interrupt
+  for i = 1, #handlers do
+    local ok, raised = pcall(handlers[i])
+    if not ok and interrupt == nil then interrupt = raised end
+  end
+  if interrupt ~= nil then error(interrupt, 0) end
 end
 
 function Promise:resolve(value)

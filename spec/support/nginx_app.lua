@@ -402,7 +402,7 @@ function handlers.upload(args)
   say_json{ media_id = res:json().media_id }
 end
 
--- /bg?step=setup|shift|call|echo|keys: the periodic certificate refresh, found
+-- /bg?step=setup|shift|call|start|echo|keys: the periodic certificate refresh, found
 -- due by a call of a request that then ends at once with ngx.exit.  The
 -- minute refresh_interval takes at least is skipped by moving
 -- core.monotonic (in this worker) forward at step=shift, between calls.
@@ -418,6 +418,7 @@ function handlers.bg(args)
       mchid = config.mchid, serial = config.merchant_serial, private_key = config.merchant_pem,
       certs = { [config.platform_key_id] = config.platform_pem }, apiv3_key = config.apiv3_key,
       base_url = config.base_url, resolve = config.resolve, timeout = 5, refresh_interval = 60,
+      retry = args.fresh and { deadline = 3 } or nil,
     }
     if args.fresh then return say_json{} end   -- no certificate yet: the first call downloads them
     local added, err = bg.client:refresh_certificates()
@@ -428,6 +429,11 @@ function handlers.bg(args)
   elseif args.step == "call" then
     local res, err = bg.client.v3.mock.echo:get()
     ngx.say(res and res.status or tostring(err))
+    return ngx.exit(200)
+  elseif args.step == "start" then
+    -- a call left running, then the request ends (ngx.exit kills its light threads)
+    bg.client.v3.mock.echo:getAsync{}
+    ngx.sleep(tonumber(args.sleep) or 0.3)
     return ngx.exit(200)
   elseif args.step == "echo" then   -- a call that answers as any handler would
     local ok, res, err = pcall(function() return bg.client.v3.mock.echo:get() end)

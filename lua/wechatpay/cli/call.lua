@@ -137,8 +137,8 @@ end
 local function print_body(body, raw)
   if body == nil or body == "" then return end
   local pretty = not raw and output.is_terminal(1) and output.pretty_json(body)
-  io.stdout:write(pretty or body)
-  if pretty or output.is_terminal(1) then io.stdout:write("\n") end
+  output.write(pretty or body)
+  if pretty or output.is_terminal(1) then output.write("\n") end
 end
 
 local function status_line(status, request_id)
@@ -153,7 +153,7 @@ function call.main(argv)
     return path
   end
   if method == "help" then
-    io.stdout:write(call.USAGE)
+    output.write(call.USAGE)
     return exit.OK
   end
 

@@ -4,6 +4,7 @@ local args = require("wechatpay.cli.args")
 local config = require("wechatpay.cli.config")
 local errors = require("wechatpay.errors")
 local exit = require("wechatpay.cli.exit")
+local output = require("wechatpay.cli.output")
 
 local certs = {}
 
@@ -110,7 +111,7 @@ function certs.main(argv)
   local opts, positional = args.parse(argv, SPEC, 2)
   if not opts then return fail(exit.USAGE, positional .. " (--help for usage)") end
   if opts.help then
-    io.stdout:write(certs.USAGE)
+    output.write(certs.USAGE)
     return exit.OK
   end
   if #positional > 0 then return fail(exit.USAGE, "unexpected argument (--help for usage)") end
@@ -119,8 +120,12 @@ function certs.main(argv)
     return fail(exit.USAGE, "--output DIR is required, and not empty (--help for usage)")
   end
   -- before the download: a directory that is missing or not writable fails at once
-  local listed, lerr = require("wechatpay.core").list_dir(opts.output)
+  local core = require("wechatpay.core")
+  local listed, lerr = core.list_dir(opts.output)
   if not listed then return fail(exit.OUTPUT, lerr .. ": --output must be an existing directory") end
+  local probe, perr = core.temp_file(opts.output .. "/.wechatpay-certs-probe." .. core.nonce(8))
+  if not probe then return fail(exit.OUTPUT, tostring(perr) .. ": --output must be a directory this user can write") end
+  probe:remove()
   if opts.timeout then
     local t, terr = args.seconds(opts.timeout, 86400)
     if not t then return fail(exit.USAGE, terr) end
@@ -147,7 +152,7 @@ function certs.main(argv)
 
   local store = certificates.dir_store(opts.output)
   local function utc(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
-  local now = os.time()
+  local now, saved_any = os.time(), false
   for _, cert in ipairs(list) do
     if cert.not_after < now then
       -- WeChat Pay signs with it no more: saved, it would only look like trust
@@ -155,10 +160,13 @@ function certs.main(argv)
     else
       local saved, why = store:save(cert.serial, cert.pem)
       if not saved then return fail(exit.OUTPUT, why) end
-      io.stdout:write(("%s  %s .. %s  %s\n"):format(cert.serial, utc(cert.not_before), utc(cert.not_after),
+      saved_any = true
+      output.write(("%s  %s .. %s  %s\n"):format(cert.serial, utc(cert.not_before), utc(cert.not_after),
         store:file(cert.serial)))
     end
   end
+  -- a cron job must not stay silent over a download that brought nothing usable
+  if not saved_any then return fail(exit.VERIFY, "every certificate delivered has expired: none was saved") end
   return exit.OK
 end
 

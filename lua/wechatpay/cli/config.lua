@@ -50,6 +50,8 @@ end
 
 local function without_text(message)
   message = message:gsub(" near .*$", "")
+  -- a constant's text is the file's, whatever it looks like
+  message = message:gsub("%(constant '.*'%)", "(constant '...')")
   -- quotes are paired naively, and quoted text may hold quotes itself
   -- ("(constant 'x'SECRET'y')"): unless every quoted piece is one of Lua's
   -- own tokens, all from the first quote to the last goes

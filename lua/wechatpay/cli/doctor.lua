@@ -63,8 +63,8 @@ local function new_report(paint)
   local report = { failed = 0, warned = 0 }
   function report.add(status, topic, message, fix)
     local tag = TAGS[status]
-    io.stdout:write(("[%s] %-14s %s\n"):format(paint(tag[2], tag[1]), topic, message))
-    if fix then io.stdout:write(("       %-14s fix: %s\n"):format("", fix)) end
+    output.write(("[%s] %-14s %s\n"):format(paint(tag[2], tag[1]), topic, message))
+    if fix then output.write(("       %-14s fix: %s\n"):format("", fix)) end
     if status == "fail" then report.failed = report.failed + 1 end
     if status == "warn" then report.warned = report.warned + 1 end
   end
@@ -358,9 +358,17 @@ local function check_platform_keys(report, options, merchant, has_apiv3_key, now
         "create it and fill it with wechatpay certs --output DIR")
       cert_dir = nil
     else
+      local in_dir, in_service = 0, 0
       for serial, pem in pairs(err) do
-        count = count + 1
-        check_platform_key(report, ("cert_dir %s"):format(serial), serial, pem, merchant, now)
+        count, in_dir = count + 1, in_dir + 1
+        if check_platform_key(report, ("cert_dir %s"):format(serial), serial, pem, merchant, now) then
+          in_service = in_service + 1
+        end
+      end
+      -- expired ones are warnings beside a key in service; alone they verify nothing
+      if in_dir > 0 and in_service == 0 and next(usable) == nil then
+        report.add("fail", "platform keys", ("cert_dir %s holds no certificate in service"):format(tostring(cert_dir)),
+          "wechatpay certs --output " .. tostring(cert_dir))
       end
     end
   end
@@ -640,7 +648,7 @@ function doctor.main(argv)
     return exit.USAGE
   end
   if opts.help then
-    io.stdout:write(doctor.USAGE)
+    output.write(doctor.USAGE)
     return exit.OK
   end
   if #positional > 0 then
@@ -699,7 +707,7 @@ function doctor.main(argv)
   end
 
   if server then server:stop() end
-  io.stdout:write(("%d failed, %d warning%s\n"):format(report.failed, report.warned, report.warned == 1 and "" or "s"))
+  output.write(("%d failed, %d warning%s\n"):format(report.failed, report.warned, report.warned == 1 and "" or "s"))
   return report.failed > 0 and exit.CHECK_FAILED or exit.OK
 end
 

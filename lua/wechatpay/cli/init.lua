@@ -3,6 +3,7 @@
 local args = require("wechatpay.cli.args")
 local config = require("wechatpay.cli.config")
 local exit = require("wechatpay.cli.exit")
+local output = require("wechatpay.cli.output")
 
 local cli = {}
 
@@ -39,7 +40,7 @@ local function run(argv)
     return exit.USAGE
   end
   if name == "-h" or name == "--help" or name == "help" then
-    io.stdout:write(cli.usage())
+    output.write(cli.usage())
     return exit.OK
   end
   -- before anything is quoted: a secret may come first (wechatpay --apiv3-key=...)
@@ -65,6 +66,7 @@ end
 --- main(argv) -> exit status; a raised error is reported as a bug, an
 -- interrupt as 130.
 function cli.main(argv)
+  output.failed = nil
   local list = {}
   for i = 1, #argv do list[i] = argv[i] end
   local ok, code = xpcall(run, function(e)
@@ -73,8 +75,9 @@ function cli.main(argv)
   end, list)
   -- a body written to a full disk or a closed pipe is no success
   local flushed, why = io.stdout:flush()
-  if ok and not flushed then
-    io.stderr:write("wechatpay: cannot write the output: ", tostring(why), "\n")
+  local failed = output.failed or (not flushed and tostring(why))
+  if ok and failed then
+    io.stderr:write("wechatpay: cannot write the output: ", failed, "\n")
     return code == exit.OK and exit.OUTPUT or code
   end
   if ok then return code end

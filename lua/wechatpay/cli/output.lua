@@ -65,4 +65,12 @@ function output.pretty_json(text)
   return table.concat(out)
 end
 
+--- write(...): standard output, as io.stdout:write; the first failure
+-- (a full disk, a closed pipe) is kept in output.failed for the exit status:
+-- a write past the stdio buffer fails here, not at the final flush.
+function output.write(...)
+  local ok, err = io.stdout:write(...)
+  if not ok and output.failed == nil then output.failed = tostring(err) end
+end
+
 return output
