@@ -362,7 +362,8 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
     -- download ends, then finishes the call from its own dispatcher.
     if nginx.mode() ~= "cosocket" then
       p.following = refreshing
-      return refreshing:next(function() p.following = nil guarded() end, function() p.following = nil guarded() end)
+      local function followed() p.following = nil guarded() end
+      return refreshing:next(followed, followed)
     end
     -- That download may never end (its request was killed with ngx.exit):
     -- the wait ends with this call's deadline.
@@ -457,7 +458,7 @@ send_async = function(self, method, path, opts, check, protocol, on_chunk)
       err.failovers = failovers
     end
     local delay, why = retry.delay(prepared.retry, prepared.idempotent, err, attempts - failovers,
-      core.monotonic() - (since or core.monotonic()), jitter)
+      budget - deadline_left(), jitter)
     if not delay then
       if why then err.message = ("%s; %s"):format(tostring(err.message), why) end
       return settle(nil, err)

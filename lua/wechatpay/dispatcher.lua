@@ -73,6 +73,13 @@ end
 
 local CLOSED = { kind = "closed", message = "the client was closed while this call was queued or in flight", sent = 0 }
 
+-- A job that failed while being sent is settled from the next step, never
+-- inside the pump, where a handler's own call would be queued behind a
+-- pump that does not come back to it.
+local function settle_later(self, job, failure)
+  self:after(0, function() job.done(nil, failure) end)
+end
+
 --- after(seconds, fn): runs fn from a later step (at once on close).
 -- Timers stay in order of their due time, the earlier of two equal first;
 -- placed by a binary search, not a sort of them all (a batch with a large
@@ -149,17 +156,12 @@ function dispatcher:send(job)
   if not ok then
     -- Signing does not fail on its own: this is a closed key, a bug, or an
     -- interrupt (Ctrl-C).  The call fails, and the error goes on up to
-    -- whoever is waiting, rather than being swallowed by the queue.  The
-    -- call is settled from the next step, not inside the pump (see below).
-    local failure = errors.from_raise(request, "while signing")
-    self:after(0, function() job.done(nil, failure) end)
+    -- whoever is waiting, rather than being swallowed by the queue.
+    settle_later(self, job, errors.from_raise(request, "while signing"))
     error(request, 0)
   end
-  if request == nil then
-    -- make decided it is too late to send: nothing goes out.  Settled from
-    -- the next step, not here inside the pump, where a handler's own call
-    -- would be queued behind a pump that never comes back to it.
-    return self:after(0, function() job.done(nil, refused) end)
+  if request == nil then   -- make decided it is too late to send: nothing goes out
+    return settle_later(self, job, refused)
   end
   if times then
     local signed = monotonic()
@@ -182,8 +184,7 @@ function dispatcher:send(job)
       self.sent[job] = nil
       self.in_flight = self.in_flight - 1
     end
-    local failure = errors.from_raise(err, "the transport refused the request")
-    self:after(0, function() job.done(nil, failure) end)
+    settle_later(self, job, errors.from_raise(err, "the transport refused the request"))
     error(err, 0)
   end
 end

@@ -68,10 +68,13 @@ function request.number_text(value, what)
   return ("%.17g"):format(value)
 end
 
--- The options of a call, v3's and APIv2's: a path variable of one of these
--- names would be filled with the option (/v3/x/{query} with query's text).
-local OPTION_NAMES = { json = true, body = true, file = true, query = true, headers = true, timeout = true,
-  retry = true, xml = true, security = true }
+local CALL_OPTIONS = { json = true, body = true, file = true, query = true, headers = true, timeout = true, retry = true }
+
+-- The options of a call, v3's and APIv2's (xml, security): a path variable
+-- of one of these names would be filled with the option (/v3/x/{query}
+-- with query's text).
+local OPTION_NAMES = { xml = true, security = true }
+for name in pairs(CALL_OPTIONS) do OPTION_NAMES[name] = true end
 
 local function template_value(path, name, opts)
   if OPTION_NAMES[name] then
@@ -370,7 +373,6 @@ end
 
 -- ---- prepare and sign -------------------------------------------------------------
 
-local CALL_OPTIONS = { json = true, body = true, file = true, query = true, headers = true, timeout = true, retry = true }
 
 local function check_options(path, opts)
   local variables

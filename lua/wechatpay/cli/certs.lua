@@ -119,12 +119,13 @@ function certs.main(argv)
     -- an unset $DIR in cron gives ""
     return fail(exit.USAGE, "--output DIR is required, and not empty (--help for usage)")
   end
-  -- before the download: a directory that is missing or not writable fails at once
+  -- before the download: a directory that is missing or not writable fails
+  -- at once (creating a file there tells both)
   local core = require("wechatpay.core")
-  local listed, lerr = core.list_dir(opts.output)
-  if not listed then return fail(exit.OUTPUT, lerr .. ": --output must be an existing directory") end
   local probe, perr = core.temp_file(opts.output .. "/.wechatpay-certs-probe." .. core.nonce(8))
-  if not probe then return fail(exit.OUTPUT, tostring(perr) .. ": --output must be a directory this user can write") end
+  if not probe then
+    return fail(exit.OUTPUT, tostring(perr) .. ": --output must be an existing directory this user can write")
+  end
   probe:remove()
   if opts.timeout then
     local t, terr = args.seconds(opts.timeout, 86400)
