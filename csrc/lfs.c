@@ -3,9 +3,9 @@
  * and bill downloads, made without a subprocess: io.popen would fork the
  * process, an nginx worker among them, and block it until the child ends.
  *
- *   local ok, err = core.fsync(path)     -- a file's (or directory's) bytes on disk
  *   local names, err = core.list_dir(path)   -- its entries but . and .., in no order
- *   local temp, err = core.temp_file(path, like [, mode])   -- a new empty file, removed unless kept
+ *   local temp, err = core.temp_file(path, like [, mode])   -- a new empty file, removed unless committed
+ *   local ok, err = temp:commit(final)   -- synced, then renamed over final, whole or not at all
  */
 #include <dirent.h>
 #include <errno.h>
@@ -22,30 +22,18 @@ static const char dir_class_tag = 0;
 #define WP_TEMP_CLASS "wechatpay.temp_file"
 static const char temp_class_tag = 0;
 
-/* core.fsync(path) -> true | nil, err: the file (or directory) at path on
- * disk.  By path, as neither runtime gives a file handle's descriptor; the
+/* fsync(2) of the file or directory at path, retried on EINTR: 0 or an
+ * errno.  By path, as neither runtime gives a file handle's descriptor; the
  * page cache is the inode's, so a fresh read-only descriptor covers what
  * any other wrote (after their own flush). */
-static int l_fsync(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+static int sync_path(const char *path) {
   int fd, rc, saved;
   do fd = open(path, O_RDONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    saved = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot open %s to sync it: %s", path, strerror(saved));
-    return 2;
-  }
+  if (fd < 0) return errno;
   do rc = fsync(fd); while (rc != 0 && errno == EINTR);
   saved = errno;
   close(fd);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot sync %s to disk: %s", path, strerror(saved));
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return rc == 0 ? 0 : saved;
 }
 
 /* An open directory: boxed before opendir, so a memory error while the
@@ -99,15 +87,15 @@ static int l_list_dir(lua_State *L) {
   return 1;
 }
 
-/* A file being written that nobody has kept yet: its path, removed when
+/* A file being written and not yet committed: its path, removed when
  * the box is collected.  A download inside nginx whose light thread is
  * killed (ngx.exit, a client abort, a worker shutting down) never resumes
  * to remove its partial file; its box is collected instead.  Only by the
  * process that made it: a child forked meanwhile closes its Lua state
  * without touching the parent's file. */
 typedef struct {
-  char *path;    /* NULL once kept or removed */
-  mode_t mode;   /* what temp:seal() gives it */
+  char *path;    /* NULL once committed or removed */
+  mode_t mode;   /* what temp:commit() gives it */
   pid_t owner;
 } temp_box;
 
@@ -127,27 +115,45 @@ static int l_temp_gc(lua_State *L) {
   return 0;
 }
 
-/* temp:seal() -> true | nil, err: the file gets its final permissions,
- * once written and before it is renamed (while it is written it is 0600,
- * so a read-only bill it replaces does not make it unwritable) */
-static int l_temp_seal(lua_State *L) {
+/* temp:commit(final) -> true | nil, err: the written (and closed) file
+ * takes the place of `final`, whole or not at all.  Its bytes reach the
+ * disk before the rename, so after a crash `final` is the old file or the
+ * whole new one, never a renamed file still empty; it gets its final
+ * permissions after that sync (which reads it) and before the rename
+ * (while written it is 0600, so a read-only file it replaces does not make
+ * it unwritable); then the directory is synced so the rename lasts too
+ * (best effort: some file systems refuse fsync on a directory).  On
+ * failure the temporary file is removed. */
+static int l_temp_commit(lua_State *L) {
   temp_box *box = check_temp(L);
-  int saved;
-  luaL_argcheck(L, box->path != NULL, 1, "the temporary file was already kept or removed");
-  if (chmod(box->path, box->mode) != 0) {
-    saved = errno;
+  size_t len;
+  const char *final = luaL_checklstring(L, 2, &len);
+  const char *slash;
+  const char *failed = NULL;
+  int saved = 0;
+  luaL_argcheck(L, box->path != NULL, 1, "the temporary file was already committed or removed");
+  luaL_argcheck(L, len > 0 && !memchr(final, '\0', len), 2, "a file path without NUL bytes expected");
+  if ((saved = sync_path(box->path)) != 0) failed = "cannot sync %s to disk: %s";
+  else if (chmod(box->path, box->mode) != 0) saved = errno, failed = "cannot set the permissions of %s: %s";
+  else if (rename(box->path, final) != 0) saved = errno, failed = "cannot rename %s into place: %s";
+  if (failed) {
     lua_pushnil(L);
-    lua_pushfstring(L, "cannot set the permissions of %s: %s", box->path, strerror(saved));
+    lua_pushfstring(L, failed, box->path, strerror(saved));
+    temp_forget(box, 1);
     return 2;
+  }
+  temp_forget(box, 0);
+  slash = strrchr(final, '/');
+  if (!slash) {
+    sync_path(".");
+  } else {
+    /* the directory part of final, on the stack while it is synced */
+    lua_pushlstring(L, final, slash == final ? 1 : (size_t)(slash - final));
+    sync_path(lua_tostring(L, -1));
+    lua_pop(L, 1);
   }
   lua_pushboolean(L, 1);
   return 1;
-}
-
-/* temp:keep(): the file stays (it has been renamed to where it belongs) */
-static int l_temp_keep(lua_State *L) {
-  temp_forget(check_temp(L), 0);
-  return 0;
 }
 
 /* temp:remove(): the file goes now */
@@ -158,12 +164,12 @@ static int l_temp_remove(lua_State *L) {
 
 /* core.temp_file(path [, like [, mode]]) -> temp | nil, err
  * Creates path, which must not exist, empty and 0600 whatever the umask
- * (nginx runs with umask 0).  temp:seal() then gives it the permissions of
+ * (nginx runs with umask 0).  temp:commit() then gives it the permissions of
  * the regular file `like` when there is one (the file it will replace; a
  * symbolic link there is replaced, not followed), else `mode` (default
  * 0600: a bill holds orders and openids).  Refuses a `like` that is a
- * directory.  Open it with io.open(path, "wb"), which keeps the
- * permissions; temp:keep() once it is renamed. */
+ * directory.  Write it with io.open(path, "wb"), which keeps the
+ * permissions, close it, then temp:commit(final). */
 static int l_temp_file(lua_State *L) {
   size_t len;
   const char *path = luaL_checklstring(L, 1, &len);
@@ -227,13 +233,11 @@ void wp_open_fs(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg temp_methods[] = {
-    {"seal", l_temp_seal},
-    {"keep", l_temp_keep},
+    {"commit", l_temp_commit},
     {"remove", l_temp_remove},
     {NULL, NULL}
   };
   static const luaL_Reg functions[] = {
-    {"fsync", l_fsync},
     {"list_dir", l_list_dir},
     {"temp_file", l_temp_file},
     {NULL, NULL}

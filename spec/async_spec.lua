@@ -686,8 +686,6 @@ describe("async calls: transport errors", function()
 
     it("a handler waiting on a call whose answer came in the same step gets it, not a hang", function()
       -- in a child interpreter, under timeout(1): a hang must fail, not stall the suite
-      local build = os.getenv("WECHATPAY_BUILD") or "./build"
-      local cpath = build .. (jit and "/luajit/?.so" or ("/lua" .. _VERSION:match("%d+%.%d+") .. "/?.so")) .. ";;"
       local script = [[
         local mock = require("wechatpay.mock")
         local server = assert(mock.start{ latency = 0.5, rate_limit = false })
@@ -707,10 +705,8 @@ describe("async calls: transport errors", function()
         io.write(tostring(status), " ", tostring(inner))
         server:stop()
       ]]
-      local ossl = require("support.openssl")
-      local out = ossl.run(("timeout 30 env %sLUA_PATH='./lua/?.lua;./lua/?/init.lua;./mock/?.lua;./mock/?/init.lua;"
-        .. "./spec/?.lua;;' LUA_CPATH=%s %s -e %s; echo \" rc=$?\""):format(require("support.nginx").sanitizer_preload(),
-        ossl.quote(cpath), jit and "luajit" or "lua5.4", ossl.quote(script)))
+      local out = require("support.openssl").run("timeout 30 " .. require("support.process").lua_command(script)
+        .. "; echo \" rc=$?\"")
       assert.matches("200 200 rc=0", out, 1, true)
     end)
 

@@ -205,12 +205,9 @@ describe("the cert_dir store", function()
     local dir = ossl.tmpdir()
     finally(function() ossl.remove(dir) end)
     -- a child interpreter under umask 000, with this build
-    local build = os.getenv("WECHATPAY_BUILD") or "./build"
-    local cpath = build .. (jit and "/luajit/?.so" or ("/lua" .. _VERSION:match("%d+%.%d+") .. "/?.so")) .. ";;"
     local function save(serial)
-      ossl.run(("umask 000; %sLUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH=%s %s -e %s")
-        :format(require("support.nginx").sanitizer_preload(), ossl.quote(cpath), jit and "luajit" or "lua5.4",
-          ossl.quote(("assert(require('wechatpay.certificates').dir_store(%q):save(%q, 'PEM'))"):format(dir, serial))))
+      ossl.run("umask 000; " .. require("support.process").lua_command(
+        ("assert(require('wechatpay.certificates').dir_store(%q):save(%q, 'PEM'))"):format(dir, serial)))
       return ossl.run("stat -c %a " .. ossl.quote(dir .. "/wechatpay_" .. serial .. ".pem")):match("%d+")
     end
     assert.equal("644", save("0A1B"))

@@ -181,25 +181,10 @@ function DirStore:save(serial, pem)
     guard:remove()
     return nil, "cannot write " .. temp .. ": " .. tostring(werr or cerr)
   end
-  -- on disk before the rename, as a bill is: after a crash the file is
-  -- whole or absent, never an empty one that loads as nothing
-  local synced, serr = core.fsync(temp)
-  if not synced then
-    guard:remove()
-    return nil, serr
-  end
-  local sealed, merr = guard:seal()
-  if not sealed then
-    guard:remove()
-    return nil, merr
-  end
-  local renamed, rerr = os.rename(temp, final)
-  if not renamed then
-    guard:remove()
-    return nil, "cannot rename to " .. final .. ": " .. tostring(rerr)
-  end
-  guard:keep()
-  core.fsync(self.path)   -- best effort, so the rename lasts too
+  -- synced before it is renamed into place, as a bill is: after a crash
+  -- the file is whole or absent, never an empty one that loads as nothing
+  local committed, merr = guard:commit(final)
+  if not committed then return nil, merr end
   return true
 end
 

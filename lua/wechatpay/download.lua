@@ -144,22 +144,14 @@ local function file_sink(to)
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(werr) end
     return true
   end
-  -- The bytes reach the disk before the rename: after a crash `to` holds
-  -- the old bill or the whole new one, never a renamed file still empty.
-  -- The directory is synced after it (best effort: some file systems
-  -- refuse fsync on a directory), so the rename itself lasts.
+  -- temp:commit: synced, given its final permissions, renamed over `to`
+  -- (a crash leaves the old bill or the whole new one), the directory synced
   function sink.commit()
     local ok, cerr = file:close()
     file = nil
     if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(cerr) end
-    local synced, serr = core.fsync(temp)
-    if not synced then return nil, serr end
-    local sealed, merr = guard:seal()   -- after the sync, which reads it
-    if not sealed then return nil, merr end
-    local renamed, rerr = os.rename(temp, to)
-    if not renamed then return nil, "cannot rename the bill to " .. to .. ": " .. tostring(rerr) end
-    guard:keep()
-    core.fsync(dir ~= "" and dir or ".")
+    local committed, err = guard:commit(to)
+    if not committed then return nil, "cannot put the bill at " .. to .. ": " .. err end
     return true
   end
   function sink.abort()
@@ -199,7 +191,7 @@ local INFLATION_FREE = 16 * 1024 * 1024
 -- consumer.on_chunk(bytes) -> true to go on (the transport's callback);
 -- consumer:finish() -> info | nil, err once the transfer succeeded;
 -- consumer:abort() after any failure.  Nothing is left on disk by a failure;
--- a file is synced to disk (core.fsync) before it is renamed over `to`.
+-- a file is synced to disk (temp:commit) before it is renamed over `to`.
 function download.consumer(source, to)
   local sink, err
   if type(to) == "string" and to ~= "" then

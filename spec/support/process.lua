@@ -7,6 +7,7 @@
 --   local child = proc.spawn(function() return "x" end)   -- the child sends the result, then _exits
 --   proc.collect(child) --> "x" (and the child's exit status checked)
 --   process.interrupt(command, server, log) --> exit status, output (a Ctrl-C mid-call)
+--   process.lua_command(script) --> a shell command running script in a child interpreter
 local ossl = require("support.openssl")
 
 local M = {}
@@ -94,6 +95,23 @@ function M.interrupt(command, server, log)
   local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
   p:close()
   return rc, ossl.read(log) or ""
+end
+
+--- lua_command(script) -> a shell command that runs `script` (Lua source)
+-- in a child interpreter of this runtime with this build, for what is seen
+-- only from outside a process (its umask, strace, a hang under timeout):
+-- prefix it with what wraps it.  The project's modules, the mock's and
+-- spec/ are on its path; a sanitizer build's runtime is preloaded.
+function M.lua_command(script)
+  local build = os.getenv("WECHATPAY_BUILD") or "./build"
+  local cpath = build .. (jit and "/luajit/?.so" or ("/lua" .. _VERSION:match("%d+%.%d+") .. "/?.so")) .. ";;"
+  local root = ossl.repo_root()
+  local path = {}
+  for _, dir in ipairs{ "lua", "mock", "spec" } do
+    path[#path + 1] = root .. "/" .. dir .. "/?.lua;" .. root .. "/" .. dir .. "/?/init.lua"
+  end
+  return ("env %sLUA_PATH=%s LUA_CPATH=%s %s -e %s"):format(require("support.nginx").sanitizer_preload(),
+    ossl.quote(table.concat(path, ";") .. ";;"), ossl.quote(cpath), jit and "luajit" or "lua5.4", ossl.quote(script))
 end
 
 return M
