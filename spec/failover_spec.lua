@@ -47,6 +47,72 @@ local function silent_host()
   }
 end
 
+-- A child process forwarding 127.0.0.1:port to 127.0.0.1:target, byte for
+-- byte both ways (the TLS is the mock's); stop() ends it and returns how
+-- many connections it took.
+local function forward(port, target)
+  local script = ([[
+    local socket = require("socket")
+    local listener = assert(socket.bind("127.0.0.1", %d))
+    listener:settimeout(0)
+    io.write("listening\n")
+    io.stdout:flush()
+    local peer, all, accepted = {}, { listener }, 0
+    local function drop(s)
+      for i = #all, 1, -1 do if all[i] == s or all[i] == peer[s] then table.remove(all, i) end end
+      s:close()
+      if peer[s] then peer[s]:close() end
+    end
+    while true do
+      local readable = socket.select(all, nil, 0.1)
+      for _, s in ipairs(readable) do
+        if s == listener then
+          local client = listener:accept()
+          if client then
+            accepted = accepted + 1
+            io.stderr:write(accepted, "\n")
+            local upstream = assert(socket.connect("127.0.0.1", %d))
+            client:settimeout(0)
+            upstream:settimeout(0)
+            peer[client], peer[upstream] = upstream, client
+            all[#all + 1] = client
+            all[#all + 1] = upstream
+          end
+        elseif peer[s] then
+          local data, err, partial = s:receive(65536)
+          data = data or partial
+          if data and #data > 0 then
+            local out = peer[s]
+            out:settimeout(5)
+            out:send(data)
+            out:settimeout(0)
+          end
+          if err == "closed" then drop(s) end
+        end
+      end
+    end
+  ]]):format(port, target)
+  local log = os.tmpname()
+  local p = assert(io.popen("echo $$; exec " .. require("support.process").lua_command(script) .. " 2>" .. log))
+  local pid = assert(tonumber(p:read("*l")))
+  assert(p:read("*l") == "listening", "the forwarder did not start")
+  local stopped
+  return {
+    stop = function()
+      if not stopped then
+        os.execute("kill " .. pid)
+        p:close()
+        local f = io.open(log)
+        stopped = 0
+        for line in f:lines() do stopped = tonumber(line) or stopped end
+        f:close()
+        os.remove(log)
+      end
+      return stopped
+    end,
+  }
+end
+
 describe("base_url with backups", function()
   local server, primary, backup, counter
 
@@ -175,7 +241,7 @@ describe("base_url with backups", function()
       assert.equal(0, silent.connections())
     end)
 
-    it("goes back to the primary once it answers again", function()
+    it("keeps to the primary while it answers, whatever the backup's state", function()
       local records = {}
       -- the backup is the dead one here: the primary, remembered as down
       -- by no one, is always first
@@ -185,6 +251,28 @@ describe("base_url with backups", function()
         assert.equal("127.0.0.1:" .. server.port, records[i].host)
         assert.equal(0, records[i].failovers)
       end
+    end)
+    it("goes back to the primary once it answers again: the probe after the cooldown is answered", function()
+      -- the primary is a port that refuses, then a child process forwarding
+      -- it to the mock (whose certificate names 127.0.0.1, whatever the port)
+      local port = closed_port()
+      local records = {}
+      local c = client({ base_url = { "https://127.0.0.1:" .. port .. "/", backup }, connect_timeout = 0.5,
+        timeout = 3, failover_cooldown = 1 }, records)
+      assert.is_truthy(c.v3.mock.echo.down:get())
+      assert.equal(1, records[1].failovers)
+      local forwarder = forward(port, server.port)
+      finally(forwarder.stop)
+      -- within the cooldown: the backup, and the primary not even connected to
+      assert.equal("localhost:" .. server.port, answered_by(assert(c.v3.mock.echo.cooling:get())))
+      assert.equal(0, records[2].failovers)
+      socket.sleep(1.2)
+      -- the probe: answered by the primary, no failover; then the primary again
+      for i = 3, 4 do
+        assert.equal("127.0.0.1:" .. port, answered_by(assert(c.v3.mock.echo.back:get())))
+        assert.equal(0, records[i].failovers)
+      end
+      assert.equal(1, forwarder.stop(), "one connection: the probe's, kept for the call after it; none in the cooldown")
     end)
   end)
 
