@@ -214,13 +214,18 @@ static const char *json_type_name(wp_json_type type) {
   }
 }
 
-static int open_failure(lua_State *L, int base, const char *kind, const char *message, const member *id) {
-  lua_settop(L, base);
+/* nil, kind, message, id.  An escaped id points into the scratch buffer on
+ * the stack: it is copied first, while that buffer is still referenced (a
+ * push may collect it), and nothing below the four results is dropped. */
+static int open_failure(lua_State *L, const char *kind, const char *message, const member *id) {
+  int idpos;
+  if (id && is_string(id) && id->len > 0) lua_pushlstring(L, id->str, id->len);
+  else lua_pushnil(L);
+  idpos = lua_gettop(L);
   lua_pushnil(L);
   lua_pushstring(L, kind);
   lua_pushstring(L, message);
-  if (id && is_string(id) && id->len > 0) lua_pushlstring(L, id->str, id->len);
-  else lua_pushnil(L);
+  lua_pushvalue(L, idpos);
   return 4;
 }
 
@@ -236,7 +241,7 @@ static int l_open_notification(lua_State *L) {
   size_t len, keylen;
   const char *body = luaL_checklstring(L, 1, &len);
   const char *key = luaL_checklstring(L, 2, &keylen);
-  int base = lua_gettop(L), i;
+  int i;
   char small[4096];   /* escaped strings are rare: most bodies never write here */
   char *buf = len <= sizeof small ? small : (char *)wp_scratch(L, len);
   char err[WP_ERRLEN], message[WP_ERRLEN + 64];
@@ -257,22 +262,22 @@ static int l_open_notification(lua_State *L) {
       wp_json_next(&j, &t, err) != WP_JSON_DONE) {
     snprintf(message, sizeof message, "the body (%lu bytes) verified but is not a JSON object%s%s",
              (unsigned long)len, err[0] ? ": " : "", err);
-    return open_failure(L, base, "malformed", message, NULL);
+    return open_failure(L, "malformed", message, NULL);
   }
   if (!is_string(id) || id->len == 0)
-    return open_failure(L, base, "malformed", "the body verified but has no event id", NULL);
+    return open_failure(L, "malformed", "the body verified but has no event id", NULL);
   if (resource_seen.type != WP_JSON_OBJECT)
-    return open_failure(L, base, "malformed", "the body verified but has no resource object", id);
+    return open_failure(L, "malformed", "the body verified but has no resource object", id);
 
   if (resource[RES_ALGORITHM].type != WP_JSON_ERROR &&
       !(is_string(&resource[RES_ALGORITHM]) && resource[RES_ALGORITHM].len == 16 &&
         memcmp(resource[RES_ALGORITHM].str, "AEAD_AES_256_GCM", 16) == 0))
-    return open_failure(L, base, "malformed", "unsupported resource algorithm (AEAD_AES_256_GCM expected)", id);
+    return open_failure(L, "malformed", "unsupported resource algorithm (AEAD_AES_256_GCM expected)", id);
   for (i = RES_CIPHERTEXT; i <= RES_NONCE; i++) {
     if (!is_string(&resource[i]) || resource[i].len == 0) {
       snprintf(message, sizeof message, "the resource's %s is %s", RESOURCE_FIELDS[i],
                is_string(&resource[i]) ? "empty" : json_type_name(resource[i].type));
-      return open_failure(L, base, "malformed", message, id);
+      return open_failure(L, "malformed", message, id);
     }
   }
   if (is_string(&resource[RES_ASSOCIATED_DATA])) {
@@ -282,16 +287,16 @@ static int l_open_notification(lua_State *L) {
              resource[RES_ASSOCIATED_DATA].type != WP_JSON_NULL) {
     snprintf(message, sizeof message, "the resource's associated_data must be a string, got %s",
              json_type_name(resource[RES_ASSOCIATED_DATA].type));
-    return open_failure(L, base, "malformed", message, id);
+    return open_failure(L, "malformed", message, id);
   }
   if (keylen != 32) {
     snprintf(message, sizeof message, "AES-256 key must be 32 bytes (the APIv3 key), got %lu", (unsigned long)keylen);
-    return open_failure(L, base, "decrypt", message, id);
+    return open_failure(L, "decrypt", message, id);
   }
   switch (wp_push_gcm_plaintext(L, key, keylen, resource[RES_NONCE].str, resource[RES_NONCE].len, aad, aadlen,
                                  resource[RES_CIPHERTEXT].str, resource[RES_CIPHERTEXT].len, err)) {
-    case -1: return open_failure(L, base, "malformed", err, id);
-    case 0: return open_failure(L, base, "decrypt", err, id);
+    case -1: return open_failure(L, "malformed", err, id);
+    case 0: return open_failure(L, "decrypt", err, id);
     default: break;
   }
   {
@@ -299,7 +304,7 @@ static int l_open_notification(lua_State *L) {
     const char *plaintext = lua_tolstring(L, -1, &plen);
     if (!wp_push_json(L, plaintext, plen, err) || !lua_istable(L, -1)) {
       snprintf(message, sizeof message, "the decrypted resource (%lu bytes) is not a JSON object", (unsigned long)plen);
-      return open_failure(L, base, "malformed", message, id);
+      return open_failure(L, "malformed", message, id);
     }
   }
   /* on the stack: [scratch,] plaintext, resource */

@@ -144,6 +144,22 @@ describe("client:parse_notification", function()
     assert.is_false(called)
   end)
 
+  it("names an escaped event id in a long body's error (its unescaped copy outlives the parse)", function()
+    -- over 4 KiB, escaped strings are unescaped into a buffer on the Lua
+    -- stack; the error is built from that id while collections run (a read
+    -- of freed memory here is what valgrind and the sanitizers report)
+    local body = '{"id":"EV-\\u0041' .. string.rep("B", 40) .. '","summary":"' .. string.rep("x", 5000) .. '"}'
+    local pause = collectgarbage("setpause", 0)
+    finally(function() collectgarbage("setpause", pause) end)
+    for _ = 1, 200 do
+      local _ = { string.rep("z", 64) }   -- garbage for each collection to take
+      local event, err = client:open_notification(body)
+      assert.is_nil(event)
+      assert.equal("malformed", err.kind)
+      assert.equal("EV-A" .. string.rep("B", 40), err.event_id)
+    end
+  end)
+
   it("open_notification on 2,000 seeded mutations of a body: an event or nil, err (malformed | decrypt), never a raise", function()
     local _, body = callback{ envelope = envelope('"nonce":"NONCE","ciphertext":"CIPHERTEXT","associated_data":""') }
     local state, kinds = 4242, {}
