@@ -5,6 +5,7 @@
  *
  *   local names, err = core.list_dir(path)   -- its entries but . and .., in no order
  *   local temp, err = core.temp_file(path, like [, mode])   -- a new empty file, removed unless committed
+ *   local ok, err = temp:write(bytes)    -- appended, straight to its descriptor
  *   local ok, err = temp:commit(final)   -- synced, then renamed over final, whole or not at all
  */
 #include <dirent.h>
@@ -87,14 +88,17 @@ static int l_list_dir(lua_State *L) {
   return 1;
 }
 
-/* A file being written and not yet committed: its path, removed when
- * the box is collected.  A download inside nginx whose light thread is
- * killed (ngx.exit, a client abort, a worker shutting down) never resumes
- * to remove its partial file; its box is collected instead.  Only by the
- * process that made it: a child forked meanwhile closes its Lua state
- * without touching the parent's file. */
+/* A file being written and not yet committed: its path and descriptor,
+ * the file removed when the box is collected.  A download inside nginx
+ * whose light thread is killed (ngx.exit, a client abort, a worker
+ * shutting down) never resumes to remove its partial file; its box is
+ * collected instead.  Only by the process that made it: a child forked
+ * meanwhile closes its copy of the descriptor and nothing more.  Bytes go
+ * straight to the descriptor (no stdio buffer a child could flush into
+ * the parent's file, at the offset they share). */
 typedef struct {
   char *path;    /* NULL once committed or removed */
+  int fd;        /* -1 once closed */
   mode_t mode;   /* what temp:commit() gives it */
   pid_t owner;
 } temp_box;
@@ -104,6 +108,10 @@ static temp_box *check_temp(lua_State *L) {
 }
 
 static void temp_forget(temp_box *box, int remove) {
+  if (box->fd >= 0) {
+    close(box->fd);
+    box->fd = -1;
+  }
   if (!box->path) return;
   if (remove && box->owner == getpid()) unlink(box->path);
   free(box->path);
@@ -115,30 +123,60 @@ static int l_temp_gc(lua_State *L) {
   return 0;
 }
 
-/* temp:commit(final) -> true | nil, err: the written (and closed) file
- * takes the place of `final`, whole or not at all.  Its bytes reach the
- * disk before the rename, so after a crash `final` is the old file or the
- * whole new one, never a renamed file still empty; it gets its final
- * permissions after that sync (which reads it) and before the rename
- * (while written it is 0600, so a read-only file it replaces does not make
- * it unwritable); then the directory is synced so the rename lasts too
- * (best effort: some file systems refuse fsync on a directory).  On
- * failure the temporary file is removed. */
-static int l_temp_commit(lua_State *L) {
+static temp_box *check_open_temp(lua_State *L) {
   temp_box *box = check_temp(L);
+  luaL_argcheck(L, box->path != NULL, 1, "the temporary file was already committed or removed");
+  luaL_argcheck(L, box->owner == getpid(), 1, "the temporary file belongs to the process that made it");
+  return box;
+}
+
+static int temp_failure(lua_State *L, temp_box *box, const char *what, int saved) {
+  lua_pushnil(L);
+  lua_pushfstring(L, what, box->path, strerror(saved));
+  return 2;
+}
+
+/* temp:write(bytes) -> true | nil, err: all of bytes, appended. */
+static int l_temp_write(lua_State *L) {
+  temp_box *box = check_open_temp(L);
+  size_t len;
+  const char *bytes = luaL_checklstring(L, 2, &len);
+  while (len > 0) {
+    ssize_t n = write(box->fd, bytes, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return temp_failure(L, box, "cannot write %s: %s", errno);
+    }
+    bytes += n;
+    len -= (size_t)n;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* temp:commit(final) -> true | nil, err: the written file takes the place
+ * of `final`, whole or not at all.  Its bytes reach the disk before the
+ * rename, so after a crash `final` is the old file or the whole new one,
+ * never a renamed file still empty; it gets its final permissions before
+ * the rename (while written it is 0600, so a read-only file it replaces
+ * does not make it unwritable); then the directory is synced so the rename
+ * lasts too (best effort: some file systems refuse fsync on a directory).
+ * On failure the temporary file is removed. */
+static int l_temp_commit(lua_State *L) {
+  temp_box *box = check_open_temp(L);
   size_t len;
   const char *final = luaL_checklstring(L, 2, &len);
   const char *slash;
   const char *failed = NULL;
-  int saved = 0;
-  luaL_argcheck(L, box->path != NULL, 1, "the temporary file was already committed or removed");
+  int rc, saved = 0;
   luaL_argcheck(L, len > 0 && !memchr(final, '\0', len), 2, "a file path without NUL bytes expected");
-  if ((saved = sync_path(box->path)) != 0) failed = "cannot sync %s to disk: %s";
-  else if (chmod(box->path, box->mode) != 0) saved = errno, failed = "cannot set the permissions of %s: %s";
+  do rc = fsync(box->fd); while (rc != 0 && errno == EINTR);
+  if (rc != 0) saved = errno, failed = "cannot sync %s to disk: %s";
+  else if (fchmod(box->fd, box->mode) != 0) saved = errno, failed = "cannot set the permissions of %s: %s";
+  else if ((rc = close(box->fd), box->fd = -1, rc) != 0) saved = errno, failed = "cannot write %s: %s";
   else if (rename(box->path, final) != 0) saved = errno, failed = "cannot rename %s into place: %s";
   if (failed) {
-    lua_pushnil(L);
-    lua_pushfstring(L, failed, box->path, strerror(saved));
+    temp_failure(L, box, failed, saved);
     temp_forget(box, 1);
     return 2;
   }
@@ -164,12 +202,11 @@ static int l_temp_remove(lua_State *L) {
 
 /* core.temp_file(path [, like [, mode]]) -> temp | nil, err
  * Creates path, which must not exist, empty and 0600 whatever the umask
- * (nginx runs with umask 0).  temp:commit() then gives it the permissions of
- * the regular file `like` when there is one (the file it will replace; a
- * symbolic link there is replaced, not followed), else `mode` (default
- * 0600: a bill holds orders and openids).  Refuses a `like` that is a
- * directory.  Write it with io.open(path, "wb"), which keeps the
- * permissions, close it, then temp:commit(final). */
+ * (nginx runs with umask 0), open for temp:write(bytes).  temp:commit(final)
+ * then gives it the permissions of the regular file `like` when there is
+ * one (the file it will replace; a symbolic link there is replaced, not
+ * followed), else `mode` (default 0600: a bill holds orders and openids),
+ * and renames it over final.  Refuses a `like` that is a directory. */
 static int l_temp_file(lua_State *L) {
   size_t len;
   const char *path = luaL_checklstring(L, 1, &len);
@@ -178,7 +215,7 @@ static int l_temp_file(lua_State *L) {
   mode_t mode;
   struct stat st;
   temp_box *box;
-  int fd, saved;
+  int saved;
   luaL_argcheck(L, len > 0 && !memchr(path, '\0', len), 1, "a file path without NUL bytes expected");
   luaL_argcheck(L, given >= 0 && given <= 0777, 3, "permissions from 0 to 0777 expected");
   mode = (mode_t)given;
@@ -192,14 +229,15 @@ static int l_temp_file(lua_State *L) {
   }
   box = (temp_box *)lua_newuserdata(L, sizeof *box);   /* box first ... */
   box->path = NULL;
+  box->fd = -1;
   box->mode = mode;
   box->owner = getpid();
   wp_set_class(L, &temp_class_tag);
   box->path = (char *)malloc(len + 1);
   if (!box->path) return luaL_error(L, "not enough memory");
   memcpy(box->path, path, len + 1);
-  do fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); while (fd < 0 && errno == EINTR);
-  if (fd < 0) {                                        /* ... then acquire */
+  do box->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); while (box->fd < 0 && errno == EINTR);
+  if (box->fd < 0) {                                   /* ... then acquire */
     saved = errno;
     free(box->path);
     box->path = NULL;
@@ -208,15 +246,13 @@ static int l_temp_file(lua_State *L) {
     return 2;
   }
   /* 0600 whatever the umask took away or let through */
-  if (fchmod(fd, 0600) != 0) {
+  if (fchmod(box->fd, 0600) != 0) {
     saved = errno;
-    close(fd);
-    temp_forget(box, 1);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot set the permissions of %s: %s", path, strerror(saved));
+    temp_forget(box, 1);
     return 2;
   }
-  close(fd);
   return 1;
 }
 
@@ -233,6 +269,7 @@ void wp_open_fs(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg temp_methods[] = {
+    {"write", l_temp_write},
     {"commit", l_temp_commit},
     {"remove", l_temp_remove},
     {NULL, NULL}

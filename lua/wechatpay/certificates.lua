@@ -169,23 +169,14 @@ function DirStore:save(serial, pem)
   local temp = ("%s/.wechatpay_%s.pem.%s.tmp"):format(self.path, serial, core.nonce(16))
   local guard, err = core.temp_file(temp, final, tonumber("644", 8))
   if not guard then return nil, tostring(err) end
-  local f
-  f, err = io.open(temp, "wb")
-  if not f then
+  local written, werr = guard:write(pem)
+  if not written then
     guard:remove()
-    return nil, "cannot write " .. temp .. ": " .. tostring(err)
-  end
-  local ok, werr = f:write(pem)
-  local closed, cerr = f:close()
-  if not ok or not closed then
-    guard:remove()
-    return nil, "cannot write " .. temp .. ": " .. tostring(werr or cerr)
+    return nil, werr
   end
   -- synced before it is renamed into place, as a bill is: after a crash
   -- the file is whole or absent, never an empty one that loads as nothing
-  local committed, merr = guard:commit(final)
-  if not committed then return nil, merr end
-  return true
+  return guard:commit(final)
 end
 
 local DictStore = {}

@@ -123,7 +123,7 @@ end
 
 -- A file sink: a temporary file beside `to`, renamed over it by commit.
 -- It is made 0600 (or with the permissions of the bill it replaces), and
--- removed when its owner is collected without having kept it: a download
+-- removed when its owner is collected without having committed it: a download
 -- inside nginx can be killed where no Lua code runs again.
 local function file_sink(to)
   local dir = to:match("^(.*/)") or ""
@@ -132,30 +132,21 @@ local function file_sink(to)
   local suffix = core.random_bytes(6):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
   local temp = dir .. "." .. name .. "." .. suffix .. ".part"
   local guard, err = core.temp_file(temp, to)
-  local file
-  if guard then file, err = io.open(temp, "wb") end
-  if not file then
-    if guard then guard:remove() end
+  if not guard then
     return nil, errors.new("file", "cannot write the bill to " .. to .. ": " .. tostring(err) .. "; nothing was sent")
   end
   local sink = { path = to, temp = temp, guard = guard }
   function sink.write(bytes)
-    local ok, werr = file:write(bytes)
-    if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(werr) end
-    return true
+    return guard:write(bytes)
   end
   -- temp:commit: synced, given its final permissions, renamed over `to`
   -- (a crash leaves the old bill or the whole new one), the directory synced
   function sink.commit()
-    local ok, cerr = file:close()
-    file = nil
-    if not ok then return nil, "cannot write " .. temp .. ": " .. tostring(cerr) end
-    local committed, err = guard:commit(to)
-    if not committed then return nil, "cannot put the bill at " .. to .. ": " .. err end
+    local committed, cerr = guard:commit(to)
+    if not committed then return nil, "cannot put the bill at " .. to .. ": " .. cerr end
     return true
   end
   function sink.abort()
-    if file then file:close() file = nil end
     guard:remove()
   end
   return sink
