@@ -459,6 +459,103 @@ describe("the certificate manager", function()
     assert.equal(2, #fetches)
   end)
 
+  -- A certificate made by luaossl (not ours), valid from `from` to `to` (unix seconds) -> pem, serial
+  local function certificate(from, to)
+    local openssl_pkey, x509 = require("openssl.pkey"), require("openssl.x509")
+    local bignum, name = require("openssl.bignum"), require("openssl.x509.name")
+    local k = openssl_pkey.new{ type = "RSA", bits = 2048 }
+    local cert = x509.new()
+    local serial = ("%X"):format(math.random(0x10000000, 0x7FFFFFFF)) .. "5157F09E"
+    cert:setVersion(3)
+    cert:setSerial(bignum.new("0x" .. serial))
+    local subject = name.new()
+    subject:add("CN", "wechatpay-spec")
+    cert:setSubject(subject)
+    cert:setIssuer(subject)
+    cert:setLifetime(from, to)
+    cert:setPublicKey(k)
+    cert:sign(k)
+    return tostring(cert), serial
+  end
+
+  it("an expired certificate is neither kept from a download nor loaded from a store", function()
+    local now = os.time()
+    local old_pem, old_serial = certificate(now - 10 * 86400, now - 86400)
+    local new_pem, new_serial = certificate(now - 86400, now + 86400)
+    local store = certificates.shared_dict_store(fake_dict())
+    assert.is_true(store:save(old_serial, old_pem))
+    local m = certificates.manager{
+      keys = {}, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB", store = store,
+      fetch = function() return promise.new() end,
+    }
+    assert.same({}, m.keys)                       -- the store's expired one: not loaded
+    local key = require("wechatpay.key")
+    local old_key, new_key = assert(key.public(old_pem)), assert(key.public(new_pem))
+    assert.equal(1, m:accept{
+      { serial = old_serial, key = old_key, pem = old_pem, not_after = old_key:certificate().not_after },
+      { serial = new_serial, key = new_key, pem = new_pem, not_after = new_key:certificate().not_after },
+    })
+    assert.is_nil(m.keys[old_serial])
+    assert.equal(new_key, m.keys[new_serial])
+    assert.matches(old_serial .. " expired: not kept", m.last_error, 1, true)
+    assert.is_true(certificates.expired(old_key:certificate()))
+    assert.is_false(certificates.expired(new_key:certificate()))
+  end)
+
+  it("shared store: an unknown serial downloads once a minute per merchant, not once per worker", function()
+    local store = certificates.shared_dict_store(fake_dict())
+    local fetches = {}
+    local function worker()
+      return certificates.manager{
+        keys = {}, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB", store = store,
+        fetch = function() local p = promise.new(); fetches[#fetches + 1] = p; return p end,
+      }
+    end
+    local a, b = worker(), worker()
+    assert.is_true(a:wants(UNKNOWN))
+    a:refresh_async(nil, true)
+    assert.equal(1, #fetches)
+    fetches[1]:resolve({ certificates = {} })
+    -- another worker, another made-up serial, within the minute: no download
+    assert.is_true(b:wants(UNKNOWN))
+    assert.equal("fulfilled", b:refresh_async(nil, true).state)
+    assert.equal(1, #fetches)
+    -- an explicit refresh is not an automatic one
+    b:refresh_async(nil, false)
+    assert.equal(2, #fetches)
+  end)
+
+  it("a store whose optional methods raise: the refresh goes on without them, and says why", function()
+    local store = certificates.shared_dict_store(fake_dict())
+    for _, method in ipairs{ "lock", "unlock", "locked", "age", "claim_auto" } do
+      store[method] = function() error("redis: connection refused") end
+    end
+    local fetches = {}
+    local m = certificates.manager{
+      keys = {}, apiv3_key = function() return ("a"):rep(32) end, merchant_serial = "AB", store = store,
+      fetch = function() local p = promise.new(); fetches[#fetches + 1] = p; return p end,
+    }
+    local ok, wants = pcall(m.wants, m, UNKNOWN)
+    assert.is_true(ok, tostring(wants))
+    assert.is_true(wants)
+    local refreshed, p = pcall(m.refresh_async, m, nil, true, 600)
+    assert.is_true(refreshed, tostring(p))
+    assert.equal(1, #fetches)
+    assert.matches("the certificate store's [%w_]+ failed: .*redis: connection refused", m.last_error)
+    assert.is_true(pcall(fetches[1].resolve, fetches[1], { certificates = {} }))
+    assert.equal("fulfilled", p.state)
+  end)
+
+  it("after WeChat Pay's 404 for a public-key-only merchant, no refresh downloads again, explicit or not", function()
+    local m, _, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = true })
+    m:refresh_async()
+    fetches[1]:reject(require("wechatpay.errors").new("http", certificates.NO_CERTIFICATES, { status = 404 }))
+    assert.is_true(m.public_key_only)
+    assert.equal("fulfilled", m:refresh_async().state)
+    assert.equal("fulfilled", m:refresh_async(nil, false, 600).state)
+    assert.equal(1, #fetches)
+  end)
+
   it("a failed refresh keeps every key", function()
     local m, _, fetches = manager({ PUB_KEY_ID_0114232134912410000000000000 = "k1", ["5157F09E"] = "k2" })
     m:refresh_async()

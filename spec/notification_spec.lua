@@ -358,6 +358,14 @@ describe("notification.handle", function()
       "notification.handle: dedupe must be a store with claim, finish and release (or false)")
     assert.has_error(function() handle(client, headers, body, handler, { dedup = false }) end,
       "notification.handle: unknown option 'dedup'")
+    -- 0 would be "never expires" in a shared dict and "already expired" in the LRU
+    for _, bad in ipairs{ { claim_ttl = 0 }, { done_ttl = -1 }, { claim_ttl = "60" }, { done_ttl = math.huge },
+      { claim_ttl = 0 / 0 } } do
+      local name = next(bad)
+      assert.has_error(function() handle(client, headers, body, handler, bad) end,
+        ("notification.handle: %s must be a positive number of seconds, got %s"):format(name, tostring(bad[name])))
+    end
+    assert.equal(0, calls - 2)
   end)
 end)
 

@@ -1,5 +1,9 @@
---- Platform certificates (PROTOCOL.md sections 3 and 6): the download of
--- GET /v3/certificates, where they are kept, and when they are refreshed.
+--- Platform certificates: the download of GET /v3/certificates, where they
+-- are kept, and when they are refreshed.  WeChat Pay signs with one of two
+-- overlapping certificates and rotates before the older expires; a
+-- merchant on a WeChat Pay public key (PUB_KEY_ID_...) has none, and the
+-- download answers it 404 "无可用的平台证书".  An expired certificate is
+-- neither kept nor trusted.
 --
 -- A download is trusted because each certificate is sealed with the APIv3
 -- key (AES-256-GCM authenticates it) and the response is signed by one of
@@ -13,6 +17,9 @@
 --   store:locked() -> boolean         (optional)   another process downloads now
 --   store:stamp()                     (optional)   a download just ended well
 --   store:age() -> seconds | nil      (optional)   since the last stamp
+--   store:claim_auto(ttl) -> boolean  (optional)   true for one automatic refresh per ttl, among all
+--                                                   that share the store (a forged callback's unknown
+--                                                   serial starts one in whichever worker it reaches)
 --   certificates.dir_store(path)             files wechatpay_<serial>.pem, written atomically
 --   certificates.shared_dict_store(ngx.shared.NAME)   every nginx worker of one server
 -- Without a store the certificates are kept in the client only.
@@ -43,6 +50,19 @@ end
 
 local function is_serial(id)
   return type(id) == "string" and id:find("^%x+$") ~= nil and #id <= 64
+end
+
+-- wall-clock seconds: every worker reads the same clock
+local function wall_now()
+  if type(ngx) == "table" and type(ngx.now) == "function" then return ngx.now() end
+  return os.time()
+end
+
+--- expired(cert [, now]) -> true when a certificate (a download's entry or
+-- key:certificate()) is past its not_after: WeChat Pay signs with it no
+-- more, so it is neither kept nor trusted.
+function certificates.expired(cert, now)
+  return cert.not_after < (now or wall_now())
 end
 
 -- ---- one download ------------------------------------------------------------------
@@ -106,7 +126,8 @@ function certificates.check_download(apiv3_key, known, raw, target, merchant_ser
       return nil, err
     end
     list[#list + 1] = cert
-    keys[cert.serial] = keys[cert.serial] or cert.key
+    -- an expired one is listed (to be reported) but verifies nothing
+    if not certificates.expired(cert) then keys[cert.serial] = keys[cert.serial] or cert.key end
   end
   local ok, reason = verify.signed(keys, res.headers, res.body)
   if not ok then
@@ -229,14 +250,15 @@ function DictStore:unlock()
   self.dict:delete(self.prefix .. "lock")
 end
 
-function DictStore:locked()
-  return self.dict:get(self.prefix .. "lock") ~= nil
+-- The dict's one automatic refresh a minute: an entry that expires, never
+-- deleted early, so no worker downloads for an unknown serial within a
+-- minute of another's.
+function DictStore:claim_auto(ttl)
+  return (self.dict:add(self.prefix .. "auto", true, ttl)) and true or false
 end
 
--- wall-clock seconds: every worker reads the same clock
-local function wall_now()
-  if type(ngx) == "table" and type(ngx.now) == "function" then return ngx.now() end
-  return os.time()
+function DictStore:locked()
+  return self.dict:get(self.prefix .. "lock") ~= nil
 end
 
 function DictStore:stamp()
@@ -275,9 +297,23 @@ function certificates.manager(opts)
   return self
 end
 
--- Adds a certificate unless its serial is known; true when added.
+-- A store's optional method (a Redis-backed store may raise on a broken
+-- connection): -> its result, or nil, true when it raised (kept in
+-- last_error).  An unknown serial in a forged callback reaches these: the
+-- caller gets nil, err, never the store's raise.
+function Manager:ask_store(method, ...)
+  local ok, result = pcall(self.store[method], self.store, ...)
+  if ok then return result end
+  if errors.is_interrupt(result) then error(result, 0) end
+  self.last_error = ("the certificate store's %s failed: %s"):format(method, tostring(result))
+  return nil, true
+end
+
+-- Adds a certificate unless its serial is known or it has expired; true when added.
 function Manager:add(serial, loaded)
   if self.keys[serial] or serial == self.merchant_serial then return false end
+  local cert = loaded:certificate()
+  if cert and certificates.expired(cert) then return false end
   self.keys[serial] = loaded
   return true
 end
@@ -358,7 +394,7 @@ function Manager:wants(err)
   if not self:enabled() then return false end
   -- joining a download, or waiting for another worker's, costs no download
   if self:running() or self.awaiting > 0 then return true end
-  if self.store and self.store.locked and self.store:locked() then return true end
+  if self.store and self.store.locked and self:ask_store("locked") then return true end
   return not self.last_auto or self.clock() - self.last_auto >= certificates.MIN_INTERVAL
 end
 
@@ -366,11 +402,15 @@ end
 function Manager:accept(list)
   local added = 0
   for _, cert in ipairs(list) do
-    if self:add(cert.serial, cert.key) then added = added + 1 end
-    if self.store then
-      -- the client has it either way; the stats say the store does not
-      local saved, err = self.store:save(cert.serial, cert.pem)
-      if not saved then self.last_error = "kept in memory; the store did not keep it safely: " .. tostring(err) end
+    if certificates.expired(cert) then
+      self.last_error = ("certificate %s expired: not kept"):format(cert.serial)
+    else
+      if self:add(cert.serial, cert.key) then added = added + 1 end
+      if self.store then
+        -- the client has it either way; the stats say the store does not
+        local saved, err = self.store:save(cert.serial, cert.pem)
+        if not saved then self.last_error = "kept in memory; the store did not keep it safely: " .. tostring(err) end
+      end
     end
   end
   self.last_refresh = self.clock()
@@ -388,7 +428,7 @@ function Manager:await_store()
   local sleep = self.sleeper and self.sleeper()
   if sleep and self.store.locked then
     for _ = 1, math.ceil(certificates.LOCK_WAIT / LOCK_STEP) do
-      if not self.store:locked() then break end
+      if not self:ask_store("locked") then break end
       sleep(LOCK_STEP)
     end
   end
@@ -405,18 +445,23 @@ end
 function Manager:refresh_async(driver, auto, max_age)
   local running = self:running()
   if running then return running end
+  -- WeChat Pay has said (404) it has no certificates for this merchant
+  if self.public_key_only then return promise.resolved(0, driver) end
   if auto then self.last_auto = self.clock() end
   if self.store then
     local loaded = self:load_store()
     -- another worker or process brought new certificates since this one
     -- last looked: what an automatic refresh is for, without a download
     if auto and loaded > 0 then return promise.resolved(loaded, driver) end
-    local age = max_age and self.store.age and self.store:age()
+    local age = max_age and self.store.age and self:ask_store("age")
     if age and age < max_age then
       self.last_refresh = self.clock()
       return promise.resolved(loaded, driver)
     end
-    if self.store.lock and not self.store:lock(certificates.MIN_INTERVAL) then
+    local locked, broken
+    if self.store.lock then locked, broken = self:ask_store("lock", certificates.MIN_INTERVAL) end
+    -- a store whose lock raised is passed by: a download without it
+    if self.store.lock and not locked and not broken then
       -- another worker downloads; its certificates arrive through the store
       self.last_attempt = self.clock()
       self.awaiting = self.awaiting + 1
@@ -430,9 +475,16 @@ function Manager:refresh_async(driver, auto, max_age)
       -- between the look above and taking the lock: look again
       local late = self:load_store()
       if late > 0 then
-        self.store:unlock()
+        if locked then self:ask_store("unlock") end
         return promise.resolved(loaded + late, driver)
       end
+    end
+    -- at most one automatic download a minute per merchant, not per
+    -- worker: forged callbacks with made-up serials reach every worker.
+    -- Asked once the lock is taken, so a download in flight is waited for.
+    if auto and self.store.claim_auto and self:ask_store("claim_auto", certificates.MIN_INTERVAL) == false then
+      if locked then self:ask_store("unlock") end
+      return promise.resolved(loaded, driver)
     end
   end
   self.last_attempt = self.clock()
@@ -446,7 +498,7 @@ function Manager:refresh_async(driver, auto, max_age)
     -- a stale download that settles after all no longer owns the lock
     if self.inflight ~= p and p ~= nil then return end
     self.inflight = nil
-    if self.store and self.store.unlock then self.store:unlock() end
+    if self.store and self.store.unlock then self:ask_store("unlock") end
   end
   p = self.fetch(check):next(function(res)
     self.last_error = nil

@@ -1,4 +1,4 @@
---- Bill downloads (PROTOCOL.md section 8): what to fetch, where it may be
+--- Bill downloads: what to fetch, where it may be
 -- fetched from, and the consumer that inflates, hashes and stores the
 -- bytes as they arrive, so a bill never sits whole in memory.
 --

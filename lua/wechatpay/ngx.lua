@@ -93,6 +93,7 @@ function M.notification(client, handler, opts)
     end
     if name ~= "max_body" and name ~= "log" then handle_opts[name] = value end
   end
+  notification.check_ttls(opts, "wechatpay.ngx.notification")
   local max = opts.max_body or M.MAX_BODY
   if type(max) ~= "number" or max < 1 then errors.raise("wechatpay.ngx.notification: max_body must be a positive number") end
   local body, refused = read_body(max)

@@ -6,7 +6,7 @@
 --     -- mark paid, grant...; true when handled, false/nil or an error when not
 --   end, { dedupe = store })
 --
--- Order (PROTOCOL.md section 5): verify the raw body bytes as a response is
+-- Order (as WeChat Pay documents it): verify the raw body bytes as a response is
 -- verified, then decode the JSON, then decrypt the resource with the
 -- APIv3 key.  Uses only the client's public methods (verify,
 -- open_notification).
@@ -56,6 +56,19 @@ end
 
 local HANDLE_OPTIONS = { dedupe = true, claim_ttl = true, done_ttl = true }
 
+--- check_ttls(opts, where): claim_ttl and done_ttl, when given, are seconds
+-- above zero and finite: a shared dict reads 0 as "never expires" (a
+-- crashed handler's claim would hold its event for ever), the LRU as
+-- "expired at once" (two deliveries at once would both run the handler).
+function notification.check_ttls(opts, where)
+  for _, name in ipairs{ "claim_ttl", "done_ttl" } do
+    local value = opts[name]
+    if value ~= nil and (type(value) ~= "number" or not (value > 0) or value == math.huge) then
+      errors.raise(("%s: %s must be a positive number of seconds, got %s"):format(where, name, tostring(value)))
+    end
+  end
+end
+
 local function store_of(client, opts)
   if opts.dedupe ~= nil then
     if opts.dedupe == false then return nil end
@@ -103,6 +116,7 @@ function notification.handle(client, headers, raw_body, handler, opts)
   for name in pairs(opts) do
     if not HANDLE_OPTIONS[name] then errors.raise(("notification.handle: unknown option '%s'"):format(tostring(name))) end
   end
+  notification.check_ttls(opts, "notification.handle")
   local event, err = notification.parse(client, headers, raw_body)
   if not event then
     if err.kind == "verify" then
