@@ -83,6 +83,7 @@ typedef struct transfer {
   int finished;     /* waiting to be reported by perform() */
   int too_large;
   int head_ended;   /* the last header line was the blank one closing a block */
+  int body_seen;    /* body bytes came: header lines after them are trailers */
   int inherited;    /* made before a fork: the easy handle is the parent's */
   int stream;       /* submitted with stream = true */
   int streaming;    /* its answer is a 2xx: the body goes out in chunks */
@@ -165,6 +166,7 @@ static void buffer_free(buffer *b) {
 static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
   transfer *t = (transfer *)userdata;
   size_t len = size * n;
+  if (len > 0) t->body_seen = 1;
   if (t->stream && !t->streaming) {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -183,10 +185,16 @@ static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
 static size_t on_header(char *data, size_t size, size_t n, void *userdata) {
   transfer *t = (transfer *)userdata;
   size_t len = size * n;
-  /* A status line that opens a new block (after a 1xx answer or a proxy's
-   * CONNECT answer) starts afresh; a header line that merely begins with
-   * "HTTP/" inside a block does not wipe the lines before it. */
-  if (t->head_ended && len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  /* After a block has ended, only a status line opens another (after a 1xx
+   * answer or a proxy's CONNECT answer), and none once body bytes came:
+   * anything else there is a chunked body's trailer, which is not a
+   * header of the answer (it could join onto a signed header, or wipe
+   * them all by beginning with "HTTP/").  A header line that merely begins
+   * with "HTTP/" inside a block does not wipe the lines before it. */
+  if (t->head_ended) {
+    if (t->body_seen || len < 5 || memcmp(data, "HTTP/", 5) != 0) return len;
+    t->head.len = 0;
+  }
   t->head_ended = (len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n');
   return buffer_append(&t->head, data, len) == 0 ? len : 0;
 }
@@ -255,7 +263,7 @@ static void transfer_release(session *s, transfer *t) {
   buffer_free(&t->head);
   t->finished = 0;
   t->too_large = 0;
-  t->head_ended = 0;
+  t->head_ended = t->body_seen = 0;
   t->forked = 0;
   t->stream = t->streaming = t->paused = t->dropping = 0;
   t->id = 0;

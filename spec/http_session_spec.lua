@@ -71,6 +71,20 @@ describe("core.http_session", function()
       assert.equal("2", res.headers["content-length"])
     end)
 
+    it("keeps a chunked body's trailers out of the headers: none joins a header, none wipes them", function()
+      local res = exchange({}, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nRequest-ID: abc\r\n"
+        .. "Trailer: Request-ID\r\n\r\n2\r\nok\r\n0\r\nRequest-ID: evil\r\nX-Trailer: 1\r\n\r\n")
+      assert.equal(200, res.status)
+      assert.equal("ok", res.body)
+      assert.equal("abc", res.headers["request-id"])
+      assert.is_nil(res.headers["x-trailer"])
+      res = exchange({}, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nWechatpay-Serial: PUB_KEY_ID_1\r\n"
+        .. "\r\n2\r\nok\r\n0\r\nHTTP/1.1-Trailer: x\r\nX-T: 1\r\n\r\n")
+      assert.equal(200, res.status)
+      assert.equal("PUB_KEY_ID_1", res.headers["wechatpay-serial"])
+      assert.is_nil(res.headers["x-t"])
+    end)
+
     it("starts afresh with the status line after a 100 Continue", function()
       local res = exchange({}, "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
         .. "HTTP/1.1 200 OK\r\nX-Final: 1\r\nContent-Length: 2\r\n\r\nok")
