@@ -4,8 +4,9 @@
 --
 --   lua5.4 examples/grant_multiuse_coupon.lua --mock     against the built-in mock (make demo)
 --   lua5.4 examples/grant_multiuse_coupon.lua            against WeChat Pay, configured by:
---     WECHATPAY_MCHID, WECHATPAY_SERIAL, WECHATPAY_PRIVATE_KEY (file:///...apiclient_key.pem),
---     WECHATPAY_PUBLIC_KEY_ID (PUB_KEY_ID_...), WECHATPAY_PUBLIC_KEY (file:///...pub_key.pem),
+--     the variables bin/wechatpay reads (README "The wechatpay command"): WECHATPAY_MCHID,
+--     WECHATPAY_PRIVATE_KEY (/path/apiclient_key.pem), WECHATPAY_MERCHANT_CERT (or WECHATPAY_SERIAL),
+--     WECHATPAY_PUBLIC_KEY_ID (PUB_KEY_ID_...), WECHATPAY_PUBLIC_KEY (/path/pub_key.pem),
 --     GRANT_STOCK_ID, GRANT_APPID, GRANT_OPENID, GRANT_NAME, GRANT_ID_CARD
 local wechatpay = require("wechatpay")
 
@@ -16,6 +17,23 @@ local function env(name)
     os.exit(2)
   end
   return value
+end
+
+-- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+-- variables, a key's value a path (or file://..., or the PEM text); the serial is
+-- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
+local function configured_options()
+  local config = require("wechatpay.cli.config")
+  local profile, err = config.load()
+  err = err or profile.apiv3_key_error
+  if not err and profile.options.mchid == nil then
+    err = "WECHATPAY_MCHID is not set: configure as for bin/wechatpay (bin/wechatpay --help), or run with --mock"
+  end
+  if err then
+    io.stderr:write(err, "\n")
+    os.exit(2)
+  end
+  return config.client_options(profile), profile
 end
 
 local client, users, stock_id, appid, server
@@ -35,12 +53,7 @@ if arg[1] == "--mock" then
   table.sort(users, function(a, b) return a.openid < b.openid end)
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
-  client = wechatpay.new{
-    mchid = env("WECHATPAY_MCHID"),
-    serial = env("WECHATPAY_SERIAL"),
-    private_key = env("WECHATPAY_PRIVATE_KEY"),
-    certs = { [env("WECHATPAY_PUBLIC_KEY_ID")] = env("WECHATPAY_PUBLIC_KEY") },
-  }
+  client = wechatpay.new((configured_options()))
   users = { { openid = env("GRANT_OPENID"), name = env("GRANT_NAME"), id_card = env("GRANT_ID_CARD") } }
   stock_id, appid = env("GRANT_STOCK_ID"), env("GRANT_APPID")
 end

@@ -3,9 +3,10 @@
 --
 --   lua5.4 examples/send_red_packet.lua --mock     against the built-in mock (make demo)
 --   lua5.4 examples/send_red_packet.lua            against WeChat Pay, configured by:
---     WECHATPAY_MCHID, WECHATPAY_SERIAL, WECHATPAY_PRIVATE_KEY (file:///...apiclient_key.pem),
---     WECHATPAY_CERT (file:///...apiclient_cert.pem), WECHATPAY_PUBLIC_KEY_ID, WECHATPAY_PUBLIC_KEY,
---     WECHATPAY_APIV2_KEY_FILE (a file holding the 32-character APIv2 key), REDPACK_APPID, REDPACK_OPENID
+--     the variables bin/wechatpay reads (README "The wechatpay command"): WECHATPAY_MCHID,
+--     WECHATPAY_PRIVATE_KEY (/path/apiclient_key.pem), WECHATPAY_MERCHANT_CERT (/path/apiclient_cert.pem,
+--     presented for mutual TLS), WECHATPAY_PUBLIC_KEY_ID, WECHATPAY_PUBLIC_KEY (/path/pub_key.pem);
+--     and WECHATPAY_APIV2_KEY_FILE (a file holding the 32-character APIv2 key), REDPACK_APPID, REDPACK_OPENID
 local wechatpay = require("wechatpay")
 
 local function env(name)
@@ -15,6 +16,23 @@ local function env(name)
     os.exit(2)
   end
   return value
+end
+
+-- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+-- variables, a key's value a path (or file://..., or the PEM text); the serial is
+-- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
+local function configured_options()
+  local config = require("wechatpay.cli.config")
+  local profile, err = config.load()
+  err = err or profile.apiv3_key_error
+  if not err and profile.options.mchid == nil then
+    err = "WECHATPAY_MCHID is not set: configure as for bin/wechatpay (bin/wechatpay --help), or run with --mock"
+  end
+  if err then
+    io.stderr:write(err, "\n")
+    os.exit(2)
+  end
+  return config.client_options(profile), profile
 end
 
 local client, server, appid, openid
@@ -29,17 +47,14 @@ if arg[1] == "--mock" then
   appid, openid = "wx2421b1c4370ec43b", "oxTWIuGaIt6gTKsQRLau2M0yL16E"
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
-  local f = assert(io.open(env("WECHATPAY_APIV2_KEY_FILE"), "rb"))
-  local apiv2_key = f:read("*a"):gsub("%s", "")
-  f:close()
-  client = wechatpay.new{
-    mchid = env("WECHATPAY_MCHID"),
-    serial = env("WECHATPAY_SERIAL"),
-    private_key = env("WECHATPAY_PRIVATE_KEY"),
-    certs = { [env("WECHATPAY_PUBLIC_KEY_ID")] = env("WECHATPAY_PUBLIC_KEY") },
-    apiv2_key = apiv2_key,
-    merchant_cert = env("WECHATPAY_CERT"),
-  }
+  local options, profile = configured_options()
+  options.merchant_cert = profile.merchant_cert or env("WECHATPAY_MERCHANT_CERT")
+  if options.apiv2_key == nil then   -- a config file may hold apiv2_key itself
+    local f = assert(io.open(env("WECHATPAY_APIV2_KEY_FILE"), "rb"))
+    options.apiv2_key = f:read("*a"):gsub("%s", "")
+    f:close()
+  end
+  client = wechatpay.new(options)
   appid, openid = env("REDPACK_APPID"), env("REDPACK_OPENID")
 end
 

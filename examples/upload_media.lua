@@ -5,18 +5,27 @@
 --
 --   lua5.4 examples/upload_media.lua --mock     against the built-in mock (make demo)
 --   lua5.4 examples/upload_media.lua            against WeChat Pay, configured by:
---     WECHATPAY_MCHID, WECHATPAY_SERIAL, WECHATPAY_PRIVATE_KEY (file:///...apiclient_key.pem),
---     WECHATPAY_PUBLIC_KEY_ID (PUB_KEY_ID_...), WECHATPAY_PUBLIC_KEY (file:///...pub_key.pem),
+--     the variables bin/wechatpay reads (README "The wechatpay command"): WECHATPAY_MCHID,
+--     WECHATPAY_PRIVATE_KEY (/path/apiclient_key.pem), WECHATPAY_MERCHANT_CERT (or WECHATPAY_SERIAL),
+--     WECHATPAY_PUBLIC_KEY_ID (PUB_KEY_ID_...), WECHATPAY_PUBLIC_KEY (/path/pub_key.pem),
 --     and optionally UPLOAD_FILE (a JPEG, PNG or BMP of at most 2 MB; default: the drawn PNG)
 local wechatpay = require("wechatpay")
 
-local function env(name)
-  local value = os.getenv(name)
-  if not value or value == "" then
-    io.stderr:write("missing environment variable ", name, " (or run with --mock)\n")
+-- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+-- variables, a key's value a path (or file://..., or the PEM text); the serial is
+-- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
+local function configured_options()
+  local config = require("wechatpay.cli.config")
+  local profile, err = config.load()
+  err = err or profile.apiv3_key_error
+  if not err and profile.options.mchid == nil then
+    err = "WECHATPAY_MCHID is not set: configure as for bin/wechatpay (bin/wechatpay --help), or run with --mock"
+  end
+  if err then
+    io.stderr:write(err, "\n")
     os.exit(2)
   end
-  return value
+  return config.client_options(profile), profile
 end
 
 -- ---- a PNG, drawn here: zlib's stored (uncompressed) blocks need no library
@@ -105,12 +114,7 @@ if arg[1] == "--mock" then
   client = server:client()
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
-  client = wechatpay.new{
-    mchid = env("WECHATPAY_MCHID"),
-    serial = env("WECHATPAY_SERIAL"),
-    private_key = env("WECHATPAY_PRIVATE_KEY"),
-    certs = { [env("WECHATPAY_PUBLIC_KEY_ID")] = env("WECHATPAY_PUBLIC_KEY") },
-  }
+  client = wechatpay.new((configured_options()))
 end
 
 local png = draw_png(64, 48)

@@ -1,5 +1,5 @@
 -- wechatpay-lua: the WeChat Pay API v3 client for Lua, with a C core.
--- Debian provides the Lua dependencies as packages (lua-cjson), so an install
+-- Debian provides the Lua dependencies as packages (lua-cjson, lua-expat), so an install
 -- from this checkout is:  luarocks make --deps-mode=none rockspec/wechatpay-scm-1.rockspec
 -- This is the mbedTLS build of rockspec/wechatpay-scm-1.rockspec (which uses
 -- OpenSSL 3, several times faster at RSA signing): the same modules, the same

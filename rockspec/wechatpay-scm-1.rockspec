@@ -1,5 +1,5 @@
 -- wechatpay-lua: the WeChat Pay API v3 client for Lua, with a C core.
--- Debian provides the Lua dependencies as packages (lua-cjson), so an install
+-- Debian provides the Lua dependencies as packages (lua-cjson, lua-expat), so an install
 -- from this checkout is:  luarocks make --deps-mode=none rockspec/wechatpay-scm-1.rockspec
 -- This rock does its crypto on OpenSSL 3's libcrypto (Debian: libssl-dev).
 -- For mbedTLS instead (no OpenSSL 3 at hand, or a smaller footprint), build

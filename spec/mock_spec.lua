@@ -296,7 +296,7 @@ describe("wechatpay.mock", function()
     assert.equals(1, server:stats().grants)
   end)
 
-  it("refuses an Authorization not made as PROTOCOL.md section 1 says: nonce, timestamp, base64", function()
+  it("refuses an Authorization whose nonce is not 32 of [0-9A-Za-z], timestamp not 10 digits or base64 unpadded", function()
     local cases = {
       { { nonce = "short" }, "nonce_str in Authorization must be 32" },
       { { nonce = ("a"):rep(31) .. "-" }, "nonce_str in Authorization must be 32" },

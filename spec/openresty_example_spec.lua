@@ -86,10 +86,12 @@ describe("examples/openresty (the README's nginx.conf and handlers.lua) in a rea
     port = free_port()
     conf = replace(conf, "listen 8080;", "listen 127.0.0.1:" .. port .. ";")
     write(dir .. "/nginx.conf", conf, "644")
+    write(dir .. "/apiv3_key", server.apiv3_key, "600")
+    -- the variables bin/wechatpay reads, as the README exports them: plain paths, the serial from the certificate
     local env = {
-      WECHATPAY_MCHID = server.mchid, WECHATPAY_SERIAL = server.merchant_serial,
-      WECHATPAY_KEY_FILE = server.merchant_key_file, WECHATPAY_PUB_KEY_ID = server.platform_key_id,
-      WECHATPAY_PUB_KEY_FILE = server.platform_public_key_file, WECHATPAY_APIV3_KEY = server.apiv3_key,
+      WECHATPAY_MCHID = server.mchid, WECHATPAY_PRIVATE_KEY = server.merchant_key_file,
+      WECHATPAY_MERCHANT_CERT = server.merchant_cert_file, WECHATPAY_PUBLIC_KEY_ID = server.platform_key_id,
+      WECHATPAY_PUBLIC_KEY = server.platform_public_key_file, WECHATPAY_APIV3_KEY_FILE = dir .. "/apiv3_key",
       -- the mock's certificate names localhost, which nginx resolves by DNS
       WECHATPAY_BASE_URL = "https://localhost:" .. server.port,
     }

@@ -189,8 +189,17 @@ describe("rockspec", function()
     -- no file installed twice (luarocks renames a clash to wechatpay_mock_scm_1-...)
     assert.equal("", ossl.run("find " .. ossl.quote(tree .. "/share") .. " -name '*_scm_1-*'"))
     out = ossl.run(run .. ossl.quote('print(package.searchpath("wechatpay.mock.pki", package.path)); '
-      .. 'print(type(require("wechatpay.mock").start))'))
-    assert.equal(tree .. "/share/lua/5.4/wechatpay/mock/pki.lua\nfunction\n", out)
+      .. 'print(package.searchpath("wechatpay.mock", package.path))'))
+    assert.equal(tree .. "/share/lua/5.4/wechatpay/mock/pki.lua\n" .. tree .. "/share/lua/5.4/wechatpay/mock.lua\n", out)
+    -- the installed mock starts (its nginx worker loads the installed sources) and answers a signed call
+    out = ossl.run(run .. ossl.quote([[
+      local server = assert(require("wechatpay.mock").start{})
+      local ok, res, err = pcall(function() return server:client{ timeout = 5 }.v3.certificates:get() end)
+      server:stop()
+      assert(ok, res)
+      print(res and res.status, res and #res:json().data, err)
+    ]]))
+    assert.equal("200\t2\tnil\n", out)
 
     -- the mbedTLS build, in a tree of its own, signs too
     local tree2 = ossl.tmpdir()

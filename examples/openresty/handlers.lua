@@ -7,19 +7,18 @@ local wechatpay = require("wechatpay")
 local handlers = {}
 local client
 
---- init_by_lua: build the client (keys and CA read now, by the master).
+--- init_by_lua: build the client (keys and CA read now, by the master),
+-- configured as bin/wechatpay is: the WECHATPAY_* variables nginx.conf lets
+-- through (WECHATPAY_PRIVATE_KEY=/path/apiclient_key.pem, ...), or WECHATPAY_CONFIG.
 function handlers.init()
-  client = wechatpay.new{
-    mchid = os.getenv("WECHATPAY_MCHID"),
-    serial = os.getenv("WECHATPAY_SERIAL"),
-    private_key = "file://" .. os.getenv("WECHATPAY_KEY_FILE"),
-    certs = { [os.getenv("WECHATPAY_PUB_KEY_ID")] = "file://" .. os.getenv("WECHATPAY_PUB_KEY_FILE") },
-    apiv3_key = os.getenv("WECHATPAY_APIV3_KEY"),
-    base_url = os.getenv("WECHATPAY_BASE_URL"),   -- unset: https://api.mch.weixin.qq.com
+  local config = require("wechatpay.cli.config")
+  local profile = assert(config.load())
+  assert(not profile.apiv3_key_error, profile.apiv3_key_error)
+  client = wechatpay.new(config.client_options(profile, {
     timeout = 10,
     -- one limit for every worker of this server
     rate_limit = { calls = 1000, per = 60, shared_dict = "wechatpay" },
-  }
+  }))
 end
 
 local function reply(status, value)

@@ -8,7 +8,8 @@
 --       after claim_ttl seconds, so a crashed handler cannot block the id for
 --       ever); "busy": another delivery holds the claim; "done": handled.
 --   store:finish(id, done_ttl)   the claim becomes "done" for done_ttl seconds
---   store:release(id, token)     the claim is dropped: a redelivery runs again;
+--       (or nil, err)
+--   store:release(id, token)     the claim is dropped (or nil, err): a redelivery runs again;
 --       only the claim `token` names, when the store gave one: a handler
 --       that outlived its claim must not drop the next delivery's
 -- Two deliveries of one id at once: only one claim returns "new".

@@ -1,4 +1,5 @@
---- Media upload (PROTOCOL.md section 8): the file of a `file = {...}`
+--- Media upload (WeChat Pay takes a multipart/form-data POST of a "meta"
+-- JSON part, which alone is signed, and the file): the file of a `file = {...}`
 -- request option read, typed by its magic bytes, held to the endpoint's
 -- limits, and built into the multipart/form-data body WeChat Pay wants.
 --

@@ -24,7 +24,7 @@ exit.TABLE = [[
   5    certs: this merchant has only a WeChat Pay public key
   6    verify: the answer does not verify (or a download does not decrypt)
   7    output: certs' directory, or standard output (a full disk), cannot be written
-  8    configuration: the config file or WECHATPAY_* variables do not make a client
+  8    configuration (call, certs): the config file or WECHATPAY_* variables do not make a client
   70   internal error (a bug)
   130  interrupted
 ]]

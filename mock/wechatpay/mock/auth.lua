@@ -98,8 +98,9 @@ function auth.verify(method, request_uri, body, clock)
   end
 
   local nonce = fields.nonce_str
-  -- as PROTOCOL.md section 1 has it: a client that makes them otherwise
-  -- fails here, not first against WeChat Pay
+  -- a nonce_str of 32 characters of [0-9A-Za-z], as WeChat Pay's own SDKs
+  -- make it, and a padded standard base64 signature: a client that makes
+  -- them otherwise fails here, not first against WeChat Pay
   if #nonce ~= 32 or nonce:find("[^0-9A-Za-z]") then
     return sign_error("nonce_str in Authorization must be 32 characters of [0-9A-Za-z]",
       { field = "nonce_str", location = "Authorization" })
@@ -138,7 +139,7 @@ function auth.verify(method, request_uri, body, clock)
     })
   end
   -- A nonce signs one request: every attempt, a retry too, is signed anew
-  -- (PROTOCOL.md section 7).  One seen again within the window is a replay,
+  -- with a fresh nonce and timestamp.  One seen again within the window is a replay,
   -- refused, so a client that re-sends a signed header cannot pass.
   local fresh, err = state.dicts().nonces:add(nonce, true, WINDOW + 1)
   if not fresh and err == "exists" then

@@ -1,5 +1,8 @@
--- The seed endpoint (PROTOCOL.md section 9): grant a consumption-gold coupon,
--- and query a granted coupon. Worker side.
+-- Consumption-gold (消费金) coupons, worker side: POST
+-- /v3/multiuse/users/{openid}/coupons grants one (user_name and
+-- id_card_number RSA-OAEP encrypted with the key the Wechatpay-Serial header
+-- names; a reused out_request_no answers the first grant, or an error if the
+-- body changed), GET /v3/marketing/favor/users/{openid}/coupons/{id} queries it.
 --
 -- Real names arrive OAEP-encrypted; they are decrypted here, compared, and
 -- only a digest of them is kept (for the idempotency comparison). Plaintext is

@@ -126,7 +126,8 @@ local function bill_download(req)
   if not name or (gz ~= "" and gz ~= ".gz") or not bills.meta(state.config.dir, name) then
     return response.error(404, "RESOURCE_NOT_EXISTS", "no bill for this token")
   end
-  -- Download endpoints are not signed (PROTOCOL.md section 8).
+  -- WeChat Pay does not sign a download URL's answer (the file itself): the
+  -- client checks its bytes against the hash_value of the call that gave the URL.
   return { file = bills.file(state.config.dir, name, gz == ".gz") }
 end
 

@@ -278,15 +278,23 @@ function mock.locate_nginx(opts)
 end
 
 -- The directory holding wechatpay/mock/*.lua, so the worker loads this very copy.
+-- This file is wechatpay/mock/init.lua in the checkout, and wechatpay/mock.lua
+-- once the rock installs it (rockspec/wechatpay-mock-scm-1.rockspec).
 local function lua_root()
   local source = debug.getinfo(1, "S").source
   local path = source:sub(1, 1) == "@" and source:sub(2) or nil
   if not path then
     return nil
   end
-  local root = path:match("^(.*)/wechatpay/mock/init%.lua$")
-  if root == nil and path == "wechatpay/mock/init.lua" then
-    root = "."
+  local root
+  for _, tail in ipairs{ "wechatpay/mock/init.lua", "wechatpay/mock.lua" } do
+    if path == tail then
+      root = "."
+    elseif path:sub(-#tail - 1) == "/" .. tail then
+      root = path:sub(1, -#tail - 2)
+      if root == "" then root = "/" end
+    end
+    if root then break end
   end
   if root and root:sub(1, 1) ~= "/" then
     local pwd = os.getenv("PWD")

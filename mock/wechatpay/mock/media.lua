@@ -1,5 +1,6 @@
--- Media upload endpoints (PROTOCOL.md section 8), worker side: a
--- multipart/form-data parser of the mock's own, the checks WeChat Pay makes
+-- Media upload endpoints, worker side: WeChat Pay takes a multipart/form-data
+-- POST of a "meta" part (JSON: filename, sha256 of the file) and a "file"
+-- part.  Here: a parser of the mock's own, the checks WeChat Pay makes
 -- (meta JSON, the file's sha256, its type by magic bytes, its size), and a
 -- record of every upload for the specs (server:uploads(), server:media(id)).
 --
