@@ -15,17 +15,12 @@ local wechatpay = require("wechatpay")
 -- variables, a key's value a path (or file://..., or the PEM text); the serial is
 -- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
 local function configured_options()
-  local config = require("wechatpay.cli.config")
-  local profile, err = config.load()
-  err = err or profile.apiv3_key_error
-  if not err and profile.options.mchid == nil then
-    err = "WECHATPAY_MCHID is not set: configure as for bin/wechatpay (bin/wechatpay --help), or run with --mock"
-  end
-  if err then
-    io.stderr:write(err, "\n")
+  local options, profile = require("wechatpay.cli.config").configured()
+  if not options then
+    io.stderr:write(profile, " (or run with --mock)\n")
     os.exit(2)
   end
-  return config.client_options(profile), profile
+  return options, profile
 end
 
 -- ---- a PNG, drawn here: zlib's stored (uncompressed) blocks need no library

@@ -11,10 +11,7 @@ local client
 -- configured as bin/wechatpay is: the WECHATPAY_* variables nginx.conf lets
 -- through (WECHATPAY_PRIVATE_KEY=/path/apiclient_key.pem, ...), or WECHATPAY_CONFIG.
 function handlers.init()
-  local config = require("wechatpay.cli.config")
-  local profile = assert(config.load())
-  assert(not profile.apiv3_key_error, profile.apiv3_key_error)
-  client = wechatpay.new(config.client_options(profile, {
+  client = wechatpay.new(assert(require("wechatpay.cli.config").configured{
     timeout = 10,
     -- one limit for every worker of this server
     rate_limit = { calls = 1000, per = 60, shared_dict = "wechatpay" },

@@ -291,6 +291,20 @@ function config.client_options(profile, overrides)
   return options
 end
 
+--- configured([overrides]) -> options for wechatpay.new, profile | nil, err:
+-- a client configured as the tools are (WECHATPAY_CONFIG or the
+-- WECHATPAY_* variables), for scripts such as examples/ that want the
+-- same rules; err when it is not configured at all.
+function config.configured(overrides)
+  local profile, err = config.load()
+  err = err or (profile and profile.apiv3_key_error)
+  if not err and profile.options.mchid == nil then
+    err = "WECHATPAY_MCHID is not set: configure as for bin/wechatpay (bin/wechatpay --help)"
+  end
+  if err then return nil, err end
+  return config.client_options(profile, overrides), profile
+end
+
 --- A wechatpay.new error without the "file:line:" of where it was raised.
 function config.message(err)
   return (tostring(err):gsub("^[^:\n]*:%d+: ", ""))
