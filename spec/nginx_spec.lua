@@ -496,6 +496,36 @@ describe("inside nginx: calls that join another request's certificate download",
     assert.are.equal(1, body.downloads)
   end)
 
+  it("a callback's verification that joined a download its request's end left unfinished waits at most `timeout`", function()
+    -- a message signed with the mock's certificate, which the fresh client does not know
+    local res = assert(server:client{}.v3.mock.echo.signed:get())
+    local function escaped(text)
+      return (text:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+    end
+    local query = ("ts=%s&nonce=%s&sig=%s&serial=%s&body=%s"):format(escaped(res.headers["wechatpay-timestamp"]),
+      escaped(res.headers["wechatpay-nonce"]), escaped(res.headers["wechatpay-signature"]),
+      escaped(res.headers["wechatpay-serial"]), escaped(res.body))
+    local status = app:get("/bg?step=setup&fresh=1")
+    assert.are.equal(200, status)
+    -- request A's call starts the download (8 s), and A ends with ngx.exit meanwhile
+    server:fault("delay", { seconds = 8, then_process = true, count = 1, path = "^/v3/certificates" })
+    app:get("/bg?step=start&sleep=0.3")
+    local started = socket.gettime()
+    local _, body = app:get("/bg?step=verify&" .. query, 30)
+    local took = socket.gettime() - started
+    assert.is_nil(body.verified)
+    assert.matches("unknown Wechatpay%-Serial", tostring(body.error))
+    assert.is_true(took < 7.5, ("answered after %.1f s (the client's timeout is 5 s)"):format(took))
+    -- an explicit refresh meets the same download: nil, err after the timeout, not a raise
+    started = socket.gettime()
+    _, body = app:get("/bg?step=refresh", 30)
+    took = socket.gettime() - started
+    assert.is_nil(body.added)
+    assert.matches("the certificate download another request started did not end within 5 s", tostring(body.error),
+      1, true)
+    assert.is_true(took < 7.5, ("answered after %.1f s"):format(took))
+  end)
+
   it("a call that joined a download its request's end left unfinished ends at its own deadline", function()
     local status = app:get("/bg?step=setup&fresh=1")
     assert.are.equal(200, status)

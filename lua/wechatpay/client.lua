@@ -219,7 +219,24 @@ local function refresh_certificates(state, quiet, max_age)
   local queue, own = dispatcher_for_call(state)
   local p = state.certs:refresh_async(queue, quiet, max_age)
   if own then p:next(function() queue:close() end, function() queue:close() end) end
-  return p
+  return p, queue
+end
+
+-- refresh:wait() for a refresh from refresh_certificates -> what it
+-- settled with.  Inside nginx a download another request (or timer)
+-- drives can only be waited for by sleeping: only its own context may step
+-- its dispatcher, and it ends with that context, perhaps never settling,
+-- so that wait ends after `seconds`.
+local function await_refresh(refreshing, queue, seconds)
+  if nginx.mode() == "cosocket" and refreshing.state == "pending" and refreshing.driver ~= queue then
+    local deadline = core.monotonic() + seconds
+    while refreshing.state == "pending" and core.monotonic() < deadline do nginx.pause() end
+    if refreshing.state == "pending" then
+      return nil, errors.new("timeout", ("the certificate download another request started did not end within %g s")
+        :format(seconds))
+    end
+  end
+  return refreshing:wait()
 end
 
 -- The periodic refresh, which no call waits for.  Inside nginx it runs in
@@ -237,7 +254,10 @@ local function refresh_in_background(state)
   local ok, err = ngx.timer.at(0, function(premature)
     certs:scheduled(false)
     if premature then return end
-    local settled, raised = pcall(function() return refresh_certificates(state, true):wait() end)
+    local settled, raised = pcall(function()
+      local refreshing, queue = refresh_certificates(state, true)
+      return await_refresh(refreshing, queue, state.settings.timeout)
+    end)
     if not settled then nginx.warn("wechatpay: the periodic certificate refresh failed: " .. tostring(raised)) end
   end)
   if not ok then
@@ -636,7 +656,12 @@ function methods.verify(self, headers, body)
   local ok, err = verify.callback(state.settings.platform_keys, headers, body)
   local wanted = not ok and state.certs and state.certs:wants(err)
   if wanted then
-    if wanted ~= "reloaded" then refresh_certificates(state, true):wait() end
+    -- bounded: inside nginx, a download another request started ends with
+    -- that request, and may never settle; then verify with what is known
+    if wanted ~= "reloaded" then
+      local refreshing, queue = refresh_certificates(state, true)
+      await_refresh(refreshing, queue, state.settings.timeout)
+    end
     ok, err = verify.callback(state.settings.platform_keys, headers, body)
   end
   return ok, err
@@ -723,7 +748,8 @@ function methods.refresh_certificates(self, opts)
       errors.raise("refresh_certificates: max_age must be a number of seconds")
     end
   end
-  return refresh_certificates(state, false, max_age):wait()
+  local refreshing, queue = refresh_certificates(state, false, max_age)
+  return await_refresh(refreshing, queue, state.settings.timeout)
 end
 
 --- client:certificate_stats() -> { downloads, public_key_only, last_error }

@@ -435,6 +435,14 @@ function handlers.bg(args)
     bg.client.v3.mock.echo:getAsync{}
     ngx.sleep(tonumber(args.sleep) or 0.3)
     return ngx.exit(200)
+  elseif args.step == "verify" then   -- a callback's verification, its message given in the query
+    local headers = { ["Wechatpay-Timestamp"] = args.ts, ["Wechatpay-Nonce"] = args.nonce,
+      ["Wechatpay-Signature"] = args.sig, ["Wechatpay-Serial"] = args.serial }
+    local ok, verified, err = pcall(bg.client.verify, bg.client, headers, args.body)
+    return say_json{ verified = ok and verified or nil, error = not ok and tostring(verified) or err and tostring(err) }
+  elseif args.step == "refresh" then   -- an explicit refresh, as a handler or timer makes it
+    local ok, added, err = pcall(bg.client.refresh_certificates, bg.client)
+    return say_json{ added = ok and added or nil, error = not ok and tostring(added) or err and tostring(err) }
   elseif args.step == "echo" then   -- a call that answers as any handler would
     local ok, res, err = pcall(function() return bg.client.v3.mock.echo:get() end)
     return say_json{ status = ok and res and res.status or nil, error = not ok and tostring(res) or err and tostring(err) }
