@@ -378,6 +378,66 @@ describe("crypto backends", function()
     end
   end)
 
+  -- A key pasted into a config file or a Lua long string comes indented,
+  -- with trailing tabs or a stray blank line: OpenSSL and mbedTLS each
+  -- tolerated a different subset of these.  Both must read every one, and
+  -- read the same key: its signature is the one `openssl dgst -sign` makes.
+  it("read the same key from PEM with indented lines, trailing tabs, blank lines and CRLF", function()
+    local legacy = dir .. "/legacy_aes128.pem"
+    if not ossl.exists(legacy) then
+      ossl.run("openssl rsa -in " .. q(k["pkcs8.pem"]) .. " -traditional -aes128 -passout pass:s3cret -out " .. q(legacy))
+    end
+    local message = "GET\n/v3/certificates\n1554208460\nnonce\n\n"
+    local msg_file = ossl.write(dir .. "/pem_msg", message)
+    local expected = cores[1].base64_encode(ossl.run("openssl dgst -sha256 -sign " .. q(k["pkcs8.pem"]) .. " " .. q(msg_file)))
+    local function lines_of(text)
+      local t = {}
+      for line in text:gmatch("[^\n]+") do t[#t + 1] = line end
+      return t
+    end
+    local variants = {
+      { "indented by spaces", function(t) return "    " .. table.concat(lines_of(t), "\n    ") .. "\n" end },
+      { "indented by tabs", function(t) return "\t\t" .. table.concat(lines_of(t), "\n\t\t") .. "\n" end },
+      { "trailing tabs and spaces", function(t) return table.concat(lines_of(t), " \t\n") .. "\t\n" end },
+      { "blank lines inside the base64", function(t)
+        local l = lines_of(t)
+        return table.concat(l, "\n", 1, #l - 3) .. "\n\n  \n" .. table.concat(l, "\n", #l - 2) .. "\n"
+      end },
+      { "CRLF and indented", function(t) return "  " .. table.concat(lines_of(t), "\r\n  ") .. "\r\n" end },
+      { "a Lua long string's first newline and indentation", function(t)
+        return "\n      " .. table.concat(lines_of(t), "\n      ") .. "\n    " end },
+    }
+    local forms = {
+      { "pkcs8.pem", "private" }, { "pkcs1.pem", "private" }, { "enc_aes256.pem", "private", "s3cret" },
+      { legacy, "private", "s3cret" }, { "spki.pem", "public" }, { "pkcs1_public.pem", "public" },
+      { "cert.pem", "public" },
+    }
+    for _, form in ipairs(forms) do
+      local text = ossl.read(form[1]:sub(1, 1) == "/" and form[1] or k[form[1]])
+      for _, variant in ipairs(variants) do
+        local pem = variant[2](text)
+        for _, core in ipairs(cores) do
+          local what = ("%s %s under %s"):format(form[1], variant[1], core.crypto_backend)
+          local loaded, err = core.key_from_pem(pem, form[3])
+          assert(loaded, what .. ": " .. tostring(err))
+          assert.equal(form[2], loaded:kind(), what)
+          assert.equal(2048, loaded:bits(), what)
+          if form[2] == "private" then
+            assert.equal(expected, core.rsa_sign(loaded, message), what)
+          else
+            assert.is_true(core.rsa_verify(loaded, message, expected), what)
+          end
+        end
+      end
+    end
+    -- the headers of legacy encryption stay headers: with a wrong passphrase
+    -- it is a wrong passphrase, not a key that cannot be parsed
+    for _, core in ipairs(cores) do
+      local _, err = core.key_from_pem(variants[1][2](ossl.read(legacy)), "nope")
+      assert.equal("wrong passphrase for the encrypted private key", err)
+    end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))
