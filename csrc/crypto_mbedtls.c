@@ -15,6 +15,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/pkcs5.h>
+#include <mbedtls/pkcs12.h>
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
@@ -278,6 +279,24 @@ static int is_encrypted_pem(const unsigned char *buf, size_t len) {
          holds_text(buf, len, "Proc-Type: 4,ENCRYPTED");
 }
 
+/* Whether rc says the key's encryption scheme is one mbedTLS cannot run
+ * (scrypt, ARIA, Camellia...): then no passphrase was ever tried, and
+ * "wrong passphrase" would send the user after the wrong fault.  Error
+ * codes add a high-level and a low-level part: either may carry it. */
+static int unsupported_encryption(int rc) {
+  static const int codes[] = {
+    MBEDTLS_ERR_PKCS5_FEATURE_UNAVAILABLE, MBEDTLS_ERR_PKCS12_FEATURE_UNAVAILABLE,
+    MBEDTLS_ERR_PEM_UNKNOWN_ENC_ALG, MBEDTLS_ERR_PEM_FEATURE_UNAVAILABLE,
+    MBEDTLS_ERR_CIPHER_FEATURE_UNAVAILABLE, MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE,
+  };
+  int high = -((-rc) & 0xFF80), low = -((-rc) & 0x007F);
+  size_t i;
+  if (rc >= 0) return 0;
+  for (i = 0; i < sizeof codes / sizeof codes[0]; i++)
+    if (rc == codes[i] || high == codes[i] || low == codes[i]) return 1;
+  return 0;
+}
+
 static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
                          const char *pass, size_t passlen, char *err) {
   /* an empty passphrase is none, as OpenSSL's backend reads it: "needed",
@@ -299,13 +318,16 @@ static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
    * about 1 time in 256 the last byte decrypts to valid padding and the garbage
    * fails to parse instead: for an encrypted key given a passphrase that is a
    * wrong passphrase all the same, as the OpenSSL backend reports it. */
-  if (pass && passlen > 0 && rc != MBEDTLS_ERR_PK_PASSWORD_MISMATCH && rc != MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE &&
+  if (pass && passlen > 0 && rc != MBEDTLS_ERR_PK_PASSWORD_MISMATCH && !unsupported_encryption(rc) &&
       rc != MBEDTLS_ERR_PK_UNKNOWN_PK_ALG && is_encrypted_pem(buf, len))
     rc = MBEDTLS_ERR_PK_PASSWORD_MISMATCH;
   if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED)
     set_err(err, "the private key is encrypted: a passphrase is needed", 0);
   else if (rc == MBEDTLS_ERR_PK_PASSWORD_MISMATCH)
     set_err(err, "wrong passphrase for the encrypted private key", 0);
+  else if (unsupported_encryption(rc) && is_encrypted_pem(buf, len))
+    set_err(err, "unsupported private key encryption: mbedTLS cannot decrypt this scheme "
+                 "(re-encrypt it with openssl pkcs8 -topk8 -v2 aes-256-cbc)", rc);
   else if (rc == MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE)
     set_err(err, "unsupported private key encryption or format", rc);
   else if (rc == MBEDTLS_ERR_PK_UNKNOWN_PK_ALG)

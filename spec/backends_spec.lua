@@ -134,6 +134,44 @@ describe("crypto backends", function()
     end
   end)
 
+  -- mbedTLS 2.28 runs neither scrypt nor ARIA nor Camellia; given the right
+  -- passphrase for such a key it used to answer "wrong passphrase".
+  it("name an encryption scheme mbedTLS cannot run, and never call the right passphrase wrong", function()
+    local schemes = {
+      { "scrypt.pem", "openssl pkcs8 -topk8 -scrypt -in %s -passout pass:s3cret -out %s" },
+      { "aria.pem", "openssl pkcs8 -topk8 -v2 aria-256-cbc -in %s -passout pass:s3cret -out %s" },
+      { "camellia.pem", "openssl pkcs8 -topk8 -v2 camellia-256-cbc -in %s -passout pass:s3cret -out %s" },
+      { "legacy_camellia.pem", "openssl rsa -traditional -camellia128 -in %s -passout pass:s3cret -out %s" },
+    }
+    for _, scheme in ipairs(schemes) do
+      local path = dir .. "/" .. scheme[1]
+      ossl.run(scheme[2]:format(q(k["pkcs8.pem"]), q(path)))
+      local pem = ossl.read(path)
+      for _, core in ipairs(cores) do
+        local what = scheme[1] .. " under " .. core.crypto_backend
+        local right, right_err = core.key_from_pem(pem, "s3cret")
+        local _, wrong_err = core.key_from_pem(pem, "nope")
+        if core.crypto_backend:match("^OpenSSL") then
+          assert(right, what .. ": " .. tostring(right_err))
+          assert.equal("wrong passphrase for the encrypted private key", wrong_err, what)
+        else
+          assert.is_nil(right, what)
+          assert.matches("^unsupported private key encryption", right_err, 1, what)
+          assert.matches("^unsupported private key encryption", wrong_err, 1, what)
+        end
+      end
+    end
+    -- a scheme both run is still a wrong passphrase (PBKDF2 with HMAC-SHA512)
+    local sha512 = dir .. "/aes_sha512.pem"
+    ossl.run("openssl pkcs8 -topk8 -v2 aes-128-cbc -v2prf hmacWithSHA512 -in " .. q(k["pkcs8.pem"])
+      .. " -passout pass:s3cret -out " .. q(sha512))
+    for _, core in ipairs(cores) do
+      assert(core.key_from_pem(ossl.read(sha512), "s3cret"), core.crypto_backend)
+      local _, err = core.key_from_pem(ossl.read(sha512), "nope")
+      assert.equal("wrong passphrase for the encrypted private key", err, core.crypto_backend)
+    end
+  end)
+
   it("read every key form the same: kind, bits, and a certificate's serial and validity", function()
     local serial = ossl.run("openssl x509 -in " .. q(k["cert.pem"]) .. " -noout -serial"):match("=(%x+)")
     local not_before = ossl.cert_date(k["cert.pem"], "-startdate")
