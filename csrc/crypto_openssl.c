@@ -260,7 +260,9 @@ static EVP_PKEY *decode_key(const unsigned char *data, size_t len, const char *i
   OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, input, NULL, NULL, selection, NULL, NULL);
   if (!dctx) return NULL;
   if (st) OSSL_DECODER_CTX_set_passphrase_cb(dctx, pass_cb, st);
-  if (OSSL_DECODER_from_data(dctx, &data, &len) != 1) {
+  /* the decoder stops at the structure's end: DER with bytes after it is
+   * refused, as mbedTLS refuses it (PEM's text may go on after END) */
+  if (OSSL_DECODER_from_data(dctx, &data, &len) != 1 || (strcmp(input, "DER") == 0 && len != 0)) {
     EVP_PKEY_free(pkey);
     pkey = NULL;
   }
@@ -472,6 +474,10 @@ static int parse_certificate(wp_key **out, const unsigned char *buf, size_t len,
   } else if (len <= 0x7fffffff) {
     const unsigned char *p = buf;
     crt = d2i_X509(NULL, &p, (long)len);
+    if (crt && p != buf + len) {   /* bytes after the certificate */
+      X509_free(crt);
+      crt = NULL;
+    }
   }
   if (!crt) return fail(err, "cannot parse the certificate");
   pkey = X509_get_pubkey(crt);

@@ -476,6 +476,41 @@ describe("crypto backends", function()
     end
   end)
 
+  -- OpenSSL's decoders stopped at the end of the structure and ignored what
+  -- followed; mbedTLS refused it after a public key only.  Bytes after the
+  -- key or certificate are refused by both, as DER and inside PEM.
+  it("refuse bytes after the DER structure of every key form and a certificate", function()
+    local cert_der = dir .. "/cert.der"
+    ossl.run("openssl x509 -in " .. q(k["cert.pem"]) .. " -outform DER -out " .. q(cert_der))
+    local forms = {
+      { "spki.der", "public.spki", "PUBLIC KEY" }, { "pkcs1_public.der", "public.pkcs1", "RSA PUBLIC KEY" },
+      { "pkcs8.der", "private.pkcs8", "PRIVATE KEY" }, { "pkcs1.der", "private.pkcs1", "RSA PRIVATE KEY" },
+      { cert_der, "auto", "CERTIFICATE" },
+    }
+    local function pem(label, der)
+      return "-----BEGIN " .. label .. "-----\n" .. cores[1].base64_encode(der):gsub(("."):rep(64), "%0\n")
+        .. "\n-----END " .. label .. "-----\n"
+    end
+    for _, form in ipairs(forms) do
+      local der = ossl.read(form[1]:sub(1, 1) == "/" and form[1] or k[form[1]])
+      for _, core in ipairs(cores) do
+        local what = form[1] .. " under " .. core.crypto_backend
+        assert(core.key_from_der(der, form[2]), what)
+        assert(core.key_from_pem(pem(form[3], der)), what)
+        for _, junk in ipairs{ "\0", "JUNK", der } do
+          for _, how in ipairs{ form[2], "auto" } do
+            local loaded, err = core.key_from_der(der .. junk, how)
+            assert.is_nil(loaded, what .. " as " .. how .. " with " .. #junk .. " bytes more")
+            assert.equal(("trailing data after the DER structure (%d bytes)"):format(#junk), err)
+          end
+          local loaded, err = core.key_from_pem(pem(form[3], der .. junk))
+          assert.is_nil(loaded, what .. " in PEM with " .. #junk .. " bytes more")
+          assert.equal(("trailing data after the DER structure in the PEM block (%d bytes)"):format(#junk), err)
+        end
+      end
+    end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))
