@@ -297,6 +297,25 @@ static int unsupported_encryption(int rc) {
   return 0;
 }
 
+/* Whether DER is a multi-prime RSA private key: RSAPrivateKey version 1,
+ * bare (PKCS#1) or inside PKCS#8.  mbedTLS reads only version 0 and, for
+ * DER, answers "invalid format" after trying every other structure. */
+static int multi_prime_der(const unsigned char *der, size_t len) {
+  unsigned char *p = (unsigned char *)der, *end = p + len;
+  mbedtls_asn1_buf alg, params;
+  size_t n;
+  int version;
+  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return 0;
+  end = p + n;
+  if (mbedtls_asn1_get_int(&p, end, &version) != 0) return 0;
+  if (version != 0) return version == 1;
+  if (mbedtls_asn1_get_alg(&p, end, &alg, &params) != 0 ||
+      mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_OCTET_STRING) != 0) return 0;
+  end = p + n;
+  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return 0;
+  return mbedtls_asn1_get_int(&p, p + n, &version) == 0 && version == 1;
+}
+
 static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
                          const char *pass, size_t passlen, char *err) {
   /* an empty passphrase is none, as OpenSSL's backend reads it: "needed",
@@ -332,6 +351,11 @@ static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
     set_err(err, "unsupported private key encryption or format", rc);
   else if (rc == MBEDTLS_ERR_PK_UNKNOWN_PK_ALG)
     set_err(err, "not an RSA key: unknown key algorithm", 0);
+  else if (len > 0 && buf[0] == 0x30 && multi_prime_der(buf, len))
+    set_err(err, "unsupported private key: multi-prime RSA (more than two primes)", 0);
+  else if (-((-rc) & 0xFF80) == MBEDTLS_ERR_PK_KEY_INVALID_VERSION)
+    /* version 1 of RSAPrivateKey is multi-prime, all openssl writes */
+    set_err(err, "unsupported private key: multi-prime RSA (more than two primes) or an unknown version", 0);
   else
     set_err(err, "cannot parse the private key", rc);
   return -1;
@@ -462,6 +486,8 @@ int wp_key_from_der(wp_key **out, wp_der_form form,
       break;
     case WP_DER_AUTO:
       rc = parse_private(key, der, len, NULL, 0, err);
+      /* a private key this build cannot take says so, as OpenSSL's does */
+      if (rc != 0 && strncmp(err, "unsupported private key:", 24) == 0) break;
       if (rc != 0) {
         mbedtls_pk_free(&key->pk);
         mbedtls_pk_init(&key->pk);

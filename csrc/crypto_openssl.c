@@ -332,6 +332,17 @@ static int pairwise_ok(wp_key *key) {
   return crt_ok(key->pkey) && sign_verify_selftest(key);
 }
 
+/* Whether the key has a third prime (openssl genpkey -pkeyopt
+ * rsa_keygen_primes:3): mbedTLS cannot read such a key, so neither backend
+ * takes it, and a key that works here works on the other build too. */
+static int multi_prime(EVP_PKEY *pkey) {
+  BIGNUM *r = NULL;
+  int found = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_FACTOR3, &r) == 1 && r != NULL;
+  BN_clear_free(r);
+  ERR_clear_error();
+  return found;
+}
+
 /* Takes pkey into a new key; checks it is a usable RSA key. */
 static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *what, char *err) {
   wp_key *key;
@@ -349,6 +360,10 @@ static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *w
              what, 8 * WP_RSA_MAX_BYTES);
     EVP_PKEY_free(pkey);
     return fail(err, msg);
+  }
+  if (is_private && multi_prime(pkey)) {
+    EVP_PKEY_free(pkey);
+    return fail(err, "unsupported private key: multi-prime RSA (more than two primes)");
   }
   key = (wp_key *)calloc(1, sizeof *key);
   if (!key) { EVP_PKEY_free(pkey); return fail(err, "out of memory"); }

@@ -511,6 +511,33 @@ describe("crypto backends", function()
     end
   end)
 
+  -- mbedTLS cannot read a private key with a third prime; OpenSSL loaded
+  -- it, so a key would work on one build and not the other.
+  it("refuse a multi-prime RSA private key, and read its public half", function()
+    local three = dir .. "/rsa3p.pem"
+    ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -pkeyopt rsa_keygen_primes:3 -out " .. q(three))
+    ossl.run("openssl rsa -in " .. q(three) .. " -traditional -out " .. q(three .. ".pkcs1"))
+    ossl.run("openssl pkey -in " .. q(three) .. " -outform DER -out " .. q(three .. ".der"))
+    ossl.run("openssl pkey -in " .. q(three) .. " -pubout -out " .. q(three .. ".pub"))
+    local msg_file = ossl.write(dir .. "/rsa3p_msg", "message")
+    local sig = cores[1].base64_encode(ossl.run("openssl dgst -sha256 -sign " .. q(three) .. " " .. q(msg_file)))
+    for _, core in ipairs(cores) do
+      local loads = {
+        { "PKCS#8 PEM", function() return core.key_from_pem(ossl.read(three)) end },
+        { "PKCS#1 PEM", function() return core.key_from_pem(ossl.read(three .. ".pkcs1")) end },
+        { "PKCS#8 DER", function() return core.key_from_der(ossl.read(three .. ".der"), "private.pkcs8") end },
+        { "DER, auto", function() return core.key_from_der(ossl.read(three .. ".der"), "auto") end },
+      }
+      for _, load in ipairs(loads) do
+        local loaded, err = load[2]()
+        assert.is_nil(loaded, load[1] .. " under " .. core.crypto_backend)
+        assert.matches("^unsupported private key: multi%-prime RSA %(more than two primes%)", err, 1,
+          load[1] .. " under " .. core.crypto_backend)
+      end
+      assert.is_true(core.rsa_verify(assert(core.key_from_pem(ossl.read(three .. ".pub"))), "message", sig))
+    end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))
