@@ -149,6 +149,20 @@ void wp_key_free(wp_key *key) {
 /* Only RSA keys are WeChat Pay keys; say what was given instead. */
 static int key_require_rsa(wp_key *key, char *err) {
   if (mbedtls_pk_get_type(&key->pk) == MBEDTLS_PK_RSA) {
+    /* OpenSSL cannot compute with e over 64 bits and n over 3072: a key
+     * that would work here only is refused on both (crypto_openssl.c) */
+    mbedtls_mpi n, e;
+    int big;
+    mbedtls_mpi_init(&n);
+    mbedtls_mpi_init(&e);
+    big = mbedtls_rsa_export(mbedtls_pk_rsa(key->pk), &n, NULL, NULL, NULL, &e) == 0 &&
+          mbedtls_mpi_bitlen(&n) > 3072 && mbedtls_mpi_bitlen(&e) > 64;
+    mbedtls_mpi_free(&n);
+    mbedtls_mpi_free(&e);
+    if (big) {
+      if (err) snprintf(err, WP_ERRLEN, "unsupported RSA key: a public exponent over 64 bits with a modulus over 3072 bits");
+      return -1;
+    }
     /* n = pq, d matching e, and the CRT numbers matching p, q and d, as
      * the OpenSSL backend checks them: a damaged key is refused at load,
      * not at its first signature */

@@ -288,6 +288,22 @@ static int rsa_numbers_ok(EVP_PKEY *pkey) {
   return ok;
 }
 
+/* OpenSSL refuses to compute with a public exponent over 64 bits when the
+ * modulus is over 3072 bits (its DoS limit, RSA_R_BAD_E_VALUE): such a key
+ * would load and then fail every operation.  Refused at load, on both
+ * backends (crypto_mbedtls.c asks the same). */
+#define WP_RSA_SMALL_MODULUS_BITS 3072
+#define WP_RSA_MAX_PUBEXP_BITS 64
+static int exponent_too_big(EVP_PKEY *pkey) {
+  BIGNUM *n = NULL, *e = NULL;
+  int big = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
+            EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e) == 1 &&
+            BN_num_bits(n) > WP_RSA_SMALL_MODULUS_BITS && BN_num_bits(e) > WP_RSA_MAX_PUBEXP_BITS;
+  BN_free(n); BN_free(e);
+  ERR_clear_error();
+  return big;
+}
+
 static int sign_verify_selftest(wp_key *key);
 
 /* The CRT numbers must match p, q and d.  OpenSSL checks each CRT result
@@ -360,6 +376,10 @@ static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *w
              what, 8 * WP_RSA_MAX_BYTES);
     EVP_PKEY_free(pkey);
     return fail(err, msg);
+  }
+  if (exponent_too_big(pkey)) {
+    EVP_PKEY_free(pkey);
+    return fail(err, "unsupported RSA key: a public exponent over 64 bits with a modulus over 3072 bits");
   }
   if (is_private && multi_prime(pkey)) {
     EVP_PKEY_free(pkey);

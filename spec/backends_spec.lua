@@ -538,6 +538,44 @@ describe("crypto backends", function()
     end
   end)
 
+  -- OpenSSL computes with no public exponent over 64 bits once the modulus
+  -- is over 3072 bits: such a key loaded and then failed every operation
+  -- there, while mbedTLS used it.  Both refuse it at load.
+  it("refuse a public exponent over 64 bits with a modulus over 3072 bits, at load", function()
+    local function make(name, bits, e)
+      local path = dir .. "/" .. name
+      ossl.run(("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:%d -pkeyopt rsa_keygen_pubexp:%s -out %s")
+        :format(bits, e, q(path)))
+      ossl.run("openssl pkey -in " .. q(path) .. " -pubout -out " .. q(path .. ".pub"))
+      ossl.run("openssl req -x509 -key " .. q(path) .. " -subj /CN=big-e -days 30 -out " .. q(path .. ".crt"))
+      return path
+    end
+    local e127 = "170141183460469231731687303715884105727"   -- 2^127 - 1
+    local refused = make("rsa4096_e127.pem", 4096, e127)
+    for _, core in ipairs(cores) do
+      for _, name in ipairs{ refused, refused .. ".pub", refused .. ".crt" } do
+        local loaded, err = core.key_from_pem(ossl.read(name))
+        assert.is_nil(loaded, name .. " under " .. core.crypto_backend)
+        assert.equal("unsupported RSA key: a public exponent over 64 bits with a modulus over 3072 bits", err)
+      end
+    end
+    -- either limit alone is fine: a 64-bit exponent at 4096 bits, a 127-bit one at 2048
+    local msg_file = ossl.write(dir .. "/big_e_msg", "message")
+    for _, path in ipairs{ make("rsa4096_e64.pem", 4096, "18446744073709551557"), make("rsa2048_e127.pem", 2048, e127) } do
+      for _, core in ipairs(cores) do
+        local what = path .. " under " .. core.crypto_backend
+        local sig = assert(core.rsa_sign(assert(core.key_from_pem(ossl.read(path)), what), "message"))
+        local sig_file = ossl.write(dir .. "/big_e_sig", assert(core.base64_decode(sig)))
+        assert.equal("Verified OK\n", ossl.run("openssl dgst -sha256 -verify " .. q(path .. ".pub")
+          .. " -signature " .. q(sig_file) .. " " .. q(msg_file)), what)
+        local ct = assert(core.rsa_encrypt(assert(core.key_from_pem(ossl.read(path .. ".crt"))), "secret"), what)
+        local ct_file = ossl.write(dir .. "/big_e_ct", assert(core.base64_decode(ct)))
+        assert.equal("secret", ossl.run("openssl pkeyutl -decrypt -inkey " .. q(path)
+          .. " -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1 -in " .. q(ct_file)), what)
+      end
+    end
+  end)
+
   it("refuse each other's key objects instead of misreading them", function()
     local a = assert(load_pem(cores[1], "pkcs8.pem"))
     local b = assert(load_pem(cores[2], "pkcs8.pem"))
