@@ -713,6 +713,7 @@ int wp_aes_ecb_encrypt(const unsigned char *key, size_t keylen,
     memset(block + (inlen - off), (int)pad, pad);
     rc = mbedtls_aes_crypt_ecb(&aes, MBEDTLS_AES_ENCRYPT, block, out + off);
   }
+  wp_wipe(block, sizeof block);   /* the plaintext's last bytes, as OpenSSL's backend wipes them */
   mbedtls_aes_free(&aes);
   if (rc != 0) { set_err(err, "AES-ECB encryption failed", rc); return -1; }
   *outlen = off + 16;
