@@ -15,6 +15,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/pkcs5.h>
+#include <mbedtls/pkcs12.h>
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
@@ -148,6 +149,20 @@ void wp_key_free(wp_key *key) {
 /* Only RSA keys are WeChat Pay keys; say what was given instead. */
 static int key_require_rsa(wp_key *key, char *err) {
   if (mbedtls_pk_get_type(&key->pk) == MBEDTLS_PK_RSA) {
+    /* OpenSSL cannot compute with e over 64 bits and n over 3072: a key
+     * that would work here only is refused on both (crypto_openssl.c) */
+    mbedtls_mpi n, e;
+    int big;
+    mbedtls_mpi_init(&n);
+    mbedtls_mpi_init(&e);
+    big = mbedtls_rsa_export(mbedtls_pk_rsa(key->pk), &n, NULL, NULL, NULL, &e) == 0 &&
+          mbedtls_mpi_bitlen(&n) > 3072 && mbedtls_mpi_bitlen(&e) > 64;
+    mbedtls_mpi_free(&n);
+    mbedtls_mpi_free(&e);
+    if (big) {
+      if (err) snprintf(err, WP_ERRLEN, "unsupported RSA key: a public exponent over 64 bits with a modulus over 3072 bits");
+      return -1;
+    }
     /* n = pq, d matching e, and the CRT numbers matching p, q and d, as
      * the OpenSSL backend checks them: a damaged key is refused at load,
      * not at its first signature */
@@ -278,6 +293,43 @@ static int is_encrypted_pem(const unsigned char *buf, size_t len) {
          holds_text(buf, len, "Proc-Type: 4,ENCRYPTED");
 }
 
+/* Whether rc says the key's encryption scheme is one mbedTLS cannot run
+ * (scrypt, ARIA, Camellia...): then no passphrase was ever tried, and
+ * "wrong passphrase" would send the user after the wrong fault.  Error
+ * codes add a high-level and a low-level part: either may carry it. */
+static int unsupported_encryption(int rc) {
+  static const int codes[] = {
+    MBEDTLS_ERR_PKCS5_FEATURE_UNAVAILABLE, MBEDTLS_ERR_PKCS12_FEATURE_UNAVAILABLE,
+    MBEDTLS_ERR_PEM_UNKNOWN_ENC_ALG, MBEDTLS_ERR_PEM_FEATURE_UNAVAILABLE,
+    MBEDTLS_ERR_CIPHER_FEATURE_UNAVAILABLE, MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE,
+  };
+  int high = -((-rc) & 0xFF80), low = -((-rc) & 0x007F);
+  size_t i;
+  if (rc >= 0) return 0;
+  for (i = 0; i < sizeof codes / sizeof codes[0]; i++)
+    if (rc == codes[i] || high == codes[i] || low == codes[i]) return 1;
+  return 0;
+}
+
+/* Whether DER is a multi-prime RSA private key: RSAPrivateKey version 1,
+ * bare (PKCS#1) or inside PKCS#8.  mbedTLS reads only version 0 and, for
+ * DER, answers "invalid format" after trying every other structure. */
+static int multi_prime_der(const unsigned char *der, size_t len) {
+  unsigned char *p = (unsigned char *)der, *end = p + len;
+  mbedtls_asn1_buf alg, params;
+  size_t n;
+  int version;
+  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return 0;
+  end = p + n;
+  if (mbedtls_asn1_get_int(&p, end, &version) != 0) return 0;
+  if (version != 0) return version == 1;
+  if (mbedtls_asn1_get_alg(&p, end, &alg, &params) != 0 ||
+      mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_OCTET_STRING) != 0) return 0;
+  end = p + n;
+  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return 0;
+  return mbedtls_asn1_get_int(&p, p + n, &version) == 0 && version == 1;
+}
+
 static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
                          const char *pass, size_t passlen, char *err) {
   /* an empty passphrase is none, as OpenSSL's backend reads it: "needed",
@@ -299,17 +351,25 @@ static int parse_private(wp_key *key, const unsigned char *buf, size_t len,
    * about 1 time in 256 the last byte decrypts to valid padding and the garbage
    * fails to parse instead: for an encrypted key given a passphrase that is a
    * wrong passphrase all the same, as the OpenSSL backend reports it. */
-  if (pass && passlen > 0 && rc != MBEDTLS_ERR_PK_PASSWORD_MISMATCH && rc != MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE &&
+  if (pass && passlen > 0 && rc != MBEDTLS_ERR_PK_PASSWORD_MISMATCH && !unsupported_encryption(rc) &&
       rc != MBEDTLS_ERR_PK_UNKNOWN_PK_ALG && is_encrypted_pem(buf, len))
     rc = MBEDTLS_ERR_PK_PASSWORD_MISMATCH;
   if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED)
     set_err(err, "the private key is encrypted: a passphrase is needed", 0);
   else if (rc == MBEDTLS_ERR_PK_PASSWORD_MISMATCH)
     set_err(err, "wrong passphrase for the encrypted private key", 0);
+  else if (unsupported_encryption(rc) && is_encrypted_pem(buf, len))
+    set_err(err, "unsupported private key encryption: mbedTLS cannot decrypt this scheme "
+                 "(re-encrypt it with openssl pkcs8 -topk8 -v2 aes-256-cbc)", rc);
   else if (rc == MBEDTLS_ERR_PK_FEATURE_UNAVAILABLE)
     set_err(err, "unsupported private key encryption or format", rc);
   else if (rc == MBEDTLS_ERR_PK_UNKNOWN_PK_ALG)
     set_err(err, "not an RSA key: unknown key algorithm", 0);
+  else if (len > 0 && buf[0] == 0x30 && multi_prime_der(buf, len))
+    set_err(err, "unsupported private key: multi-prime RSA (more than two primes)", 0);
+  else if (-((-rc) & 0xFF80) == MBEDTLS_ERR_PK_KEY_INVALID_VERSION)
+    /* version 1 of RSAPrivateKey is multi-prime, all openssl writes */
+    set_err(err, "unsupported private key: multi-prime RSA (more than two primes) or an unknown version", 0);
   else
     set_err(err, "cannot parse the private key", rc);
   return -1;
@@ -440,6 +500,8 @@ int wp_key_from_der(wp_key **out, wp_der_form form,
       break;
     case WP_DER_AUTO:
       rc = parse_private(key, der, len, NULL, 0, err);
+      /* a private key this build cannot take says so, as OpenSSL's does */
+      if (rc != 0 && strncmp(err, "unsupported private key:", 24) == 0) break;
       if (rc != 0) {
         mbedtls_pk_free(&key->pk);
         mbedtls_pk_init(&key->pk);
@@ -651,6 +713,7 @@ int wp_aes_ecb_encrypt(const unsigned char *key, size_t keylen,
     memset(block + (inlen - off), (int)pad, pad);
     rc = mbedtls_aes_crypt_ecb(&aes, MBEDTLS_AES_ENCRYPT, block, out + off);
   }
+  wp_wipe(block, sizeof block);   /* the plaintext's last bytes, as OpenSSL's backend wipes them */
   mbedtls_aes_free(&aes);
   if (rc != 0) { set_err(err, "AES-ECB encryption failed", rc); return -1; }
   *outlen = off + 16;

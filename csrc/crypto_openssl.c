@@ -260,7 +260,9 @@ static EVP_PKEY *decode_key(const unsigned char *data, size_t len, const char *i
   OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, input, NULL, NULL, selection, NULL, NULL);
   if (!dctx) return NULL;
   if (st) OSSL_DECODER_CTX_set_passphrase_cb(dctx, pass_cb, st);
-  if (OSSL_DECODER_from_data(dctx, &data, &len) != 1) {
+  /* the decoder stops at the structure's end: DER with bytes after it is
+   * refused, as mbedTLS refuses it (PEM's text may go on after END) */
+  if (OSSL_DECODER_from_data(dctx, &data, &len) != 1 || (strcmp(input, "DER") == 0 && len != 0)) {
     EVP_PKEY_free(pkey);
     pkey = NULL;
   }
@@ -284,6 +286,22 @@ static int rsa_numbers_ok(EVP_PKEY *pkey) {
        BN_is_odd(e) && BN_num_bits(e) >= 2 && BN_cmp(e, n) < 0;
   BN_free(n); BN_free(e);
   return ok;
+}
+
+/* OpenSSL refuses to compute with a public exponent over 64 bits when the
+ * modulus is over 3072 bits (its DoS limit, RSA_R_BAD_E_VALUE): such a key
+ * would load and then fail every operation.  Refused at load, on both
+ * backends (crypto_mbedtls.c asks the same). */
+#define WP_RSA_SMALL_MODULUS_BITS 3072
+#define WP_RSA_MAX_PUBEXP_BITS 64
+static int exponent_too_big(EVP_PKEY *pkey) {
+  BIGNUM *n = NULL, *e = NULL;
+  int big = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
+            EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e) == 1 &&
+            BN_num_bits(n) > WP_RSA_SMALL_MODULUS_BITS && BN_num_bits(e) > WP_RSA_MAX_PUBEXP_BITS;
+  BN_free(n); BN_free(e);
+  ERR_clear_error();
+  return big;
 }
 
 static int sign_verify_selftest(wp_key *key);
@@ -330,6 +348,17 @@ static int pairwise_ok(wp_key *key) {
   return crt_ok(key->pkey) && sign_verify_selftest(key);
 }
 
+/* Whether the key has a third prime (openssl genpkey -pkeyopt
+ * rsa_keygen_primes:3): mbedTLS cannot read such a key, so neither backend
+ * takes it, and a key that works here works on the other build too. */
+static int multi_prime(EVP_PKEY *pkey) {
+  BIGNUM *r = NULL;
+  int found = EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_FACTOR3, &r) == 1 && r != NULL;
+  BN_clear_free(r);
+  ERR_clear_error();
+  return found;
+}
+
 /* Takes pkey into a new key; checks it is a usable RSA key. */
 static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *what, char *err) {
   wp_key *key;
@@ -347,6 +376,14 @@ static int key_adopt(wp_key **out, EVP_PKEY *pkey, int is_private, const char *w
              what, 8 * WP_RSA_MAX_BYTES);
     EVP_PKEY_free(pkey);
     return fail(err, msg);
+  }
+  if (exponent_too_big(pkey)) {
+    EVP_PKEY_free(pkey);
+    return fail(err, "unsupported RSA key: a public exponent over 64 bits with a modulus over 3072 bits");
+  }
+  if (is_private && multi_prime(pkey)) {
+    EVP_PKEY_free(pkey);
+    return fail(err, "unsupported private key: multi-prime RSA (more than two primes)");
   }
   key = (wp_key *)calloc(1, sizeof *key);
   if (!key) { EVP_PKEY_free(pkey); return fail(err, "out of memory"); }
@@ -472,6 +509,10 @@ static int parse_certificate(wp_key **out, const unsigned char *buf, size_t len,
   } else if (len <= 0x7fffffff) {
     const unsigned char *p = buf;
     crt = d2i_X509(NULL, &p, (long)len);
+    if (crt && p != buf + len) {   /* bytes after the certificate */
+      X509_free(crt);
+      crt = NULL;
+    }
   }
   if (!crt) return fail(err, "cannot parse the certificate");
   pkey = X509_get_pubkey(crt);

@@ -102,6 +102,9 @@ static int l_rsa_decrypt(lua_State *L) {
       (ctlen = wp_base64_decode(b64, b64len, ct)) < 0)
     return push_error(L, "RSA ciphertext is not valid base64");
   rc = wp_rsa_oaep_decrypt(key, ct, (size_t)ctlen, out, &outlen, err);
+  /* Only a memory error in this push skips the wipe below, leaving the
+   * plaintext in this dead stack frame; as in wp_push_gcm_plaintext, that
+   * is accepted: the string pushed holds the same bytes, unwiped, anyway. */
   if (rc == 0) lua_pushlstring(L, (const char *)out, outlen);
   wp_wipe(out, sizeof out);
   return rc == 0 ? 1 : push_error(L, err);

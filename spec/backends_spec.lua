@@ -134,6 +134,44 @@ describe("crypto backends", function()
     end
   end)
 
+  -- mbedTLS 2.28 runs neither scrypt nor ARIA nor Camellia; given the right
+  -- passphrase for such a key it used to answer "wrong passphrase".
+  it("name an encryption scheme mbedTLS cannot run, and never call the right passphrase wrong", function()
+    local schemes = {
+      { "scrypt.pem", "openssl pkcs8 -topk8 -scrypt -in %s -passout pass:s3cret -out %s" },
+      { "aria.pem", "openssl pkcs8 -topk8 -v2 aria-256-cbc -in %s -passout pass:s3cret -out %s" },
+      { "camellia.pem", "openssl pkcs8 -topk8 -v2 camellia-256-cbc -in %s -passout pass:s3cret -out %s" },
+      { "legacy_camellia.pem", "openssl rsa -traditional -camellia128 -in %s -passout pass:s3cret -out %s" },
+    }
+    for _, scheme in ipairs(schemes) do
+      local path = dir .. "/" .. scheme[1]
+      ossl.run(scheme[2]:format(q(k["pkcs8.pem"]), q(path)))
+      local pem = ossl.read(path)
+      for _, core in ipairs(cores) do
+        local what = scheme[1] .. " under " .. core.crypto_backend
+        local right, right_err = core.key_from_pem(pem, "s3cret")
+        local _, wrong_err = core.key_from_pem(pem, "nope")
+        if core.crypto_backend:match("^OpenSSL") then
+          assert(right, what .. ": " .. tostring(right_err))
+          assert.equal("wrong passphrase for the encrypted private key", wrong_err, what)
+        else
+          assert.is_nil(right, what)
+          assert.matches("^unsupported private key encryption", right_err, 1, what)
+          assert.matches("^unsupported private key encryption", wrong_err, 1, what)
+        end
+      end
+    end
+    -- a scheme both run is still a wrong passphrase (PBKDF2 with HMAC-SHA512)
+    local sha512 = dir .. "/aes_sha512.pem"
+    ossl.run("openssl pkcs8 -topk8 -v2 aes-128-cbc -v2prf hmacWithSHA512 -in " .. q(k["pkcs8.pem"])
+      .. " -passout pass:s3cret -out " .. q(sha512))
+    for _, core in ipairs(cores) do
+      assert(core.key_from_pem(ossl.read(sha512), "s3cret"), core.crypto_backend)
+      local _, err = core.key_from_pem(ossl.read(sha512), "nope")
+      assert.equal("wrong passphrase for the encrypted private key", err, core.crypto_backend)
+    end
+  end)
+
   it("read every key form the same: kind, bits, and a certificate's serial and validity", function()
     local serial = ossl.run("openssl x509 -in " .. q(k["cert.pem"]) .. " -noout -serial"):match("=(%x+)")
     local not_before = ossl.cert_date(k["cert.pem"], "-startdate")
@@ -374,6 +412,166 @@ describe("crypto backends", function()
         assert(loaded, ("case %d under %s: %s"):format(i, core.crypto_backend, tostring(err)))
         assert.equal(case[2], loaded:bits())
         assert.equal(case[3], loaded:kind())
+      end
+    end
+  end)
+
+  -- A key pasted into a config file or a Lua long string comes indented,
+  -- with trailing tabs or a stray blank line: OpenSSL and mbedTLS each
+  -- tolerated a different subset of these.  Both must read every one, and
+  -- read the same key: its signature is the one `openssl dgst -sign` makes.
+  it("read the same key from PEM with indented lines, trailing tabs, blank lines and CRLF", function()
+    local legacy = dir .. "/legacy_aes128.pem"
+    if not ossl.exists(legacy) then
+      ossl.run("openssl rsa -in " .. q(k["pkcs8.pem"]) .. " -traditional -aes128 -passout pass:s3cret -out " .. q(legacy))
+    end
+    local message = "GET\n/v3/certificates\n1554208460\nnonce\n\n"
+    local msg_file = ossl.write(dir .. "/pem_msg", message)
+    local expected = cores[1].base64_encode(ossl.run("openssl dgst -sha256 -sign " .. q(k["pkcs8.pem"]) .. " " .. q(msg_file)))
+    local function lines_of(text)
+      local t = {}
+      for line in text:gmatch("[^\n]+") do t[#t + 1] = line end
+      return t
+    end
+    local variants = {
+      { "indented by spaces", function(t) return "    " .. table.concat(lines_of(t), "\n    ") .. "\n" end },
+      { "indented by tabs", function(t) return "\t\t" .. table.concat(lines_of(t), "\n\t\t") .. "\n" end },
+      { "trailing tabs and spaces", function(t) return table.concat(lines_of(t), " \t\n") .. "\t\n" end },
+      { "blank lines inside the base64", function(t)
+        local l = lines_of(t)
+        return table.concat(l, "\n", 1, #l - 3) .. "\n\n  \n" .. table.concat(l, "\n", #l - 2) .. "\n"
+      end },
+      { "CRLF and indented", function(t) return "  " .. table.concat(lines_of(t), "\r\n  ") .. "\r\n" end },
+      { "a Lua long string's first newline and indentation", function(t)
+        return "\n      " .. table.concat(lines_of(t), "\n      ") .. "\n    " end },
+    }
+    local forms = {
+      { "pkcs8.pem", "private" }, { "pkcs1.pem", "private" }, { "enc_aes256.pem", "private", "s3cret" },
+      { legacy, "private", "s3cret" }, { "spki.pem", "public" }, { "pkcs1_public.pem", "public" },
+      { "cert.pem", "public" },
+    }
+    for _, form in ipairs(forms) do
+      local text = ossl.read(form[1]:sub(1, 1) == "/" and form[1] or k[form[1]])
+      for _, variant in ipairs(variants) do
+        local pem = variant[2](text)
+        for _, core in ipairs(cores) do
+          local what = ("%s %s under %s"):format(form[1], variant[1], core.crypto_backend)
+          local loaded, err = core.key_from_pem(pem, form[3])
+          assert(loaded, what .. ": " .. tostring(err))
+          assert.equal(form[2], loaded:kind(), what)
+          assert.equal(2048, loaded:bits(), what)
+          if form[2] == "private" then
+            assert.equal(expected, core.rsa_sign(loaded, message), what)
+          else
+            assert.is_true(core.rsa_verify(loaded, message, expected), what)
+          end
+        end
+      end
+    end
+    -- the headers of legacy encryption stay headers: with a wrong passphrase
+    -- it is a wrong passphrase, not a key that cannot be parsed
+    for _, core in ipairs(cores) do
+      local _, err = core.key_from_pem(variants[1][2](ossl.read(legacy)), "nope")
+      assert.equal("wrong passphrase for the encrypted private key", err)
+    end
+  end)
+
+  -- OpenSSL's decoders stopped at the end of the structure and ignored what
+  -- followed; mbedTLS refused it after a public key only.  Bytes after the
+  -- key or certificate are refused by both, as DER and inside PEM.
+  it("refuse bytes after the DER structure of every key form and a certificate", function()
+    local cert_der = dir .. "/cert.der"
+    ossl.run("openssl x509 -in " .. q(k["cert.pem"]) .. " -outform DER -out " .. q(cert_der))
+    local forms = {
+      { "spki.der", "public.spki", "PUBLIC KEY" }, { "pkcs1_public.der", "public.pkcs1", "RSA PUBLIC KEY" },
+      { "pkcs8.der", "private.pkcs8", "PRIVATE KEY" }, { "pkcs1.der", "private.pkcs1", "RSA PRIVATE KEY" },
+      { cert_der, "auto", "CERTIFICATE" },
+    }
+    local function pem(label, der)
+      return "-----BEGIN " .. label .. "-----\n" .. cores[1].base64_encode(der):gsub(("."):rep(64), "%0\n")
+        .. "\n-----END " .. label .. "-----\n"
+    end
+    for _, form in ipairs(forms) do
+      local der = ossl.read(form[1]:sub(1, 1) == "/" and form[1] or k[form[1]])
+      for _, core in ipairs(cores) do
+        local what = form[1] .. " under " .. core.crypto_backend
+        assert(core.key_from_der(der, form[2]), what)
+        assert(core.key_from_pem(pem(form[3], der)), what)
+        for _, junk in ipairs{ "\0", "JUNK", der } do
+          for _, how in ipairs{ form[2], "auto" } do
+            local loaded, err = core.key_from_der(der .. junk, how)
+            assert.is_nil(loaded, what .. " as " .. how .. " with " .. #junk .. " bytes more")
+            assert.equal(("trailing data after the DER structure (%d bytes)"):format(#junk), err)
+          end
+          local loaded, err = core.key_from_pem(pem(form[3], der .. junk))
+          assert.is_nil(loaded, what .. " in PEM with " .. #junk .. " bytes more")
+          assert.equal(("trailing data after the DER structure in the PEM block (%d bytes)"):format(#junk), err)
+        end
+      end
+    end
+  end)
+
+  -- mbedTLS cannot read a private key with a third prime; OpenSSL loaded
+  -- it, so a key would work on one build and not the other.
+  it("refuse a multi-prime RSA private key, and read its public half", function()
+    local three = dir .. "/rsa3p.pem"
+    ossl.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -pkeyopt rsa_keygen_primes:3 -out " .. q(three))
+    ossl.run("openssl rsa -in " .. q(three) .. " -traditional -out " .. q(three .. ".pkcs1"))
+    ossl.run("openssl pkey -in " .. q(three) .. " -outform DER -out " .. q(three .. ".der"))
+    ossl.run("openssl pkey -in " .. q(three) .. " -pubout -out " .. q(three .. ".pub"))
+    local msg_file = ossl.write(dir .. "/rsa3p_msg", "message")
+    local sig = cores[1].base64_encode(ossl.run("openssl dgst -sha256 -sign " .. q(three) .. " " .. q(msg_file)))
+    for _, core in ipairs(cores) do
+      local loads = {
+        { "PKCS#8 PEM", function() return core.key_from_pem(ossl.read(three)) end },
+        { "PKCS#1 PEM", function() return core.key_from_pem(ossl.read(three .. ".pkcs1")) end },
+        { "PKCS#8 DER", function() return core.key_from_der(ossl.read(three .. ".der"), "private.pkcs8") end },
+        { "DER, auto", function() return core.key_from_der(ossl.read(three .. ".der"), "auto") end },
+      }
+      for _, load in ipairs(loads) do
+        local loaded, err = load[2]()
+        assert.is_nil(loaded, load[1] .. " under " .. core.crypto_backend)
+        assert.matches("^unsupported private key: multi%-prime RSA %(more than two primes%)", err, 1,
+          load[1] .. " under " .. core.crypto_backend)
+      end
+      assert.is_true(core.rsa_verify(assert(core.key_from_pem(ossl.read(three .. ".pub"))), "message", sig))
+    end
+  end)
+
+  -- OpenSSL computes with no public exponent over 64 bits once the modulus
+  -- is over 3072 bits: such a key loaded and then failed every operation
+  -- there, while mbedTLS used it.  Both refuse it at load.
+  it("refuse a public exponent over 64 bits with a modulus over 3072 bits, at load", function()
+    local function make(name, bits, e)
+      local path = dir .. "/" .. name
+      ossl.run(("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:%d -pkeyopt rsa_keygen_pubexp:%s -out %s")
+        :format(bits, e, q(path)))
+      ossl.run("openssl pkey -in " .. q(path) .. " -pubout -out " .. q(path .. ".pub"))
+      ossl.run("openssl req -x509 -key " .. q(path) .. " -subj /CN=big-e -days 30 -out " .. q(path .. ".crt"))
+      return path
+    end
+    local e127 = "170141183460469231731687303715884105727"   -- 2^127 - 1
+    local refused = make("rsa4096_e127.pem", 4096, e127)
+    for _, core in ipairs(cores) do
+      for _, name in ipairs{ refused, refused .. ".pub", refused .. ".crt" } do
+        local loaded, err = core.key_from_pem(ossl.read(name))
+        assert.is_nil(loaded, name .. " under " .. core.crypto_backend)
+        assert.equal("unsupported RSA key: a public exponent over 64 bits with a modulus over 3072 bits", err)
+      end
+    end
+    -- either limit alone is fine: a 64-bit exponent at 4096 bits, a 127-bit one at 2048
+    local msg_file = ossl.write(dir .. "/big_e_msg", "message")
+    for _, path in ipairs{ make("rsa4096_e64.pem", 4096, "18446744073709551557"), make("rsa2048_e127.pem", 2048, e127) } do
+      for _, core in ipairs(cores) do
+        local what = path .. " under " .. core.crypto_backend
+        local sig = assert(core.rsa_sign(assert(core.key_from_pem(ossl.read(path)), what), "message"))
+        local sig_file = ossl.write(dir .. "/big_e_sig", assert(core.base64_decode(sig)))
+        assert.equal("Verified OK\n", ossl.run("openssl dgst -sha256 -verify " .. q(path .. ".pub")
+          .. " -signature " .. q(sig_file) .. " " .. q(msg_file)), what)
+        local ct = assert(core.rsa_encrypt(assert(core.key_from_pem(ossl.read(path .. ".crt"))), "secret"), what)
+        local ct_file = ossl.write(dir .. "/big_e_ct", assert(core.base64_decode(ct)))
+        assert.equal("secret", ossl.run("openssl pkeyutl -decrypt -inkey " .. q(path)
+          .. " -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1 -in " .. q(ct_file)), what)
       end
     end
   end)
