@@ -23,6 +23,13 @@ static void add_lines(luaL_Buffer *b, const char *const *parts, const size_t *le
   }
 }
 
+/* A byte that may stand between the quotes of the Authorization header:
+ * no quote, no CR, LF or other control character. */
+static int header_safe(char c) {
+  unsigned char u = (unsigned char)c;
+  return u >= 0x20 && u != 0x7f && u != '"';
+}
+
 /* core.authorization(private_key, mchid, serial, method, target, body [, timestamp, nonce])
  *   -> Authorization header value, timestamp, nonce
  * timestamp and nonce are made here unless given (tests pin them). */
@@ -64,11 +71,11 @@ static int l_authorization(lua_State *L) {
   }
   parts[2] = ts; lens[2] = strlen(ts);
   parts[3] = nonce; lens[3] = strlen(nonce);
-  /* Refuse what would break the header's quoting rather than send it. */
+  /* Refuse what would break the header's quoting or its line rather than send it. */
   for (i = 0; i < mchid_len; i++)
-    luaL_argcheck(L, mchid[i] != '"' && mchid[i] != '\n', 2, "mchid holds a quote or newline");
+    luaL_argcheck(L, header_safe(mchid[i]), 2, "mchid holds a quote or a control character");
   for (i = 0; i < serial_len; i++)
-    luaL_argcheck(L, serial[i] != '"' && serial[i] != '\n', 3, "serial holds a quote or newline");
+    luaL_argcheck(L, header_safe(serial[i]), 3, "serial holds a quote or a control character");
 
   luaL_buffinit(L, &b);
   add_lines(&b, parts, lens, 5);

@@ -98,6 +98,15 @@ describe("wechatpay.rsa against openssl", function()
         assert.is_false(ok)
         assert.matches("nonce must be letters and digits only", err, 1, true)
       end
+      -- mchid and serial are quoted too: no quote, no CR or LF, no other control character
+      for _, bad in ipairs{ '19"00', "1900\r\n", "19\t00", "19\0000", "19\127" } do
+        local ok, err = pcall(core.authorization, private, bad, "AB12", "GET", "/v3/x", "", 1700000000)
+        assert.is_false(ok)
+        assert.matches("mchid holds a quote or a control character", err, 1, true)
+        ok, err = pcall(core.authorization, private, "1900000001", bad, "GET", "/v3/x", "", 1700000000)
+        assert.is_false(ok)
+        assert.matches("serial holds a quote or a control character", err, 1, true)
+      end
     end)
 
     it("from a PKCS#1 key equal openssl's from the same key", function()
