@@ -500,6 +500,9 @@ describe("bin/wechatpay", function()
       local line, fix = out:match("(%[FAIL%] platform key +certs%[\"" .. expired_serial .. "\"%][^\n]*)\n%s+fix: ([^\n]*)")
       assert.matches("expired on " .. end_date, line, 1, true)
       assert.matches("wechatpay certs", fix)
+      -- an APIv3 key is configured: the fix does not ask for one
+      assert.matches("with the APIv3 key: if it cannot, check that key", fix, 1, true)
+      assert.is_nil(fix:find("set apiv3_key", 1, true))
       assert.matches("%[warn%] platform key +certs%[\"" .. soon_serial .. "\"%] platform certificate expires on "
         .. os.date("!%Y-%m-%d", ossl.cert_date(soon, "-enddate")):gsub("%-", "%%-") .. ", in 10 days", out)
       -- the public key still verifies the answers
@@ -699,8 +702,9 @@ describe("bin/wechatpay", function()
       local rc, out = run({ "doctor" }, good_env(server, { WECHATPAY_APIV3_KEY_FILE = false }))
       assert.equal(0, rc, out)
       -- the download is signed by a platform certificate, which only the APIv3 key would fetch
-      assert.matches("^%[warn%] answer +the certificate download is signed by " .. server.platform_cert_serial,
-        line_of(out, "answer"))
+      local answer, answer_fix = line_of(out, "answer")
+      assert.matches("^%[warn%] answer +the certificate download is signed by " .. server.platform_cert_serial, answer)
+      assert.matches("or set apiv3_key, and the client downloads them", answer_fix, 1, true)
       assert.matches("^%[skip%] APIv3 key +not configured", line_of(out, "APIv3 key"))
       assert.matches("^%[skip%] APIv3 decrypt", line_of(out, "APIv3 decrypt"))
       rc, out = run({ "doctor" }, {})

@@ -257,11 +257,17 @@ local function check_apiv2_key(report, options)
   return nil
 end
 
-local CERTS_FIX = "download the current ones: wechatpay certs --config FILE --output DIR, then cert_dir = DIR "
-  .. "(or set apiv3_key, and the client downloads them)"
+-- What to do about platform certificates the configuration lacks or holds
+-- expired: with an APIv3 key the client downloads them itself, so a key
+-- that cannot is the thing to check, not one to add.
+local function certs_fix(has_apiv3_key)
+  return "download the current ones: wechatpay certs --config FILE --output DIR, then cert_dir = DIR "
+    .. (has_apiv3_key and "(the client downloads them itself with the APIv3 key: if it cannot, check that key)"
+      or "(or set apiv3_key, and the client downloads them)")
+end
 
 -- One platform key: id, source -> loaded key (usable) | nil
-local function check_platform_key(report, label, id, source, merchant, now)
+local function check_platform_key(report, label, id, source, merchant, now, has_apiv3_key)
   local topic = "platform key"
   local loaded, err
   if type(source) == "string" or key.is_key(source) then
@@ -315,11 +321,12 @@ local function check_platform_key(report, label, id, source, merchant, now)
       :format(label, day(info.not_after)), "delete its file wechatpay_" .. info.serial .. ".pem from cert_dir")
     return nil
   elseif days < 0 then
-    report.add("fail", topic, ("%s platform certificate expired on %s"):format(label, day(info.not_after)), CERTS_FIX)
+    report.add("fail", topic, ("%s platform certificate expired on %s"):format(label, day(info.not_after)),
+      certs_fix(has_apiv3_key))
     return nil
   elseif days < WARN_DAYS then
     report.add("warn", topic, ("%s platform certificate expires on %s, in %d days"):format(label, day(info.not_after), days),
-      CERTS_FIX)
+      certs_fix(has_apiv3_key))
   else
     report.add("ok", topic, ("%s platform certificate, valid until %s"):format(label, day(info.not_after)))
   end
@@ -344,7 +351,7 @@ local function check_platform_keys(report, options, merchant, has_apiv3_key, now
     if type(id) ~= "string" then
       report.add("fail", "platform key", "certs keys must be strings (PUB_KEY_ID_... or a certificate serial)")
     else
-      local loaded = check_platform_key(report, label, id, certs[id], merchant, now)
+      local loaded = check_platform_key(report, label, id, certs[id], merchant, now, has_apiv3_key)
       if loaded then usable[id] = loaded end
     end
   end
@@ -361,7 +368,7 @@ local function check_platform_keys(report, options, merchant, has_apiv3_key, now
       local in_dir, in_service = 0, 0
       for serial, pem in pairs(err) do
         count, in_dir = count + 1, in_dir + 1
-        if check_platform_key(report, ("cert_dir %s"):format(serial), serial, pem, merchant, now) then
+        if check_platform_key(report, ("cert_dir %s"):format(serial), serial, pem, merchant, now, has_apiv3_key) then
           in_service = in_service + 1
         end
       end
@@ -512,7 +519,7 @@ local function check_signature(report, res, err, clock_off)
   return nil
 end
 
-local function check_answer(report, res, err)
+local function check_answer(report, res, err, has_apiv3_key)
   if res then
     report.add("ok", "answer", ("the answer's signature verifies (Wechatpay-Serial %s)")
       :format(tostring(res:header("Wechatpay-Serial"))))
@@ -523,7 +530,7 @@ local function check_answer(report, res, err)
     -- merchant whose other answers are signed with its public key
     report.add("warn", "answer", ("the certificate download is signed by %s, which the configuration does not hold: "
       .. "answers and callbacks signed with it would not verify"):format(tostring(err.unknown_serial)),
-      "if this merchant still uses platform certificates: " .. CERTS_FIX)
+      "if this merchant still uses platform certificates: " .. certs_fix(has_apiv3_key))
   else
     report.add("fail", "answer", "the answer does not verify: " .. tostring(err.message),
       "the certs entries must be WeChat Pay's keys for this merchant: download the public key or certificates again")
@@ -595,7 +602,7 @@ local function check_network(report, profile, parts, timeout)
   local clock_off = check_clock(report, res or err.response, primary.before, primary.after)
   local signature = check_signature(report, res, err, clock_off)
   if signature == "accepted" then
-    check_answer(report, res, err)
+    check_answer(report, res, err, parts.apiv3_key ~= nil)
     if parts.apiv3_key then
       check_download(report, primary.client)
     else
