@@ -10,18 +10,6 @@
 -- The bill is written to ./trade-<bill_date>.csv.
 local wechatpay = require("wechatpay")
 
--- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
--- variables, a key's value a path (or file://..., or the PEM text); the serial is
--- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
-local function configured_options()
-  local options, profile = require("wechatpay.cli.config").configured()
-  if not options then
-    io.stderr:write(profile, " (or run with --mock)\n")
-    os.exit(2)
-  end
-  return options, profile
-end
-
 local client, server, bill_date
 if arg[1] == "--mock" then
   local mock = require("wechatpay.mock")
@@ -37,7 +25,11 @@ if arg[1] == "--mock" then
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
   bill_date = arg[1] or os.date("!%Y-%m-%d", os.time() - 86400)
-  client = wechatpay.new((configured_options()))
+  -- configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+  -- variables, a key's value a path; the serial WECHATPAY_SERIAL or that of WECHATPAY_MERCHANT_CERT
+  local options, profile = require("wechatpay.cli.config").configured()
+  if not options then io.stderr:write(profile, " (or run with --mock)\n") os.exit(2) end
+  client = wechatpay.new(options)
 end
 
 local function finish(code)

@@ -19,18 +19,6 @@ local function env(name)
   return value
 end
 
--- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
--- variables, a key's value a path (or file://..., or the PEM text); the serial is
--- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
-local function configured_options()
-  local options, profile = require("wechatpay.cli.config").configured()
-  if not options then
-    io.stderr:write(profile, " (or run with --mock)\n")
-    os.exit(2)
-  end
-  return options, profile
-end
-
 local client, users, stock_id, appid, server
 if arg[1] == "--mock" then
   local mock = require("wechatpay.mock")
@@ -48,7 +36,11 @@ if arg[1] == "--mock" then
   table.sort(users, function(a, b) return a.openid < b.openid end)
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
-  client = wechatpay.new((configured_options()))
+  -- configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+  -- variables, a key's value a path; the serial WECHATPAY_SERIAL or that of WECHATPAY_MERCHANT_CERT
+  local options, profile = require("wechatpay.cli.config").configured()
+  if not options then io.stderr:write(profile, " (or run with --mock)\n") os.exit(2) end
+  client = wechatpay.new(options)
   users = { { openid = env("GRANT_OPENID"), name = env("GRANT_NAME"), id_card = env("GRANT_ID_CARD") } }
   stock_id, appid = env("GRANT_STOCK_ID"), env("GRANT_APPID")
 end

@@ -18,18 +18,6 @@ local function env(name)
   return value
 end
 
--- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
--- variables, a key's value a path (or file://..., or the PEM text); the serial is
--- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
-local function configured_options()
-  local options, profile = require("wechatpay.cli.config").configured()
-  if not options then
-    io.stderr:write(profile, " (or run with --mock)\n")
-    os.exit(2)
-  end
-  return options, profile
-end
-
 local client, server, appid, openid
 if arg[1] == "--mock" then
   local err
@@ -42,7 +30,10 @@ if arg[1] == "--mock" then
   appid, openid = "wx2421b1c4370ec43b", "oxTWIuGaIt6gTKsQRLau2M0yL16E"
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
-  local options, profile = configured_options()
+  -- configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+  -- variables, a key's value a path; the serial WECHATPAY_SERIAL or that of WECHATPAY_MERCHANT_CERT
+  local options, profile = require("wechatpay.cli.config").configured()
+  if not options then io.stderr:write(profile, " (or run with --mock)\n") os.exit(2) end
   options.merchant_cert = profile.merchant_cert or env("WECHATPAY_MERCHANT_CERT")
   if options.apiv2_key == nil then   -- a config file may hold apiv2_key itself
     local f = assert(io.open(env("WECHATPAY_APIV2_KEY_FILE"), "rb"))

@@ -11,18 +11,6 @@
 --     and optionally UPLOAD_FILE (a JPEG, PNG or BMP of at most 2 MB; default: the drawn PNG)
 local wechatpay = require("wechatpay")
 
--- Configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
--- variables, a key's value a path (or file://..., or the PEM text); the serial is
--- WECHATPAY_SERIAL, or else the one of WECHATPAY_MERCHANT_CERT.
-local function configured_options()
-  local options, profile = require("wechatpay.cli.config").configured()
-  if not options then
-    io.stderr:write(profile, " (or run with --mock)\n")
-    os.exit(2)
-  end
-  return options, profile
-end
-
 -- ---- a PNG, drawn here: zlib's stored (uncompressed) blocks need no library
 
 -- 32-bit XOR by arithmetic, so the example runs on Lua 5.4 and LuaJIT alike.
@@ -109,7 +97,11 @@ if arg[1] == "--mock" then
   client = server:client()
   print(("mock WeChat Pay at %s (mchid %s)"):format(server.base_url, server.mchid))
 else
-  client = wechatpay.new((configured_options()))
+  -- configured as bin/wechatpay is (`bin/wechatpay --help`): WECHATPAY_CONFIG, or the WECHATPAY_*
+  -- variables, a key's value a path; the serial WECHATPAY_SERIAL or that of WECHATPAY_MERCHANT_CERT
+  local options, profile = require("wechatpay.cli.config").configured()
+  if not options then io.stderr:write(profile, " (or run with --mock)\n") os.exit(2) end
+  client = wechatpay.new(options)
 end
 
 local png = draw_png(64, 48)
