@@ -525,6 +525,28 @@ describe("the certificate manager", function()
     assert.equal(2, #fetches)
   end)
 
+  it("shared store: a periodic refresh another worker's claim turned away is not due again at every call", function()
+    local store = certificates.shared_dict_store(fake_dict())
+    local clock, fetches = { now = 1000 }, {}
+    local function worker()
+      return certificates.manager{
+        keys = { ["5157F09EFDC096DE15EBE81A47057A7232F1B8E1"] = true }, apiv3_key = function() return ("a"):rep(32) end,
+        merchant_serial = "AB", store = store, clock = function() return clock.now end,
+        fetch = function() local p = promise.new(); fetches[#fetches + 1] = p; return p end,
+      }
+    end
+    local a, b = worker(), worker()
+    clock.now = clock.now + certificates.REFRESH_INTERVAL
+    assert.is_true(a:due() and b:due())
+    a:refresh_async(nil, true)
+    fetches[1]:resolve({ certificates = {} })
+    assert.equal("fulfilled", b:refresh_async(nil, true).state)   -- turned away by a's claim
+    assert.equal(1, #fetches)
+    assert.is_false(b:due())
+    clock.now = clock.now + certificates.REFRESH_INTERVAL
+    assert.is_true(b:due())
+  end)
+
   it("a store whose optional methods raise: the refresh goes on without them, and says why", function()
     local store = certificates.shared_dict_store(fake_dict())
     for _, method in ipairs{ "lock", "unlock", "locked", "age", "claim_auto" } do
@@ -544,6 +566,14 @@ describe("the certificate manager", function()
     assert.matches("the certificate store's [%w_]+ failed: .*redis: connection refused", m.last_error)
     assert.is_true(pcall(fetches[1].resolve, fetches[1], { certificates = {} }))
     assert.equal("fulfilled", p.state)
+    -- the download went well, the store did not: still said
+    assert.matches("the certificate store's [%w_]+ failed: .*redis: connection refused", m.last_error)
+    -- a lock this refresh never took is never dropped: it may be another worker's
+    local unlocks = 0
+    store.unlock = function() unlocks = unlocks + 1 end
+    m:refresh_async(nil, false)
+    fetches[2]:resolve({ certificates = {} })
+    assert.equal(0, unlocks)
   end)
 
   it("after WeChat Pay's 404 for a public-key-only merchant, no refresh downloads again, explicit or not", function()

@@ -87,5 +87,10 @@ describe("examples/*.lua configured by the README's WECHATPAY_* variables", func
     local status, out = run("upload_media", "", { WECHATPAY_MCHID = "" })
     assert.equal(2, status, out)
     assert.matches("WECHATPAY_MCHID is not set", out, 1, true)
+    -- from a config file, which is the whole configuration, it names the file
+    ossl.write(dir .. "/no_mchid.lua", "return { serial = 'AB12' }")
+    status, out = run("upload_media", "", { WECHATPAY_CONFIG = dir .. "/no_mchid.lua" })
+    assert.equal(2, status, out)
+    assert.matches("mchid is missing from the config file " .. dir .. "/no_mchid.lua", out, 1, true)
   end)
 end)

@@ -297,6 +297,14 @@ function certificates.manager(opts)
   return self
 end
 
+-- What went wrong during a refresh that did not fail it (a store method
+-- that raised, a certificate not kept): last_error shows it, and a
+-- download that then succeeds keeps it there rather than clearing it.
+function Manager:note(message)
+  self.noted = message
+  self.last_error = message
+end
+
 -- A store's optional method (a Redis-backed store may raise on a broken
 -- connection): -> its result, or nil, true when it raised (kept in
 -- last_error).  An unknown serial in a forged callback reaches these: the
@@ -305,7 +313,7 @@ function Manager:ask_store(method, ...)
   local ok, result = pcall(self.store[method], self.store, ...)
   if ok then return result end
   if errors.is_interrupt(result) then error(result, 0) end
-  self.last_error = ("the certificate store's %s failed: %s"):format(method, tostring(result))
+  self:note(("the certificate store's %s failed: %s"):format(method, tostring(result)))
   return nil, true
 end
 
@@ -403,13 +411,13 @@ function Manager:accept(list)
   local added = 0
   for _, cert in ipairs(list) do
     if certificates.expired(cert) then
-      self.last_error = ("certificate %s expired: not kept"):format(cert.serial)
+      self:note(("certificate %s expired: not kept"):format(cert.serial))
     else
       if self:add(cert.serial, cert.key) then added = added + 1 end
       if self.store then
         -- the client has it either way; the stats say the store does not
         local saved, err = self.store:save(cert.serial, cert.pem)
-        if not saved then self.last_error = "kept in memory; the store did not keep it safely: " .. tostring(err) end
+        if not saved then self:note("kept in memory; the store did not keep it safely: " .. tostring(err)) end
       end
     end
   end
@@ -448,6 +456,8 @@ function Manager:refresh_async(driver, auto, max_age)
   -- WeChat Pay has said (404) it has no certificates for this merchant
   if self.public_key_only then return promise.resolved(0, driver) end
   if auto then self.last_auto = self.clock() end
+  self.noted = nil
+  local locked   -- this refresh holds the store's lock
   if self.store then
     local loaded = self:load_store()
     -- another worker or process brought new certificates since this one
@@ -458,7 +468,7 @@ function Manager:refresh_async(driver, auto, max_age)
       self.last_refresh = self.clock()
       return promise.resolved(loaded, driver)
     end
-    local locked, broken
+    local broken
     if self.store.lock then locked, broken = self:ask_store("lock", certificates.MIN_INTERVAL) end
     -- a store whose lock raised is passed by: a download without it
     if self.store.lock and not locked and not broken then
@@ -484,6 +494,9 @@ function Manager:refresh_async(driver, auto, max_age)
     -- Asked once the lock is taken, so a download in flight is waited for.
     if auto and self.store.claim_auto and self:ask_store("claim_auto", certificates.MIN_INTERVAL) == false then
       if locked then self:ask_store("unlock") end
+      -- another worker's download: what it brings arrives through the store
+      -- (and a periodic refresh is not due again for its interval)
+      self.last_attempt, self.last_refresh = self.clock(), self.clock()
       return promise.resolved(loaded, driver)
     end
   end
@@ -498,10 +511,10 @@ function Manager:refresh_async(driver, auto, max_age)
     -- a stale download that settles after all no longer owns the lock
     if self.inflight ~= p and p ~= nil then return end
     self.inflight = nil
-    if self.store and self.store.unlock then self:ask_store("unlock") end
+    if locked and self.store.unlock then self:ask_store("unlock") end
   end
   p = self.fetch(check):next(function(res)
-    self.last_error = nil
+    self.last_error = self.noted
     -- saved before the lock is dropped: a worker waiting on it finds them
     local ok, added = pcall(self.accept, self, res.certificates)
     done()

@@ -299,7 +299,8 @@ function config.configured(overrides)
   local profile, err = config.load()
   err = err or (profile and profile.apiv3_key_error)
   if not err and profile.options.mchid == nil then
-    err = "WECHATPAY_MCHID is not set: configure as for bin/wechatpay (bin/wechatpay --help)"
+    err = (profile.source:find("^config file ") and ("mchid is missing from the " .. profile.source)
+      or "WECHATPAY_MCHID is not set") .. ": configure as for bin/wechatpay (bin/wechatpay --help)"
   end
   if err then return nil, err end
   return config.client_options(profile, overrides), profile
