@@ -342,13 +342,62 @@ return {
     assert.equal("DUPLICATE_ROW", by_row[4].error_code)
     assert.equal(batch.out_request_no(STOCK, list[2].openid, "100"), by_row[2].out_request_no)
     -- the same users again from a file without the column, under --amount 100: the two
-    -- granted 100 are skipped, the one granted 200 gets its 100 now
+    -- granted 100 are skipped; the one granted 200 is not granted 100 unasked ...
     local again = files(csv_text(nil), "again")
     rc, stdout, stderr = grant(standard(again, out, { "--amount", "100" }))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(2, count(stdout, "skipped"))
+    assert.equal(0, count(stdout, "granted"))
+    assert.equal(3, server:stats().grants)
+    assert.matches("1 to fix in " .. again, stdout, 1, true)
+    local last = results(out)[#results(out)]
+    assert.equal("GRANTED_BEFORE", last.error_code)
+    assert.matches("already has coupon %d+ of this stock from an earlier run, at another amount", last.error_message)
+    -- ... only with --another-amount
+    rc, stdout, stderr = grant(standard(again, out, { "--amount", "100", "--another-amount" }))
     assert.equal(0, rc, stdout .. stderr)
     assert.equal(2, count(stdout, "skipped"))
     assert.equal(1, count(stdout, "granted"))
     assert.equal(4, server:stats().grants)
+  end)
+
+  it("a changed --amount on a re-run grants no user a second coupon", function()
+    local list = range(226, 228)
+    local input, out = files(users_csv(list))
+    local rc, stdout, stderr = grant(standard(input, out, { "--amount", "100" }))
+    assert.equal(0, rc, stdout .. stderr)
+    local before = server:stats().grants
+    rc, stdout, stderr = grant(standard(input, out, { "--amount", "200" }))
+    assert.equal(1, rc, stdout .. stderr)
+    assert.equal(0, count(stdout, "granted"))
+    assert.equal(before, server:stats().grants)
+    assert.matches("3 to fix in " .. input, stdout, 1, true)
+    assert.is_nil(stdout:find("run again", 1, true), stdout)
+  end)
+
+  it("stops after five grants in a row refused as unauthorised: the configuration is wrong for every row", function()
+    local list = range(231, 250)
+    local input, out = files(users_csv(list))
+    server:fault("status", { status = 401, code = "SIGN_ERROR", message = "signature mismatch", count = 100,
+                             path = "/coupons$" })
+    local requests = server:stats().requests
+    local rc, stdout, stderr = grant(standard(input, out, { "--concurrency", "1" }))
+    server:clear_faults()
+    assert.equal(1, rc, stdout .. stderr)
+    assert.matches("the last 5 grants were all refused with SIGN_ERROR %(HTTP 401%): check the merchant serial",
+      stderr)
+    -- five (and those already in flight at the fifth) of twenty were sent
+    assert.is_true(server:stats().requests - requests < 10, tostring(server:stats().requests - requests))
+  end)
+
+  it("takes spaces around a name and ID number off, and a line of spaces for a blank one", function()
+    local list = range(251, 252)
+    local lines = { "openid,name,id_card_number", ("%s, %s ,%s \t"):format(list[1].openid, list[1].name,
+      list[1].id_card), "  ,  , ", ("%s,%s,%s"):format(list[2].openid, list[2].name, list[2].id_card) }
+    local input, out = files(table.concat(lines, "\n") .. "\n")
+    local rc, stdout, stderr = grant(standard(input, out))
+    assert.equal(0, rc, stdout .. stderr)
+    assert.equal(2, count(stdout, "granted"))
   end)
 
   it("skips a row granted by a run that numbered --amount rows without their amount", function()

@@ -1,12 +1,15 @@
 --- Granting a stock to the rows of a CSV, streamed: rows are read, checked,
--- encrypted and sent one at a time, with at most `window` grants in flight,
--- so memory stays flat however long the file is.
+-- encrypted and sent one at a time, with at most `window` grants in flight.
+-- What grows with the file is only what guards against a second grant: the
+-- numbers of this run's rows and of the earlier runs' grants.
 --
 --   batch.out_request_no(stock_id, openid, amount_text) -> "GRANT-<40 hex>"
 --   batch.columns(header) -> { openid =, name =, id_card_number =, amount = } | nil, err
 --   batch.run{ client =, stock_id =, appid =, amount =, reader =, columns =,
 --              results = writer, granted = { [out_request_no] = coupon_id },
 --              failed = { [out_request_no] = true },   -- sent earlier, no coupon recorded
+--              coupon_of = { [openid] = coupon_id },   -- granted by earlier runs, any amount
+--              another_amount = false,   -- true: such an openid may get this stock again
 --              window =, progress = } -> summary | nil, err, partial summary
 local hash = require("wechatpay.hash")
 local promise = require("wechatpay.promise")
@@ -106,7 +109,10 @@ function batch.check(fields, info, columns)
     if #openid > 128 then what = "more than 128 characters" end
     return nil, "openid has " .. what, shown
   end
-  local name = field("name")
+  -- spaces a spreadsheet left around a value are not part of it (WeChat
+  -- Pay compares the name with the ID card's)
+  local name = field("name"):gsub("^%s+", ""):gsub("%s+$", "")
+  if name == "" then return nil, "missing name", shown end
   if name:find("[\r\n]") then
     local where = info and info.last_line and info.last_line > info.line
       and (" (the row runs over lines %d-%d: a stray quote?)"):format(info.line, info.last_line) or ""
@@ -115,7 +121,7 @@ function batch.check(fields, info, columns)
   if not is_utf8(name) then
     return nil, "name is not UTF-8 text (save the CSV as UTF-8, not GBK)", shown
   end
-  local id = field("id_card_number")
+  local id = field("id_card_number"):gsub("^%s+", ""):gsub("%s+$", "")
   if not id:find("^%d+[%dXx]$") or #id ~= 18 then
     return nil, "id_card_number must be 18 characters: 17 digits and a digit or X", shown
   end
@@ -136,6 +142,12 @@ function batch.check(fields, info, columns)
     amount_text = amount_text,
   }
 end
+
+-- Failures that no re-run can mend: the row must be fixed in the input.
+batch.FIX_THE_ROW = { INVALID_ROW = true, DUPLICATE_ROW = true, GRANTED_BEFORE = true }
+
+-- Grants refused as unauthorised one after another before the batch stops.
+batch.REFUSED_IN_A_ROW = 5
 
 --- error_fields(err) -> error_code, error_message for the results file
 local function error_fields(err)
@@ -158,12 +170,12 @@ local function error_fields(err)
 end
 batch.error_fields = error_fields
 
--- A record whose every field is empty (",,": spreadsheets export them
--- after the last row) is a blank line, not a row missing its fields.
+-- A record whose every field is empty or spaces (",,": spreadsheets export
+-- them after the last row) is a blank line, not a row missing its fields.
 local function is_blank(fields, info)
   if info and info.malformed then return false end
   for i = 1, #fields do
-    if fields[i] ~= "" then return false end
+    if fields[i]:find("%S") then return false end
   end
   return true
 end
@@ -176,7 +188,7 @@ function batch.run(opts)
   local window = opts.window or 32
   local summary = { rows = 0, granted = 0, skipped = 0, failed = 0, invalid = 0, sent = 0 }
   local state = { done = 0, sent = 0, failed = 0 }
-  local in_flight, fatal, slot = 0, nil, nil
+  local in_flight, fatal, slot, refused = 0, nil, nil, 0
   -- The results file could not be written: stop at once, nothing more lands.
   local results_failed = false
   -- out_request_no -> the first row that asked for it in this file
@@ -207,7 +219,7 @@ function batch.run(opts)
 
   local function fail(rowno, openid, out_request_no, code, message)
     summary.failed = summary.failed + 1
-    if code == "INVALID_ROW" or code == "DUPLICATE_ROW" then summary.invalid = summary.invalid + 1 end
+    if batch.FIX_THE_ROW[code] then summary.invalid = summary.invalid + 1 end
     record{ row = rowno, openid = openid, out_request_no = out_request_no,
             error_code = code, error_message = message }
     tick()
@@ -223,6 +235,20 @@ function batch.run(opts)
       return
     end
     summary.sent = summary.sent + 1
+    -- every grant refused as unauthorised: the configuration is wrong for
+    -- all rows alike (a serial, a key, a stock of another merchant); stop
+    -- rather than send the rest of the file to the same answer
+    if not res and type(err) == "table" and (err.status == 401 or err.status == 403) then
+      refused = refused + 1
+      if refused >= batch.REFUSED_IN_A_ROW and not fatal then
+        local code = error_fields(err)
+        fatal = errors.new("http", ("the last %d grants were all refused with %s (HTTP %d): check the merchant "
+          .. "serial and key, and that the stock and appid belong to this merchant"):format(refused, code, err.status),
+          { status = err.status, code = err.code })
+      end
+    elseif res or type(err) == "table" and err.status then
+      refused = 0
+    end
     if res then
       local body = res:json()
       local coupon_id = type(body) == "table" and body.coupon_id
@@ -308,6 +334,13 @@ function batch.run(opts)
     if granted[out_request_no] or (legacy and granted[legacy]) then
       summary.skipped = summary.skipped + 1
       return tick()
+    end
+    -- granted this stock by an earlier run, at another amount: a changed
+    -- --amount or amount cell must not become a second coupon unasked
+    local earlier = not opts.another_amount and opts.coupon_of and opts.coupon_of[printable_openid(row.openid)]
+    if earlier and not (legacy and tried[legacy]) then
+      return fail(rowno, row.openid, out_request_no, "GRANTED_BEFORE", ("this openid already has coupon %s of this "
+        .. "stock from an earlier run, at another amount; --another-amount grants it again"):format(earlier))
     end
     -- sent under that rule with no coupon recorded (a timeout, an
     -- interrupt): the same number again, which WeChat Pay answers with the

@@ -14,7 +14,8 @@ local cli = {}
 cli.USAGE = [[
 usage: wechatpay-grant --config FILE | --mock
                        --stock STOCK_ID --appid APPID --input USERS.csv --results RESULTS.csv
-                       [--concurrency 8] [--rate 1000] [--amount FEN] [--progress auto|bar|lines|off]
+                       [--concurrency 8] [--rate 1000] [--amount FEN] [--another-amount]
+                       [--progress auto|bar|lines|off]
 
 Grants a consumption-gold (消费金) stock to every user of a CSV file
 (POST /v3/multiuse/users/{openid}/coupons), with names and ID numbers
@@ -44,6 +45,8 @@ RSA-OAEP encrypted for WeChat Pay.
   --concurrency N   requests in flight at once (default 8)
   --rate N          grants per minute at most (default 1000, WeChat Pay's limit)
   --amount FEN      amount for rows without one in the CSV
+  --another-amount  grant a user this stock again at an amount other than the one an
+                    earlier run granted (without it such a row is GRANTED_BEFORE)
   --progress MODE   auto (a bar on a terminal, plain lines otherwise), bar, lines, off
 
 Resuming: each row's out_request_no is derived from the stock id, the openid
@@ -52,8 +55,13 @@ repeated request as the first grant. Run the same command again after a failure 
 (Ctrl-C, kill -9): rows with a coupon_id in the results file are skipped, the
 others are sent again, and none can be granted twice. Keep one results file
 per stock. A row repeating an earlier row's openid and amount is reported as
-DUPLICATE_ROW and not sent; invalid rows are reported as INVALID_ROW and do
-not stop the batch. Records of empty fields only (",,") are blank lines.
+DUPLICATE_ROW and not sent; a user an earlier run granted this stock at
+another amount (a changed --amount or amount cell) as GRANTED_BEFORE, unless
+--another-amount; invalid rows as INVALID_ROW. None of these stops the batch,
+and a re-run cannot mend them: fix the input. Five grants in a row refused
+as unauthorised (HTTP 401/403) stop it: the configuration is wrong for every
+row. Spaces around a name or ID number are not part of it; records of empty
+fields only (",,") are blank lines.
 
 Exit status: 0 every row granted (now or earlier), 1 some rows failed,
 2 configuration error (nothing was sent), 130 interrupted.
@@ -62,7 +70,7 @@ Exit status: 0 every row granted (now or earlier), 1 some rows failed,
 local DEFAULTS = { concurrency = 8, rate = 1000, progress = "auto" }
 local VALUED = { config = true, stock = true, appid = true, input = true, results = true,
                  concurrency = true, rate = true, amount = true, progress = true }
-local FLAGS = { mock = true, help = true }
+local FLAGS = { mock = true, help = true, ["another-amount"] = true }
 
 local ConfigError = {}
 -- The mock started by --mock, stopped however the run ends.
@@ -238,6 +246,20 @@ local function make_client(opts, users)
   return client
 end
 
+-- What the failures ask of the user: a re-run for those that may pass
+-- then, fixing the input for the rest.
+local function failed_note(s, opts)
+  if s.failed == 0 then return "" end
+  local retry = s.failed - s.invalid
+  local parts = {}
+  if retry > 0 then parts[#parts + 1] = ("%d to retry: run again"):format(retry) end
+  if s.invalid > 0 then
+    parts[#parts + 1] = ("%d to fix in %s (invalid, duplicate, or granted before at another amount)")
+      :format(s.invalid, opts.input)
+  end
+  return (" (%s; details in %s)"):format(table.concat(parts, "; "), opts.results)
+end
+
 local function summary_text(s, opts, elapsed, total)
   local sent_rate = elapsed > 0 and (s.sent / elapsed) or 0
   local read = s.rows < total and ("%d of %d rows read from %s"):format(s.rows, total, opts.input)
@@ -246,9 +268,7 @@ local function summary_text(s, opts, elapsed, total)
     ("wechatpay-grant: stock %s, %s"):format(opts.stock, read),
     ("  granted  %d"):format(s.granted),
     ("  skipped  %d (already granted in %s)"):format(s.skipped, opts.results),
-    ("  failed   %d%s"):format(s.failed, s.failed > 0
-      and (" (%d invalid row%s; details in %s; run again to retry)"):format(s.invalid, s.invalid == 1 and "" or "s", opts.results)
-      or ""),
+    ("  failed   %d%s"):format(s.failed, failed_note(s, opts)),
     ("  elapsed  %.1f s, %.1f requests/s"):format(elapsed, sent_rate),
   }
   return table.concat(lines, "\n") .. "\n"
@@ -293,6 +313,7 @@ local function run(argv)
   local summary, err, partial = batch.run{
     client = client, stock_id = opts.stock, appid = opts.appid, amount = opts.amount,
     reader = reader, columns = columns, results = writer, granted = previous.granted, failed = previous.failed,
+    coupon_of = previous.coupon_of, another_amount = opts["another-amount"],
     window = opts.concurrency * 4, progress = meter,
   }
   f:close()

@@ -100,10 +100,12 @@ end
 
 --- load(path) -> state | nil, err
 --   state.granted[out_request_no] = coupon_id, state.failed[out_request_no]
---   = true (sent or refused, no coupon recorded), state.lines, state.ignored
+--   = true (sent or refused, no coupon recorded), state.coupon_of[openid as
+--   written] = a coupon_id it was granted, state.lines, state.ignored
 --   (records cut short by a kill), state.exists, state.needs_newline
 function results.load(path)
-  local state = { granted = {}, failed = {}, lines = 0, ignored = 0, exists = false, needs_newline = false }
+  local state = { granted = {}, failed = {}, coupon_of = {}, lines = 0, ignored = 0, exists = false,
+                  needs_newline = false }
   local f, err, errno = io.open(path, "rb")
   if not f then
     -- Absent is fine (a first run); present but unreadable is not.
@@ -141,8 +143,12 @@ function results.load(path)
       if kind == "record" then
         state.lines = state.lines + 1
         local out_request_no, coupon_id = fields[3], fields[4]
-        if coupon_id ~= "" and out_request_no ~= "" then state.granted[out_request_no] = coupon_id
-        elseif out_request_no ~= "" then state.failed[out_request_no] = true end
+        if coupon_id ~= "" and out_request_no ~= "" then
+          state.granted[out_request_no] = coupon_id
+          if fields[2] ~= "" then state.coupon_of[fields[2]] = coupon_id end
+        elseif out_request_no ~= "" then
+          state.failed[out_request_no] = true
+        end
       elseif kind == "torn" then
         state.ignored = state.ignored + 1
       else
