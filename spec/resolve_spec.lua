@@ -100,6 +100,29 @@ describe("ratelimit", function()
     assert.is_near(0, limiter:take(t + 0.3), 1e-9)
   end)
 
+  it("shared across workers: the schedule outlives a backlog of reservations, however long", function()
+    -- an ngx.shared.DICT whose entries expire by the clock the limiter is given
+    local now, data = 1000, {}
+    local dict = {
+      get = function(_, k) local e = data[k]; if e and (not e.until_ or e.until_ > now) then return e.v end end,
+      set = function(_, k, v, ttl) data[k] = { v = v, until_ = ttl and ttl > 0 and now + ttl or nil }; return true end,
+      add = function(self, k, v, ttl) if self:get(k) ~= nil then return false, "exists" end return self:set(k, v, ttl) end,
+      delete = function(_, k) data[k] = nil end,
+    }
+    local saved = rawget(_G, "ngx")
+    _G.ngx = { shared = { wechatpay = dict }, get_phase = function() return "timer" end }
+    local ok, limiter = pcall(ratelimit.new, { calls = 1000, per = 60, shared_dict = "wechatpay" }, "1900000001")
+    _G.ngx = saved
+    assert(ok, limiter)
+    -- 3000 calls at once: the last waits 180 s
+    local wait
+    for _ = 1, 3000 do wait = limiter:take(now) end
+    assert.is_near(179.94, wait, 0.01)
+    -- 130 s on, no call in between: the backlog still runs to 180 s, so a new call waits for its end
+    now = now + 130
+    assert.is_near(50, limiter:take(now), 0.01)
+  end)
+
   it("lets a burst through at once, then spaces the rest", function()
     local limiter = ratelimit.new({ calls = 10, per = 1, burst = 3 }, "1900000001")
     local t = limiter.updated

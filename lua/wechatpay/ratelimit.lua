@@ -51,7 +51,9 @@ function Shared:take(now)
   local locked = lock(dict, self.lock_key)
   local tat = dict:get(key) or now
   local slot = math.max(tat, now)
-  dict:set(key, slot + self.interval, self.expire)
+  -- kept until the last slot reserved has passed, and a while after: a
+  -- schedule that expired under a backlog would let the next call go at once
+  dict:set(key, slot + self.interval, slot + self.interval - now + self.expire)
   if locked then dict:delete(self.lock_key) end
   return math.max(0, slot - self.tolerance - now)
 end
