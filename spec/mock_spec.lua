@@ -271,6 +271,17 @@ describe("wechatpay.mock", function()
     body.user_name = enc(server.users[OPENID].name)
     body.id_card_number = enc(server.users[OPENID].id_card)
     req.body = cjson.encode(body)
+    -- the serial exactly as WeChat Pay issues it, upper-case hex: another
+    -- spelling names no certificate (the client must normalise what it was given)
+    for _, spelled in ipairs{ server.platform_cert_serial:lower(), server.platform_cert_serial:sub(1, -2):lower()
+        .. server.platform_cert_serial:sub(-1) } do
+      req.headers = { "Wechatpay-Serial: " .. spelled }
+      local res = curl(server, req)
+      assert.equals(400, res.status, res.body)
+      assert.equals("Wechatpay-Serial", decode(res).detail.field)
+    end
+    assert.equals(0, server:stats().grants)
+    req.headers = { "Wechatpay-Serial: " .. server.platform_cert_serial }
     local res = curl(server, req)
     assert.equals(200, res.status, res.body)
     -- Encrypted for the certificate, so the public key id cannot decrypt it.
