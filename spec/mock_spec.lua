@@ -616,23 +616,27 @@ describe("wechatpay.mock", function()
 end)
 
 describe("wechatpay.mock rate limit and stop", function()
-  it("answers 429 FREQUENCY_LIMITED past rate_limit new grants, and stops cleanly", function()
+  it("answers 429 FREQUENCY_LIMITED past rate_limit grant calls (replays and refused ones count), and stops cleanly", function()
     local server = assert(mock.start({ rate_limit = 3 }))
     -- the mock counts grants per clock minute: start well inside one, so
     -- the four grants below fall in the same minute
     local second = os.time() % 60
     if second > 50 then socket.sleep(61 - second) end
     local ok, err = pcall(function()
-      for i = 1, 3 do
-        local res = curl(server, grant_request(server, { out_request_no = "RL-" .. i }))
-        assert.equals(200, res.status, res.body)
-      end
-      -- A replay is not a new grant: it does not count against the limit.
+      -- WeChat Pay limits calls: a grant, its replay and a refused call are three
+      local res = curl(server, grant_request(server, { out_request_no = "RL-1" }))
+      assert.equals(200, res.status, res.body)
       assert.equals(200, curl(server, grant_request(server, { out_request_no = "RL-1" })).status)
-      local res = curl(server, grant_request(server, { out_request_no = "RL-4" }))
-      assert.equals(429, res.status)
+      res = curl(server, grant_request(server, { out_request_no = "RL-2", card_type = cjson.null }))
+      assert.equals(400, res.status, res.body)
+      res = curl(server, grant_request(server, { out_request_no = "RL-3" }))
+      assert.equals(429, res.status, res.body)
       assert.equals("FREQUENCY_LIMITED", decode(res).code)
-      assert.equals(3, server:stats().grants)
+      -- a replay past the limit is limited too
+      assert.equals(429, curl(server, grant_request(server, { out_request_no = "RL-1" })).status)
+      assert.equals(1, server:stats().grants)
+      -- the limit is the grant endpoint's: other calls neither count nor are limited
+      assert.equals(200, curl(server, { uri = "/v3/mock/echo/x" }).status)
     end)
     local dir, base_url = server.dir, server.base_url
     server:stop()
