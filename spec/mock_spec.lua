@@ -69,7 +69,8 @@ end
 
 -- One curl invocation running every request in reqs over one connection
 -- when it can (--next keeps the connection pool). Each req: method, uri,
--- body, headers (list of "Name: value"), auth (false to omit), auth_over.
+-- body, headers (list of "Name: value"), auth (false to omit), auth_over,
+-- accept and content_type (the header's value; "" sends none).
 -- opts.parallel: run them at once (curl -Z); opts.max_time: per transfer.
 local function curl_many(server, reqs, opts)
   opts = opts or {}
@@ -88,7 +89,8 @@ local function curl_many(server, reqs, opts)
     args[#args + 1] = "-X " .. method
     args[#args + 1] = "-D " .. shell_quote(base .. ".h") .. " -o " .. shell_quote(base .. ".b")
     args[#args + 1] = "-w '%{http_code}\\n'"
-    args[#args + 1] = "-H 'Expect:' -H 'Accept: application/json'"
+    local accept = req.accept or "application/json"
+    args[#args + 1] = "-H 'Expect:' -H " .. shell_quote("Accept:" .. (accept ~= "" and " " .. accept or ""))
     if req.auth ~= false then
       args[#args + 1] = "-H " .. shell_quote("Authorization: "
         .. authorization(server, method, uri, body, req.auth_over))
@@ -98,8 +100,9 @@ local function curl_many(server, reqs, opts)
     end
     if body ~= "" then
       write_file(base .. ".in", body)
-      args[#args + 1] = "-H 'Content-Type: application/json' --data-binary @"
-        .. shell_quote(base .. ".in")
+      local content_type = req.content_type or "application/json"
+      args[#args + 1] = "-H " .. shell_quote("Content-Type:" .. (content_type ~= "" and " " .. content_type or ""))
+        .. " --data-binary @" .. shell_quote(base .. ".in")
     end
     args[#args + 1] = shell_quote(server.base_url:sub(1, -2) .. uri)
   end
@@ -544,6 +547,61 @@ describe("wechatpay.mock", function()
     local res = curl(server, { uri = "/v3/no/such/thing" })
     assert.equals(404, res.status)
     assert.equals("NOT_FOUND", decode(res).code)
+  end)
+
+  it("answers 404 NOT_FOUND for a path with an empty segment, as WeChat Pay routes the path as written", function()
+    local good = grant_request(server, { out_request_no = "EMPTY-1" })
+    for _, uri in ipairs{
+      "/v3//multiuse/users/" .. OPENID .. "/coupons",
+      "/v3/multiuse/users/" .. OPENID .. "/coupons/",
+      "/v3/multiuse//users/" .. OPENID .. "//coupons",
+      "/v3/mock/echo/a/", "/v3/mock//echo/a", "/v3/mock/echo//",
+    } do
+      local req = { method = good.method, uri = uri, body = good.body, headers = good.headers }
+      local res = curl(server, req)
+      assert.equals(404, res.status, uri .. " " .. res.body)
+      assert.equals("NOT_FOUND", decode(res).code)
+      assert.matches("empty path segment", decode(res).message, 1, true)
+    end
+    assert.equals(0, server:stats().grants)
+    assert.equals(200, curl(server, good).status)
+  end)
+
+  it("wants Accept to admit JSON and a body typed application/json (multipart on uploads), else 400", function()
+    local function refused(req, field, text)
+      local res = curl(server, req)
+      assert.equals(400, res.status, res.body)
+      assert.equals("INVALID_REQUEST", decode(res).code)
+      assert.equals(field, decode(res).detail.field)
+      assert.matches(text, decode(res).message, 1, true)
+    end
+    local function grant(no, over)
+      local req = grant_request(server, { out_request_no = no })
+      for k, v in pairs(over) do req[k] = v end
+      return req
+    end
+    refused(grant("CT-1", { accept = "" }), "Accept", "the Accept header is required")
+    refused(grant("CT-2", { accept = "text/html" }), "Accept", "must admit application/json, got: text/html")
+    refused(grant("CT-3", { content_type = "" }), "Content-Type", "Content-Type: application/json, got none")
+    refused(grant("CT-4", { content_type = "application/x-www-form-urlencoded" }), "Content-Type",
+      "got: application/x-www-form-urlencoded")
+    refused(grant("CT-5", { content_type = "text/plain" }), "Content-Type", "application/json")
+    refused({ uri = "/v3/mock/echo/x", accept = "" }, "Accept", "required")
+    refused({ method = "POST", uri = "/v3/merchant/media/upload", body = '{"filename":"a.png"}' },
+      "Content-Type", "Content-Type: multipart/form-data, got: application/json")
+    assert.equals(0, server:stats().grants)
+    -- what the official SDKs send is answered: */* (Go), a charset parameter, a list
+    for i, over in ipairs{ { accept = "*/*" }, { accept = "text/html, application/json;q=0.9" },
+                           { content_type = "Application/JSON; charset=utf-8" }, { accept = "application/*" } } do
+      local res = curl(server, grant("CT-OK-" .. i, over))
+      assert.equals(200, res.status, res.body)
+    end
+    -- a GET needs no Content-Type; the bill file takes any Accept (it is no JSON)
+    local apply = curl(server, { uri = "/v3/bill/tradebill?bill_date=2024-01-02" })
+    assert.equals(200, apply.status, apply.body)
+    local path = decode(apply).download_url:match("^https://[^/]+(/.*)$")
+    assert.equals(200, curl(server, { uri = path, accept = "application/octet-stream" }).status)
+    refused({ uri = path, accept = "" }, "Accept", "required")
   end)
 
   it("counts connections, requests and concurrency", function()
