@@ -604,6 +604,44 @@ describe("wechatpay.mock", function()
     refused({ uri = path, accept = "" }, "Accept", "required")
   end)
 
+  it("grants only a seeded stock, to an openid of the appid named", function()
+    for _, stock in ipairs{ "9856999", "9856000.0" } do
+      local res = curl(server, grant_request(server, { out_request_no = "STOCK-" .. stock:gsub("%.", "_"), stock_id = stock }))
+      assert.equals(404, res.status, res.body)
+      assert.equals("RESOURCE_NOT_EXISTS", decode(res).code)
+      assert.equals("stock_id", decode(res).detail.field)
+    end
+    local res = curl(server, grant_request(server, { out_request_no = "APPID-1", appid = "wxdeadbeefdeadbeef" }))
+    assert.equals(400, res.status, res.body)
+    assert.equals("PARAM_ERROR", decode(res).code)
+    assert.equals("appid", decode(res).detail.field)
+    assert.matches("does not belong to appid wxdeadbeefdeadbeef", decode(res).message, 1, true)
+    assert.equals(0, server:stats().grants)
+    for _, appid in ipairs(mock.DEFAULT_APPIDS) do
+      res = curl(server, grant_request(server, { out_request_no = "APPID-" .. appid, appid = appid }))
+      assert.equals(200, res.status, res.body)
+    end
+    assert.equals(200, curl(server, grant_request(server, { out_request_no = "STOCK-2", stock_id = "9856001" })).status)
+
+    -- configured: stocks added and removed, a user's own appid
+    local own = assert(mock.start{ rate_limit = false, stocks = { S_EXTRA = true, ["9856001"] = false },
+      users = { [OPENID] = { name = "张三", id_card = "110101199003071234", appid = "wxown0000000000001" } } })
+    finally(function() own:stop() end)
+    assert.same({ S_EXTRA = true, ["9856000"] = true }, own.stocks)
+    local function own_grant(no, fields)
+      fields.out_request_no = no
+      return curl(own, grant_request(own, fields))
+    end
+    assert.equals(200, own_grant("O-1", { stock_id = "S_EXTRA", appid = "wxown0000000000001" }).status)
+    assert.equals(404, own_grant("O-2", { stock_id = "9856001", appid = "wxown0000000000001" }).status)
+    assert.equals(400, own_grant("O-3", { appid = "wxd678efh567hg6787" }).status)
+    assert.has_error(function() mock.start{ stocks = { ["a b"] = true } } end,
+      "wechatpay.mock: stocks keys must be stock ids (letters, digits, _ and -, at most 20)")
+    assert.has_error(function() mock.start{ stocks = { x = 1 } } end, "wechatpay.mock: stocks[x] must be true or false")
+    assert.has_error(function() mock.start{ users = { o = { name = "a", id_card = "b", appids = {} } } } end,
+      "wechatpay.mock: users[o]: appids must be a non-empty list of strings")
+  end)
+
   it("counts connections, requests and concurrency", function()
     local reqs = {}
     for i = 1, 5 do

@@ -115,6 +115,15 @@ function coupons.record(coupon_id)
   return public_record(cjson.decode(text))
 end
 
+local function user_has_appid(user, appid)
+  for _, a in ipairs(user.appids) do
+    if a == appid then
+      return true
+    end
+  end
+  return false
+end
+
 -- POST /v3/multiuse/users/{openid}/coupons
 function coupons.grant(req)
   local dicts = state.dicts()
@@ -149,6 +158,10 @@ function coupons.grant(req)
   local err = check_body(body)
   if err then
     return err
+  end
+  if not state.config.stocks[body.stock_id] then
+    return response.error(404, "RESOURCE_NOT_EXISTS", "no stock " .. body.stock_id .. " of this merchant",
+      { field = "stock_id", location = "body", value = body.stock_id })
   end
 
   local name = decrypt(key, body.user_name)
@@ -192,6 +205,10 @@ function coupons.grant(req)
   if not user then
     return response.error(400, "USER_NOT_EXIST", "the user does not exist under this appid",
       { field = "openid", location = "path" })
+  end
+  if not user_has_appid(user, grant.appid) then
+    return response.error(400, "PARAM_ERROR", "the openid does not belong to appid " .. grant.appid,
+      { field = "appid", location = "body", value = grant.appid })
   end
   if user.name ~= name or user.id_card:upper() ~= id_card:upper() then
     return response.error(400, "PARAM_ERROR", "real name mismatch",
