@@ -226,6 +226,33 @@ describe("chained calls", function()
     assert.equal(0, #transport.requests)
   end)
 
+  it("refuses a path with an empty segment before sending, naming it: never collapsed into another path", function()
+    local function refused(f, text)
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches(text, tostring(err), 1, true)
+    end
+    local joined = ': segments are joined by one "/"'
+    refused(function() client:request("GET", "v3//mock/echo/a") end, "path v3//mock/echo/a has an empty segment" .. joined)
+    refused(function() client:request("POST", "/v3/mock//echo", { json = {} }) end, "path /v3/mock//echo has an empty segment")
+    refused(function() client:request("GET", "v3/x//") end, "path v3/x// has an empty segment")
+    refused(function() client:request("GET", "") end, 'path "" is empty')
+    refused(function() return client["v3//x"] end, "chain: path v3//x has an empty segment")
+    refused(function() return client:chain("//v3/x") end, "chain: path //v3/x has an empty segment")
+    refused(function() return client:chain("v3/x//") end, "chain: path v3/x// has an empty segment")
+    refused(function() client:chain("v3/{+rest}/y"):get{ rest = "a//b" } end,
+      "path v3/{+rest}/y has an empty segment once its variables are filled (/v3/a//b/y)")
+    refused(function() client:chain("v3/{+rest}/y"):get{ rest = "a/" } end, "once its variables are filled (/v3/a//y)")
+    refused(function() return client.v3.x[""] end, "bad path segment: empty")
+    refused(function() client.v3.users._openid_:get{ openid = "" } end, "path variable 'openid' is empty")
+    assert.equal(0, #transport.requests)
+    -- one leading and one trailing "/" are no empty segment (POST /v3/applyment4sub/applyment/)
+    client:request("GET", "/v3/x/")
+    assert.equal("/v3/x/", target_of(last()))
+    client:chain("v3/{+rest}"):get{ rest = "a/" }
+    assert.equal("/v3/a/", target_of(last()))
+  end)
+
   it("refuses bad request options", function()
     assert.has_error(function() client:chain("v3/x"):post{ json = {}, body = "x" } end, "give json or body, not both")
     assert.has_error(function() client:chain("v3/x"):post{ json = "x" } end, "json must be a table")

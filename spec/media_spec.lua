@@ -451,14 +451,14 @@ describe("media upload", function()
       assert.is_string(answer.media_id)
     end)
 
-    it("refuses a body that is no multipart form: 400 PARAM_ERROR, recorded", function()
+    it("refuses a body that is no multipart form: 400 INVALID_REQUEST (its Content-Type), recorded", function()
       ossl.write(tmp("raw_json.bin"), '{"filename":"a.png"}')
       local status = ossl.run("curl -sS --cacert " .. ossl.quote(server.cafile) .. " -o /dev/null -w '%{http_code}'"
         .. " -H 'Content-Type: application/json' --data-binary @" .. ossl.quote(tmp("raw_json.bin"))
         .. " " .. ossl.quote(server.base_url .. "v3/merchant/media/upload"))
       assert.equal("400", status)
       local seen = last_upload(server)
-      assert.equal("PARAM_ERROR", seen.code)
+      assert.equal("INVALID_REQUEST", seen.code)
       assert.is_nil(seen.signed)
     end)
 

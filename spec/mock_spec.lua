@@ -69,7 +69,8 @@ end
 
 -- One curl invocation running every request in reqs over one connection
 -- when it can (--next keeps the connection pool). Each req: method, uri,
--- body, headers (list of "Name: value"), auth (false to omit), auth_over.
+-- body, headers (list of "Name: value"), auth (false to omit), auth_over,
+-- accept and content_type (the header's value; "" sends none).
 -- opts.parallel: run them at once (curl -Z); opts.max_time: per transfer.
 local function curl_many(server, reqs, opts)
   opts = opts or {}
@@ -88,7 +89,8 @@ local function curl_many(server, reqs, opts)
     args[#args + 1] = "-X " .. method
     args[#args + 1] = "-D " .. shell_quote(base .. ".h") .. " -o " .. shell_quote(base .. ".b")
     args[#args + 1] = "-w '%{http_code}\\n'"
-    args[#args + 1] = "-H 'Expect:' -H 'Accept: application/json'"
+    local accept = req.accept or "application/json"
+    args[#args + 1] = "-H 'Expect:' -H " .. shell_quote("Accept:" .. (accept ~= "" and " " .. accept or ""))
     if req.auth ~= false then
       args[#args + 1] = "-H " .. shell_quote("Authorization: "
         .. authorization(server, method, uri, body, req.auth_over))
@@ -98,8 +100,9 @@ local function curl_many(server, reqs, opts)
     end
     if body ~= "" then
       write_file(base .. ".in", body)
-      args[#args + 1] = "-H 'Content-Type: application/json' --data-binary @"
-        .. shell_quote(base .. ".in")
+      local content_type = req.content_type or "application/json"
+      args[#args + 1] = "-H " .. shell_quote("Content-Type:" .. (content_type ~= "" and " " .. content_type or ""))
+        .. " --data-binary @" .. shell_quote(base .. ".in")
     end
     args[#args + 1] = shell_quote(server.base_url:sub(1, -2) .. uri)
   end
@@ -271,6 +274,17 @@ describe("wechatpay.mock", function()
     body.user_name = enc(server.users[OPENID].name)
     body.id_card_number = enc(server.users[OPENID].id_card)
     req.body = cjson.encode(body)
+    -- the serial exactly as WeChat Pay issues it, upper-case hex: another
+    -- spelling names no certificate (the client must normalise what it was given)
+    for _, spelled in ipairs{ server.platform_cert_serial:lower(), server.platform_cert_serial:sub(1, -2):lower()
+        .. server.platform_cert_serial:sub(-1) } do
+      req.headers = { "Wechatpay-Serial: " .. spelled }
+      local res = curl(server, req)
+      assert.equals(400, res.status, res.body)
+      assert.equals("Wechatpay-Serial", decode(res).detail.field)
+    end
+    assert.equals(0, server:stats().grants)
+    req.headers = { "Wechatpay-Serial: " .. server.platform_cert_serial }
     local res = curl(server, req)
     assert.equals(200, res.status, res.body)
     -- Encrypted for the certificate, so the public key id cannot decrypt it.
@@ -535,6 +549,99 @@ describe("wechatpay.mock", function()
     assert.equals("NOT_FOUND", decode(res).code)
   end)
 
+  it("answers 404 NOT_FOUND for a path with an empty segment, as WeChat Pay routes the path as written", function()
+    local good = grant_request(server, { out_request_no = "EMPTY-1" })
+    for _, uri in ipairs{
+      "/v3//multiuse/users/" .. OPENID .. "/coupons",
+      "/v3/multiuse/users/" .. OPENID .. "/coupons/",
+      "/v3/multiuse//users/" .. OPENID .. "//coupons",
+      "/v3/mock/echo/a/", "/v3/mock//echo/a", "/v3/mock/echo//",
+    } do
+      local req = { method = good.method, uri = uri, body = good.body, headers = good.headers }
+      local res = curl(server, req)
+      assert.equals(404, res.status, uri .. " " .. res.body)
+      assert.equals("NOT_FOUND", decode(res).code)
+      assert.matches("empty path segment", decode(res).message, 1, true)
+    end
+    assert.equals(0, server:stats().grants)
+    assert.equals(200, curl(server, good).status)
+  end)
+
+  it("wants Accept to admit JSON and a body typed application/json (multipart on uploads), else 400", function()
+    local function refused(req, field, text)
+      local res = curl(server, req)
+      assert.equals(400, res.status, res.body)
+      assert.equals("INVALID_REQUEST", decode(res).code)
+      assert.equals(field, decode(res).detail.field)
+      assert.matches(text, decode(res).message, 1, true)
+    end
+    local function grant(no, over)
+      local req = grant_request(server, { out_request_no = no })
+      for k, v in pairs(over) do req[k] = v end
+      return req
+    end
+    refused(grant("CT-1", { accept = "" }), "Accept", "the Accept header is required")
+    refused(grant("CT-2", { accept = "text/html" }), "Accept", "must admit application/json, got: text/html")
+    refused(grant("CT-3", { content_type = "" }), "Content-Type", "Content-Type: application/json, got none")
+    refused(grant("CT-4", { content_type = "application/x-www-form-urlencoded" }), "Content-Type",
+      "got: application/x-www-form-urlencoded")
+    refused(grant("CT-5", { content_type = "text/plain" }), "Content-Type", "application/json")
+    refused({ uri = "/v3/mock/echo/x", accept = "" }, "Accept", "required")
+    refused({ method = "POST", uri = "/v3/merchant/media/upload", body = '{"filename":"a.png"}' },
+      "Content-Type", "Content-Type: multipart/form-data, got: application/json")
+    assert.equals(0, server:stats().grants)
+    -- what the official SDKs send is answered: */* (Go), a charset parameter, a list
+    for i, over in ipairs{ { accept = "*/*" }, { accept = "text/html, application/json;q=0.9" },
+                           { content_type = "Application/JSON; charset=utf-8" }, { accept = "application/*" } } do
+      local res = curl(server, grant("CT-OK-" .. i, over))
+      assert.equals(200, res.status, res.body)
+    end
+    -- a GET needs no Content-Type; the bill file takes any Accept (it is no JSON)
+    local apply = curl(server, { uri = "/v3/bill/tradebill?bill_date=2024-01-02" })
+    assert.equals(200, apply.status, apply.body)
+    local path = decode(apply).download_url:match("^https://[^/]+(/.*)$")
+    assert.equals(200, curl(server, { uri = path, accept = "application/octet-stream" }).status)
+    refused({ uri = path, accept = "" }, "Accept", "required")
+  end)
+
+  it("grants only a seeded stock, to an openid of the appid named", function()
+    for _, stock in ipairs{ "9856999", "9856000.0" } do
+      local res = curl(server, grant_request(server, { out_request_no = "STOCK-" .. stock:gsub("%.", "_"), stock_id = stock }))
+      assert.equals(404, res.status, res.body)
+      assert.equals("RESOURCE_NOT_EXISTS", decode(res).code)
+      assert.equals("stock_id", decode(res).detail.field)
+    end
+    local res = curl(server, grant_request(server, { out_request_no = "APPID-1", appid = "wxdeadbeefdeadbeef" }))
+    assert.equals(400, res.status, res.body)
+    assert.equals("PARAM_ERROR", decode(res).code)
+    assert.equals("appid", decode(res).detail.field)
+    assert.matches("does not belong to appid wxdeadbeefdeadbeef", decode(res).message, 1, true)
+    assert.equals(0, server:stats().grants)
+    for _, appid in ipairs(mock.DEFAULT_APPIDS) do
+      res = curl(server, grant_request(server, { out_request_no = "APPID-" .. appid, appid = appid }))
+      assert.equals(200, res.status, res.body)
+    end
+    assert.equals(200, curl(server, grant_request(server, { out_request_no = "STOCK-2", stock_id = "9856001" })).status)
+
+    -- configured: stocks added and removed, a user's own appid
+    local own = assert(mock.start{ rate_limit = false, stocks = { S_EXTRA = true, ["9856001"] = false },
+      users = { [OPENID] = { name = "张三", id_card = "110101199003071234", appid = "wxown0000000000001" } } })
+    finally(function() own:stop() end)
+    assert.same({ S_EXTRA = true, ["9856000"] = true }, own.stocks)
+    local function own_grant(no, fields)
+      fields.out_request_no = no
+      return curl(own, grant_request(own, fields))
+    end
+    assert.equals(200, own_grant("O-1", { stock_id = "S_EXTRA", appid = "wxown0000000000001" }).status)
+    assert.equals(404, own_grant("O-2", { stock_id = "9856001", appid = "wxown0000000000001" }).status)
+    assert.equals(400, own_grant("O-3", { appid = "wxd678efh567hg6787" }).status)
+    assert.has_error(function() mock.start{ stocks = { ["a b"] = true } } end,
+      "wechatpay.mock: stocks keys must be stock ids (letters, digits, _ and -, at most 20)")
+    assert.has_error(function() mock.start{ stocks = { x = 1 } } end, "wechatpay.mock: stocks[x] must be true or false")
+    assert.has_error(function() mock.start{ users = { o = { name = "a", id_card = "b", appids = {} } } } end,
+      "wechatpay.mock: users[o]: appids must be a non-empty list of strings")
+  end)
+
   it("counts connections, requests and concurrency", function()
     local reqs = {}
     for i = 1, 5 do
@@ -605,23 +712,27 @@ describe("wechatpay.mock", function()
 end)
 
 describe("wechatpay.mock rate limit and stop", function()
-  it("answers 429 FREQUENCY_LIMITED past rate_limit new grants, and stops cleanly", function()
+  it("answers 429 FREQUENCY_LIMITED past rate_limit grant calls (replays and refused ones count), and stops cleanly", function()
     local server = assert(mock.start({ rate_limit = 3 }))
     -- the mock counts grants per clock minute: start well inside one, so
     -- the four grants below fall in the same minute
     local second = os.time() % 60
     if second > 50 then socket.sleep(61 - second) end
     local ok, err = pcall(function()
-      for i = 1, 3 do
-        local res = curl(server, grant_request(server, { out_request_no = "RL-" .. i }))
-        assert.equals(200, res.status, res.body)
-      end
-      -- A replay is not a new grant: it does not count against the limit.
+      -- WeChat Pay limits calls: a grant, its replay and a refused call are three
+      local res = curl(server, grant_request(server, { out_request_no = "RL-1" }))
+      assert.equals(200, res.status, res.body)
       assert.equals(200, curl(server, grant_request(server, { out_request_no = "RL-1" })).status)
-      local res = curl(server, grant_request(server, { out_request_no = "RL-4" }))
-      assert.equals(429, res.status)
+      res = curl(server, grant_request(server, { out_request_no = "RL-2", card_type = cjson.null }))
+      assert.equals(400, res.status, res.body)
+      res = curl(server, grant_request(server, { out_request_no = "RL-3" }))
+      assert.equals(429, res.status, res.body)
       assert.equals("FREQUENCY_LIMITED", decode(res).code)
-      assert.equals(3, server:stats().grants)
+      -- a replay past the limit is limited too
+      assert.equals(429, curl(server, grant_request(server, { out_request_no = "RL-1" })).status)
+      assert.equals(1, server:stats().grants)
+      -- the limit is the grant endpoint's: other calls neither count nor are limited
+      assert.equals(200, curl(server, { uri = "/v3/mock/echo/x" }).status)
     end)
     local dir, base_url = server.dir, server.base_url
     server:stop()

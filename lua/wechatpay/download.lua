@@ -80,7 +80,7 @@ local function unsendable(path, query)
     return "holds a byte that would not be sent as it reads"
   end
   if request.bare_percent(path .. "?" .. (query or "")) then return "holds a % that starts no %XX escape" end
-  if path:find("//", 1, true) then return "holds an empty path segment" end
+  if request.empty_segment(path) then return "holds an empty path segment" end
   local piece = request.dot_segment(path)
   if piece then return "holds a '" .. piece .. "' path segment" end
   return nil

@@ -118,6 +118,24 @@ function request.dot_segment(path)
   return nil
 end
 
+--- empty_segment(path) -> true when the path has an empty segment
+-- ("v3//x", "//v3/x", "v3/x//") or is empty: one leading "/" is the root,
+-- and one trailing "/" is part of a few endpoints' names (see expand);
+-- nothing else may be empty.  A server routes the path as written (WeChat
+-- Pay answers 404), and collapsing it would send another path than given.
+function request.empty_segment(path)
+  local inner = path:gsub("^/", ""):gsub("/$", "")
+  return inner == "" or ("/" .. inner .. "/"):find("//", 1, true) ~= nil
+end
+
+local function refuse_empty_segments(path, expanded)
+  if not request.empty_segment(expanded) then return end
+  if path:gsub("^/", "") == "" then raise(("path %q is empty: give the API path, \"v3/...\""):format(path)) end
+  local by_variable = expanded ~= path and not request.empty_segment(path)
+  raise(("path %s has an empty segment%s: segments are joined by one \"/\" (a leading \"/\" and a "
+    .. "trailing one are allowed)"):format(path, by_variable and (" once its variables are filled (" .. expanded .. ")") or ""))
+end
+
 local function refuse_dot_segments(path, expanded, origin)
   local piece = request.dot_segment(expanded)
   if piece then
@@ -157,12 +175,15 @@ end
 -- stays: a few endpoints end in one (POST /v3/applyment4sub/applyment/),
 -- and without it WeChat Pay answers 404.
 function request.expand(path, opts)
+  refuse_empty_segments(path, path)
   local out = {}
   for segment in path:gmatch("[^/]+") do
     out[#out + 1] = expand_segment(path, segment, opts)
   end
   local trailing = (#out > 0 and path:find("/$")) and "/" or ""
-  return "/" .. table.concat(out, "/") .. trailing
+  local expanded = "/" .. table.concat(out, "/") .. trailing
+  refuse_empty_segments(path, expanded)   -- a {+name} value may hold "//" or end in "/"
+  return expanded
 end
 
 --- segment(value) -> value as one literal path segment: every byte a

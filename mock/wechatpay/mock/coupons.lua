@@ -115,9 +115,29 @@ function coupons.record(coupon_id)
   return public_record(cjson.decode(text))
 end
 
+local function user_has_appid(user, appid)
+  for _, a in ipairs(user.appids) do
+    if a == appid then
+      return true
+    end
+  end
+  return false
+end
+
 -- POST /v3/multiuse/users/{openid}/coupons
 function coupons.grant(req)
   local dicts = state.dicts()
+  -- WeChat Pay's limit is on calls: a replay, a refused body, an unknown
+  -- user all count, so the count comes before anything is looked at.
+  local rate_limit = state.setting("rate_limit") or 0
+  if rate_limit > 0 then
+    local minute = math.floor(ngx.time() / 60)
+    local used = dicts.data:incr("rate:" .. minute, 1, 0, 120)
+    if used and used > rate_limit then
+      return response.error(429, "FREQUENCY_LIMITED",
+        "frequency limited: more than " .. rate_limit .. " grant calls this minute")
+    end
+  end
   local serial = req.headers["wechatpay-serial"]
   if serial == nil then
     return param_error("the Wechatpay-Serial header is required (the WeChat Pay public key id "
@@ -138,6 +158,10 @@ function coupons.grant(req)
   local err = check_body(body)
   if err then
     return err
+  end
+  if not state.config.stocks[body.stock_id] then
+    return response.error(404, "RESOURCE_NOT_EXISTS", "no stock " .. body.stock_id .. " of this merchant",
+      { field = "stock_id", location = "body", value = body.stock_id })
   end
 
   local name = decrypt(key, body.user_name)
@@ -182,19 +206,13 @@ function coupons.grant(req)
     return response.error(400, "USER_NOT_EXIST", "the user does not exist under this appid",
       { field = "openid", location = "path" })
   end
+  if not user_has_appid(user, grant.appid) then
+    return response.error(400, "PARAM_ERROR", "the openid does not belong to appid " .. grant.appid,
+      { field = "appid", location = "body", value = grant.appid })
+  end
   if user.name ~= name or user.id_card:upper() ~= id_card:upper() then
     return response.error(400, "PARAM_ERROR", "real name mismatch",
       { field = "user_name/id_card_number", location = "body" })
-  end
-
-  local rate_limit = state.setting("rate_limit") or 0
-  if rate_limit > 0 then
-    local minute = math.floor(ngx.time() / 60)
-    local used = dicts.data:incr("rate:" .. minute, 1, 0, 120)
-    if used and used > rate_limit then
-      return response.error(429, "FREQUENCY_LIMITED",
-        "frequency limited: more than " .. rate_limit .. " grants this minute")
-    end
   end
 
   local seq = dicts.settings:incr("coupon_seq", 1, 0)

@@ -42,10 +42,14 @@ local function read_body()
 end
 
 -- Raw path segments (percent-encoding kept), so "%2F" inside an openid stays
--- inside its segment.
+-- inside its segment; nil when one is empty ("/v3//x", "/v3/x/"): WeChat Pay
+-- routes the path as written and answers 404 for those.
 local function split_path(path)
   local segments = {}
-  for segment in path:gmatch("[^/]+") do
+  for segment in (path:sub(2) .. "/"):gmatch("([^/]*)/") do
+    if segment == "" then
+      return nil
+    end
     segments[#segments + 1] = segment
   end
   return segments
@@ -131,6 +135,56 @@ local function bill_download(req)
   return { file = bills.file(state.config.dir, name, gz == ".gz") }
 end
 
+-- The media type of a header value ("application/json; charset=utf-8" ->
+-- "application/json"), lower case; nil for a missing or blank one.
+local function media_type(value)
+  if type(value) ~= "string" then
+    return nil
+  end
+  local t = value:match("^%s*([^;,%s]+)")
+  return t and t:lower()
+end
+
+-- Accept and Content-Type, as WeChat Pay's gateway wants them: an Accept
+-- that admits JSON (application/json; the official Go SDK sends */* and is
+-- answered) on every call, the file download excepted (its answer is no
+-- JSON: any Accept); and a body typed application/json, or
+-- multipart/form-data on an upload path. Returns nil or the 400.
+local function check_media_types(req)
+  local accept = req.headers["accept"]
+  if type(accept) == "table" then
+    accept = table.concat(accept, ",")
+  end
+  if type(accept) ~= "string" or not accept:find("%S") then
+    return response.error(400, "INVALID_REQUEST",
+      "the Accept header is required (Accept: application/json)", { field = "Accept", location = "header" })
+  end
+  if not req.download then
+    local admits
+    for range in accept:gmatch("[^,]+") do
+      local t = media_type(range)
+      admits = admits or t == "application/json" or t == "application/*" or t == "*/*"
+    end
+    if not admits then
+      return response.error(400, "INVALID_REQUEST", "the Accept header must admit application/json, got: "
+        .. accept, { field = "Accept", location = "header" })
+    end
+  end
+  if req.body ~= "" then
+    local want = req.multipart and "multipart/form-data" or "application/json"
+    local given = req.headers["content-type"]
+    if type(given) == "table" then
+      return response.error(400, "INVALID_REQUEST", "the Content-Type header is given more than once",
+        { field = "Content-Type", location = "header" })
+    end
+    if media_type(given) ~= want then
+      return response.error(400, "INVALID_REQUEST", "a request body must be sent with Content-Type: " .. want
+        .. (given and (", got: " .. given) or ", got none"), { field = "Content-Type", location = "header" })
+    end
+  end
+  return nil
+end
+
 -- Returns the endpoint function and its request fields, or nil.
 local function route(method, segments)
   local n = #segments
@@ -164,7 +218,7 @@ local function route(method, segments)
     return stock_flow, { stock_id = ngx.unescape_uri(s[n - 1]), flow = s[n]:match("^(%a+)") }
   end
   if n == 3 and s[2] == "billdownload" and s[3] == "file" and method == "GET" then
-    return bill_download, {}
+    return bill_download, { download = true }
   end
   if method == "POST" and media.ENDPOINTS["/" .. table.concat(s, "/")] then
     return media.upload, { multipart = true }
@@ -188,10 +242,15 @@ local function handle_api(dicts, request_uri)
 
   local method = ngx.req.get_method()
   local path, query = request_uri:match("^([^?]*)%??(.*)$")
-  local endpoint, req = route(method, split_path(path))
+  local segments = split_path(path)
+  local endpoint, req
+  if segments then
+    endpoint, req = route(method, segments)
+  end
   local resp
   if not endpoint then
-    resp = response.error(404, "NOT_FOUND", "no such API: " .. method .. " " .. path)
+    resp = response.error(404, "NOT_FOUND", "no such API: " .. method .. " " .. path
+      .. (segments and "" or " (an empty path segment)"))
   else
     req.method = method
     req.uri = request_uri
@@ -201,7 +260,8 @@ local function handle_api(dicts, request_uri)
     req.headers = ngx.req.get_headers(200)
     req.signed_body = req.body
     req.fault = fault
-    if req.multipart then
+    resp = check_media_types(req)
+    if req.multipart and not resp then
       local form, err = media.parse(req.headers["content-type"], req.body)
       if form then
         req.form, req.signed_body = form, form.meta.body

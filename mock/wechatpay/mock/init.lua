@@ -7,9 +7,15 @@
 --   local server = assert(mock.start{       -- every option optional
 --     mchid = "1900000001",
 --     latency = 0,               -- seconds added to every API request
---     rate_limit = 1000,         -- new grants per minute before 429; false = off
---     users = { [openid] = { name = "张三", id_card = "110101199003071234" } },
---                                -- merged over mock.default_users(); false removes one
+--     rate_limit = 1000,         -- grant calls per minute before 429 (every authenticated call to
+--                                -- the grant endpoint counts: replays and refused ones too); false = off
+--     users = { [openid] = { name = "张三", id_card = "110101199003071234", appid = "wx..." } },
+--                                -- merged over mock.default_users(); false removes one; appid (or
+--                                -- appids = { ... }): the apps the openid belongs to, default
+--                                -- mock.DEFAULT_APPIDS (wx233544546545989, wxd678efh567hg6787)
+--     stocks = { ["123"] = true, ["9856001"] = false },
+--                                -- the grantable stock ids, merged over mock.DEFAULT_STOCKS
+--                                -- (9856000, 9856001); false removes one
 --     sign_with = "public_key",  -- or "certificate": the key that signs responses
 --     apiv3_key = "<32 characters>",   -- seals callbacks and certificates (default: random)
 --     public_key_only = false,   -- true: /v3/certificates answers 404 "无可用的平台证书"
@@ -18,7 +24,8 @@
 --   server.base_url  server.port  server.cafile  server.mchid  server.merchant_serial
 --   server.merchant_key_file  server.merchant_cert_file
 --   server.platform_key_id  server.platform_public_key_file
---   server.platform_cert_serial  server.platform_cert_file  server.users  server.apiv3_key  server.apiv2_key
+--   server.platform_cert_serial  server.platform_cert_file  server.users  server.stocks  server.apiv3_key
+--   server.apiv2_key
 --   server.platform_cert_old_serial  server.platform_cert_next_serial
 --   server:rotate_certificates()  --> the serial that signs from now on (sign_with = "certificate")
 --   server:notify(url, { event_type =, resource = {...}, id =, fault =, schedule = { 0.1, ... } })
@@ -40,8 +47,14 @@
 --   server:v2_stats()  --> { v2_requests, v2_payments, redpacks, refunds }
 --   server:stop()     -- idempotent; also on __gc / __close
 --
--- Endpoints (all verify the Authorization header, and refuse a nonce used within 300 s):
---   POST /v3/multiuse/users/{openid}/coupons           grant (idempotent on out_request_no)
+-- Endpoints (all verify the Authorization header, and refuse a nonce used within 300 s). Before
+-- that, as WeChat Pay: a path with an empty segment (a trailing "/" too) is 404 NOT_FOUND; a
+-- missing Accept, or one that admits no JSON (application/json, application/*, */*; the bill
+-- file takes any), and a body not typed application/json (multipart/form-data on the upload
+-- paths) are 400 INVALID_REQUEST.
+--   POST /v3/multiuse/users/{openid}/coupons           grant (idempotent on out_request_no; a seeded
+--        stock, else 404 RESOURCE_NOT_EXISTS; an appid of the openid, else 400 PARAM_ERROR;
+--        Wechatpay-Serial exactly as issued, a certificate serial in upper-case hex)
 --   GET  /v3/marketing/favor/users/{openid}/coupons/{coupon_id}?appid=
 --   ANY  /v3/mock/echo/...   signed JSON echo of method, uri, query, body, headers; DELETE -> 204
 --   ANY  /v3/mock/no_content signed 204
@@ -103,6 +116,8 @@ local write_file = util.write_file
 local mock = {}
 
 mock.default_users = users_module.defaults
+mock.DEFAULT_APPIDS = users_module.DEFAULT_APPIDS
+mock.DEFAULT_STOCKS = users_module.DEFAULT_STOCKS
 
 local NGINX_CANDIDATES = {
   "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx",
@@ -124,7 +139,7 @@ local WORKER_LUA_CPATH = {
 }
 
 local OPTION_TYPES = {
-  mchid = "string", latency = "number", rate_limit = "number|false", users = "table",
+  mchid = "string", latency = "number", rate_limit = "number|false", users = "table", stocks = "table",
   sign_with = "string", nginx = "string", modules_dir = "string",
   worker_lua_path = "string", worker_lua_cpath = "string", watch_launcher = "boolean",
   start_timeout = "number", apiv3_key = "string", public_key_only = "boolean", apiv2_key = "string",
@@ -650,6 +665,7 @@ function mock.start(opts)
   opts = check_options(opts)
   local mchid = opts.mchid or "1900000001"
   local users = users_module.merge(opts.users)
+  local stocks = users_module.stocks(opts.stocks)
   local rate_limit = opts.rate_limit
   if rate_limit == nil then
     rate_limit = 1000
@@ -709,6 +725,7 @@ function mock.start(opts)
         public_key_only = opts.public_key_only or false,
         files = keys.files,
         users = users,
+        stocks = stocks,
         latency = opts.latency or 0,
         rate_limit = rate_limit or 0,
         sign_with = opts.sign_with or "public_key",
@@ -749,6 +766,7 @@ function mock.start(opts)
           apiv3_key = apiv3_key,
           apiv2_key = apiv2_key,
           users = users,
+          stocks = stocks,
           _admin_url = "http://127.0.0.1:" .. admin_port,
           _admin_token = admin_token,
         }, Server)

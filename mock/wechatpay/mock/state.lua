@@ -174,11 +174,12 @@ function state.decryption_key(serial)
   if serial == config.platform_key_id then
     return state.keys.platform
   end
+  -- the serial exactly as WeChat Pay issues it (upper-case hex): a client
+  -- that sends another spelling has not normalised what it was given
   if type(serial) == "string" and not config.public_key_only then
-    local wanted = serial:upper():gsub("^%s+", ""):gsub("%s+$", "")
     local current, previous = state.current_certificates()
     for _, c in ipairs{ current, previous } do
-      if c.serial == wanted then return c.key end
+      if c.serial == serial then return c.key end
     end
   end
   return nil
