@@ -317,11 +317,10 @@ function Manager:ask_store(method, ...)
   return nil, true
 end
 
--- Adds a certificate unless its serial is known or it has expired; true when added.
+-- Adds a certificate unless its serial is known; true when added.  Its
+-- callers (accept, load_store) have already refused an expired one.
 function Manager:add(serial, loaded)
   if self.keys[serial] or serial == self.merchant_serial then return false end
-  local cert = loaded:certificate()
-  if cert and certificates.expired(cert) then return false end
   self.keys[serial] = loaded
   return true
 end
@@ -336,7 +335,9 @@ function Manager:load_store()
     if is_serial(serial) and not self.keys[serial] and type(pem) == "string" then
       local loaded = key.public(pem)
       local cert = loaded and loaded:certificate()
-      if cert and cert.serial == serial and self:add(serial, loaded) then added = added + 1 end
+      if cert and cert.serial == serial and not certificates.expired(cert) and self:add(serial, loaded) then
+        added = added + 1
+      end
     end
   end
   if added > 0 and self.on_change then self.on_change() end
