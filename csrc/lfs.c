@@ -23,18 +23,14 @@ static const char dir_class_tag = 0;
 #define WP_TEMP_CLASS "wechatpay.temp_file"
 static const char temp_class_tag = 0;
 
-/* fsync(2) of the file or directory at path, retried on EINTR: 0 or an
- * errno.  By path, as neither runtime gives a file handle's descriptor; the
- * page cache is the inode's, so a fresh read-only descriptor covers what
- * any other wrote (after their own flush). */
-static int sync_path(const char *path) {
-  int fd, rc, saved;
+/* fsync(2) of a directory, so a rename in it lasts: best effort, as some
+ * file systems refuse fsync on a directory. */
+static void sync_directory(const char *path) {
+  int fd, rc;
   do fd = open(path, O_RDONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
-  if (fd < 0) return errno;
+  if (fd < 0) return;
   do rc = fsync(fd); while (rc != 0 && errno == EINTR);
-  saved = errno;
   close(fd);
-  return rc == 0 ? 0 : saved;
 }
 
 /* An open directory: boxed before opendir, so a memory error while the
@@ -183,11 +179,11 @@ static int l_temp_commit(lua_State *L) {
   temp_forget(box, 0);
   slash = strrchr(final, '/');
   if (!slash) {
-    sync_path(".");
+    sync_directory(".");
   } else {
     /* the directory part of final, on the stack while it is synced */
     lua_pushlstring(L, final, slash == final ? 1 : (size_t)(slash - final));
-    sync_path(lua_tostring(L, -1));
+    sync_directory(lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   lua_pushboolean(L, 1);
