@@ -98,11 +98,8 @@ function chain.from_path(client, path)
   if type(path) ~= "string" then
     errors.raise(("chain: path must be a string, got %s"):format(type(path)))
   end
-  -- "v3//x" is not "v3/x": refused (wechatpay.request), never collapsed
-  if path:find("[^/]") and request.empty_segment(path) then
-    errors.raise(("chain: path %s has an empty segment: segments are joined by one \"/\" (a leading \"/\" "
-      .. "and a trailing one are allowed)"):format(path))
-  end
+  -- "v3//x" is not "v3/x": refused, never collapsed (a path of slashes only is the root)
+  if path:find("[^/]") then request.refuse_empty_segments(path, path, "chain") end
   local segments = {}
   for segment in path:gsub("^/+", ""):gsub("/+$", ""):gmatch("[^/]+") do
     segments[#segments + 1] = template_segment(segment)

@@ -128,13 +128,21 @@ function request.empty_segment(path)
   return inner == "" or ("/" .. inner .. "/"):find("//", 1, true) ~= nil
 end
 
-local function refuse_empty_segments(path, expanded)
+--- refuse_empty_segments(path, expanded [, who]): raises when expanded (the
+-- path as it would be sent) has an empty segment, naming path; who ("chain")
+-- prefixes the message.
+function request.refuse_empty_segments(path, expanded, who)
   if not request.empty_segment(expanded) then return end
-  if path:gsub("^/", "") == "" then raise(("path %q is empty: give the API path, \"v3/...\""):format(path)) end
+  local prefix = who and (who .. ": ") or ""
+  if path:gsub("^/", "") == "" then
+    raise(("%spath %q is empty: give the API path, \"v3/...\""):format(prefix, path))
+  end
   local by_variable = expanded ~= path and not request.empty_segment(path)
-  raise(("path %s has an empty segment%s: segments are joined by one \"/\" (a leading \"/\" and a "
-    .. "trailing one are allowed)"):format(path, by_variable and (" once its variables are filled (" .. expanded .. ")") or ""))
+  raise(("%spath %s has an empty segment%s: segments are joined by one \"/\" (a leading \"/\" and a "
+    .. "trailing one are allowed)"):format(prefix, path,
+    by_variable and (" once its variables are filled (" .. expanded .. ")") or ""))
 end
+local refuse_empty_segments = request.refuse_empty_segments
 
 local function refuse_dot_segments(path, expanded, origin)
   local piece = request.dot_segment(expanded)
