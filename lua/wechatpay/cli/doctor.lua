@@ -502,15 +502,12 @@ local function check_signature(report, res, err, clock_off)
       .. ": this merchant has only a WeChat Pay public key)")
     return "public key only"
   end
-  if status == 401 and clock_off then
-    -- a timestamp out of the window reads as a bad signature
+  if status == 401 then
     report.add("fail", "signature", ("WeChat Pay refused the signature: %d %s: %s"):format(status,
       one_line(err.code), one_line(err.message)),
-      "the local clock is off (see clock): synchronise it, then run doctor again")
-  elseif status == 401 then
-    report.add("fail", "signature", ("WeChat Pay refused the signature: %d %s: %s"):format(status,
-      one_line(err.code), one_line(err.message)),
-      "mchid, serial and private_key must belong together: the serial of apiclient_cert.pem and its "
+      -- a timestamp out of the window reads as a bad signature
+      clock_off and "the local clock is off (see clock): synchronise it, then run doctor again"
+      or "mchid, serial and private_key must belong together: the serial of apiclient_cert.pem and its "
       .. "apiclient_key.pem, of merchant mchid (configure merchant_cert and run doctor again to compare them)")
   else
     report.add("fail", "signature", ("GET /v3/certificates: %d %s: %s"):format(status, one_line(err.code),
